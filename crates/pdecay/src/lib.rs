@@ -1,0 +1,34 @@
+//! # pdecay — p-norm decoupled weight decay (pWD), framework-free
+//!
+//! The maths of Outmezguine & Levi, *Decoupled Weight Decay for Any p Norm* (2024), with no
+//! tensor library: decay factors and their variants ([`factor`]), the slice kernel that applies
+//! them ([`kernel`]), schedules for lr, p and lambda ([`schedule`]), sparsity statistics
+//! ([`sparsity`]) and input validation ([`validate`]).
+//!
+//! The objective is `L(w) = L0(w) + lambda * sum_i |w_i|^p`. After any base optimizer step,
+//! pWD sets
+//!
+//! ```text
+//! w_t = w_step * |w_{t-1}|^(2-p) / (|w_{t-1}|^(2-p) + p*lr_t*lambda)
+//! ```
+//!
+//! where `w_step` is the base optimizer's result and `w_{t-1}` the weight before that step.
+//!
+//! ```
+//! use pdecay::factor::{DecayCoefficients, decay_factor};
+//! let c = DecayCoefficients::new(0.8, 1e-3, 1e-2, 0.0).unwrap(); // p, lr, lambda, lambda2
+//! let f = decay_factor(0.5, &c);
+//! assert!(f > 0.0 && f < 1.0);
+//! ```
+
+pub mod factor;
+pub mod kernel;
+pub mod schedule;
+pub mod sparsity;
+pub mod validate;
+
+pub use factor::{DecayCoefficients, decay_factor, group_decay_factor, s_dynamics_step};
+pub use kernel::{apply_decay_in_place, flush_subnormal};
+pub use schedule::Schedule;
+pub use sparsity::{DEFAULT_THRESHOLD, Log10Histogram, SparsityReport, TensorSparsity};
+pub use validate::ValidationError;
