@@ -1,1 +1,37 @@
+//! # pdecay-burn — p-norm decoupled weight decay for every burn optimizer
+//!
+//! [`Decoupled<O, R>`] wraps any `burn::optim::Optimizer` `O` with a [`DecayRule`] `R` and is
+//! itself an `Optimizer`, so burn's `ModuleOptimizer`, parameter groups, records and lr
+//! schedulers work unchanged. [`PWeightDecay<O>`] is pWD ([`PNorm`]) around `O`; [`padam`],
+//! [`psgd`], [`prmsprop`] and [`padagrad`] build the common ones with PyTorch's defaults.
+//! Baselines ([`L1Prox`], [`NaiveLp`], [`MagnitudePruning`], [`adamw_pytorch`]) share the
+//! wrapper, so runs compare like with like. [`SparseOptimizer`] adds parameter groups that know
+//! what decays, NaN/Inf checks that name the parameter, and sparsity probes.
+//!
+//! ```ignore
+//! use pdecay_burn::{PNormConfig, SparseOptimizer, padam};
+//! let mut optim = SparseOptimizer::new(padam(&PNormConfig::new(0.8, 1e-3))?);
+//! println!("{}", optim.decay_summary(&model));
+//! let grads = GradientsParams::from_grads(loss.backward(), &model);
+//! model = optim.step(lr, model, grads)?;
+//! ```
+
+pub mod baselines;
+pub mod optimizers;
+pub mod pnorm;
+pub mod rule;
+pub mod sparse_optimizer;
+pub mod state;
+
+pub use baselines::{L1Prox, MagnitudePruning, MagnitudePruningConfig, NaiveLp};
+pub use optimizers::{
+    PWeightDecay, adam_gmp, adam_l1, adam_naive_lp, adam_no_decay, adam_pytorch, adamw_pytorch,
+    padagrad, padam, prmsprop, psgd, sgd_pytorch,
+};
+pub use pnorm::{Kernel, Mode, PNorm, PNormConfig, Reference};
+pub use rule::{DEFAULT_MIN_RANK, DecayRule, Decoupled, NoDecay, StepContext};
+pub use sparse_optimizer::{DecaySummary, SparseOptimizer, StepError, first_non_finite, sparsity_report};
+pub use state::DecoupledState;
+
 pub use burn;
+pub use pdecay;

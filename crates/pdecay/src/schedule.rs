@@ -134,6 +134,32 @@ impl Schedule {
         Self::warmup(0.0, warmup_steps, Self::cosine(base, base * min_lr_ratio, decay_steps)?)
     }
 
+    /// The infimum and supremum of the values over all steps, for validating a schedule of p
+    /// (which must stay > 0) or λ (>= 0) before a run starts. A step decay with `gamma < 1`
+    /// tends to 0, so its infimum is 0.
+    pub fn bounds(&self) -> (f64, f64) {
+        match self {
+            Self::Constant { value } => (*value, *value),
+            Self::Linear { from, to, .. }
+            | Self::Cosine { from, to, .. }
+            | Self::Geometric { from, to, .. } => (from.min(*to), from.max(*to)),
+            Self::StepDecay { value, gamma, .. } => {
+                let limit = if *gamma < 1.0 {
+                    0.0
+                } else if *gamma == 1.0 {
+                    *value
+                } else {
+                    value.signum() * f64::INFINITY
+                };
+                (value.min(limit), value.max(limit))
+            }
+            Self::Warmup { start, then, .. } => {
+                let (lo, hi) = then.bounds();
+                (lo.min(*start), hi.max(*start))
+            }
+        }
+    }
+
     /// The value at `step` (the number of steps already taken).
     pub fn value(&self, step: u64) -> f64 {
         match self {
@@ -219,6 +245,15 @@ mod tests {
         // no warm-up: starts at the base value
         let s = Schedule::warmup_cosine(1e-3, 0, 10, 0.01).unwrap();
         assert!(close(s.value(0), 1e-3));
+    }
+
+    #[test]
+    fn bounds_enclose_every_value() {
+        let s = Schedule::warmup(0.0, 10, Schedule::cosine(2.0, 0.8, 100).unwrap()).unwrap();
+        assert_eq!(s.bounds(), (0.0, 2.0));
+        assert_eq!(Schedule::step_decay(1.0, 5, 0.5).unwrap().bounds(), (0.0, 1.0));
+        assert_eq!(Schedule::step_decay(1.0, 5, 2.0).unwrap().bounds(), (1.0, f64::INFINITY));
+        assert_eq!(Schedule::geometric(3e-3, 7.5e-4, 9).unwrap().bounds(), (7.5e-4, 3e-3));
     }
 
     #[test]

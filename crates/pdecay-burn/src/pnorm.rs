@@ -1,0 +1,360 @@
+//! pWD, the p-norm decoupled weight decay, as a [`DecayRule`].
+//!
+//! After the base step, every decayed weight is multiplied by
+//!
+//! ```text
+//! f = 1 / (1 + η·λ₂ + p·η·λ·|w_ref|^(p-2))       (= X / (X·(1+η·λ₂) + p·η·λ), X = |w_ref|^(2-p))
+//! ```
+//!
+//! with `w_ref = w_{t-1}` (the paper's pWD) or the stepped weight (`late`). Variants, each a
+//! setting of [`PNormConfig`]: elastic net (λ₂), schedules for p and λ over the step count,
+//! s-dynamics (a per-weight s moved by gradient steps, kept in the optimizer record) and
+//! structured pWD (the factor from the L2 norm of an output neuron / channel, applied to all of
+//! it). Results below the f32 normal range are flushed to exact 0.
+
+use burn::tensor::{Device, Tensor};
+use pdecay::factor::{DecayCoefficients, S_MAX, S_MIN, SDynamics};
+use pdecay::kernel::{apply_decay_in_place, apply_late_decay_in_place};
+use pdecay::validate::{ValidationError, check_non_negative, check_p};
+use pdecay::Schedule;
+
+use crate::rule::{DecayRule, StepContext};
+
+/// Which weight the factor is computed from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Reference {
+    /// `w_{t-1}`, before the base step: the paper's pWD.
+    #[default]
+    BeforeStep,
+    /// The base step's result (`late`; the paper reports it worse, kept for comparison).
+    AfterStep,
+}
+
+/// How the factor is computed.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub enum Mode {
+    /// One factor per weight from `|w_ref|`.
+    #[default]
+    Elementwise,
+    /// One factor per group from `||w_ref,g||₂`: groups are output neurons (dim 1 of burn's
+    /// `[in, out]` linear weight) for rank-2 tensors and output channels (dim 0) for conv
+    /// kernels; `group_dim` overrides which dimension indexes the groups.
+    Structured {
+        /// The dimension that indexes groups; `None` picks as above.
+        group_dim: Option<usize>,
+    },
+    /// s-dynamics: `s` starts at 1 and takes one gradient step of rate `rate` on
+    /// `Λ_p(w_{t-1}, s)` per optimizer step; the factor is `1/(1 + η·λ₂ + p·η·λ·s)`.
+    SDynamics {
+        /// The rate of s (the paper's slower time scale).
+        rate: f64,
+    },
+}
+
+/// Where the per-weight arithmetic runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Kernel {
+    /// The fused host kernel (`pdecay::kernel`, one pass over memory) for f32 tensors on the
+    /// flex CPU backend; composite tensor ops elsewhere (GPUs).
+    #[default]
+    Auto,
+    /// Always composite tensor ops (about 8 passes over memory, runs on any backend).
+    TensorOps,
+}
+
+/// Settings of pWD. Defaults: p = 0.8 and λ = 1e-3 (the authors' reference code), λ₂ = 0,
+/// factor from `w_{t-1}`, elementwise, fused kernel on CPU.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PNormConfig {
+    /// The norm p (> 0): p < 1 the strongest sparsity, 1 < p < 2 the best generalisation,
+    /// p = 2 AdamW-like, p > 2 shrinks large weights. Ignored when `p_schedule` is set.
+    pub p: f64,
+    /// The penalty strength λ (>= 0). Ignored when `lambda_schedule` is set.
+    pub lambda: f64,
+    /// Elastic-net L2 strength λ₂ (>= 0).
+    pub lambda2: f64,
+    /// p as a function of the step count (p-scheduling, e.g. 2.0 -> 0.8).
+    pub p_schedule: Option<Schedule>,
+    /// λ as a function of the step count.
+    pub lambda_schedule: Option<Schedule>,
+    /// Which weight the factor is computed from.
+    pub reference: Reference,
+    /// Elementwise, structured or s-dynamics.
+    pub mode: Mode,
+    /// Fused host kernel or composite tensor ops.
+    pub kernel: Kernel,
+}
+
+impl Default for PNormConfig {
+    fn default() -> Self {
+        Self {
+            p: 0.8,
+            lambda: 1e-3,
+            lambda2: 0.0,
+            p_schedule: None,
+            lambda_schedule: None,
+            reference: Reference::BeforeStep,
+            mode: Mode::Elementwise,
+            kernel: Kernel::Auto,
+        }
+    }
+}
+
+impl PNormConfig {
+    /// pWD with norm `p` and strength `lambda`, other settings at their defaults.
+    pub fn new(p: f64, lambda: f64) -> Self {
+        Self {
+            p,
+            lambda,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the elastic-net strength λ₂.
+    pub fn with_lambda2(mut self, lambda2: f64) -> Self {
+        self.lambda2 = lambda2;
+        self
+    }
+
+    /// Schedules p over the step count.
+    pub fn with_p_schedule(mut self, schedule: Schedule) -> Self {
+        self.p_schedule = Some(schedule);
+        self
+    }
+
+    /// Schedules λ over the step count.
+    pub fn with_lambda_schedule(mut self, schedule: Schedule) -> Self {
+        self.lambda_schedule = Some(schedule);
+        self
+    }
+
+    /// Computes the factor from the stepped weight (`late`).
+    pub fn late(mut self) -> Self {
+        self.reference = Reference::AfterStep;
+        self
+    }
+
+    /// Structured (group) pWD.
+    pub fn structured(mut self) -> Self {
+        self.mode = Mode::Structured { group_dim: None };
+        self
+    }
+
+    /// s-dynamics with rate `rate`.
+    pub fn s_dynamics(mut self, rate: f64) -> Self {
+        self.mode = Mode::SDynamics { rate };
+        self
+    }
+
+    /// Chooses the kernel.
+    pub fn with_kernel(mut self, kernel: Kernel) -> Self {
+        self.kernel = kernel;
+        self
+    }
+
+    /// Validates every setting and builds the rule.
+    pub fn build(&self) -> Result<PNorm, ValidationError> {
+        let p = match &self.p_schedule {
+            Some(s) => {
+                let (lo, hi) = s.bounds();
+                check_p(lo)?;
+                check_p(hi)?;
+                s.clone()
+            }
+            None => Schedule::Constant { value: check_p(self.p)? },
+        };
+        let lambda = match &self.lambda_schedule {
+            Some(s) => {
+                let (lo, hi) = s.bounds();
+                check_non_negative("lambda", lo)?;
+                check_non_negative("lambda", hi)?;
+                s.clone()
+            }
+            None => Schedule::Constant {
+                value: check_non_negative("lambda", self.lambda)?,
+            },
+        };
+        if let Mode::SDynamics { rate } = self.mode {
+            let (_, p_max) = p.bounds();
+            SDynamics::new(p_max, rate)?;
+        }
+        Ok(PNorm {
+            p,
+            lambda,
+            lambda2: check_non_negative("lambda2", self.lambda2)?,
+            reference: self.reference,
+            mode: self.mode.clone(),
+            kernel: self.kernel,
+        })
+    }
+}
+
+/// The validated pWD rule; build it with [`PNormConfig::build`].
+#[derive(Clone, Debug)]
+pub struct PNorm {
+    p: Schedule,
+    lambda: Schedule,
+    lambda2: f64,
+    reference: Reference,
+    mode: Mode,
+    kernel: Kernel,
+}
+
+impl PNorm {
+    /// p at step `step`.
+    pub fn p_at(&self, step: u64) -> f64 {
+        self.p.value(step)
+    }
+
+    /// λ at step `step`.
+    pub fn lambda_at(&self, step: u64) -> f64 {
+        self.lambda.value(step)
+    }
+
+    /// The coefficients of one step.
+    ///
+    /// # Panics
+    /// If the learning rate is negative or not finite: the optimizer cannot return an error from
+    /// inside burn's `Optimizer::step`. [`crate::SparseOptimizer`] checks the lr first and
+    /// returns an error instead.
+    pub fn coefficients(&self, step: u64, lr: f64) -> DecayCoefficients {
+        DecayCoefficients::new(self.p_at(step), lr, self.lambda_at(step), self.lambda2)
+            .unwrap_or_else(|e| panic!("pWD step {step}: {e}"))
+    }
+}
+
+impl DecayRule for PNorm {
+    fn transform_weights<const D: usize>(
+        &self,
+        ctx: &StepContext<D>,
+        stepped: Tensor<D>,
+        aux: Option<Tensor<D>>,
+    ) -> (Tensor<D>, Option<Tensor<D>>) {
+        let c = self.coefficients(ctx.step, ctx.lr);
+        let reference = match self.reference {
+            Reference::BeforeStep => ctx.before.clone(),
+            Reference::AfterStep => stepped.clone(),
+        };
+        match &self.mode {
+            Mode::Elementwise => (self.elementwise(stepped, reference, &c), None),
+            Mode::Structured { group_dim } => {
+                let dim = group_dim.unwrap_or(if D == 2 { 1 } else { 0 });
+                (flush_subnormals(structured(stepped, reference, dim, &c)), None)
+            }
+            Mode::SDynamics { rate } => {
+                let dynamics = SDynamics::new(c.p(), *rate)
+                    .unwrap_or_else(|e| panic!("pWD s-dynamics at step {}: {e}", ctx.step));
+                let s = aux.unwrap_or_else(|| reference.ones_like());
+                let s = s_dynamics_update(s, reference, &dynamics);
+                let factor = s.clone().mul_scalar(c.lp_strength()).add_scalar(1.0 + c.l2_strength()).recip();
+                (flush_subnormals(stepped * factor), Some(s))
+            }
+        }
+    }
+}
+
+impl PNorm {
+    fn elementwise<const D: usize>(
+        &self,
+        stepped: Tensor<D>,
+        reference: Tensor<D>,
+        c: &DecayCoefficients,
+    ) -> Tensor<D> {
+        let device = stepped.device();
+        if self.kernel == Kernel::Auto && is_host_device(&device) {
+            if let Some(out) = fused_host(&stepped, reference.clone(), self.reference, c, &device) {
+                return out;
+            }
+        }
+        flush_subnormals(elementwise_tensor_ops(stepped, reference, c))
+    }
+}
+
+/// Whether tensors on `device` live in host memory, where the slice kernel runs without copies
+/// across a bus.
+fn is_host_device(device: &Device) -> bool {
+    *device == Device::flex()
+}
+
+/// The fused path: one pass of `pdecay::kernel` over the stepped weights' host buffer.
+/// Returns `None` for non-f32 tensors (the caller falls back to tensor ops).
+fn fused_host<const D: usize>(
+    stepped: &Tensor<D>,
+    reference: Tensor<D>,
+    which: Reference,
+    c: &DecayCoefficients,
+    device: &Device,
+) -> Option<Tensor<D>> {
+    let mut data = stepped.clone().into_data();
+    match which {
+        Reference::AfterStep => apply_late_decay_in_place(data.as_mut_slice::<f32>().ok()?, c),
+        Reference::BeforeStep => {
+            let reference = reference.into_data();
+            apply_decay_in_place(
+                data.as_mut_slice::<f32>().ok()?,
+                reference.as_slice::<f32>().ok()?,
+                c,
+            );
+        }
+    }
+    Some(Tensor::from_data(data, device))
+}
+
+/// `stepped · 1/(1 + η·λ₂ + p·η·λ·|reference|^(p-2))` in tensor ops; `|0|^(p-2) = inf` for
+/// p < 2 gives a factor of exactly 0, and `p·η·λ = 0` skips the power so `0·inf` never occurs.
+pub(crate) fn elementwise_tensor_ops<const D: usize>(
+    stepped: Tensor<D>,
+    reference: Tensor<D>,
+    c: &DecayCoefficients,
+) -> Tensor<D> {
+    let one_plus_l2 = 1.0 + c.l2_strength();
+    if c.lp_strength() == 0.0 {
+        return stepped.mul_scalar(1.0 / one_plus_l2);
+    }
+    if c.exponent() == 0.0 {
+        return stepped.mul_scalar(1.0 / (one_plus_l2 + c.lp_strength()));
+    }
+    let factor = reference
+        .abs()
+        .powf_scalar(c.exponent())
+        .mul_scalar(c.lp_strength())
+        .add_scalar(one_plus_l2)
+        .recip();
+    stepped * factor
+}
+
+/// Structured pWD: the factor of each group from its L2 norm, broadcast over the group.
+fn structured<const D: usize>(
+    stepped: Tensor<D>,
+    reference: Tensor<D>,
+    group_dim: usize,
+    c: &DecayCoefficients,
+) -> Tensor<D> {
+    let one_plus_l2 = 1.0 + c.l2_strength();
+    if c.lp_strength() == 0.0 {
+        return stepped.mul_scalar(1.0 / one_plus_l2);
+    }
+    let reduce: Vec<usize> = (0..D).filter(|&d| d != group_dim).collect();
+    let norms = reference.square().sum_dims(&reduce).sqrt();
+    let factor = norms
+        .powf_scalar(c.exponent())
+        .mul_scalar(c.lp_strength())
+        .add_scalar(one_plus_l2)
+        .recip();
+    stepped * factor
+}
+
+/// One gradient step of s on `Λ_p(w, s)`, clamped to `[S_MIN, S_MAX]`
+/// (see [`pdecay::factor::s_dynamics_step`]).
+fn s_dynamics_update<const D: usize>(s: Tensor<D>, w: Tensor<D>, d: &SDynamics) -> Tensor<D> {
+    let p = d.p();
+    let pull = s.clone().powf_scalar(2.0 / (p - 2.0));
+    let grad = (w.square() - pull).mul_scalar(0.5 * p);
+    (s - grad.mul_scalar(d.rate())).clamp(S_MIN, S_MAX)
+}
+
+/// Sets values below the f32 normal range to exact 0 (subnormals slow CPUs down; they are dead).
+pub(crate) fn flush_subnormals<const D: usize>(w: Tensor<D>) -> Tensor<D> {
+    let tiny = w.clone().abs().lower_elem(f32::MIN_POSITIVE);
+    w.mask_fill(tiny, 0.0)
+}
