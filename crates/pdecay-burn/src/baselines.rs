@@ -1,6 +1,8 @@
 //! Baselines run beside pWD so that runs compare like with like: each is a [`DecayRule`] around
 //! the same base optimizer, with the same rank rule and record layout.
 //!
+//! - [`DecoupledL2`]: AdamW's decoupled weight decay `w ← w_step - η·wd·w_{t-1}`, so that
+//!   AdamW decays exactly the tensors pWD decays (rank >= 2), as nanoGPT's AdamW does.
 //! - [`L1Prox`]: the L1 proximal step (soft threshold) after the base step.
 //! - [`NaiveLp`]: the Lp penalty's gradient added to the loss gradient. For p < 1 the gradient
 //!   `p·λ·|w|^(p-1)` blows up near zero, so this can diverge: that is what pWD fixes.
@@ -11,6 +13,41 @@ use burn::tensor::{Tensor, TensorData};
 use pdecay::validate::{ValidationError, check_non_negative, check_p, check_steps, check_unit_interval};
 
 use crate::rule::{DecayRule, StepContext};
+
+/// AdamW's decoupled L2 decay: `w_t = w_step - η·wd·w_{t-1}`; around Adam this is AdamW
+/// (`w_{t-1}·(1 - η·wd) - η·u`), PyTorch's update up to float rounding order.
+#[derive(Clone, Debug)]
+pub struct DecoupledL2 {
+    weight_decay: f64,
+}
+
+impl DecoupledL2 {
+    /// Weight decay `wd` (>= 0; PyTorch's AdamW default is 1e-2).
+    pub fn new(weight_decay: f64) -> Result<Self, ValidationError> {
+        Ok(Self {
+            weight_decay: check_non_negative("weight_decay", weight_decay)?,
+        })
+    }
+}
+
+impl DecayRule for DecoupledL2 {
+    fn is_active(&self) -> bool {
+        self.weight_decay > 0.0
+    }
+
+    fn transform_weights<const D: usize>(
+        &self,
+        ctx: &StepContext<D>,
+        stepped: Tensor<D>,
+        aux: Option<Tensor<D>>,
+    ) -> (Tensor<D>, Option<Tensor<D>>) {
+        let rate = ctx.lr * self.weight_decay;
+        if rate == 0.0 {
+            return (stepped, aux);
+        }
+        (stepped - ctx.before.clone().mul_scalar(rate), aux)
+    }
+}
 
 /// Adam (or any base) + L1 proximal step: `w ← sign(w)·max(|w| - η·λ, 0)` after the base step.
 #[derive(Clone, Debug)]

@@ -23,9 +23,9 @@ pub mod rule;
 pub mod sparse_optimizer;
 pub mod state;
 
-pub use baselines::{L1Prox, MagnitudePruning, MagnitudePruningConfig, NaiveLp};
+pub use baselines::{DecoupledL2, L1Prox, MagnitudePruning, MagnitudePruningConfig, NaiveLp};
 pub use optimizers::{
-    PWeightDecay, adam_gmp, adam_l1, adam_naive_lp, adam_no_decay, adam_pytorch, adamw_pytorch,
+    PWeightDecay, adam_gmp, adam_l1, adam_naive_lp, adam_no_decay, adam_pytorch, adamw_pytorch, burn_adamw_pytorch,
     padagrad, padam, prmsprop, psgd, sgd_pytorch,
 };
 pub use pnorm::{Kernel, Mode, PNorm, PNormConfig, Reference};

@@ -12,7 +12,7 @@ use burn::optim::{
 };
 use pdecay::validate::ValidationError;
 
-use crate::baselines::{L1Prox, MagnitudePruning, MagnitudePruningConfig, NaiveLp};
+use crate::baselines::{DecoupledL2, L1Prox, MagnitudePruning, MagnitudePruningConfig, NaiveLp};
 use crate::pnorm::{PNorm, PNormConfig};
 use crate::rule::{Decoupled, NoDecay};
 
@@ -24,13 +24,19 @@ pub fn adam_pytorch() -> AdamConfig {
     AdamConfig::new().with_epsilon(1e-8)
 }
 
-/// AdamW with PyTorch's defaults (betas (0.9, 0.999), eps 1e-8) and `weight_decay`
-/// (PyTorch's default is 1e-2).
-pub fn adamw_pytorch(weight_decay: f64) -> AdamW {
+/// burn's AdamW with PyTorch's defaults (betas (0.9, 0.999), eps 1e-8) and `weight_decay`
+/// (PyTorch's default is 1e-2). It decays every tensor it is given, biases included.
+pub fn burn_adamw_pytorch(weight_decay: f64) -> AdamW {
     AdamWConfig::new()
         .with_epsilon(1e-8)
         .with_weight_decay(weight_decay as f32)
         .build()
+}
+
+/// The AdamW baseline: Adam (PyTorch defaults) + decoupled L2 decay `weight_decay` on the same
+/// tensors pWD decays (rank >= 2), as nanoGPT configures AdamW.
+pub fn adamw_pytorch(weight_decay: f64) -> Result<Decoupled<Adam, DecoupledL2>, ValidationError> {
+    Ok(Decoupled::new(adam_pytorch().build(), DecoupledL2::new(weight_decay)?))
 }
 
 /// SGD with PyTorch's momentum convention (no dampening; the first buffer is the gradient).
