@@ -37,7 +37,7 @@ impl DecayRule for DecoupledL2 {
 
     fn transform_weights<const D: usize>(
         &self,
-        ctx: &StepContext<D>,
+        ctx: StepContext<D>,
         stepped: Tensor<D>,
         aux: Option<Tensor<D>>,
     ) -> (Tensor<D>, Option<Tensor<D>>) {
@@ -45,7 +45,7 @@ impl DecayRule for DecoupledL2 {
         if rate == 0.0 {
             return (stepped, aux);
         }
-        (stepped - ctx.before.clone().mul_scalar(rate), aux)
+        (stepped - ctx.before.mul_scalar(rate), aux)
     }
 }
 
@@ -67,7 +67,7 @@ impl L1Prox {
 impl DecayRule for L1Prox {
     fn transform_weights<const D: usize>(
         &self,
-        ctx: &StepContext<D>,
+        ctx: StepContext<D>,
         stepped: Tensor<D>,
         aux: Option<Tensor<D>>,
     ) -> (Tensor<D>, Option<Tensor<D>>) {
@@ -111,7 +111,7 @@ impl DecayRule for NaiveLp {
 
     fn transform_weights<const D: usize>(
         &self,
-        _ctx: &StepContext<D>,
+        _ctx: StepContext<D>,
         stepped: Tensor<D>,
         aux: Option<Tensor<D>>,
     ) -> (Tensor<D>, Option<Tensor<D>>) {
@@ -201,7 +201,7 @@ fn magnitude_mask<const D: usize>(w: &Tensor<D>, sparsity: f64) -> Tensor<D> {
 impl DecayRule for MagnitudePruning {
     fn transform_weights<const D: usize>(
         &self,
-        ctx: &StepContext<D>,
+        ctx: StepContext<D>,
         stepped: Tensor<D>,
         aux: Option<Tensor<D>>,
     ) -> (Tensor<D>, Option<Tensor<D>>) {

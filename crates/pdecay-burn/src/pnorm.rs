@@ -12,7 +12,7 @@
 //! structured pWD (the factor from the L2 norm of an output neuron / channel, applied to all of
 //! it). Results below the f32 normal range are flushed to exact 0.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 use pdecay::factor::{DecayCoefficients, S_MAX, S_MIN, SDynamics};
 use pdecay::kernel::{apply_decay_in_place, apply_late_decay_in_place};
 use pdecay::validate::{ValidationError, check_non_negative, check_p};
@@ -226,17 +226,20 @@ impl PNorm {
 impl DecayRule for PNorm {
     fn transform_weights<const D: usize>(
         &self,
-        ctx: &StepContext<D>,
+        ctx: StepContext<D>,
         stepped: Tensor<D>,
         aux: Option<Tensor<D>>,
     ) -> (Tensor<D>, Option<Tensor<D>>) {
         let c = self.coefficients(ctx.step, ctx.lr);
+        if let Mode::Elementwise = self.mode {
+            return (self.elementwise(stepped, ctx.before, &c), None);
+        }
         let reference = match self.reference {
-            Reference::BeforeStep => ctx.before.clone(),
+            Reference::BeforeStep => ctx.before,
             Reference::AfterStep => stepped.clone(),
         };
         match &self.mode {
-            Mode::Elementwise => (self.elementwise(stepped, reference, &c), None),
+            Mode::Elementwise => unreachable!("handled above"),
             Mode::Structured { group_dim } => {
                 let dim = group_dim.unwrap_or(if D == 2 { 1 } else { 0 });
                 (flush_subnormals(structured(stepped, reference, dim, &c)), None)
@@ -254,18 +257,21 @@ impl DecayRule for PNorm {
 }
 
 impl PNorm {
+    /// Elementwise pWD; `before` is `w_{t-1}` (unused by the `late` variant).
     fn elementwise<const D: usize>(
         &self,
         stepped: Tensor<D>,
-        reference: Tensor<D>,
+        before: Tensor<D>,
         c: &DecayCoefficients,
     ) -> Tensor<D> {
         let device = stepped.device();
-        if self.kernel == Kernel::Auto && is_host_device(&device) {
-            if let Some(out) = fused_host(&stepped, reference.clone(), self.reference, c, &device) {
-                return out;
-            }
+        if self.kernel == Kernel::Auto && is_host_device(&device) && stepped.dtype() == DType::F32 {
+            return fused_host(stepped, before, self.reference, c, &device);
         }
+        let reference = match self.reference {
+            Reference::BeforeStep => before,
+            Reference::AfterStep => stepped.clone(),
+        };
         flush_subnormals(elementwise_tensor_ops(stepped, reference, c))
     }
 }
@@ -277,27 +283,25 @@ fn is_host_device(device: &Device) -> bool {
 }
 
 /// The fused path: one pass of `pdecay::kernel` over the stepped weights' host buffer.
-/// Returns `None` for non-f32 tensors (the caller falls back to tensor ops).
+/// Both tensors are consumed, so a buffer nobody else holds is reused rather than copied.
 fn fused_host<const D: usize>(
-    stepped: &Tensor<D>,
-    reference: Tensor<D>,
+    stepped: Tensor<D>,
+    before: Tensor<D>,
     which: Reference,
     c: &DecayCoefficients,
     device: &Device,
-) -> Option<Tensor<D>> {
-    let mut data = stepped.clone().into_data();
+) -> Tensor<D> {
+    let mut data = stepped.into_data();
+    let weights = data.as_mut_slice::<f32>().expect("dtype checked to be f32");
     match which {
-        Reference::AfterStep => apply_late_decay_in_place(data.as_mut_slice::<f32>().ok()?, c),
+        Reference::AfterStep => apply_late_decay_in_place(weights, c),
         Reference::BeforeStep => {
-            let reference = reference.into_data();
-            apply_decay_in_place(
-                data.as_mut_slice::<f32>().ok()?,
-                reference.as_slice::<f32>().ok()?,
-                c,
-            );
+            let before = before.into_data();
+            let reference = before.as_slice::<f32>().expect("same dtype as the weights");
+            apply_decay_in_place(weights, reference, c);
         }
     }
-    Some(Tensor::from_data(data, device))
+    Tensor::from_data(data, device)
 }
 
 /// `stepped · 1/(1 + η·λ₂ + p·η·λ·|reference|^(p-2))` in tensor ops; `|0|^(p-2) = inf` for

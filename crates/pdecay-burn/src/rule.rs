@@ -36,9 +36,11 @@ pub trait DecayRule: Clone + Send + Sync + 'static {
 
     /// Changes the weights after the base step; `aux` is this rule's own per-parameter tensor
     /// (s, a mask), kept in the optimizer record. Returns the new weights and the new `aux`.
+    ///
+    /// The context is passed by value so a rule can consume `before` without a copy.
     fn transform_weights<const D: usize>(
         &self,
-        ctx: &StepContext<D>,
+        ctx: StepContext<D>,
         stepped: Tensor<D>,
         aux: Option<Tensor<D>>,
     ) -> (Tensor<D>, Option<Tensor<D>>);
@@ -121,7 +123,7 @@ impl<O: Optimizer, R: DecayRule> Optimizer for Decoupled<O, R> {
         };
         let grad = self.rule.transform_grad(&ctx, grad);
         let (stepped, base) = self.base.step(lr, tensor, grad, base_state);
-        let (tensor, aux) = self.rule.transform_weights(&ctx, stepped, aux);
+        let (tensor, aux) = self.rule.transform_weights(ctx, stepped, aux);
         let state = DecoupledState { base, step: step + 1, aux };
         (tensor, Some(state))
     }
@@ -147,7 +149,7 @@ impl DecayRule for NoDecay {
 
     fn transform_weights<const D: usize>(
         &self,
-        _ctx: &StepContext<D>,
+        _ctx: StepContext<D>,
         stepped: Tensor<D>,
         aux: Option<Tensor<D>>,
     ) -> (Tensor<D>, Option<Tensor<D>>) {
