@@ -43,7 +43,11 @@ fn steppers(side: usize) -> Vec<Stepper> {
         stepper("Adam", adam_pytorch().build(), side),
         stepper("AdamW (burn)", burn_adamw_pytorch(1e-2), side),
         stepper("pAdam (fused)", padam(&pwd).unwrap(), side),
-        stepper("pAdam (tensor ops)", padam(&pwd.clone().with_kernel(Kernel::TensorOps)).unwrap(), side),
+        stepper(
+            "pAdam (tensor ops)",
+            padam(&pwd.clone().with_kernel(Kernel::TensorOps)).unwrap(),
+            side,
+        ),
     ]
 }
 
@@ -83,7 +87,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn side_by_side() {
-    println!("\nside by side (alternating, median of {} steps each), ratio to Adam:", 30);
+    println!(
+        "\nside by side (alternating, median of {} steps each), ratio to Adam:",
+        30
+    );
     for (size, side) in SIZES {
         let mut all = steppers(side);
         let mut times = vec![Vec::new(); all.len()];

@@ -10,7 +10,9 @@
 //!   (2017), masks kept in the optimizer record.
 
 use burn::tensor::{Tensor, TensorData};
-use pdecay::validate::{ValidationError, check_non_negative, check_p, check_steps, check_unit_interval};
+use pdecay::validate::{
+    ValidationError, check_non_negative, check_p, check_steps, check_unit_interval,
+};
 
 use crate::rule::{DecayRule, StepContext};
 
@@ -155,8 +157,13 @@ impl MagnitudePruningConfig {
         check_unit_interval("initial_sparsity", self.initial_sparsity)?;
         check_unit_interval("final_sparsity", self.final_sparsity)?;
         check_steps("frequency", self.frequency)?;
-        check_steps("end_step - begin_step", self.end_step.saturating_sub(self.begin_step))?;
-        Ok(MagnitudePruning { config: self.clone() })
+        check_steps(
+            "end_step - begin_step",
+            self.end_step.saturating_sub(self.begin_step),
+        )?;
+        Ok(MagnitudePruning {
+            config: self.clone(),
+        })
     }
 }
 
@@ -179,7 +186,7 @@ impl MagnitudePruning {
 
     fn updates_mask_at(&self, step: u64) -> bool {
         let c = &self.config;
-        (c.begin_step..=c.end_step).contains(&step) && (step - c.begin_step) % c.frequency == 0
+        (c.begin_step..=c.end_step).contains(&step) && (step - c.begin_step).is_multiple_of(c.frequency)
     }
 }
 

@@ -8,12 +8,25 @@
 //! wrapper, so runs compare like with like. [`SparseOptimizer`] adds parameter groups that know
 //! what decays, NaN/Inf checks that name the parameter, and sparsity probes.
 //!
-//! ```ignore
+//! ```
+//! use burn::nn::{Linear, LinearConfig};
+//! use burn::optim::GradientsParams;
+//! use burn::tensor::{Device, Distribution, Tensor};
 //! use pdecay_burn::{PNormConfig, SparseOptimizer, padam};
-//! let mut optim = SparseOptimizer::new(padam(&PNormConfig::new(0.8, 1e-3))?);
-//! println!("{}", optim.decay_summary(&model));
-//! let grads = GradientsParams::from_grads(loss.backward(), &model);
-//! model = optim.step(lr, model, grads)?;
+//!
+//! let device = Device::default().autodiff();
+//! let mut model: Linear = LinearConfig::new(64, 8).init(&device);
+//! let mut optim = SparseOptimizer::new(padam(&PNormConfig::new(0.8, 1e-2))?);
+//! println!("{}", optim.decay_summary(&model)); // 1 decayed tensor (weight), bias not decayed
+//! for _ in 0..100 {
+//!     let x = Tensor::<2>::random([32, 64], Distribution::Normal(0.0, 1.0), &device);
+//!     let loss = model.forward(x).square().mean();
+//!     let grads = GradientsParams::from_grads(loss.backward(), &model);
+//!     model = optim.step(1e-2, model, grads)?;
+//! }
+//! let sparsity = optim.sparsity_report(&model, 1e-13, false).decayed().sparsity();
+//! assert!(sparsity > 0.5, "{sparsity}");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod baselines;
@@ -25,12 +38,14 @@ pub mod state;
 
 pub use baselines::{DecoupledL2, L1Prox, MagnitudePruning, MagnitudePruningConfig, NaiveLp};
 pub use optimizers::{
-    PWeightDecay, adam_gmp, adam_l1, adam_naive_lp, adam_no_decay, adam_pytorch, adamw_pytorch, burn_adamw_pytorch,
-    padagrad, padam, prmsprop, psgd, sgd_pytorch,
+    PWeightDecay, adam_gmp, adam_l1, adam_naive_lp, adam_no_decay, adam_pytorch, adamw_pytorch,
+    burn_adamw_pytorch, padagrad, padam, prmsprop, psgd, sgd_pytorch,
 };
 pub use pnorm::{Kernel, Mode, PNorm, PNormConfig, Reference};
 pub use rule::{DEFAULT_MIN_RANK, DecayRule, Decoupled, NoDecay, StepContext};
-pub use sparse_optimizer::{DecaySummary, SparseOptimizer, StepError, first_non_finite, sparsity_report};
+pub use sparse_optimizer::{
+    DecaySummary, SparseOptimizer, StepError, first_non_finite, sparsity_report,
+};
 pub use state::DecoupledState;
 
 pub use burn;

@@ -36,7 +36,10 @@ pub fn burn_adamw_pytorch(weight_decay: f64) -> AdamW {
 /// The AdamW baseline: Adam (PyTorch defaults) + decoupled L2 decay `weight_decay` on the same
 /// tensors pWD decays (rank >= 2), as nanoGPT configures AdamW.
 pub fn adamw_pytorch(weight_decay: f64) -> Result<Decoupled<Adam, DecoupledL2>, ValidationError> {
-    Ok(Decoupled::new(adam_pytorch().build(), DecoupledL2::new(weight_decay)?))
+    Ok(Decoupled::new(
+        adam_pytorch().build(),
+        DecoupledL2::new(weight_decay)?,
+    ))
 }
 
 /// SGD with PyTorch's momentum convention (no dampening; the first buffer is the gradient).
@@ -60,12 +63,18 @@ pub fn psgd(
     nesterov: bool,
     decay: &PNormConfig,
 ) -> Result<PWeightDecay<Sgd>, ValidationError> {
-    Ok(Decoupled::new(sgd_pytorch(momentum, nesterov).build(), decay.build()?))
+    Ok(Decoupled::new(
+        sgd_pytorch(momentum, nesterov).build(),
+        decay.build()?,
+    ))
 }
 
 /// pRMSProp: RMSProp with PyTorch's defaults (alpha 0.99, eps 1e-8, no momentum) + pWD.
 pub fn prmsprop(decay: &PNormConfig) -> Result<PWeightDecay<RmsProp>, ValidationError> {
-    let base = RmsPropConfig::new().with_momentum(0.0).with_epsilon(1e-8).build();
+    let base = RmsPropConfig::new()
+        .with_momentum(0.0)
+        .with_epsilon(1e-8)
+        .build();
     Ok(Decoupled::new(base, decay.build()?))
 }
 
@@ -82,7 +91,10 @@ pub fn adam_l1(lambda: f64) -> Result<Decoupled<Adam, L1Prox>, ValidationError> 
 
 /// Adam on the loss plus the naive Lp penalty gradient.
 pub fn adam_naive_lp(p: f64, lambda: f64) -> Result<Decoupled<Adam, NaiveLp>, ValidationError> {
-    Ok(Decoupled::new(adam_pytorch().build(), NaiveLp::new(p, lambda)?))
+    Ok(Decoupled::new(
+        adam_pytorch().build(),
+        NaiveLp::new(p, lambda)?,
+    ))
 }
 
 /// Adam + gradual magnitude pruning.

@@ -13,10 +13,10 @@
 //! it). Results below the f32 normal range are flushed to exact 0.
 
 use burn::tensor::{DType, Device, Tensor};
+use pdecay::Schedule;
 use pdecay::factor::{DecayCoefficients, S_MAX, S_MIN, SDynamics};
 use pdecay::kernel::{apply_decay_in_place, apply_late_decay_in_place};
 use pdecay::validate::{ValidationError, check_non_negative, check_p};
-use pdecay::Schedule;
 
 use crate::rule::{DecayRule, StepContext};
 
@@ -161,7 +161,9 @@ impl PNormConfig {
                 check_p(hi)?;
                 s.clone()
             }
-            None => Schedule::Constant { value: check_p(self.p)? },
+            None => Schedule::Constant {
+                value: check_p(self.p)?,
+            },
         };
         let lambda = match &self.lambda_schedule {
             Some(s) => {
@@ -242,14 +244,21 @@ impl DecayRule for PNorm {
             Mode::Elementwise => unreachable!("handled above"),
             Mode::Structured { group_dim } => {
                 let dim = group_dim.unwrap_or(if D == 2 { 1 } else { 0 });
-                (flush_subnormals(structured(stepped, reference, dim, &c)), None)
+                (
+                    flush_subnormals(structured(stepped, reference, dim, &c)),
+                    None,
+                )
             }
             Mode::SDynamics { rate } => {
                 let dynamics = SDynamics::new(c.p(), *rate)
                     .unwrap_or_else(|e| panic!("pWD s-dynamics at step {}: {e}", ctx.step));
                 let s = aux.unwrap_or_else(|| reference.ones_like());
                 let s = s_dynamics_update(s, reference, &dynamics);
-                let factor = s.clone().mul_scalar(c.lp_strength()).add_scalar(1.0 + c.l2_strength()).recip();
+                let factor = s
+                    .clone()
+                    .mul_scalar(c.lp_strength())
+                    .add_scalar(1.0 + c.l2_strength())
+                    .recip();
                 (flush_subnormals(stepped * factor), Some(s))
             }
         }

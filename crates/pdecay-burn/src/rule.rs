@@ -113,7 +113,11 @@ impl<O: Optimizer, R: DecayRule> Optimizer for Decoupled<O, R> {
         };
         if !self.decays_rank(D) {
             let (tensor, base) = self.base.step(lr, tensor, grad, base_state);
-            let state = DecoupledState { base, step: step + 1, aux };
+            let state = DecoupledState {
+                base,
+                step: step + 1,
+                aux,
+            };
             return (tensor, Some(state));
         }
         let ctx = StepContext {
@@ -124,7 +128,11 @@ impl<O: Optimizer, R: DecayRule> Optimizer for Decoupled<O, R> {
         let grad = self.rule.transform_grad(&ctx, grad);
         let (stepped, base) = self.base.step(lr, tensor, grad, base_state);
         let (tensor, aux) = self.rule.transform_weights(ctx, stepped, aux);
-        let state = DecoupledState { base, step: step + 1, aux };
+        let state = DecoupledState {
+            base,
+            step: step + 1,
+            aux,
+        };
         (tensor, Some(state))
     }
 

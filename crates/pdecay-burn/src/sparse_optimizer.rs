@@ -20,13 +20,17 @@ pub enum StepError {
         lr: f64,
     },
     /// A gradient holds NaN or Inf: the loss diverged or the data holds NaN.
-    #[error("the gradient of parameter `{name}` contains NaN or Inf: the loss has diverged (lower the lr, clip gradients) or the input data holds NaN")]
+    #[error(
+        "the gradient of parameter `{name}` contains NaN or Inf: the loss has diverged (lower the lr, clip gradients) or the input data holds NaN"
+    )]
     NonFiniteGradient {
         /// The parameter's path in the module.
         name: String,
     },
     /// A weight became NaN or Inf during the step.
-    #[error("parameter `{name}` contains NaN or Inf after the optimizer step: the update diverged (lower the lr; the naive Lp baseline does this for p < 1)")]
+    #[error(
+        "parameter `{name}` contains NaN or Inf after the optimizer step: the update diverged (lower the lr; the naive Lp baseline does this for p < 1)"
+    )]
     NonFiniteWeight {
         /// The parameter's path in the module.
         name: String,
@@ -46,7 +50,7 @@ fn decayed_from_rank<O: Optimizer, R: DecayRule>(optim: &Decoupled<O, R>) -> Opt
 
 /// A module optimizer built from [`Decoupled`] optimizers, one per parameter group.
 ///
-/// ```ignore
+/// ```text
 /// let optim = SparseOptimizer::new(padam(&PNormConfig::new(0.8, 1e-3))?)
 ///     .with_group(ParamGroup::from_predicate("embedding"), adam_no_decay());
 /// model = optim.step(lr, model, grads)?;
@@ -138,16 +142,28 @@ impl SparseOptimizer {
 
     /// Per-tensor decay plan and totals, as nanoGPT prints them.
     pub fn decay_summary<M: Module>(&self, module: &M) -> DecaySummary {
-        let mut walker = ParamWalker::new(|path: &str, id: ParamId, shape: Vec<usize>, _: ParamData| {
-            Some((path.to_string(), shape.iter().product::<usize>() as u64, self.is_decayed(&id, path, shape.len())))
-        });
+        let mut walker =
+            ParamWalker::new(|path: &str, id: ParamId, shape: Vec<usize>, _: ParamData| {
+                Some((
+                    path.to_string(),
+                    shape.iter().product::<usize>() as u64,
+                    self.is_decayed(&id, path, shape.len()),
+                ))
+            });
         module.visit(&mut walker);
         DecaySummary::from_entries(walker.into_results())
     }
 
     /// Sparsity of every tensor of `module`, decayed or not, by this optimizer's plan.
-    pub fn sparsity_report<M: Module>(&self, module: &M, threshold: f64, histogram: bool) -> SparsityReport {
-        sparsity_report(module, threshold, histogram, |id, path, rank| self.is_decayed(id, path, rank))
+    pub fn sparsity_report<M: Module>(
+        &self,
+        module: &M,
+        threshold: f64,
+        histogram: bool,
+    ) -> SparsityReport {
+        sparsity_report(module, threshold, histogram, |id, path, rank| {
+            self.is_decayed(id, path, rank)
+        })
     }
 
     /// The optimizer state (burnpack record).
@@ -218,12 +234,16 @@ pub fn sparsity_report<M: Module>(
     histogram: bool,
     is_decayed: impl Fn(&ParamId, &str, usize) -> bool,
 ) -> SparsityReport {
-    let mut walker = ParamWalker::new(|path: &str, id: ParamId, shape: Vec<usize>, data: ParamData| {
-        let decayed = is_decayed(&id, path, shape.len());
-        let data = data.read().convert::<f32>();
-        let values = data.as_slice::<f32>().expect("converted to f32");
-        Some(TensorSparsity::from_values(path, shape, decayed, values, threshold, histogram))
-    });
+    let mut walker = ParamWalker::new(
+        |path: &str, id: ParamId, shape: Vec<usize>, data: ParamData| {
+            let decayed = is_decayed(&id, path, shape.len());
+            let data = data.read().convert::<f32>();
+            let values = data.as_slice::<f32>().expect("converted to f32");
+            Some(TensorSparsity::from_values(
+                path, shape, decayed, values, threshold, histogram,
+            ))
+        },
+    );
     module.visit(&mut walker);
     SparsityReport::new(threshold, walker.into_results())
 }

@@ -64,7 +64,10 @@ fn optimizer(case: &Case) -> SparseOptimizer {
     match case.variant.as_str() {
         "old" => {}
         "late" => decay = decay.late(),
-        other => panic!("{}: unknown variant {other:?} (expected old or late)", case.name),
+        other => panic!(
+            "{}: unknown variant {other:?} (expected old or late)",
+            case.name
+        ),
     }
     let rule = decay.build().expect("golden p and lambda are valid");
     macro_rules! build {
@@ -93,15 +96,20 @@ fn optimizer(case: &Case) -> SparseOptimizer {
             let sgd = sgd_pytorch(case.momentum.unwrap_or(0.0), false).build();
             build!(sgd.clone())
         }
-        other => panic!("{}: unknown optimizer {other:?} (expected adam or sgd)", case.name),
+        other => panic!(
+            "{}: unknown optimizer {other:?} (expected adam or sgd)",
+            case.name
+        ),
     }
 }
 
 /// Runs one case; returns the largest deviation over every recorded step.
 fn run(case: &Case, device: &Device) -> f32 {
     let [rows, cols] = case.weight_shape;
-    let tensor2 = |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [rows, cols]), device);
-    let tensor1 = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device);
+    let tensor2 =
+        |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [rows, cols]), device);
+    let tensor1 =
+        |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device);
     let (a, b) = (tensor2(&case.a), tensor2(&case.b));
     let bias_target = tensor1(&case.bias_target);
     let mut model = Quadratic {
@@ -112,16 +120,31 @@ fn run(case: &Case, device: &Device) -> f32 {
     // The groups must route as the case says, or a passing run would prove nothing.
     let plan = optim.decay_summary(&model);
     let decayed = |name: &str| plan.tensors.iter().any(|(path, _, d)| path == name && *d);
-    assert_eq!(decayed("weight"), case.weight_decayed, "{}: weight routing", case.name);
-    assert_eq!(decayed("bias"), case.bias_decayed, "{}: bias routing", case.name);
+    assert_eq!(
+        decayed("weight"),
+        case.weight_decayed,
+        "{}: weight routing",
+        case.name
+    );
+    assert_eq!(
+        decayed("bias"),
+        case.bias_decayed,
+        "{}: bias routing",
+        case.name
+    );
     let mut worst = 0.0f32;
     let mut checked = 0;
     for (t, &lr) in case.lr_per_step.iter().enumerate() {
         let diff = model.weight.val() - b.clone();
         let loss = (a.clone() * diff.clone() * diff).sum().mul_scalar(0.5)
-            + (model.bias.val() - bias_target.clone()).square().sum().mul_scalar(0.5);
+            + (model.bias.val() - bias_target.clone())
+                .square()
+                .sum()
+                .mul_scalar(0.5);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(lr, model, grads).expect("golden steps are finite");
+        model = optim
+            .step(lr, model, grads)
+            .expect("golden steps are finite");
         if let Some(expected) = case.after_step.get(&(t + 1).to_string()) {
             for (what, got, want) in [
                 ("weight", model.weight.val().into_data(), &expected.weight),
@@ -143,7 +166,12 @@ fn run(case: &Case, device: &Device) -> f32 {
             checked += 1;
         }
     }
-    assert_eq!(checked, case.after_step.len(), "{}: a recorded step lies beyond lr_per_step", case.name);
+    assert_eq!(
+        checked,
+        case.after_step.len(),
+        "{}: a recorded step lies beyond lr_per_step",
+        case.name
+    );
     worst
 }
 
@@ -151,12 +179,21 @@ fn run(case: &Case, device: &Device) -> f32 {
 fn golden_parity_with_the_authors_optimizers() {
     let dir = golden_dir();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read golden directory {}: {e} (set PDECAY_GOLDEN_DIR)", dir.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot read golden directory {}: {e} (set PDECAY_GOLDEN_DIR)",
+                dir.display()
+            )
+        })
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
         .collect();
     files.sort();
-    assert!(!files.is_empty(), "no *.json golden case in {}", dir.display());
+    assert!(
+        !files.is_empty(),
+        "no *.json golden case in {}",
+        dir.display()
+    );
     let device = Device::default().autodiff();
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
@@ -165,7 +202,12 @@ fn golden_parity_with_the_authors_optimizers() {
         let worst = run(&case, &device);
         println!(
             "golden {:<24} {} {} p={} lambda={} steps={} max|diff|={worst:.2e}",
-            case.name, case.optimizer, case.variant, case.p, case.lambda, case.lr_per_step.len()
+            case.name,
+            case.optimizer,
+            case.variant,
+            case.p,
+            case.lambda,
+            case.lr_per_step.len()
         );
     }
 }

@@ -25,7 +25,8 @@ impl Mlp {
     }
 
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.fc2.forward(burn::tensor::activation::relu(self.fc1.forward(x)))
+        self.fc2
+            .forward(burn::tensor::activation::relu(self.fc1.forward(x)))
     }
 }
 
@@ -74,11 +75,21 @@ fn decay_summary_counts_weights_not_biases() {
     let model = Mlp::new(&device);
     let optim = SparseOptimizer::new(padam(&PNormConfig::new(0.8, 1e-3)).unwrap());
     let summary = optim.decay_summary(&model);
-    assert_eq!((summary.decayed_tensors, summary.decayed_params), (2, 8 * 16 + 16 * 4));
+    assert_eq!(
+        (summary.decayed_tensors, summary.decayed_params),
+        (2, 8 * 16 + 16 * 4)
+    );
     assert_eq!((summary.other_tensors, summary.other_params), (2, 16 + 4));
     let names: Vec<&str> = summary.tensors.iter().map(|t| t.0.as_str()).collect();
-    assert!(names.contains(&"fc1.weight") && names.contains(&"fc2.bias"), "{names:?}");
-    assert!(summary.to_string().contains("decayed parameter tensors: 2, with 192 parameters"));
+    assert!(
+        names.contains(&"fc1.weight") && names.contains(&"fc2.bias"),
+        "{names:?}"
+    );
+    assert!(
+        summary
+            .to_string()
+            .contains("decayed parameter tensors: 2, with 192 parameters")
+    );
 }
 
 #[test]
@@ -94,10 +105,23 @@ fn groups_override_p_and_lambda_or_switch_decay_off() {
     let data = batches(&device, 30);
     let model = train(model, &mut optim, &data, 1e-2);
     let report = optim.sparsity_report(&model, 1e-13, false);
-    let fc1 = report.tensors.iter().find(|t| t.name == "fc1.weight").unwrap();
-    let fc2 = report.tensors.iter().find(|t| t.name == "fc2.weight").unwrap();
+    let fc1 = report
+        .tensors
+        .iter()
+        .find(|t| t.name == "fc1.weight")
+        .unwrap();
+    let fc2 = report
+        .tensors
+        .iter()
+        .find(|t| t.name == "fc2.weight")
+        .unwrap();
     // p = 0.5, λ = 1: suppression scale (0.5)^(2/3) = 0.63 is above every initial weight.
-    assert!(fc1.zeros as f64 > 0.5 * fc1.params as f64, "fc1 zeros {}/{}", fc1.zeros, fc1.params);
+    assert!(
+        fc1.zeros as f64 > 0.5 * fc1.params as f64,
+        "fc1 zeros {}/{}",
+        fc1.zeros,
+        fc1.params
+    );
     assert_eq!(fc2.zeros, 0);
     assert!(!fc2.decayed);
 }
@@ -127,9 +151,14 @@ fn p2_matches_adamw_with_twice_lambda_to_first_order() {
     let bound = steps as f64 * (4.0 * lr * lr * lambda * lambda * w_max + 2.0 * lr * lr * lambda);
     let gap = max_abs(a.clone() - b);
     let zeroth_order = max_abs(a - c);
-    println!("p=2 vs AdamW(2λ): gap {gap:.3e}, bound {bound:.3e}, gap to plain Adam {zeroth_order:.3e}");
+    println!(
+        "p=2 vs AdamW(2λ): gap {gap:.3e}, bound {bound:.3e}, gap to plain Adam {zeroth_order:.3e}"
+    );
     assert!(gap <= bound, "gap {gap} above the O(lr²λ) bound {bound}");
-    assert!(zeroth_order > 20.0 * bound, "the decay itself ({zeroth_order}) must dwarf the bound");
+    assert!(
+        zeroth_order > 20.0 * bound,
+        "the decay itself ({zeroth_order}) must dwarf the bound"
+    );
 }
 
 #[test]
@@ -141,7 +170,8 @@ fn adamw_baseline_equals_burns_adamw_on_decayed_tensors() {
     let burns = burn_adamw_pytorch(0.1);
     let (mut a, mut b, mut sa, mut sb) = (w.clone(), w, None, None);
     for t in 0..20 {
-        let g = Tensor::<2>::random([8, 8], Distribution::Normal(0.0, 1.0), &device).mul_scalar(t as f64);
+        let g = Tensor::<2>::random([8, 8], Distribution::Normal(0.0, 1.0), &device)
+            .mul_scalar(t as f64);
         (a, sa) = ours.step(1e-2, a, g.clone(), sa);
         (b, sb) = burns.step(1e-2, b, g, sb);
     }
@@ -156,26 +186,53 @@ fn assert_resume_is_bit_identical(make: impl Fn() -> SparseOptimizer, what: &str
     let (first, rest) = data.split_at(5);
     let model = Mlp::new(&device);
     let mut straight = make();
-    let reference = train(train(model.clone(), &mut straight, first, 1e-2), &mut straight, rest, 1e-2);
+    let reference = train(
+        train(model.clone(), &mut straight, first, 1e-2),
+        &mut straight,
+        rest,
+        1e-2,
+    );
 
     let mut before = make();
     let halfway = train(model, &mut before, first, 1e-2);
     let bytes = before.to_record().into_bytes().unwrap();
     let mut resumed = make().load_record(OptimizerRecord::from_bytes(bytes).unwrap());
     let resumed_model = train(halfway, &mut resumed, rest, 1e-2);
-    assert_eq!(weights(&reference), weights(&resumed_model), "{what}: resume differs");
+    assert_eq!(
+        weights(&reference),
+        weights(&resumed_model),
+        "{what}: resume differs"
+    );
 }
 
 #[test]
 fn record_round_trip_resumes_bit_identically() {
-    assert_resume_is_bit_identical(|| SparseOptimizer::new(padam(&PNormConfig::new(0.8, 1e-2)).unwrap()), "pAdam");
-    let scheduled = PNormConfig::new(0.8, 1e-2)
-        .with_p_schedule(pdecay::Schedule::linear(2.0, 0.8, 8).unwrap());
-    assert_resume_is_bit_identical(|| SparseOptimizer::new(padam(&scheduled).unwrap()), "p-scheduling");
+    assert_resume_is_bit_identical(
+        || SparseOptimizer::new(padam(&PNormConfig::new(0.8, 1e-2)).unwrap()),
+        "pAdam",
+    );
+    let scheduled =
+        PNormConfig::new(0.8, 1e-2).with_p_schedule(pdecay::Schedule::linear(2.0, 0.8, 8).unwrap());
+    assert_resume_is_bit_identical(
+        || SparseOptimizer::new(padam(&scheduled).unwrap()),
+        "p-scheduling",
+    );
     let s_dyn = PNormConfig::new(0.8, 1e-2).s_dynamics(0.1);
-    assert_resume_is_bit_identical(|| SparseOptimizer::new(padam(&s_dyn).unwrap()), "s-dynamics");
-    let gmp = MagnitudePruningConfig { final_sparsity: 0.5, begin_step: 2, end_step: 8, frequency: 2, ..Default::default() };
-    assert_resume_is_bit_identical(|| SparseOptimizer::new(adam_gmp(&gmp).unwrap()), "magnitude pruning");
+    assert_resume_is_bit_identical(
+        || SparseOptimizer::new(padam(&s_dyn).unwrap()),
+        "s-dynamics",
+    );
+    let gmp = MagnitudePruningConfig {
+        final_sparsity: 0.5,
+        begin_step: 2,
+        end_step: 8,
+        frequency: 2,
+        ..Default::default()
+    };
+    assert_resume_is_bit_identical(
+        || SparseOptimizer::new(adam_gmp(&gmp).unwrap()),
+        "magnitude pruning",
+    );
 }
 
 #[test]
@@ -212,8 +269,14 @@ fn structured_pwd_kills_weak_neurons_as_a_whole() {
     let v = values(weight);
     let alive: Vec<f32> = v.iter().step_by(2).copied().collect();
     let dead: Vec<f32> = v.iter().skip(1).step_by(2).copied().collect();
-    assert!(dead.iter().all(|&x| x == 0.0), "weak neuron must vanish exactly: {dead:?}");
-    assert!(alive.iter().all(|&x| (x - 0.95).abs() < 1e-3), "strong neuron at t - λ/2: {alive:?}");
+    assert!(
+        dead.iter().all(|&x| x == 0.0),
+        "weak neuron must vanish exactly: {dead:?}"
+    );
+    assert!(
+        alive.iter().all(|&x| (x - 0.95).abs() < 1e-3),
+        "strong neuron at t - λ/2: {alive:?}"
+    );
 }
 
 #[test]
@@ -228,7 +291,10 @@ fn fused_kernel_equals_tensor_ops() {
                 cfg = cfg.late();
             }
             let fused = Decoupled::new(adam_pytorch().build(), cfg.clone().build().unwrap());
-            let ops = Decoupled::new(adam_pytorch().build(), cfg.with_kernel(Kernel::TensorOps).build().unwrap());
+            let ops = Decoupled::new(
+                adam_pytorch().build(),
+                cfg.with_kernel(Kernel::TensorOps).build().unwrap(),
+            );
             let (mut a, mut b, mut sa, mut sb) = (w.clone(), w.clone(), None, None);
             for _ in 0..20 {
                 let g = Tensor::<2>::random([64, 64], Distribution::Normal(0.0, 1.0), &device);
@@ -236,8 +302,14 @@ fn fused_kernel_equals_tensor_ops() {
                 (b, sb) = ops.step(0.05, b, g, sb);
             }
             let (a, b) = (values(a), values(b));
-            let gap = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(gap < 1e-6, "p={p} late={late}: fused vs tensor ops differ by {gap}");
+            let gap = a
+                .iter()
+                .zip(&b)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                gap < 1e-6,
+                "p={p} late={late}: fused vs tensor ops differ by {gap}"
+            );
             assert!(a.iter().all(|x| *x == 0.0 || x.is_normal()));
         }
     }
@@ -248,11 +320,18 @@ fn any_burn_optimizer_can_be_wrapped() {
     // Lion is not named anywhere in this crate.
     let device = device();
     let lion = burn::optim::LionConfig::new().build();
-    let mut optim = SparseOptimizer::new(Decoupled::new(lion, PNormConfig::new(0.8, 0.5).build().unwrap()));
+    let mut optim = SparseOptimizer::new(Decoupled::new(
+        lion,
+        PNormConfig::new(0.8, 0.5).build().unwrap(),
+    ));
     let data = batches(&device, 40);
     let model = train(Mlp::new(&device), &mut optim, &data, 1e-2);
     let report = optim.sparsity_report(&model, 1e-13, false);
-    assert!(report.decayed().sparsity() > 0.5, "Lion + pWD sparsity {}", report.decayed().sparsity());
+    assert!(
+        report.decayed().sparsity() > 0.5,
+        "Lion + pWD sparsity {}",
+        report.decayed().sparsity()
+    );
     assert_eq!(report.all().params - report.decayed().params, 20);
 }
 
@@ -263,15 +342,24 @@ fn ready_made_optimizers_all_sparsify() {
     let cfg = PNormConfig::new(0.8, 0.3);
     let optimizers = [
         ("pAdam", SparseOptimizer::new(padam(&cfg).unwrap())),
-        ("pSGD", SparseOptimizer::new(psgd(0.9, false, &cfg).unwrap())),
-        ("pSGD-nesterov", SparseOptimizer::new(psgd(0.9, true, &cfg).unwrap())),
+        (
+            "pSGD",
+            SparseOptimizer::new(psgd(0.9, false, &cfg).unwrap()),
+        ),
+        (
+            "pSGD-nesterov",
+            SparseOptimizer::new(psgd(0.9, true, &cfg).unwrap()),
+        ),
         ("pRMSProp", SparseOptimizer::new(prmsprop(&cfg).unwrap())),
         ("pAdaGrad", SparseOptimizer::new(padagrad(&cfg).unwrap())),
         ("Adam", SparseOptimizer::new(adam_no_decay())),
     ];
     for (name, mut optim) in optimizers {
         let model = train(Mlp::new(&device), &mut optim, &data, 5e-2);
-        let sparsity = optim.sparsity_report(&model, 1e-13, false).decayed().sparsity();
+        let sparsity = optim
+            .sparsity_report(&model, 1e-13, false)
+            .decayed()
+            .sparsity();
         if name == "Adam" {
             assert_eq!(sparsity, 0.0, "{name}");
         } else {
@@ -285,7 +373,11 @@ fn l1_prox_soft_thresholds_by_hand() {
     let device = Device::default();
     let w = Tensor::<1>::from_floats([0.5, -0.5, 0.001, -0.002, 0.0], &device);
     // SGD without momentum and zero gradient: the base step is the identity.
-    let l1 = Decoupled::new(pdecay_burn::sgd_pytorch(0.0, false).build(), pdecay_burn::L1Prox::new(0.1).unwrap()).with_min_rank(1);
+    let l1 = Decoupled::new(
+        pdecay_burn::sgd_pytorch(0.0, false).build(),
+        pdecay_burn::L1Prox::new(0.1).unwrap(),
+    )
+    .with_min_rank(1);
     let (w, _) = l1.step(0.05, w.clone(), w.zeros_like(), None);
     // threshold η·λ = 0.005
     assert_eq!(values(w), vec![0.495, -0.495, 0.0, 0.0, 0.0]);
@@ -296,7 +388,11 @@ fn l1_prox_soft_thresholds_by_hand() {
 fn naive_lp_gradient_by_hand_and_its_divergence() {
     let device = Device::default();
     let w = Tensor::<1>::from_floats([0.25, -4.0, 0.0], &device);
-    let naive = Decoupled::new(pdecay_burn::sgd_pytorch(0.0, false).build(), pdecay_burn::NaiveLp::new(0.5, 0.1).unwrap()).with_min_rank(1);
+    let naive = Decoupled::new(
+        pdecay_burn::sgd_pytorch(0.0, false).build(),
+        pdecay_burn::NaiveLp::new(0.5, 0.1).unwrap(),
+    )
+    .with_min_rank(1);
     let (w1, _) = naive.step(1.0, w.clone(), w.zeros_like(), None);
     // g = p·λ·|w|^(p-1)·sign(w): 0.05·0.25^-0.5 = 0.1; -0.05·4^-0.5 = -0.025; 0 at w = 0
     let got = values(w1);
@@ -309,7 +405,11 @@ fn naive_lp_gradient_by_hand_and_its_divergence() {
     let (thrown, _) = naive.step(0.1, tiny.clone(), tiny.zeros_like(), None);
     let thrown = values(thrown)[0];
     assert!(thrown < -1e-3, "naive Lp should overshoot: {thrown}");
-    let pwd = Decoupled::new(pdecay_burn::sgd_pytorch(0.0, false).build(), PNormConfig::new(0.5, 0.1).build().unwrap()).with_min_rank(1);
+    let pwd = Decoupled::new(
+        pdecay_burn::sgd_pytorch(0.0, false).build(),
+        PNormConfig::new(0.5, 0.1).build().unwrap(),
+    )
+    .with_min_rank(1);
     // 1e-8 -> 1e-8/(1 + 0.005·1e12) = 2e-18 -> ~1e-42 (subnormal) -> flushed to exact 0
     let (once, state) = pwd.step(0.1, tiny.clone(), tiny.zeros_like(), None);
     assert!((values(once.clone())[0] - 2e-18).abs() < 1e-20);
@@ -322,7 +422,13 @@ fn naive_lp_gradient_by_hand_and_its_divergence() {
 fn magnitude_pruning_reaches_its_targets_and_masks_stick() {
     let device = device();
     let data = batches(&device, 30);
-    let cfg = MagnitudePruningConfig { initial_sparsity: 0.0, final_sparsity: 0.75, begin_step: 0, end_step: 20, frequency: 5 };
+    let cfg = MagnitudePruningConfig {
+        initial_sparsity: 0.0,
+        final_sparsity: 0.75,
+        begin_step: 0,
+        end_step: 20,
+        frequency: 5,
+    };
     let rule = cfg.build().unwrap();
     // cubic schedule by hand: s_t = 0.75·(1 - (1 - t/20)^3)
     assert!((rule.sparsity_at(10) - 0.75 * (1.0 - 0.125)).abs() < 1e-12);
@@ -333,9 +439,21 @@ fn magnitude_pruning_reaches_its_targets_and_masks_stick() {
     let report = optim.sparsity_report(&model, 0.0, false);
     for t in report.tensors.iter().filter(|t| t.decayed) {
         // floor(0.75·n) exact zeros in each decayed tensor, still zero 10 steps after the last update
-        assert_eq!(t.zeros, (t.params as f64 * 0.75).floor() as u64, "{}", t.name);
+        assert_eq!(
+            t.zeros,
+            (t.params as f64 * 0.75).floor() as u64,
+            "{}",
+            t.name
+        );
     }
-    assert!(MagnitudePruningConfig { final_sparsity: 1.5, ..Default::default() }.build().is_err());
+    assert!(
+        MagnitudePruningConfig {
+            final_sparsity: 1.5,
+            ..Default::default()
+        }
+        .build()
+        .is_err()
+    );
 }
 
 #[test]
@@ -368,7 +486,12 @@ fn non_finite_weight_after_a_step_is_an_error() {
     let g = grads(&Mlp::new(&device), &batches(&device, 1)[0]);
     // the gradients are of another (finite) model; the weights themselves are infinite
     let err = optim.step(1e-3, model, g).unwrap_err();
-    assert_eq!(err, StepError::NonFiniteWeight { name: "fc2.weight".into() });
+    assert_eq!(
+        err,
+        StepError::NonFiniteWeight {
+            name: "fc2.weight".into()
+        }
+    );
 }
 
 #[test]
@@ -376,7 +499,8 @@ fn invalid_settings_are_rejected_before_training() {
     assert!(padam(&PNormConfig::new(0.0, 1e-3)).is_err());
     assert!(padam(&PNormConfig::new(0.8, -1e-3)).is_err());
     assert!(padam(&PNormConfig::new(0.8, 1e-3).with_lambda2(f64::NAN)).is_err());
-    let bad_p = PNormConfig::new(0.8, 1e-3).with_p_schedule(pdecay::Schedule::linear(2.0, -0.5, 10).unwrap());
+    let bad_p = PNormConfig::new(0.8, 1e-3)
+        .with_p_schedule(pdecay::Schedule::linear(2.0, -0.5, 10).unwrap());
     let msg = padam(&bad_p).err().unwrap().to_string();
     assert!(msg.contains("p = -0.5"), "{msg}");
     assert!(padam(&PNormConfig::new(2.0, 1e-3).s_dynamics(0.1)).is_err());

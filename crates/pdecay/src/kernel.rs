@@ -137,7 +137,11 @@ pub fn apply_late_decay_in_place(stepped: &mut [f32], c: &DecayCoefficients) {
 }
 
 fn scale_in_place(values: &mut [f32], factor: f32) {
-    let scale = |chunk: &mut [f32]| chunk.iter_mut().for_each(|w| *w = flush_subnormal(*w * factor));
+    let scale = |chunk: &mut [f32]| {
+        chunk
+            .iter_mut()
+            .for_each(|w| *w = flush_subnormal(*w * factor))
+    };
     if values.len() <= PARALLEL_CHUNK {
         scale(values);
     } else {
@@ -183,8 +187,13 @@ mod tests {
         let mut out = stepped.clone();
         apply_decay_in_place(&mut out, &reference, &c);
         for i in (0..n).step_by(997).chain([n - 1]) {
-            let expected = flush_subnormal((stepped[i] as f64 * decay_factor(reference[i] as f64, &c)) as f32);
-            assert!((out[i] - expected).abs() <= 2e-7 * expected.abs(), "i={i}: {} vs {expected}", out[i]);
+            let expected =
+                flush_subnormal((stepped[i] as f64 * decay_factor(reference[i] as f64, &c)) as f32);
+            assert!(
+                (out[i] - expected).abs() <= 2e-7 * expected.abs(),
+                "i={i}: {} vs {expected}",
+                out[i]
+            );
         }
     }
 

@@ -6,7 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::validate::{ValidationError, check_non_negative, check_positive, check_steps, check_unit_interval};
+use crate::validate::{
+    ValidationError, check_non_negative, check_positive, check_steps, check_unit_interval,
+};
 
 /// A value over steps. Build them with the constructors, which validate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,7 +104,11 @@ impl Schedule {
         check_finite("value", value)?;
         check_steps("every", every)?;
         check_positive("gamma", gamma)?;
-        Ok(Self::StepDecay { value, every, gamma })
+        Ok(Self::StepDecay {
+            value,
+            every,
+            gamma,
+        })
     }
 
     /// Linear warm-up from `start` over `steps` into `then`. `steps = 0` returns `then`.
@@ -131,7 +137,11 @@ impl Schedule {
         check_unit_interval("min_lr_ratio", min_lr_ratio)?;
         check_steps("total_steps", total_steps)?;
         let decay_steps = total_steps.saturating_sub(warmup_steps).max(1);
-        Self::warmup(0.0, warmup_steps, Self::cosine(base, base * min_lr_ratio, decay_steps)?)
+        Self::warmup(
+            0.0,
+            warmup_steps,
+            Self::cosine(base, base * min_lr_ratio, decay_steps)?,
+        )
     }
 
     /// The infimum and supremum of the values over all steps, for validating a schedule of p
@@ -170,7 +180,11 @@ impl Schedule {
                 to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
             }
             Self::Geometric { from, to, steps } => from * (to / from).powf(progress(step, *steps)),
-            Self::StepDecay { value, every, gamma } => value * gamma.powf((step / every) as f64),
+            Self::StepDecay {
+                value,
+                every,
+                gamma,
+            } => value * gamma.powf((step / every) as f64),
             Self::Warmup { start, steps, then } => {
                 if step < *steps {
                     start + (then.value(0) - start) * progress(step, *steps)
@@ -219,7 +233,10 @@ mod tests {
         let cos = Schedule::cosine(1.0, 0.0, 4).unwrap();
         // 0.5·(1 + cos(π·t)): t = 0, 1/4, 1/2, 1
         assert!(close(cos.value(0), 1.0));
-        assert!(close(cos.value(1), 0.5 * (1.0 + std::f64::consts::FRAC_1_SQRT_2)));
+        assert!(close(
+            cos.value(1),
+            0.5 * (1.0 + std::f64::consts::FRAC_1_SQRT_2)
+        ));
         assert!(close(cos.value(2), 0.5));
         assert!(close(cos.value(4), 0.0));
 
@@ -251,9 +268,18 @@ mod tests {
     fn bounds_enclose_every_value() {
         let s = Schedule::warmup(0.0, 10, Schedule::cosine(2.0, 0.8, 100).unwrap()).unwrap();
         assert_eq!(s.bounds(), (0.0, 2.0));
-        assert_eq!(Schedule::step_decay(1.0, 5, 0.5).unwrap().bounds(), (0.0, 1.0));
-        assert_eq!(Schedule::step_decay(1.0, 5, 2.0).unwrap().bounds(), (1.0, f64::INFINITY));
-        assert_eq!(Schedule::geometric(3e-3, 7.5e-4, 9).unwrap().bounds(), (7.5e-4, 3e-3));
+        assert_eq!(
+            Schedule::step_decay(1.0, 5, 0.5).unwrap().bounds(),
+            (0.0, 1.0)
+        );
+        assert_eq!(
+            Schedule::step_decay(1.0, 5, 2.0).unwrap().bounds(),
+            (1.0, f64::INFINITY)
+        );
+        assert_eq!(
+            Schedule::geometric(3e-3, 7.5e-4, 9).unwrap().bounds(),
+            (7.5e-4, 3e-3)
+        );
     }
 
     #[test]

@@ -252,7 +252,14 @@ mod tests {
 
     #[test]
     fn totals_split_decayed_from_all() {
-        let w = TensorSparsity::from_values("fc.weight", vec![2, 2], true, &[0.0, 0.0, 0.0, 1.0], 1e-13, false);
+        let w = TensorSparsity::from_values(
+            "fc.weight",
+            vec![2, 2],
+            true,
+            &[0.0, 0.0, 0.0, 1.0],
+            1e-13,
+            false,
+        );
         let b = TensorSparsity::from_values("fc.bias", vec![2], false, &[1.0, 2.0], 1e-13, false);
         let report = SparsityReport::new(1e-13, vec![w, b]);
         assert_eq!(report.decayed().params, 4);

@@ -10,7 +10,9 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum ValidationError {
     /// `p` must be finite and strictly positive.
-    #[error("invalid p = {value}: p must be a finite number > 0 (e.g. 0.8 for strong sparsity, 2 for AdamW-like decay)")]
+    #[error(
+        "invalid p = {value}: p must be a finite number > 0 (e.g. 0.8 for strong sparsity, 2 for AdamW-like decay)"
+    )]
     P {
         /// The value received.
         value: f64,
@@ -118,7 +120,10 @@ mod tests {
     #[test]
     fn messages_name_the_parameter_and_the_value() {
         let msg = check_non_negative("lambda", -0.1).unwrap_err().to_string();
-        assert!(msg.contains("lambda = -0.1") && msg.contains(">= 0"), "{msg}");
+        assert!(
+            msg.contains("lambda = -0.1") && msg.contains(">= 0"),
+            "{msg}"
+        );
         let msg = check_non_negative("lr", f64::NAN).unwrap_err().to_string();
         assert!(msg.contains("lr = NaN"), "{msg}");
         assert_eq!(check_non_negative("lambda", 0.0), Ok(0.0));
