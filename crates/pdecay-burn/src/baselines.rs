@@ -186,7 +186,8 @@ impl MagnitudePruning {
 
     fn updates_mask_at(&self, step: u64) -> bool {
         let c = &self.config;
-        (c.begin_step..=c.end_step).contains(&step) && (step - c.begin_step).is_multiple_of(c.frequency)
+        (c.begin_step..=c.end_step).contains(&step)
+            && (step - c.begin_step).is_multiple_of(c.frequency)
     }
 }
 
