@@ -11,7 +11,7 @@ use burn::optim::Optimizer;
 use burn::tensor::{Device, Distribution, Tensor};
 use pdecay_burn::{Kernel, PNormConfig, adam_pytorch, burn_adamw_pytorch, padam};
 
-const SIZES: [(&str, usize); 2] = [("1M", 1_000), ("10M", 3_162)];
+const SIZES: [(&str, usize); 3] = [("250K", 500), ("1M", 1_000), ("10M", 3_162)];
 
 /// One optimizer behind a uniform "take a step" interface, state carried between calls.
 struct Stepper {
@@ -51,22 +51,22 @@ fn steppers(side: usize) -> Vec<Stepper> {
     ]
 }
 
-#[divan::bench(args = ["1M", "10M"])]
+#[divan::bench(args = ["250K", "1M", "10M"])]
 fn adam(bencher: divan::Bencher, size: &str) {
     run(bencher, size, 0);
 }
 
-#[divan::bench(args = ["1M", "10M"])]
+#[divan::bench(args = ["250K", "1M", "10M"])]
 fn adamw_burn(bencher: divan::Bencher, size: &str) {
     run(bencher, size, 1);
 }
 
-#[divan::bench(args = ["1M", "10M"])]
+#[divan::bench(args = ["250K", "1M", "10M"])]
 fn padam_fused(bencher: divan::Bencher, size: &str) {
     run(bencher, size, 2);
 }
 
-#[divan::bench(args = ["1M", "10M"])]
+#[divan::bench(args = ["250K", "1M", "10M"])]
 fn padam_tensor_ops(bencher: divan::Bencher, size: &str) {
     run(bencher, size, 3);
 }

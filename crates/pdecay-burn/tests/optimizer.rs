@@ -3,12 +3,14 @@
 use burn::module::{Module, Param, ParamGroup};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{GradientsParams, ModuleOptimizer, Optimizer, OptimizerRecord};
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use pdecay_burn::{
     Decoupled, Kernel, MagnitudePruningConfig, NoDecay, PNormConfig, SparseOptimizer, StepError,
     adam_gmp, adam_l1, adam_naive_lp, adam_no_decay, adam_pytorch, adamw_pytorch,
     burn_adamw_pytorch, padagrad, padam, prmsprop, psgd,
 };
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 #[derive(Module, Debug)]
 struct Mlp {
@@ -30,17 +32,27 @@ impl Mlp {
     }
 }
 
+/// A deterministic pseudo-random tensor (uniform, unit variance times `scale`), independent of
+/// burn's global RNG, which tests running in parallel would share.
+fn noise<const D: usize>(shape: [usize; D], seed: u64, scale: f32, device: &Device) -> Tensor<D> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|_| rng.random_range(-1.732f32..1.732) * scale)
+        .collect();
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
 fn device() -> Device {
     Device::default().autodiff()
 }
 
 fn batches(device: &Device, n: usize) -> Vec<(Tensor<2>, Tensor<2>)> {
-    device.seed(7);
-    (0..n)
-        .map(|_| {
+    (0..n as u64)
+        .map(|i| {
             (
-                Tensor::random([32, 8], Distribution::Normal(0.0, 1.0), device),
-                Tensor::random([32, 4], Distribution::Normal(0.0, 1.0), device),
+                noise([32, 8], 2 * i, 1.0, device),
+                noise([32, 4], 2 * i + 1, 1.0, device),
             )
         })
         .collect()
@@ -133,9 +145,8 @@ fn p2_matches_adamw_with_twice_lambda_to_first_order() {
     // |e_T| <= T·(k²·W + η·k) = T·(4η²λ²·W + 2η²λ) with W the largest |w| on the way.
     let device = Device::default();
     let (lr, lambda, steps) = (1e-2, 1e-2, 100);
-    device.seed(3);
-    let w0 = Tensor::<2>::random([16, 16], Distribution::Normal(0.0, 1.0), &device);
-    let g = Tensor::<2>::random([16, 16], Distribution::Normal(0.0, 1.0), &device);
+    let w0 = noise([16, 16], 3, 1.0, &device);
+    let g = noise([16, 16], 4, 1.0, &device);
     let pwd = padam(&PNormConfig::new(2.0, lambda)).unwrap();
     let adamw = burn_adamw_pytorch(2.0 * lambda);
     let adam = adam_pytorch().build();
@@ -164,14 +175,12 @@ fn p2_matches_adamw_with_twice_lambda_to_first_order() {
 #[test]
 fn adamw_baseline_equals_burns_adamw_on_decayed_tensors() {
     let device = Device::default();
-    device.seed(5);
-    let w = Tensor::<2>::random([8, 8], Distribution::Normal(0.0, 1.0), &device);
+    let w = noise([8, 8], 5, 1.0, &device);
     let ours = adamw_pytorch(0.1).unwrap();
     let burns = burn_adamw_pytorch(0.1);
     let (mut a, mut b, mut sa, mut sb) = (w.clone(), w, None, None);
     for t in 0..20 {
-        let g = Tensor::<2>::random([8, 8], Distribution::Normal(0.0, 1.0), &device)
-            .mul_scalar(t as f64);
+        let g = noise([8, 8], 100 + t, 1.0, &device).mul_scalar(t as f64);
         (a, sa) = ours.step(1e-2, a, g.clone(), sa);
         (b, sb) = burns.step(1e-2, b, g, sb);
     }
@@ -282,8 +291,7 @@ fn structured_pwd_kills_weak_neurons_as_a_whole() {
 #[test]
 fn fused_kernel_equals_tensor_ops() {
     let device = Device::default();
-    device.seed(11);
-    let w = Tensor::<2>::random([64, 64], Distribution::Normal(0.0, 0.1), &device);
+    let w = noise([64, 64], 11, 0.1, &device);
     for late in [false, true] {
         for p in [0.5, 1.0, 1.5, 2.0, 3.0] {
             let mut cfg = PNormConfig::new(p, 0.05).with_lambda2(0.01);
@@ -295,9 +303,20 @@ fn fused_kernel_equals_tensor_ops() {
                 adam_pytorch().build(),
                 cfg.with_kernel(Kernel::TensorOps).build().unwrap(),
             );
+            // one step: the same function to float precision (relative 1e-6, the pow's ~1 ulp)
+            let g = noise([64, 64], 199, 1.0, &device);
+            let (a1, _) = fused.step(0.05, w.clone(), g.clone(), None);
+            let (b1, _) = ops.step(0.05, w.clone(), g, None);
+            for (x, y) in values(a1).iter().zip(&values(b1)) {
+                assert!(
+                    (x - y).abs() <= 1e-6 * y.abs() + 1e-12,
+                    "p={p} late={late}: {x} vs {y}"
+                );
+            }
+            // twenty steps: Adam's normalisation amplifies ulps on weights near zero a little
             let (mut a, mut b, mut sa, mut sb) = (w.clone(), w.clone(), None, None);
-            for _ in 0..20 {
-                let g = Tensor::<2>::random([64, 64], Distribution::Normal(0.0, 1.0), &device);
+            for t in 0..20 {
+                let g = noise([64, 64], 200 + t, 1.0, &device);
                 (a, sa) = fused.step(0.05, a, g.clone(), sa);
                 (b, sb) = ops.step(0.05, b, g, sb);
             }
@@ -307,7 +326,7 @@ fn fused_kernel_equals_tensor_ops() {
                 .zip(&b)
                 .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
             assert!(
-                gap < 1e-6,
+                gap < 1e-5,
                 "p={p} late={late}: fused vs tensor ops differ by {gap}"
             );
             assert!(a.iter().all(|x| *x == 0.0 || x.is_normal()));

@@ -1,0 +1,147 @@
+//! The image classifiers: the MLP and the 2023 blog's CNN.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Which network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Multi-layer perceptron 784-300-100-10 with ReLU (hidden sizes configurable).
+    Mlp,
+    /// conv3x3(32)-pool-conv3x3(64)-pool-dense128-dropout0.2-dense10 (421,642 parameters).
+    Cnn,
+}
+
+/// A multi-layer perceptron on flattened images.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    hidden: Vec<Linear>,
+    output: Linear,
+}
+
+impl Mlp {
+    /// `inputs` → each of `hidden` (ReLU) → `classes`.
+    pub fn new(inputs: usize, hidden: &[usize], classes: usize, device: &Device) -> Self {
+        let mut width = inputs;
+        let hidden = hidden
+            .iter()
+            .map(|&h| {
+                let layer = LinearConfig::new(width, h).init(device);
+                width = h;
+                layer
+            })
+            .collect();
+        Self {
+            hidden,
+            output: LinearConfig::new(width, classes).init(device),
+        }
+    }
+
+    /// Logits for a `[batch, inputs]` input.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let x = self
+            .hidden
+            .iter()
+            .fold(x, |x, layer| relu(layer.forward(x)));
+        self.output.forward(x)
+    }
+}
+
+/// The CNN of the authors' 2023 blog post on Fashion-MNIST.
+#[derive(Module, Debug)]
+pub struct Cnn {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    pool: MaxPool2d,
+    dense: Linear,
+    dropout: Dropout,
+    output: Linear,
+}
+
+impl Cnn {
+    /// For `side`×`side` single-channel images (padding keeps the size through each conv).
+    pub fn new(side: usize, classes: usize, device: &Device) -> Self {
+        let conv = |i, o| {
+            Conv2dConfig::new([i, o], [3, 3])
+                .with_padding(PaddingConfig2d::Same)
+                .init(device)
+        };
+        let pooled = side / 2 / 2;
+        Self {
+            conv1: conv(1, 32),
+            conv2: conv(32, 64),
+            pool: MaxPool2dConfig::new([2, 2]).init(),
+            dense: LinearConfig::new(64 * pooled * pooled, 128).init(device),
+            dropout: DropoutConfig::new(0.2).init(),
+            output: LinearConfig::new(128, classes).init(device),
+        }
+    }
+
+    /// Logits for a `[batch, side·side]` input.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let [batch, pixels] = x.dims();
+        let side = (pixels as f64).sqrt() as usize;
+        let x = x.reshape([batch, 1, side, side]);
+        let x = self.pool.forward(relu(self.conv1.forward(x)));
+        let x = self.pool.forward(relu(self.conv2.forward(x)));
+        let x = x.flatten::<2>(1, 3);
+        let x = self.dropout.forward(relu(self.dense.forward(x)));
+        self.output.forward(x)
+    }
+}
+
+/// Either classifier.
+// One value per run: the size difference of the variants costs nothing, and burn's Module derive
+// does not see through a Box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum Classifier {
+    /// The MLP.
+    Mlp(Mlp),
+    /// The CNN.
+    Cnn(Cnn),
+}
+
+impl Classifier {
+    /// Builds `kind` for `side`×`side` images and 10 classes.
+    pub fn new(kind: ModelKind, side: usize, hidden: &[usize], device: &Device) -> Self {
+        match kind {
+            ModelKind::Mlp => Self::Mlp(Mlp::new(side * side, hidden, 10, device)),
+            ModelKind::Cnn => Self::Cnn(Cnn::new(side, 10, device)),
+        }
+    }
+
+    /// Logits for a `[batch, pixels]` input.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            Self::Mlp(m) => m.forward(x),
+            Self::Cnn(m) => m.forward(x),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_counts_match_the_reference_networks() {
+        let device = Device::default();
+        let mlp = Classifier::new(ModelKind::Mlp, 28, &[300, 100], &device);
+        assert_eq!(
+            mlp.num_params(),
+            784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
+        );
+        let cnn = Classifier::new(ModelKind::Cnn, 28, &[], &device);
+        assert_eq!(cnn.num_params(), 421_642);
+        let x = Tensor::<2>::zeros([3, 784], &device);
+        assert_eq!(cnn.forward(x.clone()).dims(), [3, 10]);
+        assert_eq!(mlp.forward(x).dims(), [3, 10]);
+    }
+}

@@ -1,0 +1,566 @@
+//! The training loop for the image classifiers, and the files a run writes.
+//!
+//! A run folder holds `config.toml` (everything needed to rerun it), `metrics.jsonl` (one JSON
+//! object per epoch) and `summary.json` (final and best metrics). The JSON keys are snake_case
+//! and stable: other tools script against them.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::GradientsParams;
+use burn::tensor::Device;
+use pdecay::Schedule;
+use pdecay::sparsity::{DEFAULT_THRESHOLD, SparsityReport, TensorSparsity};
+use pdecay_burn::{
+    MagnitudePruningConfig, PNormConfig, SparseOptimizer, adam_gmp, adam_l1, adam_naive_lp,
+    adam_no_decay, adamw_pytorch, padam, psgd,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::data::ImageSplits;
+use crate::models::{Classifier, ModelKind};
+
+/// The optimizer (pWD or a baseline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimKind {
+    /// Adam + pWD (the paper's pAdam).
+    Padam,
+    /// SGD with momentum 0.9 + pWD.
+    Psgd,
+    /// AdamW; `lambda` is PyTorch's weight_decay.
+    Adamw,
+    /// Adam without decay.
+    Adam,
+    /// Adam + L1 proximal step with strength `lambda`.
+    AdamL1,
+    /// Adam on the loss plus the naive Lp penalty (`p`, `lambda`): diverges or stays dense for p < 1.
+    NaiveLp,
+    /// Adam + gradual magnitude pruning (cubic schedule).
+    Gmp,
+}
+
+/// The learning-rate schedule after the warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// Cosine from lr to lr·min_lr_ratio (the paper's).
+    Cosine,
+    /// Geometric from lr to lr·min_lr_ratio (the 2023 blog's).
+    Geometric,
+    /// Constant lr.
+    Constant,
+}
+
+/// Every setting of a training run; `config.toml` holds exactly this.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// The network.
+    pub model: ModelKind,
+    /// Hidden layer widths of the MLP (default 300, 100: LeNet-300-100).
+    pub hidden: Vec<usize>,
+    /// The optimizer.
+    pub optim: OptimKind,
+    /// pWD's norm (default 0.8, the authors' reference code).
+    pub p: f64,
+    /// pWD's strength (default 1e-3, the authors' reference code); AdamW's weight_decay.
+    pub lambda: f64,
+    /// Peak learning rate (default 1e-3).
+    pub lr: f64,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per step (default 128).
+    pub batch_size: usize,
+    /// Linear warm-up from 0, in epochs (may be fractional; default 1).
+    pub warmup_epochs: f64,
+    /// Final lr as a share of the peak (default 0.01: cosine to lr/100, the paper's).
+    pub min_lr_ratio: f64,
+    /// The lr schedule after the warm-up.
+    pub schedule: LrSchedule,
+    /// Seed of initialisation, shuffling and dropout.
+    pub seed: u64,
+    /// pWD variant: factor from the post-step weight.
+    pub late: bool,
+    /// pWD variant: elastic-net L2 strength.
+    pub lambda2: f64,
+    /// pWD variant: p starts here and moves linearly to `p` over the first half of training.
+    pub p_start: Option<f64>,
+    /// pWD variant: s-dynamics with this rate of s.
+    pub s_dynamics: Option<f64>,
+    /// pWD variant: structured (whole neurons and channels).
+    pub structured: bool,
+    /// Magnitude pruning: final sparsity (default 0.9).
+    pub gmp_final_sparsity: f64,
+    /// Magnitude pruning: share of training when pruning ends (default 0.75).
+    pub gmp_end_fraction: f64,
+    /// Magnitude pruning: steps between mask updates (default 100).
+    pub gmp_frequency: u64,
+    /// |w| below this counts as zero (default 1e-13, the paper's).
+    pub threshold: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: ModelKind::Mlp,
+            hidden: vec![300, 100],
+            optim: OptimKind::Padam,
+            p: 0.8,
+            lambda: 1e-3,
+            lr: 1e-3,
+            epochs: 10,
+            batch_size: 128,
+            warmup_epochs: 1.0,
+            min_lr_ratio: 0.01,
+            schedule: LrSchedule::Cosine,
+            seed: 0,
+            late: false,
+            lambda2: 0.0,
+            p_start: None,
+            s_dynamics: None,
+            structured: false,
+            gmp_final_sparsity: 0.9,
+            gmp_end_fraction: 0.75,
+            gmp_frequency: 100,
+            threshold: DEFAULT_THRESHOLD,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the settings that the optimizer constructors do not.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.epochs >= 1,
+            "epochs must be at least 1, got {}",
+            self.epochs
+        );
+        ensure!(
+            self.batch_size >= 1,
+            "batch_size must be at least 1, got {}",
+            self.batch_size
+        );
+        ensure!(
+            self.lr.is_finite() && self.lr > 0.0,
+            "lr must be a finite number > 0, got {}",
+            self.lr
+        );
+        ensure!(
+            self.warmup_epochs.is_finite()
+                && self.warmup_epochs >= 0.0
+                && self.warmup_epochs <= self.epochs as f64,
+            "warmup_epochs must lie in [0, epochs = {}], got {}",
+            self.epochs,
+            self.warmup_epochs
+        );
+        ensure!(
+            self.threshold.is_finite() && self.threshold >= 0.0,
+            "threshold must be a finite number >= 0, got {}",
+            self.threshold
+        );
+        ensure!(
+            self.hidden.iter().all(|&h| h > 0),
+            "hidden widths must be at least 1, got {:?}",
+            self.hidden
+        );
+        // Builds the optimizer once so a bad p, lambda, ... fails before any data is loaded.
+        self.optimizer(1)?;
+        Ok(())
+    }
+
+    /// The lr schedule over `total_steps` steps.
+    pub fn lr_schedule(&self, steps_per_epoch: usize) -> Result<Schedule> {
+        let total = (self.epochs * steps_per_epoch) as u64;
+        let warmup = (self.warmup_epochs * steps_per_epoch as f64).round() as u64;
+        let after = total.saturating_sub(warmup).max(1);
+        let end = self.lr * self.min_lr_ratio;
+        let then = match self.schedule {
+            LrSchedule::Cosine => Schedule::cosine(self.lr, end, after)?,
+            LrSchedule::Geometric => Schedule::geometric(self.lr, end, after)
+                .context("the geometric schedule needs min_lr_ratio > 0")?,
+            LrSchedule::Constant => Schedule::constant(self.lr)?,
+        };
+        pdecay::validate::check_unit_interval("min_lr_ratio", self.min_lr_ratio)?;
+        Ok(Schedule::warmup(0.0, warmup, then)?)
+    }
+
+    fn pnorm(&self, total_steps: u64) -> Result<PNormConfig> {
+        let mut cfg = PNormConfig::new(self.p, self.lambda).with_lambda2(self.lambda2);
+        if self.late {
+            cfg = cfg.late();
+        }
+        if let Some(p0) = self.p_start {
+            cfg = cfg.with_p_schedule(Schedule::linear(p0, self.p, (total_steps / 2).max(1))?);
+        }
+        if let Some(rate) = self.s_dynamics {
+            cfg = cfg.s_dynamics(rate);
+        }
+        if self.structured {
+            cfg = cfg.structured();
+        }
+        Ok(cfg)
+    }
+
+    /// The optimizer of this run.
+    pub fn optimizer(&self, total_steps: u64) -> Result<SparseOptimizer> {
+        let invalid = || format!("invalid settings for --optim {:?}", self.optim);
+        let optim = match self.optim {
+            OptimKind::Padam => {
+                SparseOptimizer::new(padam(&self.pnorm(total_steps)?).with_context(invalid)?)
+            }
+            OptimKind::Psgd => SparseOptimizer::new(
+                psgd(0.9, false, &self.pnorm(total_steps)?).with_context(invalid)?,
+            ),
+            OptimKind::Adamw => {
+                SparseOptimizer::new(adamw_pytorch(self.lambda).with_context(invalid)?)
+            }
+            OptimKind::Adam => SparseOptimizer::new(adam_no_decay()),
+            OptimKind::AdamL1 => SparseOptimizer::new(adam_l1(self.lambda).with_context(invalid)?),
+            OptimKind::NaiveLp => {
+                SparseOptimizer::new(adam_naive_lp(self.p, self.lambda).with_context(invalid)?)
+            }
+            OptimKind::Gmp => {
+                let end_step = ((total_steps as f64) * self.gmp_end_fraction).round() as u64;
+                let cfg = MagnitudePruningConfig {
+                    initial_sparsity: 0.0,
+                    final_sparsity: self.gmp_final_sparsity,
+                    begin_step: 0,
+                    end_step: end_step.max(1),
+                    frequency: self.gmp_frequency,
+                };
+                SparseOptimizer::new(adam_gmp(&cfg).with_context(invalid)?)
+            }
+        };
+        Ok(optim)
+    }
+}
+
+/// One tensor's line in `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerMetrics {
+    /// Parameter path.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Number of values.
+    pub params: u64,
+    /// Whether it is decayed.
+    pub decayed: bool,
+    /// Exact zeros.
+    pub zeros: u64,
+    /// |w| < threshold.
+    pub below_threshold: u64,
+}
+
+impl From<&TensorSparsity> for LayerMetrics {
+    fn from(t: &TensorSparsity) -> Self {
+        Self {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            params: t.params,
+            decayed: t.decayed,
+            zeros: t.zeros,
+            below_threshold: t.below_threshold,
+        }
+    }
+}
+
+/// One line of `metrics.jsonl`, written after each epoch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// Epochs done (1-based).
+    pub epoch: usize,
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Learning rate of the last step.
+    pub lr: f64,
+    /// Mean training loss over the epoch.
+    pub train_loss: f64,
+    /// Mean test loss.
+    pub test_loss: f64,
+    /// Test accuracy, 0-1.
+    pub test_accuracy: f64,
+    /// Share of decayed weights with |w| < threshold.
+    pub sparsity: f64,
+    /// Share of decayed weights exactly 0.
+    pub sparsity_exact_zero: f64,
+    /// Share of all parameters with |w| < threshold.
+    pub sparsity_all_params: f64,
+    /// Per tensor.
+    pub layers: Vec<LayerMetrics>,
+    /// Wall time since the start of the run.
+    pub seconds: f64,
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    /// Test accuracy after the last epoch.
+    pub final_test_accuracy: f64,
+    /// Best test accuracy over the epochs.
+    pub best_test_accuracy: f64,
+    /// Epoch of the best accuracy.
+    pub best_epoch: usize,
+    /// Test loss after the last epoch.
+    pub final_test_loss: f64,
+    /// Final share of decayed weights with |w| < threshold.
+    pub sparsity: f64,
+    /// Final share of decayed weights exactly 0.
+    pub sparsity_exact_zero: f64,
+    /// Final share of all parameters with |w| < threshold.
+    pub sparsity_all_params: f64,
+    /// Parameters with |w| >= threshold.
+    pub nonzero_params: u64,
+    /// All parameters.
+    pub total_params: u64,
+    /// Decayed parameters.
+    pub decayed_params: u64,
+    /// Epochs trained.
+    pub epochs: usize,
+    /// Wall time of the whole run.
+    pub wall_seconds: f64,
+    /// Training images per second of training time (evaluation excluded).
+    pub samples_per_second: f64,
+}
+
+/// Where a run reports progress.
+pub trait Progress {
+    /// After each epoch.
+    fn epoch(&mut self, config: &TrainConfig, metrics: &EpochMetrics);
+}
+
+/// Prints one plain line per epoch.
+pub struct PlainProgress;
+
+impl Progress for PlainProgress {
+    fn epoch(&mut self, config: &TrainConfig, m: &EpochMetrics) {
+        println!(
+            "epoch {:>3}/{} step {:>6} lr {:.2e} train loss {:.4} test loss {:.4} acc {:.2}% sparsity {:.1}% ({:.0}s)",
+            m.epoch,
+            config.epochs,
+            m.step,
+            m.lr,
+            m.train_loss,
+            m.test_loss,
+            100.0 * m.test_accuracy,
+            100.0 * m.sparsity,
+            m.seconds
+        );
+    }
+}
+
+/// Reports nothing.
+pub struct Silent;
+
+impl Progress for Silent {
+    fn epoch(&mut self, _: &TrainConfig, _: &EpochMetrics) {}
+}
+
+const EVAL_BATCH: usize = 1000;
+
+/// Test loss and accuracy of `model` (no autodiff, no dropout).
+fn evaluate(
+    model: &Classifier,
+    data: &ImageSplits,
+    stats: (f64, f64),
+    device: &Device,
+) -> (f64, f64) {
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let (mut loss_sum, mut correct) = (0.0, 0usize);
+    let n = data.test.len();
+    let indices: Vec<usize> = (0..n).collect();
+    for chunk in indices.chunks(EVAL_BATCH) {
+        let (x, y) = data.test.batch(chunk, stats, device);
+        let logits = model.forward(x);
+        loss_sum += loss_fn
+            .forward(logits.clone(), y.clone())
+            .into_scalar::<f32>() as f64
+            * chunk.len() as f64;
+        correct += logits
+            .argmax(1)
+            .squeeze_dim::<1>(1)
+            .equal(y)
+            .int()
+            .sum()
+            .into_scalar::<i64>() as usize;
+    }
+    (loss_sum / n as f64, correct as f64 / n as f64)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// Creates the run folder; refuses to overwrite one holding a finished or started run.
+pub fn prepare_run_dir(dir: &Path) -> Result<()> {
+    if dir.join("config.toml").exists() {
+        bail!(
+            "{} already holds a run (config.toml exists); choose another --out, or delete the folder to start over",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create run folder {} (is --out writable?)",
+            dir.display()
+        )
+    })
+}
+
+/// Trains `config` on `data`; writes the run folder `out` if given.
+pub fn train(
+    config: &TrainConfig,
+    data: &ImageSplits,
+    out: Option<&Path>,
+    progress: &mut dyn Progress,
+) -> Result<Summary> {
+    config.validate()?;
+    ensure!(
+        data.train.rows == data.train.cols,
+        "images must be square, got {}x{}",
+        data.train.rows,
+        data.train.cols
+    );
+    let steps_per_epoch = data.train.len().div_ceil(config.batch_size);
+    let total_steps = (steps_per_epoch * config.epochs) as u64;
+    let schedule = config.lr_schedule(steps_per_epoch)?;
+    let mut optim = config.optimizer(total_steps)?;
+    let device = Device::default().autodiff();
+    device.seed(config.seed);
+    let mut model = Classifier::new(config.model, data.train.rows, &config.hidden, &device);
+    let stats = data.train.pixel_stats();
+    let mut metrics_file = match out {
+        Some(dir) => {
+            prepare_run_dir(dir)?;
+            write_atomic(
+                &dir.join("config.toml"),
+                toml::to_string_pretty(config)?.as_bytes(),
+            )?;
+            Some(
+                std::fs::File::create(dir.join("metrics.jsonl"))
+                    .context("creating metrics.jsonl")?,
+            )
+        }
+        None => None,
+    };
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let start = Instant::now();
+    let mut train_seconds = 0.0;
+    let mut step: u64 = 0;
+    let mut history: Vec<EpochMetrics> = Vec::new();
+    let mut report = SparsityReport::new(config.threshold, Vec::new());
+    let mut indices: Vec<usize> = (0..data.train.len()).collect();
+    for epoch in 1..=config.epochs {
+        // One RNG per epoch, derived from the seed: the shuffle of epoch k never depends on
+        // what happened before it.
+        indices.sort_unstable();
+        indices.shuffle(&mut StdRng::seed_from_u64(
+            config
+                .seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(epoch as u64),
+        ));
+        let epoch_start = Instant::now();
+        let (mut loss_sum, mut lr) = (0.0, 0.0);
+        for batch in indices.chunks(config.batch_size) {
+            let (x, y) = data.train.batch(batch, stats, &device);
+            let loss = loss_fn.forward(model.forward(x), y);
+            let loss_value = loss.clone().into_scalar::<f32>() as f64;
+            if !loss_value.is_finite() {
+                bail!(
+                    "the training loss became {loss_value} at epoch {epoch}, step {step}: the run diverged (lower --lr or --lambda)"
+                );
+            }
+            loss_sum += loss_value * batch.len() as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            lr = schedule.value(step);
+            model = optim
+                .step(lr, model, grads)
+                .with_context(|| format!("optimizer step failed at epoch {epoch}, step {step}"))?;
+            step += 1;
+        }
+        train_seconds += epoch_start.elapsed().as_secs_f64();
+        let (test_loss, test_accuracy) =
+            evaluate(&model.valid(), data, stats, &device.clone().inner());
+        report = optim.sparsity_report(&model, config.threshold, false);
+        let m = EpochMetrics {
+            epoch,
+            step,
+            lr,
+            train_loss: loss_sum / data.train.len() as f64,
+            test_loss,
+            test_accuracy,
+            sparsity: report.decayed().sparsity(),
+            sparsity_exact_zero: report.decayed().exact_zero_sparsity(),
+            sparsity_all_params: report.all().sparsity(),
+            layers: report.tensors.iter().map(LayerMetrics::from).collect(),
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        if let Some(file) = metrics_file.as_mut() {
+            writeln!(file, "{}", serde_json::to_string(&m)?).context("writing metrics.jsonl")?;
+            file.flush()?;
+        }
+        progress.epoch(config, &m);
+        history.push(m);
+    }
+    let last = history.last().expect("at least one epoch");
+    let best = history
+        .iter()
+        .max_by(|a, b| {
+            a.test_accuracy
+                .total_cmp(&b.test_accuracy)
+                .then(b.epoch.cmp(&a.epoch))
+        })
+        .expect("at least one epoch");
+    let summary = Summary {
+        final_test_accuracy: last.test_accuracy,
+        best_test_accuracy: best.test_accuracy,
+        best_epoch: best.epoch,
+        final_test_loss: last.test_loss,
+        sparsity: last.sparsity,
+        sparsity_exact_zero: last.sparsity_exact_zero,
+        sparsity_all_params: last.sparsity_all_params,
+        nonzero_params: report.all().nonzero(),
+        total_params: report.all().params,
+        decayed_params: report.decayed().params,
+        epochs: config.epochs,
+        wall_seconds: start.elapsed().as_secs_f64(),
+        samples_per_second: (data.train.len() * config.epochs) as f64 / train_seconds,
+    };
+    if let Some(dir) = out {
+        write_atomic(
+            &dir.join("summary.json"),
+            serde_json::to_string_pretty(&summary)?.as_bytes(),
+        )?;
+    }
+    Ok(summary)
+}
+
+/// The default run folder: `runs/<model>-<optim>-<unix seconds>`.
+pub fn default_run_dir(config: &TrainConfig) -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let optim = serde_json::to_value(config.optim)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let model = serde_json::to_value(config.model)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    PathBuf::from("runs").join(format!("{model}-{optim}-{stamp}"))
+}

@@ -1,0 +1,199 @@
+//! End-to-end tests of `pdecay train` through the real binary, on the embedded subset.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn pdecay(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pdecay"))
+        .args(args)
+        .env_remove("PDECAY_DATA")
+        .output()
+        .expect("the pdecay binary runs")
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pdecay-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn padam_learns_and_ends_far_sparser_than_adamw() {
+    let root = tempdir("learn");
+    let run = |optim: &str, lambda: &str| {
+        let dir = root.join(optim);
+        let out = pdecay(&[
+            "train",
+            "--embedded",
+            "--epochs",
+            "2",
+            "--optim",
+            optim,
+            "--lambda",
+            lambda,
+            "--lr",
+            "2e-3",
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{optim}: {}", stderr(&out));
+        dir
+    };
+    let adamw = run("adamw", "1e-2");
+    let padam = run("padam", "3e-1");
+
+    // every file and key, with sane values
+    for dir in [&adamw, &padam] {
+        let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+        assert!(config.contains("epochs = 2"), "{config}");
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        for key in [
+            "epoch",
+            "step",
+            "lr",
+            "train_loss",
+            "test_loss",
+            "test_accuracy",
+            "sparsity",
+            "sparsity_exact_zero",
+            "sparsity_all_params",
+            "layers",
+            "seconds",
+        ] {
+            assert!(lines[1].get(key).is_some(), "metrics.jsonl lacks {key}");
+        }
+        assert_eq!(lines[1]["step"], 2 * 43); // 5,500 images in batches of 128
+        let layers = lines[1]["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 6);
+        assert!(
+            layers
+                .iter()
+                .any(|l| l["name"] == "Mlp.hidden.0.weight" && l["decayed"] == true),
+            "{layers:?}"
+        );
+        let s = summary(dir);
+        for key in [
+            "final_test_accuracy",
+            "best_test_accuracy",
+            "best_epoch",
+            "final_test_loss",
+            "sparsity",
+            "sparsity_exact_zero",
+            "sparsity_all_params",
+            "nonzero_params",
+            "total_params",
+            "decayed_params",
+            "epochs",
+            "wall_seconds",
+            "samples_per_second",
+        ] {
+            assert!(s.get(key).is_some(), "summary.json lacks {key}");
+        }
+        assert_eq!(s["total_params"], 266_610);
+        assert_eq!(s["decayed_params"], 266_200);
+        // well above chance (10%)
+        assert!(s["final_test_accuracy"].as_f64().unwrap() > 0.7, "{s}");
+    }
+    let (sa, sp) = (summary(&adamw), summary(&padam));
+    assert!(sa["sparsity"].as_f64().unwrap() < 0.05, "{sa}");
+    assert!(sp["sparsity"].as_f64().unwrap() > 0.5, "{sp}");
+}
+
+#[test]
+fn bad_inputs_are_clear_errors_and_never_overwrite_a_run() {
+    let root = tempdir("bad");
+    let out = pdecay(&["train", "--embedded", "--p", "0", "--epochs", "1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("p = 0"), "{}", stderr(&out));
+
+    let out = pdecay(&["train", "--embedded", "--lambda=-1", "--epochs", "1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("lambda = -1"), "{}", stderr(&out));
+
+    let out = pdecay(&["train", "--embedded", "--optim", "sgd-unknown"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("invalid value 'sgd-unknown'"),
+        "{}",
+        stderr(&out)
+    );
+
+    // missing data: names the folder and the files it needs
+    let empty = root.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = pdecay(&["train", "--data", empty.to_str().unwrap(), "--epochs", "1"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("train-images-idx3-ubyte"),
+        "{}",
+        stderr(&out)
+    );
+
+    // a corrupt IDX file
+    let corrupt = root.join("corrupt");
+    std::fs::create_dir_all(&corrupt).unwrap();
+    for f in [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ] {
+        std::fs::write(corrupt.join(f), [0u8, 0, 8, 9, 1, 2]).unwrap();
+    }
+    let out = pdecay(&[
+        "train",
+        "--data",
+        corrupt.to_str().unwrap(),
+        "--epochs",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("magic number"), "{}", stderr(&out));
+
+    // unknown key in a config file names the key and the file
+    let cfg = root.join("bad.toml");
+    std::fs::write(&cfg, "epochs = 1\nlearning_rate = 0.1\n").unwrap();
+    let out = pdecay(&["train", "--embedded", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("learning_rate") && err.contains("bad.toml"),
+        "{err}"
+    );
+
+    // an existing run folder is never overwritten
+    let run = root.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("config.toml"), "epochs = 7\n").unwrap();
+    let out = pdecay(&[
+        "train",
+        "--embedded",
+        "--epochs",
+        "1",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("already holds a run"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.join("config.toml")).unwrap(),
+        "epochs = 7\n"
+    );
+}
