@@ -1,4 +1,5 @@
-//! Step time of pAdam against plain Adam and burn's AdamW (flex CPU backend).
+//! Step time of pAdam (fused, and composed of burn's Adam and the pWD kernel or tensor ops)
+//! against plain Adam and burn's AdamW (flex CPU backend).
 //!
 //! `cargo bench -p pdecay-burn` runs divan's timings for each optimizer and size, then a
 //! side-by-side pass that alternates the optimizers step by step (so drift in machine load hits
@@ -9,7 +10,7 @@ use std::time::Instant;
 
 use burn::optim::Optimizer;
 use burn::tensor::{Device, Distribution, Tensor};
-use pdecay_burn::{Kernel, PNormConfig, adam_pytorch, burn_adamw_pytorch, padam};
+use pdecay_burn::{Decoupled, Kernel, PNormConfig, adam_pytorch, burn_adamw_pytorch, padam};
 
 const SIZES: [(&str, usize); 3] = [("250K", 500), ("1M", 1_000), ("10M", 3_162)];
 
@@ -44,8 +45,16 @@ fn steppers(side: usize) -> Vec<Stepper> {
         stepper("AdamW (burn)", burn_adamw_pytorch(1e-2), side),
         stepper("pAdam (fused)", padam(&pwd).unwrap(), side),
         stepper(
-            "pAdam (tensor ops)",
-            padam(&pwd.clone().with_kernel(Kernel::TensorOps)).unwrap(),
+            "Adam + pWD kernel",
+            Decoupled::new(adam_pytorch().build(), pwd.build().unwrap()),
+            side,
+        ),
+        stepper(
+            "Adam + pWD tensor ops",
+            Decoupled::new(
+                adam_pytorch().build(),
+                pwd.clone().with_kernel(Kernel::TensorOps).build().unwrap(),
+            ),
             side,
         ),
     ]
@@ -67,8 +76,13 @@ fn padam_fused(bencher: divan::Bencher, size: &str) {
 }
 
 #[divan::bench(args = ["250K", "1M", "10M"])]
-fn padam_tensor_ops(bencher: divan::Bencher, size: &str) {
+fn adam_then_pwd_kernel(bencher: divan::Bencher, size: &str) {
     run(bencher, size, 3);
+}
+
+#[divan::bench(args = ["250K", "1M", "10M"])]
+fn adam_then_pwd_tensor_ops(bencher: divan::Bencher, size: &str) {
+    run(bencher, size, 4);
 }
 
 fn side_of(size: &str) -> usize {

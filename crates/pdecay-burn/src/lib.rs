@@ -31,6 +31,7 @@
 
 pub mod baselines;
 pub mod optimizers;
+pub mod padam;
 pub mod pnorm;
 pub mod rule;
 pub mod sparse_optimizer;
@@ -39,10 +40,11 @@ pub mod state;
 pub use baselines::{DecoupledL2, L1Prox, MagnitudePruning, MagnitudePruningConfig, NaiveLp};
 pub use optimizers::{
     PWeightDecay, adam_gmp, adam_l1, adam_naive_lp, adam_no_decay, adam_pytorch, adamw_pytorch,
-    burn_adamw_pytorch, padagrad, padam, prmsprop, psgd, sgd_pytorch,
+    burn_adamw_pytorch, padagrad, padam, padam_with, prmsprop, psgd, sgd_pytorch,
 };
+pub use padam::PAdam;
 pub use pnorm::{Kernel, Mode, PNorm, PNormConfig, Reference};
-pub use rule::{DEFAULT_MIN_RANK, DecayRule, Decoupled, NoDecay, StepContext};
+pub use rule::{DEFAULT_MIN_RANK, DecayRule, DecaysTensors, Decoupled, NoDecay, StepContext};
 pub use sparse_optimizer::{
     DecaySummary, SparseOptimizer, StepError, first_non_finite, sparsity_report,
 };

@@ -13,6 +13,7 @@ use burn::optim::{
 use pdecay::validate::ValidationError;
 
 use crate::baselines::{DecoupledL2, L1Prox, MagnitudePruning, MagnitudePruningConfig, NaiveLp};
+use crate::padam::PAdam;
 use crate::pnorm::{PNorm, PNormConfig};
 use crate::rule::{Decoupled, NoDecay};
 
@@ -52,9 +53,26 @@ pub fn sgd_pytorch(momentum: f64, nesterov: bool) -> SgdConfig {
     SgdConfig::new().with_momentum(momentum)
 }
 
-/// pAdam: Adam (PyTorch defaults) + pWD.
-pub fn padam(decay: &PNormConfig) -> Result<PWeightDecay<Adam>, ValidationError> {
-    Ok(Decoupled::new(adam_pytorch().build(), decay.build()?))
+/// pAdam: Adam (PyTorch defaults: betas (0.9, 0.999), eps 1e-8) + pWD, fused into one pass on
+/// the CPU.
+pub fn padam(decay: &PNormConfig) -> Result<PAdam, ValidationError> {
+    padam_with(0.9, 0.999, 1e-8, decay)
+}
+
+/// pAdam with other Adam hyper-parameters.
+pub fn padam_with(
+    beta_1: f32,
+    beta_2: f32,
+    epsilon: f32,
+    decay: &PNormConfig,
+) -> Result<PAdam, ValidationError> {
+    let adam = AdamConfig::new()
+        .with_beta_1(beta_1)
+        .with_beta_2(beta_2)
+        .with_epsilon(epsilon)
+        .build();
+    let composite = Decoupled::new(adam, decay.build()?);
+    Ok(PAdam::new(composite, beta_1, beta_2, epsilon))
 }
 
 /// pSGD: SGD with momentum (PyTorch convention, optional Nesterov) + pWD.

@@ -225,6 +225,16 @@ impl PNorm {
     }
 }
 
+impl PNorm {
+    /// Whether a fused host kernel may replace this rule's tensor ops: elementwise, from
+    /// `w_{t-1}`, with the automatic kernel choice.
+    pub(crate) fn fusable(&self) -> bool {
+        self.mode == Mode::Elementwise
+            && self.reference == Reference::BeforeStep
+            && self.kernel == Kernel::Auto
+    }
+}
+
 impl DecayRule for PNorm {
     fn transform_weights<const D: usize>(
         &self,

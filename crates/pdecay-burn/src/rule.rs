@@ -97,6 +97,18 @@ impl<O: Optimizer, R: DecayRule> Decoupled<O, R> {
     }
 }
 
+/// An optimizer that knows which tensors it decays, for decay summaries and sparsity probes.
+pub trait DecaysTensors {
+    /// The smallest decayed rank, or `None` when nothing is decayed.
+    fn decayed_from_rank(&self) -> Option<usize>;
+}
+
+impl<O: Optimizer, R: DecayRule> DecaysTensors for Decoupled<O, R> {
+    fn decayed_from_rank(&self) -> Option<usize> {
+        self.rule.is_active().then_some(self.min_rank)
+    }
+}
+
 impl<O: Optimizer, R: DecayRule> Optimizer for Decoupled<O, R> {
     type State<const D: usize> = DecoupledState<O::State<D>, D>;
 

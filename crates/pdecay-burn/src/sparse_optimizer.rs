@@ -8,7 +8,7 @@ use burn::tensor::Tensor;
 use pdecay::sparsity::{SparsityReport, TensorSparsity};
 use thiserror::Error;
 
-use crate::rule::{DecayRule, Decoupled};
+use crate::rule::DecaysTensors;
 
 /// What went wrong in a step.
 #[derive(Debug, Clone, PartialEq, Error)]
@@ -44,11 +44,8 @@ struct GroupRule {
     decayed_from_rank: Option<usize>,
 }
 
-fn decayed_from_rank<O: Optimizer, R: DecayRule>(optim: &Decoupled<O, R>) -> Option<usize> {
-    optim.rule().is_active().then_some(optim.min_rank())
-}
-
-/// A module optimizer built from [`Decoupled`] optimizers, one per parameter group.
+/// A module optimizer built from decaying optimizers ([`crate::Decoupled`], [`crate::PAdam`]),
+/// one per parameter group.
 ///
 /// ```text
 /// let optim = SparseOptimizer::new(padam(&PNormConfig::new(0.8, 1e-3))?)
@@ -64,10 +61,10 @@ pub struct SparseOptimizer {
 
 impl SparseOptimizer {
     /// Every parameter optimized by `optim` (its rule and rank threshold decide what decays).
-    pub fn new<O: Optimizer, R: DecayRule>(optim: Decoupled<O, R>) -> Self {
+    pub fn new<O: Optimizer + DecaysTensors>(optim: O) -> Self {
         let rules = vec![GroupRule {
             group: ParamGroup::all(),
-            decayed_from_rank: decayed_from_rank(&optim),
+            decayed_from_rank: optim.decayed_from_rank(),
         }];
         Self {
             inner: ModuleOptimizer::from(optim),
@@ -78,14 +75,10 @@ impl SparseOptimizer {
 
     /// Parameters matching `group` are optimized by `optim` instead (the last matching group
     /// wins, as in burn): its own p and λ, another base optimizer, or no decay.
-    pub fn with_group<O: Optimizer, R: DecayRule>(
-        mut self,
-        group: ParamGroup,
-        optim: Decoupled<O, R>,
-    ) -> Self {
+    pub fn with_group<O: Optimizer + DecaysTensors>(mut self, group: ParamGroup, optim: O) -> Self {
         self.rules.push(GroupRule {
             group: group.clone(),
-            decayed_from_rank: decayed_from_rank(&optim),
+            decayed_from_rank: optim.decayed_from_rank(),
         });
         self.inner = self.inner.with_group(group, optim, None);
         self

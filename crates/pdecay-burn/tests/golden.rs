@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use burn::module::{Module, Param, ParamGroup};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
-use pdecay_burn::{Decoupled, NoDecay, PNormConfig, SparseOptimizer, adam_pytorch, sgd_pytorch};
+use pdecay_burn::{
+    Decoupled, NoDecay, PNormConfig, SparseOptimizer, adam_pytorch, padam_with, sgd_pytorch,
+};
 use serde::Deserialize;
 
 const TOLERANCE: f32 = 5e-5;
@@ -57,9 +59,18 @@ fn golden_dir() -> PathBuf {
     }
 }
 
+/// Which implementation of the case's optimizer runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Path {
+    /// `Decoupled<Adam | Sgd, PNorm>`: burn's optimizer, then the pWD rule.
+    Composite,
+    /// `PAdam`: Adam and pWD fused into one pass (Adam cases only).
+    Fused,
+}
+
 /// The optimizer of one case: the default group does not decay; `weight` and `bias` get pWD
 /// (from rank 1, so the bias can decay too) when the case says so.
-fn optimizer(case: &Case) -> SparseOptimizer {
+fn optimizer(case: &Case, path: Path) -> SparseOptimizer {
     let mut decay = PNormConfig::new(case.p, case.lambda);
     match case.variant.as_str() {
         "old" => {}
@@ -90,6 +101,25 @@ fn optimizer(case: &Case) -> SparseOptimizer {
                 .with_beta_2(beta_2 as f32)
                 .with_epsilon(case.eps.expect("adam case has eps") as f32)
                 .build();
+            if path == Path::Fused {
+                let mut optim = SparseOptimizer::new(Decoupled::new(adam, NoDecay));
+                for (name, decayed) in
+                    [("weight", case.weight_decayed), ("bias", case.bias_decayed)]
+                {
+                    if decayed {
+                        let fused = padam_with(
+                            beta_1 as f32,
+                            beta_2 as f32,
+                            case.eps.unwrap() as f32,
+                            &decay,
+                        )
+                        .expect("golden p and lambda are valid")
+                        .with_min_rank(1);
+                        optim = optim.with_group(ParamGroup::from_path(name), fused);
+                    }
+                }
+                return optim;
+            }
             build!(adam.clone())
         }
         "sgd" => {
@@ -104,7 +134,7 @@ fn optimizer(case: &Case) -> SparseOptimizer {
 }
 
 /// Runs one case; returns the largest deviation over every recorded step.
-fn run(case: &Case, device: &Device) -> f32 {
+fn run(case: &Case, path: Path, device: &Device) -> f32 {
     let [rows, cols] = case.weight_shape;
     let tensor2 =
         |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [rows, cols]), device);
@@ -116,7 +146,7 @@ fn run(case: &Case, device: &Device) -> f32 {
         weight: Param::from_tensor(tensor2(&case.weight_init)),
         bias: Param::from_tensor(tensor1(&case.bias_init)),
     };
-    let mut optim = optimizer(case);
+    let mut optim = optimizer(case, path);
     // The groups must route as the case says, or a passing run would prove nothing.
     let plan = optim.decay_summary(&model);
     let decayed = |name: &str| plan.tensors.iter().any(|(path, _, d)| path == name && *d);
@@ -199,15 +229,22 @@ fn golden_parity_with_the_authors_optimizers() {
         let text = std::fs::read_to_string(file).unwrap();
         let case: Case = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("{}: not a golden case: {e}", file.display()));
-        let worst = run(&case, &device);
-        println!(
-            "golden {:<24} {} {} p={} lambda={} steps={} max|diff|={worst:.2e}",
-            case.name,
-            case.optimizer,
-            case.variant,
-            case.p,
-            case.lambda,
-            case.lr_per_step.len()
-        );
+        let paths: &[Path] = match case.optimizer.as_str() {
+            "adam" => &[Path::Composite, Path::Fused],
+            _ => &[Path::Composite],
+        };
+        for &path in paths {
+            let worst = run(&case, path, &device);
+            println!(
+                "golden {:<24} {} {} {:?} p={} lambda={} steps={} max|diff|={worst:.2e}",
+                case.name,
+                case.optimizer,
+                case.variant,
+                path,
+                case.p,
+                case.lambda,
+                case.lr_per_step.len()
+            );
+        }
     }
 }

@@ -335,6 +335,36 @@ fn fused_kernel_equals_tensor_ops() {
 }
 
 #[test]
+fn fused_padam_is_bit_identical_to_adam_then_pwd() {
+    let device = Device::default();
+    let cfg = PNormConfig::new(0.8, 0.05);
+    let fused = padam(&cfg).unwrap();
+    let composite = Decoupled::new(adam_pytorch().build(), cfg.build().unwrap());
+    let w = noise([300, 200], 21, 0.1, &device); // 60,000 values: the parallel path
+    assert!(
+        fused.fuses(&w),
+        "a flex f32 matrix must take the fused path"
+    );
+    assert!(
+        !fused.fuses(&noise([7], 1, 1.0, &device)),
+        "biases are not decayed"
+    );
+    assert!(!padam(&cfg.clone().structured()).unwrap().fuses(&w));
+    let (mut a, mut b, mut sa, mut sb) = (w.clone(), w, None, None);
+    for t in 0..10 {
+        let g = noise([300, 200], 300 + t, 1.0, &device);
+        (a, sa) = fused.step(1e-2, a, g.clone(), sa);
+        (b, sb) = composite.step(1e-2, b, g, sb);
+    }
+    assert_eq!(values(a), values(b));
+    let (sa, sb) = (sa.unwrap(), sb.unwrap());
+    assert_eq!(sa.step, sb.step);
+    let (ma, mb) = (sa.base.unwrap().momentum, sb.base.unwrap().momentum);
+    assert_eq!(ma.time, mb.time);
+    assert_eq!(values(ma.moment_2), values(mb.moment_2));
+}
+
+#[test]
 fn any_burn_optimizer_can_be_wrapped() {
     // Lion is not named anywhere in this crate.
     let device = device();

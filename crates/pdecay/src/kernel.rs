@@ -1,13 +1,22 @@
-//! The in-place slice kernel: pWD applied to a whole tensor's worth of `f32` in one pass.
+//! The in-place slice kernels: pWD (and Adam + pWD) over a whole tensor's worth of `f32` in one
+//! pass.
 //!
 //! A framework adapter hands over the base optimizer's result (`stepped`, overwritten) and the
 //! weights before the step (`reference`); one loop computes each factor, multiplies, and flushes
 //! results below the f32 normal range to exact zero. Subnormal floats make CPU arithmetic up to
 //! 100x slower, and a weight that small is already dead under any p < 2, so the flush costs
 //! nothing in accuracy and keeps later steps fast.
+//!
+//! The loops are written element by element so the compiler vectorises them; each is compiled
+//! twice, for baseline x86-64 (SSE2) and for AVX2, and the AVX2 copy is chosen at run time when
+//! the CPU has it. The power `|w|^(p-2)` is [`pow_abs`], a log2/exp2 evaluation that vectorises
+//! (std's `powf` is a library call per element and does not). Measured on the 2-core CI machine
+//! (AVX-512 capable) for 1M weights, single thread: std `powf` 8.4 ms, `wide`'s SIMD pow 6.1 ms
+//! (SSE2) / 2.8 ms (AVX2), [`pow_abs`] in the kernel 3.8 ms (SSE2) / 1.9 ms (AVX2).
+
+use std::f32::consts::{LN_2, LOG2_E, SQRT_2};
 
 use rayon::prelude::*;
-use wide::f32x8;
 
 use crate::factor::DecayCoefficients;
 
@@ -16,17 +25,57 @@ use crate::factor::DecayCoefficients;
 const PARALLEL_CHUNK: usize = 1 << 15;
 
 /// Sets `x` to exact 0 when `|x|` is below `f32::MIN_POSITIVE` (the smallest normal f32).
-#[inline]
+#[inline(always)]
 pub fn flush_subnormal(x: f32) -> f32 {
     if x.abs() < f32::MIN_POSITIVE { 0.0 } else { x }
 }
 
-/// [`flush_subnormal`] on 8 lanes.
-#[inline]
-fn flush_subnormal8(x: f32x8) -> f32x8 {
-    x.abs()
-        .simd_lt(f32x8::splat(f32::MIN_POSITIVE))
-        .select(f32x8::ZERO, x)
+/// `|x|^e` for the pWD penalty, branch-free so loops over it vectorise.
+///
+/// `log2|x|` from the exponent bits and the series `ln m = 2·atanh((m-1)/(m+1))` on the mantissa
+/// `m ∈ [√½, √2)` (truncation error < 1e-9), then `2^y` as `2^n · e^(f·ln 2)` with `n` the nearest
+/// integer and a degree-7 Taylor polynomial (|f·ln 2| <= 0.35, truncation error < 6e-9). The
+/// f32 rounding of `y = e·log2|x|` dominates: relative error below `2e-7·(8 + |y|)`, i.e. 2e-6
+/// at worst for weights near 1e-30. Zero and subnormal `x` give `inf` for `e < 0` (the factor is
+/// then exactly 0: a dead weight stays dead) and 0 for `e > 0`; `x = inf` gives the limit; NaN
+/// stays NaN; results beyond the f32 range saturate to 0 or inf.
+#[inline(always)]
+pub fn pow_abs(x: f32, e: f32) -> f32 {
+    let bits = x.to_bits() & 0x7fff_ffff;
+    let mantissa = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    let above = mantissa > SQRT_2;
+    let m = if above { mantissa * 0.5 } else { mantissa };
+    let k = ((bits >> 23) as i32 - 127 + above as i32) as f32;
+    let t = (m - 1.0) / (m + 1.0);
+    let t2 = t * t;
+    let ln_m =
+        2.0 * t * (1.0 + t2 * (1.0 / 3.0 + t2 * (0.2 + t2 * (1.0 / 7.0 + t2 * (1.0 / 9.0)))));
+    let y = (e * k + e * (ln_m * LOG2_E)).clamp(-150.0, 150.0);
+    // Adding 1.5·2^23 rounds y to the nearest integer and leaves it in the low mantissa bits,
+    // which avoids a float-to-int conversion (Rust's saturating `as` does not vectorise).
+    const ROUND: f32 = 12_582_912.0;
+    let shifted = y + ROUND;
+    let n = shifted - ROUND;
+    let n_int = shifted.to_bits() as i32 - 0x4B40_0000;
+    let f = (y - n) * LN_2;
+    let poly = 1.0
+        + f * (1.0
+            + f * (0.5
+                + f * (1.0 / 6.0
+                    + f * (1.0 / 24.0
+                        + f * (1.0 / 120.0 + f * (1.0 / 720.0 + f * (1.0 / 5040.0)))))));
+    // 2^n from its exponent bits: n = -127 gives 0, n = 128 gives inf.
+    let scale = f32::from_bits(((n_int.clamp(-127, 128) + 127) as u32) << 23);
+    let result = poly * scale;
+    let at_zero = if e < 0.0 {
+        f32::INFINITY
+    } else if e > 0.0 {
+        0.0
+    } else {
+        1.0
+    };
+    let result = if bits < 0x0080_0000 { at_zero } else { result };
+    if bits > 0x7f80_0000 { f32::NAN } else { result }
 }
 
 /// The f32 constants of one step, hoisted out of the loop.
@@ -46,51 +95,67 @@ impl Constants {
         }
     }
 
-    /// `1 / (1 + η·λ₂ + p·η·λ·|r|^(p-2))`; only called when `p·η·λ > 0`, so `0·inf` cannot
-    /// occur. A true division, not an approximate reciprocal: the factor must be exact to ~1 ulp.
-    #[inline]
+    /// Whether the factor is the same for every weight (no Lp term, or p = 2).
+    fn constant_factor(&self) -> Option<f32> {
+        if self.lp_strength == 0.0 {
+            Some(1.0 / self.one_plus_l2)
+        } else if self.exponent == 0.0 {
+            Some(1.0 / (self.one_plus_l2 + self.lp_strength))
+        } else {
+            None
+        }
+    }
+
+    /// `1 / (1 + η·λ₂ + p·η·λ·|r|^(p-2))`, or the constant factor. When `p·η·λ = 0` the power is
+    /// never multiplied in, so `0·inf` cannot occur. A true division, not an approximate
+    /// reciprocal.
+    #[inline(always)]
     fn factor(&self, reference: f32) -> f32 {
-        1.0 / (self.one_plus_l2 + self.lp_strength * reference.abs().powf(self.exponent))
-    }
-
-    /// [`Self::factor`] on 8 lanes (`wide`'s SIMD pow is accurate to about 1 ulp).
-    #[inline]
-    fn factor8(&self, reference: f32x8) -> f32x8 {
-        let power = reference.abs().powf_simd(f32x8::splat(self.exponent));
-        // wide's pow answers some overflows (e.g. 2e29^1.32) with NaN where std answers inf;
-        // a NaN reference must stay NaN, so only a NaN produced by pow itself becomes inf.
-        let overflowed = power.is_nan() & !reference.is_nan();
-        let power = overflowed.select(f32x8::splat(f32::INFINITY), power);
-        f32x8::ONE / (f32x8::splat(self.one_plus_l2) + f32x8::splat(self.lp_strength) * power)
+        match self.constant_factor() {
+            Some(f) => f,
+            None => 1.0 / (self.one_plus_l2 + self.lp_strength * pow_abs(reference, self.exponent)),
+        }
     }
 }
 
-/// Runs `body` over matching chunks of the two slices, in parallel when they are long.
-fn for_each_chunk(
-    stepped: &mut [f32],
-    reference: &[f32],
-    body: impl Fn(&mut [f32], &[f32]) + Sync + Send,
-) {
-    if stepped.len() <= PARALLEL_CHUNK {
-        body(stepped, reference);
-    } else {
-        stepped
-            .par_chunks_mut(PARALLEL_CHUNK)
-            .zip(reference.par_chunks(PARALLEL_CHUNK))
-            .for_each(|(s, r)| body(s, r));
+/// Defines `$name` running `$body` compiled for AVX2 when the CPU has it, else for the baseline.
+macro_rules! dispatched {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2, checked just above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+dispatched! {
+    /// `stepped[i] = flush(stepped[i] · f(reference[i]))` over one chunk.
+    fn decay_chunk(stepped: &mut [f32], reference: &[f32], k: Constants) {
+        for (w, &r) in stepped.iter_mut().zip(reference) {
+            *w = flush_subnormal(*w * k.factor(r));
+        }
     }
 }
 
-/// The loop of the general case: 8 lanes at a time, the remainder one by one.
-fn decay_chunk(stepped: &mut [f32], reference: &[f32], k: Constants) {
-    let (lanes, tail) = stepped.as_chunks_mut::<8>();
-    let (ref_lanes, ref_tail) = reference.as_chunks::<8>();
-    for (w, r) in lanes.iter_mut().zip(ref_lanes) {
-        let out = f32x8::from(*w) * k.factor8(f32x8::from(*r));
-        *w = flush_subnormal8(out).to_array();
-    }
-    for (w, &r) in tail.iter_mut().zip(ref_tail) {
-        *w = flush_subnormal(*w * k.factor(r));
+dispatched! {
+    /// The `late` variant over one chunk: the factor from the stepped weight itself.
+    fn late_decay_chunk(stepped: &mut [f32], k: Constants) {
+        for w in stepped.iter_mut() {
+            *w = flush_subnormal(*w * k.factor(*w));
+        }
     }
 }
 
@@ -109,43 +174,116 @@ pub fn apply_decay_in_place(stepped: &mut [f32], reference: &[f32], c: &DecayCoe
         "pWD kernel: stepped and reference weights must have the same length"
     );
     let k = Constants::new(c);
-    if k.lp_strength == 0.0 {
-        scale_in_place(stepped, 1.0 / k.one_plus_l2);
-    } else if k.exponent == 0.0 {
-        scale_in_place(stepped, 1.0 / (k.one_plus_l2 + k.lp_strength));
+    if stepped.len() <= PARALLEL_CHUNK {
+        decay_chunk(stepped, reference, k);
     } else {
-        for_each_chunk(stepped, reference, |s, r| decay_chunk(s, r, k));
+        stepped
+            .par_chunks_mut(PARALLEL_CHUNK)
+            .zip(reference.par_chunks(PARALLEL_CHUNK))
+            .for_each(|(s, r)| decay_chunk(s, r, k));
     }
 }
 
 /// The `late` variant: the factor is computed from the stepped weight itself.
 pub fn apply_late_decay_in_place(stepped: &mut [f32], c: &DecayCoefficients) {
     let k = Constants::new(c);
-    if k.lp_strength == 0.0 {
-        scale_in_place(stepped, 1.0 / k.one_plus_l2);
+    if stepped.len() <= PARALLEL_CHUNK {
+        late_decay_chunk(stepped, k);
     } else {
-        let body = |s: &mut [f32]| {
-            let reference = s.to_vec();
-            decay_chunk(s, &reference, k);
-        };
-        if stepped.len() <= PARALLEL_CHUNK {
-            body(stepped);
-        } else {
-            stepped.par_chunks_mut(PARALLEL_CHUNK).for_each(body);
+        stepped
+            .par_chunks_mut(PARALLEL_CHUNK)
+            .for_each(|s| late_decay_chunk(s, k));
+    }
+}
+
+/// Adam's hyper-parameters and the bias corrections of step `time` (1-based), in the form
+/// burn's and PyTorch's Adam use: `update = m·c / (sqrt(v) + eps·sqrt(1 - β₂^t))` with
+/// `c = sqrt(1 - β₂^t) / (1 - β₁^t)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamStep {
+    /// β₁.
+    pub beta_1: f32,
+    /// β₂.
+    pub beta_2: f32,
+    /// ε.
+    pub epsilon: f32,
+    /// The step number, 1 on the first step.
+    pub time: u32,
+}
+
+/// The per-step constants of the fused Adam loop.
+#[derive(Clone, Copy)]
+struct AdamConstants {
+    beta_1: f32,
+    beta_2: f32,
+    combined: f32,
+    epsilon: f32,
+    lr: f32,
+}
+
+impl AdamStep {
+    fn constants(&self, lr: f32) -> AdamConstants {
+        let t = self.time as i32;
+        let bias_correction2_sqrt = (1.0 - self.beta_2.powi(t)).sqrt();
+        AdamConstants {
+            beta_1: self.beta_1,
+            beta_2: self.beta_2,
+            combined: bias_correction2_sqrt / (1.0 - self.beta_1.powi(t)),
+            epsilon: self.epsilon * bias_correction2_sqrt,
+            lr,
         }
     }
 }
 
-fn scale_in_place(values: &mut [f32], factor: f32) {
-    let scale = |chunk: &mut [f32]| {
-        chunk
-            .iter_mut()
-            .for_each(|w| *w = flush_subnormal(*w * factor))
-    };
-    if values.len() <= PARALLEL_CHUNK {
-        scale(values);
+dispatched! {
+    /// Adam then pWD on one chunk.
+    fn adam_pwd_chunk(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], a: AdamConstants, k: Constants) {
+        for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            *m = *m * a.beta_1 + g * (1.0 - a.beta_1);
+            *v = *v * a.beta_2 + g * g * (1.0 - a.beta_2);
+            let stepped = *w - (*m * a.combined / (v.sqrt() + a.epsilon)) * a.lr;
+            *w = flush_subnormal(stepped * k.factor(*w));
+        }
+    }
+}
+
+/// Adam followed by pWD, fused into one pass over memory (pAdam):
+///
+/// ```text
+/// m ← β₁·m + (1-β₁)·g          v ← β₂·v + (1-β₂)·g²
+/// w_step = w - η·m·c/(sqrt(v) + ε')
+/// w ← flush(w_step · f(w))     f as in `decay_factor`, from the weight before the step
+/// ```
+///
+/// The same arithmetic, in the same order, as burn's `Adam` followed by
+/// [`apply_decay_in_place`], so both paths give the same bits. Long slices run in parallel.
+///
+/// # Panics
+/// If the four slices differ in length (a bug in the caller).
+pub fn adam_pwd_in_place(
+    weights: &mut [f32],
+    grads: &[f32],
+    moment_1: &mut [f32],
+    moment_2: &mut [f32],
+    adam: &AdamStep,
+    c: &DecayCoefficients,
+) {
+    let n = weights.len();
+    assert!(
+        grads.len() == n && moment_1.len() == n && moment_2.len() == n,
+        "fused pAdam: weights, gradients and moments must have the same length"
+    );
+    let k = Constants::new(c);
+    let a = adam.constants(c.lr() as f32);
+    if n <= PARALLEL_CHUNK {
+        adam_pwd_chunk(weights, grads, moment_1, moment_2, a, k);
     } else {
-        values.par_chunks_mut(PARALLEL_CHUNK).for_each(scale);
+        weights
+            .par_chunks_mut(PARALLEL_CHUNK)
+            .zip(grads.par_chunks(PARALLEL_CHUNK))
+            .zip(moment_1.par_chunks_mut(PARALLEL_CHUNK))
+            .zip(moment_2.par_chunks_mut(PARALLEL_CHUNK))
+            .for_each(|(((w, g), m), v)| adam_pwd_chunk(w, g, m, v, a, k));
     }
 }
 
@@ -160,6 +298,48 @@ mod tests {
     }
 
     #[test]
+    fn pow_abs_matches_f64_within_its_documented_error() {
+        let exponents = [-1.99f32, -1.7, -1.2, -1.0, -0.5, 0.5, 1.0, 1.32, 2.0];
+        // the mantissa split at √2 and its neighbours, decades from 1e-37 to 3e38
+        let sqrt2 = std::f32::consts::SQRT_2;
+        let half_sqrt2 = std::f32::consts::FRAC_1_SQRT_2;
+        let mut xs = vec![
+            1e-37f32, 1e-30, 1e-20, 1e-10, 1e-5, 0.001, 0.5, 1.0, 2.0, 1e5, 1e30, 3e38,
+        ];
+        for edge in [sqrt2, half_sqrt2] {
+            xs.extend([edge.next_down(), edge, edge.next_up()]);
+        }
+        xs.extend(
+            (0..20_000).map(|i| ((i as f32) * 0.37).sin().abs() * 10f32.powi(i % 60 - 30) + 1e-38),
+        );
+        for e in exponents {
+            for &x in &xs {
+                let exact = (x as f64).powf(e as f64);
+                // subnormal inputs count as zero, by design
+                if !x.is_normal() || !(1e-37..=1e37).contains(&exact) {
+                    continue;
+                }
+                let y = (e as f64) * (x as f64).log2();
+                let rel = ((pow_abs(x, e) as f64) - exact).abs() / exact;
+                assert!(
+                    rel <= 2e-7 * (8.0 + y.abs()),
+                    "{x}^{e}: relative error {rel:e}"
+                );
+            }
+        }
+        assert_eq!(pow_abs(0.0, -1.2), f32::INFINITY);
+        assert_eq!(pow_abs(-0.0, 1.2), 0.0);
+        assert_eq!(pow_abs(1e-40, -1.2), f32::INFINITY); // subnormal counts as zero
+        assert_eq!(pow_abs(f32::INFINITY, -1.2), 0.0);
+        assert_eq!(pow_abs(f32::INFINITY, 1.2), f32::INFINITY);
+        assert_eq!(pow_abs(2e29, 1.32), f32::INFINITY);
+        assert_eq!(pow_abs(1e-30, -1.9), f32::INFINITY);
+        assert_eq!(pow_abs(1e30, -1.5), 0.0);
+        assert!(pow_abs(f32::NAN, -1.2).is_nan());
+        assert_eq!(pow_abs(-0.25, -1.0), 4.0);
+    }
+
+    #[test]
     fn kernel_matches_the_scalar_factor() {
         let reference = [0.5f32, -0.01, 0.0, 2.0, -3.5e-3];
         let stepped = [0.49f32, -0.012, 1e-3, 2.1, -3.0e-3];
@@ -170,7 +350,7 @@ mod tests {
             for i in 0..out.len() {
                 let expected = stepped[i] as f64 * decay_factor(reference[i] as f64, &c);
                 assert!(
-                    (out[i] as f64 - expected).abs() <= 1e-6 * expected.abs().max(1e-30),
+                    (out[i] as f64 - expected).abs() <= 2e-6 * expected.abs().max(1e-30),
                     "p={p} i={i}: {} vs {expected}",
                     out[i]
                 );
@@ -211,6 +391,55 @@ mod tests {
         let mut out = [0.5f32; 8];
         apply_decay_in_place(&mut out, &reference, &coef(0.8, 1.0, 0.1));
         assert!(out[1].is_nan());
+    }
+
+    /// burn's Adam arithmetic, written out, then the unfused kernel.
+    fn adam_then_decay(
+        w: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        a: &AdamStep,
+        c: &DecayCoefficients,
+    ) {
+        let k = a.constants(c.lr() as f32);
+        let (combined, eps) = (k.combined, k.epsilon);
+        let before = w.to_vec();
+        for i in 0..w.len() {
+            m[i] = m[i] * a.beta_1 + g[i] * (1.0 - a.beta_1);
+            v[i] = v[i] * a.beta_2 + g[i] * g[i] * (1.0 - a.beta_2);
+            w[i] -= (m[i] * combined / (v[i].sqrt() + eps)) * c.lr() as f32;
+        }
+        apply_decay_in_place(w, &before, c);
+    }
+
+    #[test]
+    fn fused_adam_pwd_equals_adam_then_pwd() {
+        for n in [5, 64, 3 * PARALLEL_CHUNK + 3] {
+            for p in [0.8, 2.0] {
+                let c = coef(p, 0.01, 0.05);
+                let w0: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.61).sin() * 0.2).collect();
+                let (mut w1, mut w2) = (w0.clone(), w0.clone());
+                let (mut m1, mut m2, mut v1, mut v2) =
+                    (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+                for time in 1..=5u32 {
+                    let g: Vec<f32> = (0..n)
+                        .map(|i| ((i as f32 + time as f32) * 1.3).cos())
+                        .collect();
+                    let a = AdamStep {
+                        beta_1: 0.9,
+                        beta_2: 0.999,
+                        epsilon: 1e-8,
+                        time,
+                    };
+                    adam_pwd_in_place(&mut w1, &g, &mut m1, &mut v1, &a, &c);
+                    adam_then_decay(&mut w2, &g, &mut m2, &mut v2, &a, &c);
+                }
+                assert_eq!(m1, m2);
+                assert_eq!(v1, v2);
+                assert_eq!(w1, w2, "n={n} p={p}");
+            }
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub mod sparsity;
 pub mod validate;
 
 pub use factor::{DecayCoefficients, decay_factor, group_decay_factor, s_dynamics_step};
-pub use kernel::{apply_decay_in_place, flush_subnormal};
+pub use kernel::{AdamStep, adam_pwd_in_place, apply_decay_in_place, flush_subnormal};
 pub use schedule::Schedule;
 pub use sparsity::{DEFAULT_THRESHOLD, Log10Histogram, SparsityReport, TensorSparsity};
 pub use validate::ValidationError;
