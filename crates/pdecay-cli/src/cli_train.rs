@@ -8,7 +8,7 @@ use clap::Args;
 use crate::data::{ImageSplits, mnist};
 use crate::models::ModelKind;
 use crate::train::{
-    EpochMetrics, LrSchedule, OptimKind, PlainProgress, Progress, Summary, TrainConfig,
+    EpochMetrics, LrSchedule, OptimKind, PlainProgress, Progress, RunOptions, Summary, TrainConfig,
     default_run_dir, train,
 };
 
@@ -27,8 +27,15 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "data")]
     pub embedded: bool,
     /// Run folder [default: runs/<model>-<optim>-<timestamp>].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub out: Option<PathBuf>,
+    /// Continue the run in this folder from its last checkpoint (its config.toml is used;
+    /// flags that contradict it are an error).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    /// Stop once this many epochs are done (resumable with --resume).
+    #[arg(long, value_name = "EPOCHS")]
+    pub stop_after: Option<usize>,
     /// Network [default: mlp].
     #[arg(long, value_enum)]
     pub model: Option<ModelKind>,
@@ -84,20 +91,54 @@ pub struct TrainArgs {
     /// Magnitude pruning (--optim gmp): final sparsity [default: 0.9].
     #[arg(long)]
     pub gmp_final_sparsity: Option<f64>,
+    /// Magnitude pruning: share of training after which the sparsity stays at its target
+    /// [default: 0.75].
+    #[arg(long)]
+    pub gmp_end_fraction: Option<f64>,
+    /// Magnitude pruning: steps between mask updates [default: 100].
+    #[arg(long)]
+    pub gmp_frequency: Option<u64>,
+    /// Augment the training images: random shifts of up to ±2 pixels and horizontal flips.
+    #[arg(long)]
+    pub augment: bool,
+    /// CPU threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 impl TrainArgs {
-    /// The config: the file (if any), then the flags on top.
+    /// The config: the file (if any), then the flags on top. With `--resume`, the run's own
+    /// config.toml is the file, and flags must agree with it.
     pub fn config(&self) -> Result<TrainConfig> {
-        let mut c = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read --config {}", path.display()))?;
-                toml::from_str::<TrainConfig>(&text)
-                    .with_context(|| format!("invalid config file {}", path.display()))?
+        if let Some(dir) = &self.resume {
+            anyhow::ensure!(
+                self.config.is_none(),
+                "--resume uses the run's own config.toml; drop --config"
+            );
+            let path = dir.join("config.toml");
+            let saved = read_config(&path)
+                .with_context(|| format!("--resume {}: not a run folder", dir.display()))?;
+            let wanted = self.apply_flags(saved.clone())?;
+            if wanted != saved {
+                let (a, b) = (toml::to_string(&saved)?, toml::to_string(&wanted)?);
+                let changed: Vec<&str> =
+                    b.lines().filter(|l| !a.lines().any(|x| x == *l)).collect();
+                anyhow::bail!(
+                    "--resume {}: the flags change the run's config ({}); a run resumes with the config it started with",
+                    dir.display(),
+                    changed.join(", ")
+                );
             }
+            return Ok(saved);
+        }
+        let c = match &self.config {
+            Some(path) => read_config(path)?,
             None => TrainConfig::default(),
         };
+        self.apply_flags(c)
+    }
+
+    fn apply_flags(&self, mut c: TrainConfig) -> Result<TrainConfig> {
         macro_rules! set {
             ($($field:ident),*) => {$( if let Some(v) = self.$field.clone() { c.$field = v; } )*};
         }
@@ -115,7 +156,9 @@ impl TrainArgs {
             schedule,
             seed,
             lambda2,
-            gmp_final_sparsity
+            gmp_final_sparsity,
+            gmp_end_fraction,
+            gmp_frequency
         );
         if self.p_start.is_some() {
             c.p_start = self.p_start;
@@ -124,25 +167,58 @@ impl TrainArgs {
             c.s_dynamics = self.s_dynamics;
         }
         c.late |= self.late;
+        c.augment |= self.augment;
+        if self.embedded {
+            c.data = Some(EMBEDDED.into());
+        } else if let Some(dir) = &self.data {
+            // absolute, so a resumed run finds the data from any working directory
+            let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+            c.data = Some(dir.display().to_string());
+        }
         c.structured |= self.structured;
         c.validate()?;
         Ok(c)
     }
+}
 
-    fn data(&self) -> Result<ImageSplits> {
-        if self.embedded {
-            Ok(mnist::embedded())
-        } else {
-            mnist::resolve_image_data(self.data.as_deref())
-        }
+/// The value of `data` that selects the embedded subset.
+const EMBEDDED: &str = "embedded";
+
+/// Loads the data a config names.
+fn load_data(config: &TrainConfig) -> Result<ImageSplits> {
+    match config.data.as_deref() {
+        Some(EMBEDDED) => Ok(mnist::embedded()),
+        Some(dir) => mnist::resolve_image_data(Some(std::path::Path::new(dir))),
+        None => mnist::resolve_image_data(None),
     }
+}
+
+/// Reads a TOML config; unknown keys and wrong types are errors naming the key and the file.
+fn read_config(path: &std::path::Path) -> Result<TrainConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    toml::from_str::<TrainConfig>(&text)
+        .with_context(|| format!("invalid config file {}", path.display()))
 }
 
 /// `pdecay train`.
 pub fn run_train(args: &TrainArgs) -> Result<()> {
     let config = args.config()?;
-    let data = args.data()?;
-    let out = args.out.clone().unwrap_or_else(|| default_run_dir(&config));
+    if let Some(threads) = args.threads {
+        anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("setting the number of threads")?;
+    }
+    let data = load_data(&config)?;
+    let (out, resume) = match &args.resume {
+        Some(dir) => (dir.clone(), true),
+        None => (
+            args.out.clone().unwrap_or_else(|| default_run_dir(&config)),
+            false,
+        ),
+    };
     println!(
         "training {:?} with {:?} on {} ({} train / {} test images) into {}",
         config.model,
@@ -152,7 +228,12 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         data.test.len(),
         out.display()
     );
-    let summary = train(&config, &data, Some(&out), &mut PlainProgress)?;
+    let options = RunOptions {
+        out: Some(out),
+        resume,
+        stop_after: args.stop_after,
+    };
+    let summary = train(&config, &data, &options, progress_for_stdout().as_mut())?;
     println!(
         "final test accuracy {:.2}%, sparsity {:.1}% ({} of {} parameters non-zero), {:.0} samples/s",
         100.0 * summary.final_test_accuracy,
@@ -205,7 +286,10 @@ pub fn run_demo() -> Result<()> {
     let mut results: Vec<(&str, Summary)> = Vec::new();
     for (name, config) in &runs {
         println!("{name}:");
-        results.push((name, train(config, &data, None, &mut EveryNth(10))?));
+        results.push((
+            name,
+            train(config, &data, &RunOptions::default(), &mut EveryNth(10))?,
+        ));
     }
     println!(
         "\n{:<28} {:>9} {:>9} {:>18} {:>8}",
@@ -236,5 +320,50 @@ impl Progress for EveryNth {
         if metrics.epoch.is_multiple_of(self.0) || metrics.epoch == config.epochs {
             PlainProgress.epoch(config, metrics);
         }
+    }
+}
+
+/// A progress bar per epoch (step, loss, ETA) and a summary line after it, on a terminal.
+struct BarProgress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress for BarProgress {
+    fn start(&mut self, decay: &pdecay_burn::DecaySummary) {
+        PlainProgress.start(decay);
+    }
+
+    fn step(&mut self, epoch: usize, done: usize, total: usize, loss: f64) {
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:30}] {pos}/{len} steps, loss {msg}, ETA {eta}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(epoch.to_string());
+            bar
+        });
+        bar.set_position(done as u64);
+        bar.set_message(format!("{loss:.4}"));
+    }
+
+    fn epoch(&mut self, config: &TrainConfig, metrics: &EpochMetrics) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        PlainProgress.epoch(config, metrics);
+    }
+}
+
+/// A bar on a terminal, plain lines otherwise (logs, CI).
+fn progress_for_stdout() -> Box<dyn Progress> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        Box::new(BarProgress { bar: None })
+    } else {
+        Box::new(PlainProgress)
     }
 }

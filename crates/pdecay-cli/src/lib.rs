@@ -3,6 +3,7 @@
 //! Data flows one way: CLI config -> data + model + optimizer -> training loop -> metrics
 //! stream -> run folder (config.toml, metrics.jsonl, summary.json).
 
+pub mod checkpoint;
 pub mod cli_train;
 pub mod data;
 pub mod demo;

@@ -14,16 +14,17 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::tensor::Device;
 use pdecay::Schedule;
-use pdecay::sparsity::{DEFAULT_THRESHOLD, SparsityReport, TensorSparsity};
+use pdecay::sparsity::{DEFAULT_THRESHOLD, TensorSparsity};
 use pdecay_burn::{
-    MagnitudePruningConfig, PNormConfig, SparseOptimizer, adam_gmp, adam_l1, adam_naive_lp,
-    adam_no_decay, adamw_pytorch, padam, psgd,
+    DecaySummary, MagnitudePruningConfig, PNormConfig, SparseOptimizer, adam_gmp, adam_l1,
+    adam_naive_lp, adam_no_decay, adamw_pytorch, padam, psgd,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint;
 use crate::data::ImageSplits;
 use crate::models::{Classifier, ModelKind};
 
@@ -105,6 +106,11 @@ pub struct TrainConfig {
     pub gmp_frequency: u64,
     /// |w| below this counts as zero (default 1e-13, the paper's).
     pub threshold: f64,
+    /// Random shifts of up to ±2 pixels and horizontal flips of the training images.
+    pub augment: bool,
+    /// The data: `"embedded"` for the embedded subset, a folder of IDX files, or unset for
+    /// `$PDECAY_DATA`, then /usr/share/datasets/fashion-mnist.
+    pub data: Option<String>,
 }
 
 impl Default for TrainConfig {
@@ -131,6 +137,8 @@ impl Default for TrainConfig {
             gmp_end_fraction: 0.75,
             gmp_frequency: 100,
             threshold: DEFAULT_THRESHOLD,
+            augment: false,
+            data: None,
         }
     }
 }
@@ -333,6 +341,12 @@ pub struct Summary {
 
 /// Where a run reports progress.
 pub trait Progress {
+    /// Before the first step: which tensors decay.
+    fn start(&mut self, _decay: &DecaySummary) {}
+
+    /// After each training step: `done` of `total` steps of epoch `epoch`, the batch's loss.
+    fn step(&mut self, _epoch: usize, _done: usize, _total: usize, _loss: f64) {}
+
     /// After each epoch.
     fn epoch(&mut self, config: &TrainConfig, metrics: &EpochMetrics);
 }
@@ -341,6 +355,10 @@ pub trait Progress {
 pub struct PlainProgress;
 
 impl Progress for PlainProgress {
+    fn start(&mut self, decay: &DecaySummary) {
+        println!("{decay}");
+    }
+
     fn epoch(&mut self, config: &TrainConfig, m: &EpochMetrics) {
         println!(
             "epoch {:>3}/{} step {:>6} lr {:.2e} train loss {:.4} test loss {:.4} acc {:.2}% sparsity {:.1}% ({:.0}s)",
@@ -419,11 +437,50 @@ pub fn prepare_run_dir(dir: &Path) -> Result<()> {
     })
 }
 
-/// Trains `config` on `data`; writes the run folder `out` if given.
+/// Where a run writes and how far it goes.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The run folder; `None` keeps everything in memory (the demo).
+    pub out: Option<PathBuf>,
+    /// Continue the run in `out` from its last checkpoint.
+    pub resume: bool,
+    /// Stop (resumably) once this many epochs are done, before `epochs`.
+    pub stop_after: Option<usize>,
+}
+
+/// Reads back the metrics of the epochs up to `epoch` and rewrites the file without any line
+/// written after that checkpoint.
+fn metrics_until(path: &Path, epoch: usize) -> Result<Vec<EpochMetrics>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut kept = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let m: EpochMetrics = serde_json::from_str(line)
+            .with_context(|| format!("{} line {} is corrupt", path.display(), i + 1))?;
+        if m.epoch <= epoch {
+            kept.push(m);
+        }
+    }
+    let mut body = String::new();
+    for m in &kept {
+        body.push_str(&serde_json::to_string(m)?);
+        body.push('\n');
+    }
+    write_atomic(path, body.as_bytes())?;
+    Ok(kept)
+}
+
+/// The seed of epoch `epoch`'s shuffle and dropout: derived from the run's seed alone, so epoch
+/// k never depends on what happened before it (a resumed run replays it exactly).
+fn epoch_seed(seed: u64, epoch: usize) -> u64 {
+    seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64)
+}
+
+/// Trains `config` on `data`, writing the run folder of `options` if given.
 pub fn train(
     config: &TrainConfig,
     data: &ImageSplits,
-    out: Option<&Path>,
+    options: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<Summary> {
     config.validate()?;
@@ -441,7 +498,30 @@ pub fn train(
     device.seed(config.seed);
     let mut model = Classifier::new(config.model, data.train.rows, &config.hidden, &device);
     let stats = data.train.pixel_stats();
-    let mut metrics_file = match out {
+    let mut position = checkpoint::RunPosition {
+        epoch: 0,
+        step: 0,
+        train_seconds: 0.0,
+        wall_seconds: 0.0,
+    };
+    let mut history: Vec<EpochMetrics> = Vec::new();
+    let mut metrics_file = match &options.out {
+        Some(dir) if options.resume => {
+            if let Some((m, o, p)) = checkpoint::load(dir, model.clone(), optim.clone())? {
+                (model, optim, position) = (m, o, p);
+            }
+            let metrics = dir.join("metrics.jsonl");
+            if metrics.exists() {
+                history = metrics_until(&metrics, position.epoch)?;
+            }
+            Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&metrics)
+                    .context("opening metrics.jsonl")?,
+            )
+        }
         Some(dir) => {
             prepare_run_dir(dir)?;
             write_atomic(
@@ -455,32 +535,33 @@ pub fn train(
         }
         None => None,
     };
+    progress.start(&optim.decay_summary(&model));
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let start = Instant::now();
-    let mut train_seconds = 0.0;
-    let mut step: u64 = 0;
-    let mut history: Vec<EpochMetrics> = Vec::new();
-    let mut report = SparsityReport::new(config.threshold, Vec::new());
+    let earlier_wall_seconds = position.wall_seconds;
+    let mut report = optim.sparsity_report(&model, config.threshold, false);
     let mut indices: Vec<usize> = (0..data.train.len()).collect();
-    for epoch in 1..=config.epochs {
-        // One RNG per epoch, derived from the seed: the shuffle of epoch k never depends on
-        // what happened before it.
+    let last_epoch = options
+        .stop_after
+        .unwrap_or(config.epochs)
+        .min(config.epochs);
+    for epoch in position.epoch + 1..=last_epoch {
+        let seed = epoch_seed(config.seed, epoch);
         indices.sort_unstable();
-        indices.shuffle(&mut StdRng::seed_from_u64(
-            config
-                .seed
-                .wrapping_mul(1_000_003)
-                .wrapping_add(epoch as u64),
-        ));
+        let mut rng = StdRng::seed_from_u64(seed);
+        indices.shuffle(&mut rng);
+        device.seed(seed);
         let epoch_start = Instant::now();
-        let (mut loss_sum, mut lr) = (0.0, 0.0);
+        let (mut loss_sum, mut lr, mut done) = (0.0, 0.0, 0);
         for batch in indices.chunks(config.batch_size) {
-            let (x, y) = data.train.batch(batch, stats, &device);
+            let step = position.step;
+            let augment = config.augment.then_some(&mut rng);
+            let (x, y) = data.train.augmented_batch(batch, stats, &device, augment);
             let loss = loss_fn.forward(model.forward(x), y);
             let loss_value = loss.clone().into_scalar::<f32>() as f64;
             if !loss_value.is_finite() {
                 bail!(
-                    "the training loss became {loss_value} at epoch {epoch}, step {step}: the run diverged (lower --lr or --lambda)"
+                    "the training loss became {loss_value} at epoch {epoch}, step {step}: the run diverged (lower --lr or --lambda); the last good checkpoint is kept"
                 );
             }
             loss_sum += loss_value * batch.len() as f64;
@@ -489,15 +570,19 @@ pub fn train(
             model = optim
                 .step(lr, model, grads)
                 .with_context(|| format!("optimizer step failed at epoch {epoch}, step {step}"))?;
-            step += 1;
+            position.step += 1;
+            done += 1;
+            progress.step(epoch, done, steps_per_epoch, loss_value);
         }
-        train_seconds += epoch_start.elapsed().as_secs_f64();
+        position.train_seconds += epoch_start.elapsed().as_secs_f64();
+        position.epoch = epoch;
+        position.wall_seconds = earlier_wall_seconds + start.elapsed().as_secs_f64();
         let (test_loss, test_accuracy) =
             evaluate(&model.valid(), data, stats, &device.clone().inner());
         report = optim.sparsity_report(&model, config.threshold, false);
         let m = EpochMetrics {
             epoch,
-            step,
+            step: position.step,
             lr,
             train_loss: loss_sum / data.train.len() as f64,
             test_loss,
@@ -506,16 +591,19 @@ pub fn train(
             sparsity_exact_zero: report.decayed().exact_zero_sparsity(),
             sparsity_all_params: report.all().sparsity(),
             layers: report.tensors.iter().map(LayerMetrics::from).collect(),
-            seconds: start.elapsed().as_secs_f64(),
+            seconds: earlier_wall_seconds + start.elapsed().as_secs_f64(),
         };
-        if let Some(file) = metrics_file.as_mut() {
+        if let (Some(file), Some(dir)) = (metrics_file.as_mut(), &options.out) {
             writeln!(file, "{}", serde_json::to_string(&m)?).context("writing metrics.jsonl")?;
             file.flush()?;
+            checkpoint::save(dir, &model, &optim, &position)?;
         }
         progress.epoch(config, &m);
         history.push(m);
     }
-    let last = history.last().expect("at least one epoch");
+    let Some(last) = history.last() else {
+        bail!("no epoch was trained (--stop-after 0?)");
+    };
     let best = history
         .iter()
         .max_by(|a, b| {
@@ -535,11 +623,11 @@ pub fn train(
         nonzero_params: report.all().nonzero(),
         total_params: report.all().params,
         decayed_params: report.decayed().params,
-        epochs: config.epochs,
-        wall_seconds: start.elapsed().as_secs_f64(),
-        samples_per_second: (data.train.len() * config.epochs) as f64 / train_seconds,
+        epochs: position.epoch,
+        wall_seconds: earlier_wall_seconds + start.elapsed().as_secs_f64(),
+        samples_per_second: (data.train.len() * position.epoch) as f64 / position.train_seconds,
     };
-    if let Some(dir) = out {
+    if let Some(dir) = &options.out {
         write_atomic(
             &dir.join("summary.json"),
             serde_json::to_string_pretty(&summary)?.as_bytes(),

@@ -197,3 +197,142 @@ fn bad_inputs_are_clear_errors_and_never_overwrite_a_run() {
         "epochs = 7\n"
     );
 }
+
+/// Every weight of the run's last checkpoint, in module order.
+fn checkpoint_weights(dir: &Path) -> Vec<Vec<f32>> {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::tensor::{Device, Tensor};
+    use pdecay_cli::{checkpoint, models::Classifier, train::TrainConfig};
+
+    struct Collect(Vec<Vec<f32>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0
+                .push(param.val().into_data().try_to_vec::<f32>().unwrap());
+        }
+    }
+    let config: TrainConfig =
+        toml::from_str(&std::fs::read_to_string(dir.join("config.toml")).unwrap()).unwrap();
+    let device = Device::default();
+    let model = Classifier::new(config.model, 28, &config.hidden, &device);
+    let (model, _, _) = checkpoint::load(dir, model, config.optimizer(1).unwrap())
+        .unwrap()
+        .unwrap();
+    let mut collect = Collect(Vec::new());
+    model.visit(&mut collect);
+    assert!(!collect.0.is_empty());
+    collect.0
+}
+
+fn metrics_without_time(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        })
+        .collect()
+}
+
+/// Trains `epochs` epochs straight, and `epochs - 1` then `--resume`; both must end identical.
+fn assert_resume_matches(name: &str, epochs: usize, model_args: &[&str]) {
+    let root = tempdir(name);
+    let (straight, resumed) = (root.join("straight"), root.join("resumed"));
+    let (total, stop) = (epochs.to_string(), (epochs - 1).to_string());
+    let mut common = vec![
+        "train",
+        "--embedded",
+        "--epochs",
+        &total,
+        "--optim",
+        "padam",
+        "--lambda",
+        "0.1",
+        "--lr",
+        "2e-3",
+        "--seed",
+        "3",
+    ];
+    common.extend_from_slice(model_args);
+    let run = |extra: &[&str]| {
+        let mut args = common.clone();
+        args.extend_from_slice(extra);
+        let out = pdecay(&args);
+        assert!(out.status.success(), "{name} {extra:?}: {}", stderr(&out));
+    };
+    run(&["--out", straight.to_str().unwrap()]);
+    run(&["--out", resumed.to_str().unwrap(), "--stop-after", &stop]);
+    let position: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(resumed.join("checkpoint.json")).unwrap())
+            .unwrap();
+    assert_eq!(position["epoch"], epochs - 1);
+    let out = pdecay(&["train", "--resume", resumed.to_str().unwrap()]);
+    assert!(out.status.success(), "{name} resume: {}", stderr(&out));
+    // the weights, bit for bit (the files themselves differ in their random parameter ids)
+    assert_eq!(
+        checkpoint_weights(&straight),
+        checkpoint_weights(&resumed),
+        "{name}: weights differ"
+    );
+    assert!(
+        !resumed
+            .join(format!("checkpoint-{:05}.model.bpk", epochs - 1))
+            .exists(),
+        "old checkpoints are removed"
+    );
+    assert_eq!(
+        metrics_without_time(&straight),
+        metrics_without_time(&resumed),
+        "{name}: metrics differ"
+    );
+    assert_eq!(
+        summary(&straight)["final_test_loss"],
+        summary(&resumed)["final_test_loss"]
+    );
+}
+
+#[test]
+fn resumed_mlp_run_ends_bit_identical_to_one_that_never_stopped() {
+    assert_resume_matches("resume-mlp", 3, &[]);
+}
+
+#[test]
+fn resumed_cnn_run_with_dropout_ends_bit_identical() {
+    // dropout draws from burn's RNG, reseeded per epoch from the run's seed
+    assert_resume_matches("resume-cnn", 2, &["--model", "cnn"]);
+}
+
+#[test]
+fn resume_refuses_other_settings_and_non_run_folders() {
+    let root = tempdir("resume-bad");
+    let run = root.join("run");
+    let out = pdecay(&[
+        "train",
+        "--embedded",
+        "--epochs",
+        "2",
+        "--stop-after",
+        "1",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = pdecay(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--lambda",
+        "0.5",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("lambda = 0.5"), "{}", stderr(&out));
+    let out = pdecay(&["train", "--resume", root.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not a run folder"),
+        "{}",
+        stderr(&out)
+    );
+}

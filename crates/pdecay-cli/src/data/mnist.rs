@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::Rng;
+use rand::rngs::StdRng;
 
 use super::idx::{decode_idx, read_idx};
 
@@ -44,6 +46,24 @@ impl ImageSet {
         self.rows * self.cols
     }
 
+    /// `source` moved by (`dy`, `dx`) pixels, then mirrored left-right if `flip`, into `out`;
+    /// pixels moved in from outside the image are 0 (background).
+    fn shifted(&self, source: &[u8], dy: i64, dx: i64, flip: bool, out: &mut [u8]) {
+        let (rows, cols) = (self.rows as i64, self.cols as i64);
+        for r in 0..rows {
+            for c in 0..cols {
+                let c_out = if flip { cols - 1 - c } else { c };
+                let (sr, sc) = (r - dy, c - dx);
+                let inside = (0..rows).contains(&sr) && (0..cols).contains(&sc);
+                out[(r * cols + c_out) as usize] = if inside {
+                    source[(sr * cols + sc) as usize]
+                } else {
+                    0
+                };
+            }
+        }
+    }
+
     /// Mean and standard deviation of the pixels scaled to [0, 1].
     pub fn pixel_stats(&self) -> (f64, f64) {
         let n = self.pixels.len().max(1) as f64;
@@ -65,15 +85,34 @@ impl ImageSet {
         stats: (f64, f64),
         device: &Device,
     ) -> (Tensor<2>, Tensor<1, Int>) {
+        self.augmented_batch(indices, stats, device, None)
+    }
+
+    /// Like [`Self::batch`]; with `augment`, each image is shifted by a random offset of up to
+    /// ±2 pixels in each direction (zero-filled) and mirrored left-right with probability 1/2.
+    pub fn augmented_batch(
+        &self,
+        indices: &[usize],
+        stats: (f64, f64),
+        device: &Device,
+        mut augment: Option<&mut StdRng>,
+    ) -> (Tensor<2>, Tensor<1, Int>) {
         let size = self.image_size();
         let (mean, std) = (stats.0 as f32, stats.1 as f32);
         let mut values = Vec::with_capacity(indices.len() * size);
+        let mut image = vec![0u8; size];
         for &i in indices {
-            values.extend(
-                self.pixels[i * size..(i + 1) * size]
-                    .iter()
-                    .map(|&p| (p as f32 / 255.0 - mean) / std),
-            );
+            let source = &self.pixels[i * size..(i + 1) * size];
+            let pixels = match augment.as_deref_mut() {
+                Some(rng) => {
+                    let (dy, dx) = (rng.random_range(-2i64..=2), rng.random_range(-2i64..=2));
+                    let flip = rng.random_bool(0.5);
+                    self.shifted(source, dy, dx, flip, &mut image);
+                    &image[..]
+                }
+                None => source,
+            };
+            values.extend(pixels.iter().map(|&p| (p as f32 / 255.0 - mean) / std));
         }
         let labels: Vec<i64> = indices.iter().map(|&i| self.labels[i] as i64).collect();
         (
@@ -308,6 +347,41 @@ mod tests {
         write_set(&dir, "t10k", 2, 2);
         let err = format!("{:#}", load_dir(&dir).unwrap_err());
         assert!(err.contains("5 images but 4 labels"), "{err}");
+    }
+
+    #[test]
+    fn augmentation_shifts_and_flips_by_hand() {
+        // one 3x3 image 1..9
+        let set = ImageSet {
+            pixels: (1..=9).collect(),
+            labels: vec![0],
+            rows: 3,
+            cols: 3,
+        };
+        let mut out = vec![0u8; 9];
+        set.shifted(&set.pixels, 1, 0, false, &mut out);
+        assert_eq!(out, vec![0, 0, 0, 1, 2, 3, 4, 5, 6]);
+        set.shifted(&set.pixels, 0, -1, false, &mut out);
+        assert_eq!(out, vec![2, 3, 0, 5, 6, 0, 8, 9, 0]);
+        set.shifted(&set.pixels, 0, 0, true, &mut out);
+        assert_eq!(out, vec![3, 2, 1, 6, 5, 4, 9, 8, 7]);
+        // seeded: the same seed gives the same batch, another seed another one
+        use rand::SeedableRng;
+        let data = embedded();
+        let idx: Vec<usize> = (0..16).collect();
+        let stats = data.train.pixel_stats();
+        let d = Device::default();
+        let batch = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            data.train
+                .augmented_batch(&idx, stats, &d, Some(&mut rng))
+                .0
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
+        assert_eq!(batch(1), batch(1));
+        assert_ne!(batch(1), batch(2));
     }
 
     #[test]

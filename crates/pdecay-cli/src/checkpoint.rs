@@ -1,0 +1,114 @@
+//! Checkpoints: the model, the optimizer record (moments, step counts, s, masks) and the run's
+//! position, written after every epoch so `pdecay train --resume` continues bit-identically.
+//!
+//! Every file is written atomically (temporary file, then rename). The model and optimizer
+//! files carry the epoch in their names and `checkpoint.json`, written last, names the epoch
+//! they belong to; a crash at any point leaves the previous complete checkpoint in force.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::optim::OptimizerRecord;
+use burn::store::ModuleRecord;
+use burn::tensor::Bytes;
+use pdecay_burn::SparseOptimizer;
+use serde::{Deserialize, Serialize};
+
+use crate::models::Classifier;
+use crate::train::write_atomic;
+
+/// Where a run stands; `checkpoint.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunPosition {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// Seconds spent in training steps so far (evaluation excluded).
+    pub train_seconds: f64,
+    /// Wall-clock seconds of the run so far, over all its sessions.
+    pub wall_seconds: f64,
+}
+
+const POSITION: &str = "checkpoint.json";
+
+fn model_file(epoch: usize) -> String {
+    format!("checkpoint-{epoch:05}.model.bpk")
+}
+
+fn optim_file(epoch: usize) -> String {
+    format!("checkpoint-{epoch:05}.optim.bpk")
+}
+
+/// Writes the checkpoint of `position.epoch` and removes older ones.
+pub fn save(
+    dir: &Path,
+    model: &Classifier,
+    optim: &SparseOptimizer,
+    position: &RunPosition,
+) -> Result<()> {
+    let model_bytes = model
+        .clone()
+        .into_record()
+        .into_bytes()
+        .context("serialising the model")?;
+    write_atomic(&dir.join(model_file(position.epoch)), &model_bytes)?;
+    let optim_bytes = optim
+        .to_record()
+        .into_bytes()
+        .context("serialising the optimizer state")?;
+    write_atomic(&dir.join(optim_file(position.epoch)), &optim_bytes)?;
+    write_atomic(
+        &dir.join(POSITION),
+        serde_json::to_string_pretty(position)?.as_bytes(),
+    )?;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let current = name == model_file(position.epoch) || name == optim_file(position.epoch);
+        if name.starts_with("checkpoint-") && name.ends_with(".bpk") && !current {
+            std::fs::remove_file(entry.path())
+                .with_context(|| format!("removing old checkpoint {name}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The last checkpoint in `dir`, loaded into `model` and `optim`; `None` if there is none yet.
+pub fn load(
+    dir: &Path,
+    model: Classifier,
+    optim: SparseOptimizer,
+) -> Result<Option<(Classifier, SparseOptimizer, RunPosition)>> {
+    let position_path = dir.join(POSITION);
+    if !position_path.exists() {
+        return Ok(None);
+    }
+    let position: RunPosition = serde_json::from_str(
+        &std::fs::read_to_string(&position_path)
+            .with_context(|| format!("reading {}", position_path.display()))?,
+    )
+    .with_context(|| format!("{} is corrupt", position_path.display()))?;
+    let read = |name: String| -> Result<Bytes> {
+        let path = dir.join(&name);
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "the checkpoint of epoch {} lacks {}",
+                position.epoch,
+                path.display()
+            )
+        })?;
+        Ok(Bytes::from_bytes_vec(bytes))
+    };
+    let record = ModuleRecord::from_bytes(read(model_file(position.epoch))?)
+        .context("reading the model checkpoint")?;
+    let model = match model.try_load_record(record) {
+        Ok(model) => model,
+        Err(e) => bail!(
+            "the model checkpoint does not fit this run's model ({e}); was the folder made with another --model or --hidden?"
+        ),
+    };
+    let record = OptimizerRecord::from_bytes(read(optim_file(position.epoch))?)
+        .context("reading the optimizer checkpoint")?;
+    Ok(Some((model, optim.load_record(record), position)))
+}
