@@ -83,10 +83,7 @@ impl Optimizer for PAdam {
         if !self.fuses(&tensor) || amsgrad_state {
             return self.composite.step(lr, tensor, grad, state);
         }
-        let (base, step, aux) = match state {
-            Some(s) => (s.base, s.step, s.aux),
-            None => (None, 0, None),
-        };
+        let (base, step, aux) = DecoupledState::into_parts(state);
         let device = tensor.device();
         let (time, moment_1, moment_2) = match base {
             Some(b) => (

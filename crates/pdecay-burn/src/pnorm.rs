@@ -243,16 +243,10 @@ impl DecayRule for PNorm {
         aux: Option<Tensor<D>>,
     ) -> (Tensor<D>, Option<Tensor<D>>) {
         let c = self.coefficients(ctx.step, ctx.lr);
-        if let Mode::Elementwise = self.mode {
-            return (self.elementwise(stepped, ctx.before, &c), None);
-        }
-        let reference = match self.reference {
-            Reference::BeforeStep => ctx.before,
-            Reference::AfterStep => stepped.clone(),
-        };
         match &self.mode {
-            Mode::Elementwise => unreachable!("handled above"),
+            Mode::Elementwise => (self.elementwise(stepped, ctx.before, &c), None),
             Mode::Structured { group_dim } => {
+                let reference = self.reference(ctx.before, &stepped);
                 let dim = group_dim.unwrap_or(if D == 2 { 1 } else { 0 });
                 (
                     flush_subnormals(structured(stepped, reference, dim, &c)),
@@ -262,6 +256,7 @@ impl DecayRule for PNorm {
             Mode::SDynamics { rate } => {
                 let dynamics = SDynamics::new(c.p(), *rate)
                     .unwrap_or_else(|e| panic!("pWD s-dynamics at step {}: {e}", ctx.step));
+                let reference = self.reference(ctx.before, &stepped);
                 let s = aux.unwrap_or_else(|| reference.ones_like());
                 let s = s_dynamics_update(s, reference, &dynamics);
                 let factor = s
@@ -287,11 +282,16 @@ impl PNorm {
         if self.kernel == Kernel::Auto && is_host_device(&device) && stepped.dtype() == DType::F32 {
             return fused_host(stepped, before, self.reference, c, &device);
         }
-        let reference = match self.reference {
+        let reference = self.reference(before, &stepped);
+        flush_subnormals(elementwise_tensor_ops(stepped, reference, c))
+    }
+
+    /// The weight the factor is computed from: `w_{t-1}`, or the stepped weight (`late`).
+    fn reference<const D: usize>(&self, before: Tensor<D>, stepped: &Tensor<D>) -> Tensor<D> {
+        match self.reference {
             Reference::BeforeStep => before,
             Reference::AfterStep => stepped.clone(),
-        };
-        flush_subnormals(elementwise_tensor_ops(stepped, reference, c))
+        }
     }
 }
 

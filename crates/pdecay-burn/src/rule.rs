@@ -119,10 +119,7 @@ impl<O: Optimizer, R: DecayRule> Optimizer for Decoupled<O, R> {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
-        let (base_state, step, aux) = match state {
-            Some(s) => (s.base, s.step, s.aux),
-            None => (None, 0, None),
-        };
+        let (base_state, step, aux) = DecoupledState::into_parts(state);
         if !self.decays_rank(D) {
             let (tensor, base) = self.base.step(lr, tensor, grad, base_state);
             let state = DecoupledState {

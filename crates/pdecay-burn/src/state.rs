@@ -20,6 +20,16 @@ pub struct DecoupledState<S, const D: usize> {
     pub aux: Option<Tensor<D>>,
 }
 
+impl<S, const D: usize> DecoupledState<S, D> {
+    /// `(base state, steps taken, aux)` of an optional state; a missing state is step 0.
+    pub fn into_parts(state: Option<Self>) -> (Option<S>, u64, Option<Tensor<D>>) {
+        match state {
+            Some(s) => (s.base, s.step, s.aux),
+            None => (None, 0, None),
+        }
+    }
+}
+
 const BASE: &str = "base";
 const STEP: &str = "step";
 const AUX: &str = "aux";

@@ -251,36 +251,6 @@ impl TrainConfig {
     }
 }
 
-/// One tensor's line in `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LayerMetrics {
-    /// Parameter path.
-    pub name: String,
-    /// Shape.
-    pub shape: Vec<usize>,
-    /// Number of values.
-    pub params: u64,
-    /// Whether it is decayed.
-    pub decayed: bool,
-    /// Exact zeros.
-    pub zeros: u64,
-    /// |w| < threshold.
-    pub below_threshold: u64,
-}
-
-impl From<&TensorSparsity> for LayerMetrics {
-    fn from(t: &TensorSparsity) -> Self {
-        Self {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-            params: t.params,
-            decayed: t.decayed,
-            zeros: t.zeros,
-            below_threshold: t.below_threshold,
-        }
-    }
-}
-
 /// One line of `metrics.jsonl`, written after each epoch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochMetrics {
@@ -302,8 +272,8 @@ pub struct EpochMetrics {
     pub sparsity_exact_zero: f64,
     /// Share of all parameters with |w| < threshold.
     pub sparsity_all_params: f64,
-    /// Per tensor.
-    pub layers: Vec<LayerMetrics>,
+    /// Per tensor: name, shape, params, decayed, zeros, below_threshold.
+    pub layers: Vec<TensorSparsity>,
     /// Wall time since the start of the run.
     pub seconds: f64,
 }
@@ -590,7 +560,7 @@ pub fn train(
             sparsity: report.decayed().sparsity(),
             sparsity_exact_zero: report.decayed().exact_zero_sparsity(),
             sparsity_all_params: report.all().sparsity(),
-            layers: report.tensors.iter().map(LayerMetrics::from).collect(),
+            layers: report.tensors.clone(),
             seconds: earlier_wall_seconds + start.elapsed().as_secs_f64(),
         };
         if let (Some(file), Some(dir)) = (metrics_file.as_mut(), &options.out) {

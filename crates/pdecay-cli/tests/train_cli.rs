@@ -174,6 +174,45 @@ fn bad_inputs_are_clear_errors_and_never_overwrite_a_run() {
         "{err}"
     );
 
+    // an unwritable --out
+    let out = pdecay(&[
+        "train",
+        "--embedded",
+        "--epochs",
+        "1",
+        "--out",
+        "/proc/pdecay-cannot-write-here",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot create run folder"),
+        "{}",
+        stderr(&out)
+    );
+
+    // a diverging run stops with the epoch and step, not a silent NaN
+    let diverged = root.join("diverged");
+    let out = pdecay(&[
+        "train",
+        "--embedded",
+        "--epochs",
+        "2",
+        "--optim",
+        "adam",
+        "--lr",
+        "1e30",
+        "--out",
+        diverged.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("at epoch 1, step")
+            && (err.contains("NaN or Inf") || err.contains("diverged")),
+        "{err}"
+    );
+    assert!(!diverged.join("summary.json").exists());
+
     // an existing run folder is never overwritten
     let run = root.join("run");
     std::fs::create_dir_all(&run).unwrap();
