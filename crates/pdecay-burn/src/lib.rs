@@ -3,7 +3,9 @@
 //! [`Decoupled<O, R>`] wraps any `burn::optim::Optimizer` `O` with a [`DecayRule`] `R` and is
 //! itself an `Optimizer`, so burn's `ModuleOptimizer`, parameter groups, records and lr
 //! schedulers work unchanged. [`PWeightDecay<O>`] is pWD ([`PNorm`]) around `O`; [`padam`],
-//! [`psgd`], [`prmsprop`] and [`padagrad`] build the common ones with PyTorch's defaults.
+//! [`psgd`], [`prmsprop`] and [`padagrad`] build the common ones with PyTorch's defaults
+//! ([`padam`] returns [`PAdam`], which fuses Adam and pWD into one pass on the CPU and falls
+//! back to `PWeightDecay<Adam>` elsewhere, with the same optimizer record).
 //! Baselines ([`L1Prox`], [`NaiveLp`], [`MagnitudePruning`], [`adamw_pytorch`]) share the
 //! wrapper, so runs compare like with like. [`SparseOptimizer`] adds parameter groups that know
 //! what decays, NaN/Inf checks that name the parameter, and sparsity probes.
