@@ -381,3 +381,56 @@ pub(crate) fn flush_subnormals<const D: usize>(w: Tensor<D>) -> Tensor<D> {
     let tiny = w.clone().abs().lower_elem(f32::MIN_POSITIVE);
     w.mask_fill(tiny, 0.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p_and_lambda_schedules_drive_the_coefficients() {
+        let rule = PNormConfig::new(0.8, 0.0)
+            .with_p_schedule(Schedule::linear(2.0, 0.8, 10).unwrap())
+            .with_lambda_schedule(Schedule::linear(0.0, 1e-2, 4).unwrap())
+            .build()
+            .unwrap();
+        // step 0: p = 2, λ = 0: the identity
+        let c = rule.coefficients(0, 0.1);
+        assert_eq!((c.p(), c.lambda()), (2.0, 0.0));
+        assert!(c.is_identity());
+        // step 5: p halfway (1.4), λ at its end (1e-2)
+        let c = rule.coefficients(5, 0.1);
+        assert!((c.p() - 1.4).abs() < 1e-12 && c.lambda() == 1e-2);
+        assert_eq!(rule.coefficients(50, 0.1).p(), 0.8);
+        // a λ schedule that goes negative is refused before training
+        let bad =
+            PNormConfig::default().with_lambda_schedule(Schedule::linear(1e-3, -1e-3, 5).unwrap());
+        assert!(
+            bad.build()
+                .unwrap_err()
+                .to_string()
+                .contains("lambda = -0.001")
+        );
+    }
+
+    #[test]
+    fn only_the_plain_variant_fuses() {
+        assert!(PNormConfig::default().build().unwrap().fusable());
+        assert!(!PNormConfig::default().late().build().unwrap().fusable());
+        assert!(
+            !PNormConfig::default()
+                .structured()
+                .build()
+                .unwrap()
+                .fusable()
+        );
+        assert!(
+            !PNormConfig::default()
+                .s_dynamics(0.1)
+                .build()
+                .unwrap()
+                .fusable()
+        );
+        let ops = PNormConfig::default().with_kernel(Kernel::TensorOps);
+        assert!(!ops.build().unwrap().fusable());
+    }
+}
