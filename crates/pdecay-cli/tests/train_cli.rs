@@ -25,6 +25,20 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Runs `args`, which must fail with a message containing every one of `needles`; returns it.
+fn assert_fails(args: &[&str], needles: &[&str]) -> String {
+    let out = pdecay(args);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{args:?} should fail");
+    for needle in needles {
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in: {err}"
+        );
+    }
+    err
+}
+
 #[test]
 fn padam_learns_and_ends_far_sparser_than_adamw() {
     let root = tempdir("learn");
@@ -115,31 +129,25 @@ fn padam_learns_and_ends_far_sparser_than_adamw() {
 #[test]
 fn bad_inputs_are_clear_errors_and_never_overwrite_a_run() {
     let root = tempdir("bad");
-    let out = pdecay(&["train", "--embedded", "--p", "0", "--epochs", "1"]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("p = 0"), "{}", stderr(&out));
-
-    let out = pdecay(&["train", "--embedded", "--lambda=-1", "--epochs", "1"]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("lambda = -1"), "{}", stderr(&out));
-
-    let out = pdecay(&["train", "--embedded", "--optim", "sgd-unknown"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("invalid value 'sgd-unknown'"),
-        "{}",
-        stderr(&out)
+    assert_fails(
+        &["train", "--embedded", "--p", "0", "--epochs", "1"],
+        &["p = 0"],
+    );
+    assert_fails(
+        &["train", "--embedded", "--lambda=-1", "--epochs", "1"],
+        &["lambda = -1"],
+    );
+    assert_fails(
+        &["train", "--embedded", "--optim", "sgd-unknown"],
+        &["invalid value 'sgd-unknown'"],
     );
 
     // missing data: names the folder and the files it needs
     let empty = root.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let out = pdecay(&["train", "--data", empty.to_str().unwrap(), "--epochs", "1"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("train-images-idx3-ubyte"),
-        "{}",
-        stderr(&out)
+    assert_fails(
+        &["train", "--data", empty.to_str().unwrap(), "--epochs", "1"],
+        &["train-images-idx3-ubyte"],
     );
 
     // a corrupt IDX file
@@ -153,46 +161,39 @@ fn bad_inputs_are_clear_errors_and_never_overwrite_a_run() {
     ] {
         std::fs::write(corrupt.join(f), [0u8, 0, 8, 9, 1, 2]).unwrap();
     }
-    let out = pdecay(&[
-        "train",
-        "--data",
-        corrupt.to_str().unwrap(),
-        "--epochs",
-        "1",
-    ]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("magic number"), "{}", stderr(&out));
+    assert_fails(
+        &[
+            "train",
+            "--data",
+            corrupt.to_str().unwrap(),
+            "--epochs",
+            "1",
+        ],
+        &["magic number"],
+    );
 
     // unknown key in a config file names the key and the file
     let cfg = root.join("bad.toml");
     std::fs::write(&cfg, "epochs = 1\nlearning_rate = 0.1\n").unwrap();
-    let out = pdecay(&["train", "--embedded", "--config", cfg.to_str().unwrap()]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("learning_rate") && err.contains("bad.toml"),
-        "{err}"
+    assert_fails(
+        &["train", "--embedded", "--config", cfg.to_str().unwrap()],
+        &["learning_rate", "bad.toml"],
     );
 
     // an unwritable --out
-    let out = pdecay(&[
+    let unwritable = [
         "train",
         "--embedded",
         "--epochs",
         "1",
         "--out",
         "/proc/pdecay-cannot-write-here",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("cannot create run folder"),
-        "{}",
-        stderr(&out)
-    );
+    ];
+    assert_fails(&unwritable, &["cannot create run folder"]);
 
     // a diverging run stops with the epoch and step, not a silent NaN
     let diverged = root.join("diverged");
-    let out = pdecay(&[
+    let args = [
         "train",
         "--embedded",
         "--epochs",
@@ -203,12 +204,10 @@ fn bad_inputs_are_clear_errors_and_never_overwrite_a_run() {
         "1e30",
         "--out",
         diverged.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    ];
+    let err = assert_fails(&args, &["at epoch 1, step"]);
     assert!(
-        err.contains("at epoch 1, step")
-            && (err.contains("NaN or Inf") || err.contains("diverged")),
+        err.contains("NaN or Inf") || err.contains("diverged"),
         "{err}"
     );
     assert!(!diverged.join("summary.json").exists());
@@ -217,19 +216,16 @@ fn bad_inputs_are_clear_errors_and_never_overwrite_a_run() {
     let run = root.join("run");
     std::fs::create_dir_all(&run).unwrap();
     std::fs::write(run.join("config.toml"), "epochs = 7\n").unwrap();
-    let out = pdecay(&[
-        "train",
-        "--embedded",
-        "--epochs",
-        "1",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("already holds a run"),
-        "{}",
-        stderr(&out)
+    assert_fails(
+        &[
+            "train",
+            "--embedded",
+            "--epochs",
+            "1",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+        &["already holds a run"],
     );
     assert_eq!(
         std::fs::read_to_string(run.join("config.toml")).unwrap(),
@@ -358,20 +354,18 @@ fn resume_refuses_other_settings_and_non_run_folders() {
         run.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = pdecay(&[
-        "train",
-        "--resume",
-        run.to_str().unwrap(),
-        "--lambda",
-        "0.5",
-    ]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("lambda = 0.5"), "{}", stderr(&out));
-    let out = pdecay(&["train", "--resume", root.to_str().unwrap()]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("not a run folder"),
-        "{}",
-        stderr(&out)
+    assert_fails(
+        &[
+            "train",
+            "--resume",
+            run.to_str().unwrap(),
+            "--lambda",
+            "0.5",
+        ],
+        &["lambda = 0.5"],
+    );
+    assert_fails(
+        &["train", "--resume", root.to_str().unwrap()],
+        &["not a run folder"],
     );
 }
