@@ -259,11 +259,7 @@ impl DecayRule for PNorm {
                 let reference = self.reference(ctx.before, &stepped);
                 let s = aux.unwrap_or_else(|| reference.ones_like());
                 let s = s_dynamics_update(s, reference, &dynamics);
-                let factor = s
-                    .clone()
-                    .mul_scalar(c.lp_strength())
-                    .add_scalar(1.0 + c.l2_strength())
-                    .recip();
+                let factor = penalty_factor(s.clone(), &c);
                 (flush_subnormals(stepped * factor), Some(s))
             }
         }
@@ -323,27 +319,13 @@ fn fused_host<const D: usize>(
     Tensor::from_data(data, device)
 }
 
-/// `stepped · 1/(1 + η·λ₂ + p·η·λ·|reference|^(p-2))` in tensor ops; `|0|^(p-2) = inf` for
-/// p < 2 gives a factor of exactly 0, and `p·η·λ = 0` skips the power so `0·inf` never occurs.
-pub(crate) fn elementwise_tensor_ops<const D: usize>(
+/// `stepped · 1/(1 + η·λ₂ + p·η·λ·|reference|^(p-2))` in tensor ops.
+fn elementwise_tensor_ops<const D: usize>(
     stepped: Tensor<D>,
     reference: Tensor<D>,
     c: &DecayCoefficients,
 ) -> Tensor<D> {
-    let one_plus_l2 = 1.0 + c.l2_strength();
-    if c.lp_strength() == 0.0 {
-        return stepped.mul_scalar(1.0 / one_plus_l2);
-    }
-    if c.exponent() == 0.0 {
-        return stepped.mul_scalar(1.0 / (one_plus_l2 + c.lp_strength()));
-    }
-    let factor = reference
-        .abs()
-        .powf_scalar(c.exponent())
-        .mul_scalar(c.lp_strength())
-        .add_scalar(one_plus_l2)
-        .recip();
-    stepped * factor
+    decay_by_magnitude(stepped, reference.abs(), c)
 }
 
 /// Structured pWD: the factor of each group from its L2 norm, broadcast over the group.
@@ -353,18 +335,36 @@ fn structured<const D: usize>(
     group_dim: usize,
     c: &DecayCoefficients,
 ) -> Tensor<D> {
+    let reduce: Vec<usize> = (0..D).filter(|&d| d != group_dim).collect();
+    let norms = reference.square().sum_dims(&reduce).sqrt();
+    decay_by_magnitude(stepped, norms, c)
+}
+
+/// `stepped · 1/(1 + η·λ₂ + p·η·λ·m^(p-2))`, `m` a magnitude per weight or per group
+/// (broadcast). `m = 0` gives `m^(p-2) = inf` for p < 2 and a factor of exactly 0; when
+/// `p·η·λ = 0` or p = 2 the factor is a constant and the power is never taken, so `0·inf`
+/// never occurs.
+fn decay_by_magnitude<const D: usize>(
+    stepped: Tensor<D>,
+    magnitude: Tensor<D>,
+    c: &DecayCoefficients,
+) -> Tensor<D> {
     let one_plus_l2 = 1.0 + c.l2_strength();
     if c.lp_strength() == 0.0 {
         return stepped.mul_scalar(1.0 / one_plus_l2);
     }
-    let reduce: Vec<usize> = (0..D).filter(|&d| d != group_dim).collect();
-    let norms = reference.square().sum_dims(&reduce).sqrt();
-    let factor = norms
-        .powf_scalar(c.exponent())
-        .mul_scalar(c.lp_strength())
-        .add_scalar(one_plus_l2)
-        .recip();
-    stepped * factor
+    if c.exponent() == 0.0 {
+        return stepped.mul_scalar(1.0 / (one_plus_l2 + c.lp_strength()));
+    }
+    stepped * penalty_factor(magnitude.powf_scalar(c.exponent()), c)
+}
+
+/// `1 / (1 + η·λ₂ + p·η·λ·s)` per element of the penalty weight `s` (the tensor twin of
+/// [`pdecay::factor::s_decay_factor`]).
+fn penalty_factor<const D: usize>(s: Tensor<D>, c: &DecayCoefficients) -> Tensor<D> {
+    s.mul_scalar(c.lp_strength())
+        .add_scalar(1.0 + c.l2_strength())
+        .recip()
 }
 
 /// One gradient step of s on `Λ_p(w, s)`, clamped to `[S_MIN, S_MAX]`
@@ -377,7 +377,7 @@ fn s_dynamics_update<const D: usize>(s: Tensor<D>, w: Tensor<D>, d: &SDynamics) 
 }
 
 /// Sets values below the f32 normal range to exact 0 (subnormals slow CPUs down; they are dead).
-pub(crate) fn flush_subnormals<const D: usize>(w: Tensor<D>) -> Tensor<D> {
+fn flush_subnormals<const D: usize>(w: Tensor<D>) -> Tensor<D> {
     let tiny = w.clone().abs().lower_elem(f32::MIN_POSITIVE);
     w.mask_fill(tiny, 0.0)
 }
