@@ -48,7 +48,8 @@ pub use padam::PAdam;
 pub use pnorm::{Kernel, Mode, PNorm, PNormConfig, Reference};
 pub use rule::{DEFAULT_MIN_RANK, DecayRule, DecaysTensors, Decoupled, NoDecay, StepContext};
 pub use sparse_optimizer::{
-    DecaySummary, SparseOptimizer, StepError, first_non_finite, sparsity_report,
+    DecaySummary, NamedValues, SparseOptimizer, StepError, first_non_finite, parameter_values,
+    sparsity_report,
 };
 pub use state::DecoupledState;
 

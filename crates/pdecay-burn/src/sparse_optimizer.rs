@@ -241,6 +241,34 @@ pub fn sparsity_report<M: Module>(
     SparsityReport::new(threshold, walker.into_results())
 }
 
+/// One float parameter's values, copied to the host as f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedValues {
+    /// The parameter's path in the module (e.g. `Mlp.hidden.0.weight`).
+    pub name: String,
+    /// The tensor's shape.
+    pub shape: Vec<usize>,
+    /// The values, row-major.
+    pub values: Vec<f32>,
+}
+
+/// Every float parameter of `module` with its path (for weight histograms and exports).
+pub fn parameter_values<M: Module>(module: &M) -> Vec<NamedValues> {
+    let mut walker = ParamWalker::new(|path: &str, _id, shape: Vec<usize>, data: ParamData| {
+        Some(NamedValues {
+            name: path.to_string(),
+            shape,
+            values: data
+                .read()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .expect("converted to f32"),
+        })
+    });
+    module.visit(&mut walker);
+    walker.into_results()
+}
+
 /// Path of the first parameter whose value (or gradient, when `grads` is given) holds NaN or
 /// Inf.
 pub fn first_non_finite<M: Module>(module: &M, grads: Option<&GradientsParams>) -> Option<String> {

@@ -80,6 +80,18 @@ pub fn load(
     model: Classifier,
     optim: SparseOptimizer,
 ) -> Result<Option<(Classifier, SparseOptimizer, RunPosition)>> {
+    let Some((model, position)) = load_model(dir, model)? else {
+        return Ok(None);
+    };
+    let record =
+        OptimizerRecord::from_bytes(read_file(dir, &optim_file(position.epoch), &position)?)
+            .context("reading the optimizer checkpoint")?;
+    Ok(Some((model, optim.load_record(record), position)))
+}
+
+/// The model of the last checkpoint in `dir`, loaded into `model` (built for the run's
+/// config); `None` if there is no checkpoint yet.
+pub fn load_model(dir: &Path, model: Classifier) -> Result<Option<(Classifier, RunPosition)>> {
     let position_path = dir.join(POSITION);
     if !position_path.exists() {
         return Ok(None);
@@ -89,26 +101,24 @@ pub fn load(
             .with_context(|| format!("reading {}", position_path.display()))?,
     )
     .with_context(|| format!("{} is corrupt", position_path.display()))?;
-    let read = |name: String| -> Result<Bytes> {
-        let path = dir.join(&name);
-        let bytes = std::fs::read(&path).with_context(|| {
-            format!(
-                "the checkpoint of epoch {} lacks {}",
-                position.epoch,
-                path.display()
-            )
-        })?;
-        Ok(Bytes::from_bytes_vec(bytes))
-    };
-    let record = ModuleRecord::from_bytes(read(model_file(position.epoch))?)
+    let record = ModuleRecord::from_bytes(read_file(dir, &model_file(position.epoch), &position)?)
         .context("reading the model checkpoint")?;
-    let model = match model.try_load_record(record) {
-        Ok(model) => model,
+    match model.try_load_record(record) {
+        Ok(model) => Ok(Some((model, position))),
         Err(e) => bail!(
             "the model checkpoint does not fit this run's model ({e}); was the folder made with another --model or --hidden?"
         ),
-    };
-    let record = OptimizerRecord::from_bytes(read(optim_file(position.epoch))?)
-        .context("reading the optimizer checkpoint")?;
-    Ok(Some((model, optim.load_record(record), position)))
+    }
+}
+
+fn read_file(dir: &Path, name: &str, position: &RunPosition) -> Result<Bytes> {
+    let path = dir.join(name);
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "the checkpoint of epoch {} lacks {}",
+            position.epoch,
+            path.display()
+        )
+    })?;
+    Ok(Bytes::from_bytes_vec(bytes))
 }

@@ -9,7 +9,7 @@ use crate::data::{ImageSplits, mnist};
 use crate::models::ModelKind;
 use crate::train::{
     EpochMetrics, LrSchedule, OptimKind, PlainProgress, Progress, RunOptions, Summary, TrainConfig,
-    default_run_dir, train,
+    default_run_dir, epoch_line, train,
 };
 
 /// Flags of `pdecay train`. Each overrides the same key of `--config FILE`; unset keys take the
@@ -185,7 +185,7 @@ impl TrainArgs {
 const EMBEDDED: &str = "embedded";
 
 /// Loads the data a config names.
-fn load_data(config: &TrainConfig) -> Result<ImageSplits> {
+pub fn load_data(config: &TrainConfig) -> Result<ImageSplits> {
     match config.data.as_deref() {
         Some(EMBEDDED) => Ok(mnist::embedded()),
         Some(dir) => mnist::resolve_image_data(Some(std::path::Path::new(dir))),
@@ -204,13 +204,7 @@ fn read_config(path: &std::path::Path) -> Result<TrainConfig> {
 /// `pdecay train`.
 pub fn run_train(args: &TrainArgs) -> Result<()> {
     let config = args.config()?;
-    if let Some(threads) = args.threads {
-        anyhow::ensure!(threads >= 1, "--threads must be at least 1");
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()
-            .context("setting the number of threads")?;
-    }
+    set_threads(args.threads)?;
     let data = load_data(&config)?;
     let (out, resume) = match &args.resume {
         Some(dir) => (dir.clone(), true),
@@ -324,18 +318,39 @@ impl Progress for EveryNth {
 }
 
 /// A progress bar per epoch (step, loss, ETA) and a summary line after it, on a terminal.
-struct BarProgress {
+/// The bars live in `multi`, so a caller can show its own bar above them (`pdecay sweep`).
+pub struct BarProgress {
     bar: Option<indicatif::ProgressBar>,
+    multi: indicatif::MultiProgress,
+    print_start: bool,
+}
+
+impl BarProgress {
+    /// Bars drawn in `multi`; `print_start` prints which tensors decay before the first step.
+    pub fn new(multi: indicatif::MultiProgress, print_start: bool) -> Self {
+        Self {
+            bar: None,
+            multi,
+            print_start,
+        }
+    }
+
+    fn println(&self, line: &str) {
+        // println on a MultiProgress prints above its bars; it fails only when stdout is gone.
+        let _ = self.multi.println(line);
+    }
 }
 
 impl Progress for BarProgress {
     fn start(&mut self, decay: &pdecay_burn::DecaySummary) {
-        PlainProgress.start(decay);
+        if self.print_start {
+            self.println(&decay.to_string());
+        }
     }
 
     fn step(&mut self, epoch: usize, done: usize, total: usize, loss: f64) {
         let bar = self.bar.get_or_insert_with(|| {
-            let bar = indicatif::ProgressBar::new(total as u64);
+            let bar = self.multi.add(indicatif::ProgressBar::new(total as u64));
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
                     "epoch {prefix} [{bar:30}] {pos}/{len} steps, loss {msg}, ETA {eta}",
@@ -353,8 +368,9 @@ impl Progress for BarProgress {
     fn epoch(&mut self, config: &TrainConfig, metrics: &EpochMetrics) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
+            self.multi.remove(&bar);
         }
-        PlainProgress.epoch(config, metrics);
+        self.println(&epoch_line(config, metrics));
     }
 }
 
@@ -362,8 +378,20 @@ impl Progress for BarProgress {
 fn progress_for_stdout() -> Box<dyn Progress> {
     use std::io::IsTerminal;
     if std::io::stdout().is_terminal() {
-        Box::new(BarProgress { bar: None })
+        Box::new(BarProgress::new(indicatif::MultiProgress::new(), true))
     } else {
         Box::new(PlainProgress)
     }
+}
+
+/// Sets the size of rayon's global pool (the CPU threads of every kernel).
+pub fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(threads) = threads {
+        anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("setting the number of threads")?;
+    }
+    Ok(())
 }

@@ -1,11 +1,16 @@
 //! The `pdecay` application: data sets, models, the training loop and the commands.
 //!
 //! Data flows one way: CLI config -> data + model + optimizer -> training loop -> metrics
-//! stream -> run folder (config.toml, metrics.jsonl, summary.json).
+//! stream -> run folder (config.toml, metrics.jsonl, summary.json). A sweep runs a grid of
+//! trainings into one folder; a report reads run folders back and draws them.
 
 pub mod checkpoint;
+pub mod cli_sweep;
 pub mod cli_train;
 pub mod data;
 pub mod demo;
 pub mod models;
+pub mod plots;
+pub mod report;
+pub mod sweep;
 pub mod train;

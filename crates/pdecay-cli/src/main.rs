@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use pdecay_cli::{cli_train, demo};
+use pdecay_cli::{cli_sweep, cli_train, demo, report};
 
 /// Train neural networks to be highly sparse with p-norm decoupled weight decay (pWD).
 #[derive(Parser, Debug)]
@@ -20,6 +20,10 @@ enum Command {
     Demo,
     /// Train a model on Fashion-MNIST (or MNIST) and write a run folder.
     Train(Box<cli_train::TrainArgs>),
+    /// Train a grid of runs (over p, lambda, optimizer, ...) into one folder, with sweep.csv.
+    Sweep(cli_sweep::SweepArgs),
+    /// Write report.md with tables and plots (PNG and SVG) for a run or a sweep folder.
+    Report(ReportArgs),
     /// pAdam vs Adam on a synthetic sparse linear-regression teacher: support recovery.
     LinearDemo(demo::DemoArgs),
 }
@@ -28,6 +32,24 @@ fn main() -> Result<()> {
     match Cli::parse().command.unwrap_or(Command::Demo) {
         Command::Demo => cli_train::run_demo(),
         Command::Train(args) => cli_train::run_train(&args),
+        Command::Sweep(args) => cli_sweep::run_sweep(&args),
+        Command::Report(args) => {
+            let files = report::write_report(&args.path)?;
+            println!(
+                "wrote {} and {} plot files in {}",
+                files.markdown.display(),
+                files.plots.len(),
+                args.path.join("plots").display()
+            );
+            Ok(())
+        }
         Command::LinearDemo(args) => demo::run(&args),
     }
+}
+
+/// Flags of `pdecay report`.
+#[derive(clap::Args, Debug)]
+struct ReportArgs {
+    /// A run folder (pdecay train) or a sweep folder (pdecay sweep)
+    path: std::path::PathBuf,
 }

@@ -16,8 +16,8 @@ use burn::tensor::Device;
 use pdecay::Schedule;
 use pdecay::sparsity::{DEFAULT_THRESHOLD, TensorSparsity};
 use pdecay_burn::{
-    DecaySummary, MagnitudePruningConfig, PNormConfig, SparseOptimizer, adam_gmp, adam_l1,
-    adam_naive_lp, adam_no_decay, adamw_pytorch, padam, psgd,
+    DecaySummary, MagnitudePruningConfig, PNormConfig, SparseOptimizer, StepError, adam_gmp,
+    adam_l1, adam_naive_lp, adam_no_decay, adamw_pytorch, padam, psgd,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -309,6 +309,21 @@ pub struct Summary {
     pub samples_per_second: f64,
 }
 
+/// The run diverged: the training loss, a gradient or a weight became NaN or infinite (an
+/// outcome a sweep records, not a failure of the program).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error(
+    "the run diverged at epoch {epoch}, step {step}: {reason} (lower --lr or --lambda); the last good checkpoint is kept"
+)]
+pub struct Diverged {
+    /// The epoch of the step.
+    pub epoch: usize,
+    /// The step that diverged.
+    pub step: u64,
+    /// What became NaN or infinite.
+    pub reason: String,
+}
+
 /// Where a run reports progress.
 pub trait Progress {
     /// Before the first step: which tensors decay.
@@ -330,19 +345,24 @@ impl Progress for PlainProgress {
     }
 
     fn epoch(&mut self, config: &TrainConfig, m: &EpochMetrics) {
-        println!(
-            "epoch {:>3}/{} step {:>6} lr {:.2e} train loss {:.4} test loss {:.4} acc {:.2}% sparsity {:.1}% ({:.0}s)",
-            m.epoch,
-            config.epochs,
-            m.step,
-            m.lr,
-            m.train_loss,
-            m.test_loss,
-            100.0 * m.test_accuracy,
-            100.0 * m.sparsity,
-            m.seconds
-        );
+        println!("{}", epoch_line(config, m));
     }
+}
+
+/// The one-line account of an epoch that the progress reporters print.
+pub fn epoch_line(config: &TrainConfig, m: &EpochMetrics) -> String {
+    format!(
+        "epoch {:>3}/{} step {:>6} lr {:.2e} train loss {:.4} test loss {:.4} acc {:.2}% sparsity {:.1}% ({:.0}s)",
+        m.epoch,
+        config.epochs,
+        m.step,
+        m.lr,
+        m.train_loss,
+        m.test_loss,
+        100.0 * m.test_accuracy,
+        100.0 * m.sparsity,
+        m.seconds
+    )
 }
 
 /// Reports nothing.
@@ -530,16 +550,35 @@ pub fn train(
             let loss = loss_fn.forward(model.forward(x), y);
             let loss_value = loss.clone().into_scalar::<f32>() as f64;
             if !loss_value.is_finite() {
-                bail!(
-                    "the training loss became {loss_value} at epoch {epoch}, step {step}: the run diverged (lower --lr or --lambda); the last good checkpoint is kept"
-                );
+                return Err(Diverged {
+                    epoch,
+                    step,
+                    reason: format!("the training loss became {loss_value}"),
+                }
+                .into());
             }
             loss_sum += loss_value * batch.len() as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             lr = schedule.value(step);
-            model = optim
-                .step(lr, model, grads)
-                .with_context(|| format!("optimizer step failed at epoch {epoch}, step {step}"))?;
+            model = match optim.step(lr, model, grads) {
+                Ok(model) => model,
+                Err(
+                    e @ (StepError::NonFiniteGradient { .. } | StepError::NonFiniteWeight { .. }),
+                ) => {
+                    let reason = e.to_string();
+                    return Err(Diverged {
+                        epoch,
+                        step,
+                        reason,
+                    }
+                    .into());
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "optimizer step failed at epoch {epoch}, step {step}"
+                    )));
+                }
+            };
             position.step += 1;
             done += 1;
             progress.step(epoch, done, steps_per_epoch, loss_value);
@@ -597,7 +636,8 @@ pub fn train(
         wall_seconds: earlier_wall_seconds + start.elapsed().as_secs_f64(),
         samples_per_second: (data.train.len() * position.epoch) as f64 / position.train_seconds,
     };
-    if let Some(dir) = &options.out {
+    // summary.json marks a finished run (a sweep skips it): not written when stopped early
+    if let (Some(dir), true) = (&options.out, position.epoch == config.epochs) {
         write_atomic(
             &dir.join("summary.json"),
             serde_json::to_string_pretty(&summary)?.as_bytes(),

@@ -303,6 +303,10 @@ fn assert_resume_matches(name: &str, epochs: usize, model_args: &[&str]) {
         serde_json::from_str(&std::fs::read_to_string(resumed.join("checkpoint.json")).unwrap())
             .unwrap();
     assert_eq!(position["epoch"], epochs - 1);
+    assert!(
+        !resumed.join("summary.json").exists(),
+        "a stopped run is not finished"
+    );
     let out = pdecay(&["train", "--resume", resumed.to_str().unwrap()]);
     assert!(out.status.success(), "{name} resume: {}", stderr(&out));
     // the weights, bit for bit (the files themselves differ in their random parameter ids)

@@ -1,0 +1,562 @@
+//! `pdecay sweep`: a grid of training runs, one run folder each, resumable, summarised in
+//! `sweep.csv`.
+//!
+//! A sweep file is TOML. Keys at the top level apply to every run; each `[[grid]]` table adds
+//! one grid of runs. In either place a list is swept (the runs are the product of all lists) and
+//! a single value is fixed; `hidden`, itself a list, is swept with a list of lists.
+//!
+//! ```toml
+//! epochs = 20                       # every run
+//! [[grid]]
+//! optim = "padam"
+//! p = [0.5, 0.8]                    # 2 x 2 runs
+//! lambda = [1e-3, 1e-2]
+//! [[grid]]
+//! optim = "adamw"                   # one run
+//! lambda = 1e-2
+//! ```
+//!
+//! A run's folder is named after the keys that tell the runs apart (`optim=padam_p=0.8_...`),
+//! not after its position, so adding values to a sweep keeps the finished runs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::Deserialize;
+use toml::{Table, Value};
+
+use crate::data::ImageSplits;
+use crate::train::{Diverged, Progress, RunOptions, Summary, TrainConfig, train, write_atomic};
+
+/// The sweep preset files, also examples of the format.
+pub const PRESETS: [(&str, &str); 2] = [
+    ("demo", include_str!("../presets/sweep-demo.toml")),
+    (
+        "fashion-mlp",
+        include_str!("../presets/sweep-fashion-mlp.toml"),
+    ),
+];
+
+/// The summary.json fields written to `sweep.csv`, in order.
+pub const SUMMARY_COLUMNS: [&str; 13] = [
+    "final_test_accuracy",
+    "best_test_accuracy",
+    "best_epoch",
+    "final_test_loss",
+    "sparsity",
+    "sparsity_exact_zero",
+    "sparsity_all_params",
+    "nonzero_params",
+    "total_params",
+    "decayed_params",
+    "epochs",
+    "wall_seconds",
+    "samples_per_second",
+];
+
+/// One run of a sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedRun {
+    /// Folder name inside the sweep folder.
+    pub name: String,
+    /// The complete config of the run.
+    pub config: TrainConfig,
+}
+
+/// All runs of a sweep file, in the file's order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepPlan {
+    /// The runs.
+    pub runs: Vec<PlannedRun>,
+    /// The keys that tell runs apart (swept somewhere, or set in a grid): the CSV's columns.
+    pub keys: Vec<String>,
+}
+
+/// Keys whose value is itself a list (swept only with a list of lists).
+fn list_valued(key: &str) -> bool {
+    key == "hidden"
+}
+
+/// One grid's settings: fixed values and swept axes.
+#[derive(Default)]
+struct Grid {
+    fixed: Table,
+    axes: Vec<(String, Vec<Value>)>,
+}
+
+impl Grid {
+    fn from_table(table: Table, place: &str, source: &str) -> Result<Self> {
+        let mut grid = Self::default();
+        for (key, value) in table {
+            let swept = match &value {
+                Value::Array(items) => {
+                    !list_valued(&key) || items.iter().all(|v| matches!(v, Value::Array(_)))
+                }
+                _ => false,
+            };
+            if swept {
+                let Value::Array(items) = value else {
+                    unreachable!("checked above")
+                };
+                ensure!(
+                    !items.is_empty(),
+                    "`{key}` in {place} of {source} is an empty list: give at least one value (or a single value to fix it)"
+                );
+                grid.axes.push((key, items));
+            } else {
+                grid.fixed.insert(key, value);
+            }
+        }
+        Ok(grid)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &String> {
+        self.fixed.keys().chain(self.axes.iter().map(|(k, _)| k))
+    }
+}
+
+/// Every combination of the axes' values, the first axis slowest.
+fn product(axes: &[(String, Vec<Value>)]) -> Vec<Vec<(String, Value)>> {
+    let mut combos = vec![Vec::new()];
+    for (key, values) in axes {
+        combos = combos
+            .into_iter()
+            .flat_map(|combo| {
+                values.iter().map(move |v| {
+                    let mut c = combo.clone();
+                    c.push((key.clone(), v.clone()));
+                    c
+                })
+            })
+            .collect();
+    }
+    combos
+}
+
+/// A value as it appears in folder names and the CSV: strings without quotes, very large or
+/// small numbers in exponent form (`1e-4`, `1e30`).
+pub fn display_value(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Float(x) if *x != 0.0 && !(1e-3..1e5).contains(&x.abs()) => format!("{x:e}"),
+        Value::Float(x) => format!("{x}"),
+        other => other.to_string(),
+    }
+}
+
+/// Parses a sweep file's text; `source` names it in errors.
+pub fn parse(text: &str, source: &str) -> Result<SweepPlan> {
+    let mut table: Table =
+        toml::from_str(text).with_context(|| format!("{source} is not a valid TOML file"))?;
+    let grids = match table.remove("grid") {
+        None => vec![Table::new()],
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::Table(t) if !t.is_empty() => Ok(t),
+                Value::Table(_) => bail!(
+                    "grid {} of {source} sets no keys: give it at least one (e.g. `optim = \"adamw\"`) or remove it",
+                    i + 1
+                ),
+                _ => bail!("`grid` in {source} must be written as [[grid]] tables"),
+            })
+            .collect::<Result<_>>()?,
+        Some(_) => bail!("`grid` in {source} must be written as [[grid]] tables, at least one"),
+    };
+    let top = Grid::from_table(table, "the top level", source)?;
+    let mut keys: Vec<String> = top.axes.iter().map(|(k, _)| k.clone()).collect();
+    let mut runs: Vec<PlannedRun> = Vec::new();
+    for (i, grid) in grids.into_iter().enumerate() {
+        let place = format!("grid {}", i + 1);
+        let grid = Grid::from_table(grid, &place, source)?;
+        for key in grid.keys() {
+            if !keys.contains(key) {
+                keys.push(key.clone());
+            }
+        }
+        let axes: Vec<_> = top.axes.iter().chain(&grid.axes).cloned().collect();
+        for combo in product(&axes) {
+            let mut settings = top.fixed.clone();
+            settings.extend(grid.fixed.clone());
+            settings.extend(combo);
+            let config = TrainConfig::deserialize(Value::Table(settings.clone()))
+                .with_context(|| format!("invalid settings in {place} of {source}"))?;
+            config
+                .validate()
+                .with_context(|| format!("invalid settings in {place} of {source}"))?;
+            let name = keys
+                .iter()
+                .filter_map(|k| settings.get(k).map(|v| (k, v)))
+                .map(|(k, v)| format!("{k}={}", display_value(v)))
+                .collect::<Vec<_>>()
+                .join("_");
+            let name = sanitize(if name.is_empty() { "run" } else { &name });
+            if let Some(other) = runs.iter().find(|r| r.name == name) {
+                bail!(
+                    "{source} lists the run `{}` twice ({place} repeats it); remove the duplicate",
+                    other.name
+                );
+            }
+            runs.push(PlannedRun { name, config });
+        }
+    }
+    Ok(SweepPlan { runs, keys })
+}
+
+/// Keeps folder names portable: letters, digits and `.=-+` stay, anything else becomes `_`.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".=-+".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The sweep file of a preset name, or an error listing the presets.
+pub fn preset(name: &str) -> Result<&'static str> {
+    PRESETS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, text)| *text)
+        .with_context(|| {
+            let names: Vec<_> = PRESETS.iter().map(|(n, _)| *n).collect();
+            format!("unknown preset `{name}`; presets: {}", names.join(", "))
+        })
+}
+
+/// What a run folder holds already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// No folder (or an empty one).
+    New,
+    /// Started, not finished: resumed from its last checkpoint.
+    Started,
+    /// summary.json written: skipped.
+    Finished,
+    /// The loss became NaN or infinite (diverged.json written): skipped, reported as such.
+    Diverged,
+}
+
+/// Written into a run folder whose run diverged.
+const DIVERGED: &str = "diverged.json";
+
+/// The state of `dir`, after checking that a run there has exactly `config`.
+pub fn run_state(dir: &Path, config: &TrainConfig) -> Result<RunState> {
+    let config_path = dir.join("config.toml");
+    if !config_path.exists() {
+        return Ok(RunState::New);
+    }
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let existing: TrainConfig = toml::from_str(&text)
+        .with_context(|| format!("{} is not a valid run config", config_path.display()))?;
+    ensure!(
+        &existing == config,
+        "{} holds a run with other settings than the sweep file asks for (was the sweep file changed?); delete that folder or sweep into another --out",
+        dir.display()
+    );
+    Ok(if dir.join("summary.json").exists() {
+        RunState::Finished
+    } else if dir.join(DIVERGED).exists() {
+        RunState::Diverged
+    } else {
+        RunState::Started
+    })
+}
+
+/// Reports a sweep's progress.
+pub trait SweepProgress {
+    /// Before run `index` (0-based) of `total` starts, resumes or is skipped.
+    fn run(&mut self, index: usize, total: usize, run: &PlannedRun, state: RunState);
+    /// The progress of the run being trained.
+    fn training(&mut self) -> &mut dyn Progress;
+    /// After the last run.
+    fn finish(&mut self) {}
+}
+
+/// A finished run of the sweep.
+#[derive(Debug, Clone)]
+pub struct SweepResult {
+    /// The run.
+    pub run: PlannedRun,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// It trained to the end: its summary.json.
+    Finished(Summary),
+    /// The loss became NaN or infinite.
+    Diverged(Diverged),
+}
+
+impl Outcome {
+    /// The summary of a finished run.
+    pub fn summary(&self) -> Option<&Summary> {
+        match self {
+            Self::Finished(s) => Some(s),
+            Self::Diverged(_) => None,
+        }
+    }
+
+    /// `finished` or `diverged`, the CSV's `status`.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Self::Finished(_) => "finished",
+            Self::Diverged(_) => "diverged",
+        }
+    }
+}
+
+/// Runs every run of `plan` into `out/<name>` one after another, skipping finished runs and
+/// resuming started ones; rewrites `out/sweep.csv` after each. `load` gives a config's data.
+pub fn run(
+    plan: &SweepPlan,
+    out: &Path,
+    load: &dyn Fn(&TrainConfig) -> Result<ImageSplits>,
+    progress: &mut dyn SweepProgress,
+) -> Result<Vec<SweepResult>> {
+    std::fs::create_dir_all(out).with_context(|| {
+        format!(
+            "cannot create sweep folder {} (is --out writable?)",
+            out.display()
+        )
+    })?;
+    // Every folder is checked before anything trains: a changed sweep file fails at once.
+    let states = plan
+        .runs
+        .iter()
+        .map(|r| run_state(&out.join(&r.name), &r.config))
+        .collect::<Result<Vec<_>>>()?;
+    let mut data: HashMap<Option<String>, ImageSplits> = HashMap::new();
+    let mut results = Vec::new();
+    for (i, (planned, state)) in plan.runs.iter().zip(states).enumerate() {
+        let dir = out.join(&planned.name);
+        progress.run(i, plan.runs.len(), planned, state);
+        let outcome = match state {
+            RunState::Finished => Outcome::Finished(read_summary(&dir)?),
+            RunState::Diverged => Outcome::Diverged(read_diverged(&dir)?),
+            RunState::New | RunState::Started => {
+                let key = planned.config.data.clone();
+                if !data.contains_key(&key) {
+                    data.insert(key.clone(), load(&planned.config)?);
+                }
+                let options = RunOptions {
+                    out: Some(dir.clone()),
+                    resume: state == RunState::Started,
+                    stop_after: None,
+                };
+                match train(&planned.config, &data[&key], &options, progress.training()) {
+                    Ok(summary) => Outcome::Finished(summary),
+                    Err(e) => match e.downcast::<Diverged>() {
+                        Ok(diverged) => {
+                            write_atomic(
+                                &dir.join(DIVERGED),
+                                serde_json::to_string_pretty(&diverged)?.as_bytes(),
+                            )?;
+                            Outcome::Diverged(diverged)
+                        }
+                        Err(e) => {
+                            return Err(
+                                e.context(format!("run {} of the sweep failed", planned.name))
+                            );
+                        }
+                    },
+                }
+            }
+        };
+        results.push(SweepResult {
+            run: planned.clone(),
+            outcome,
+        });
+        write_csv(&out.join("sweep.csv"), &plan.keys, &results)?;
+    }
+    progress.finish();
+    Ok(results)
+}
+
+/// Reads a run folder's summary.json.
+pub fn read_summary(dir: &Path) -> Result<Summary> {
+    let path = dir.join("summary.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))
+}
+
+/// Reads a run folder's diverged.json.
+pub fn read_diverged(dir: &Path) -> Result<Diverged> {
+    let path = dir.join(DIVERGED);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))
+}
+
+/// Writes `sweep.csv` atomically: `run`, `status`, the keys (each run's effective value), the
+/// summary (empty for a diverged run).
+pub fn write_csv(path: &Path, keys: &[String], results: &[SweepResult]) -> Result<()> {
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    let header: Vec<&str> = ["run", "status"]
+        .into_iter()
+        .chain(keys.iter().map(String::as_str))
+        .chain(SUMMARY_COLUMNS)
+        .collect();
+    csv.write_record(&header)?;
+    for r in results {
+        let config = Table::try_from(&r.run.config).context("serialising a run config")?;
+        let mut row = vec![r.run.name.clone(), r.outcome.status().to_string()];
+        row.extend(
+            keys.iter()
+                .map(|k| config.get(k).map(display_value).unwrap_or_default()),
+        );
+        match r.outcome.summary() {
+            Some(summary) => {
+                let summary = serde_json::to_value(summary)?;
+                row.extend(SUMMARY_COLUMNS.iter().map(|c| summary[c].to_string()));
+            }
+            None => row.extend(SUMMARY_COLUMNS.iter().map(|_| String::new())),
+        }
+        csv.write_record(&row)?;
+    }
+    let bytes = csv.into_inner().context("finishing sweep.csv")?;
+    write_atomic(path, &bytes)
+}
+
+/// The sweep folder for `--out`, or `sweeps/<name>` by default.
+pub fn default_out(name: &str) -> PathBuf {
+    PathBuf::from("sweeps").join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::OptimKind;
+
+    #[test]
+    fn grids_expand_to_the_product_of_their_lists() {
+        let plan = parse(
+            r#"
+epochs = 3
+seed = [0, 1]
+[[grid]]
+optim = "padam"
+p = [0.5, 0.8]
+lambda = [1e-3, 1e-2]
+[[grid]]
+optim = "adamw"
+lambda = 0.01
+"#,
+            "test.toml",
+        )
+        .unwrap();
+        assert_eq!(plan.keys, ["seed", "optim", "p", "lambda"]);
+        assert_eq!(plan.runs.len(), 2 * 2 * 2 + 2);
+        assert!(plan.runs.iter().all(|r| r.config.epochs == 3));
+        let first = &plan.runs[0];
+        assert_eq!(first.name, "seed=0_optim=padam_p=0.5_lambda=0.001");
+        assert_eq!((first.config.p, first.config.lambda), (0.5, 1e-3));
+        // the first list varies slowest: the seed, then p, then lambda
+        let ps: Vec<f64> = plan.runs[..4].iter().map(|r| r.config.p).collect();
+        assert_eq!(ps, [0.5, 0.5, 0.8, 0.8]);
+        assert_eq!(plan.runs[4].config.seed, 1);
+        let adamw = &plan.runs[8];
+        assert_eq!(adamw.config.optim, OptimKind::Adamw);
+        assert_eq!(adamw.name, "seed=0_optim=adamw_lambda=0.01");
+    }
+
+    #[test]
+    fn hidden_is_fixed_by_a_list_and_swept_by_a_list_of_lists() {
+        let fixed = parse("hidden = [64, 32]\nlr = [1e-3, 2e-3]", "t").unwrap();
+        assert_eq!(fixed.runs.len(), 2);
+        assert_eq!(fixed.runs[0].config.hidden, [64, 32]);
+        let swept = parse(
+            "hidden = [[64], [128, 64]]\nlambda = [1e-4, 2.5e6, 0.5]",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(swept.runs.len(), 6);
+        assert_eq!(swept.runs[3].config.hidden, [128, 64]);
+        let names: Vec<&str> = swept.runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names[..3],
+            [
+                "hidden=_64__lambda=1e-4",
+                "hidden=_64__lambda=2.5e6",
+                "hidden=_64__lambda=0.5"
+            ]
+        );
+        assert_eq!(names[3], "hidden=_128__64__lambda=1e-4");
+    }
+
+    #[test]
+    fn bad_sweep_files_name_the_key_and_the_file() {
+        let cases = [
+            ("p = []", vec!["`p`", "empty list", "s.toml"]),
+            (
+                "[[grid]]\nlamda = [1, 2]",
+                vec!["lamda", "grid 1", "s.toml"],
+            ),
+            ("p = \"high\"", vec!["p", "s.toml"]),
+            (
+                "[[grid]]\n[[grid]]\np = 1.0",
+                vec!["grid 1", "sets no keys"],
+            ),
+            ("grid = 3", vec!["[[grid]]"]),
+            ("p = [0.8, -1.0]", vec!["p", "s.toml"]),
+            ("p = [0.8, 0.8]", vec!["twice"]),
+            ("p = 0.8 = 1", vec!["not a valid TOML"]),
+        ];
+        for (text, expected) in cases {
+            let message = format!("{:#}", parse(text, "s.toml").unwrap_err());
+            for word in expected {
+                assert!(message.contains(word), "{text:?}: {message}");
+            }
+        }
+    }
+
+    #[test]
+    fn presets_parse_and_the_comparison_has_every_method() {
+        for (name, text) in PRESETS {
+            let plan = parse(text, name).unwrap();
+            assert!(!plan.runs.is_empty(), "{name}");
+        }
+        let plan = parse(preset("fashion-mlp").unwrap(), "fashion-mlp").unwrap();
+        let count = |o: OptimKind| plan.runs.iter().filter(|r| r.config.optim == o).count();
+        assert_eq!(count(OptimKind::Adamw), 1);
+        assert_eq!(count(OptimKind::Padam), 12);
+        assert!(count(OptimKind::AdamL1) >= 1);
+        assert_eq!(count(OptimKind::NaiveLp), 1);
+        assert_eq!(count(OptimKind::Gmp), 4);
+        assert!(plan.runs.iter().all(|r| r.config.data.is_none()));
+        assert!(
+            preset("nope")
+                .unwrap_err()
+                .to_string()
+                .contains("fashion-mlp")
+        );
+    }
+
+    #[test]
+    fn a_changed_config_is_refused_and_a_finished_run_is_recognised() {
+        let dir = std::env::temp_dir().join(format!("pdecay-sweep-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = TrainConfig::default();
+        assert_eq!(run_state(&dir, &config).unwrap(), RunState::New);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.toml"), toml::to_string(&config).unwrap()).unwrap();
+        assert_eq!(run_state(&dir, &config).unwrap(), RunState::Started);
+        std::fs::write(dir.join("summary.json"), "{}").unwrap();
+        assert_eq!(run_state(&dir, &config).unwrap(), RunState::Finished);
+        let other = TrainConfig { p: 0.5, ..config };
+        let message = run_state(&dir, &other).unwrap_err().to_string();
+        assert!(message.contains("other settings"), "{message}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
