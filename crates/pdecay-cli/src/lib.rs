@@ -5,10 +5,14 @@
 //! trainings into one folder; a report reads run folders back and draws them.
 
 pub mod checkpoint;
+pub mod cli_deploy;
 pub mod cli_sweep;
 pub mod cli_train;
+pub mod compact;
 pub mod data;
 pub mod demo;
+pub mod infer;
+pub mod model_file;
 pub mod models;
 pub mod plots;
 pub mod report;

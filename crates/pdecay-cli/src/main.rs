@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use pdecay_cli::{cli_sweep, cli_train, demo, report};
+use pdecay_cli::{cli_deploy, cli_sweep, cli_train, demo, report};
 
 /// Train neural networks to be highly sparse with p-norm decoupled weight decay (pWD).
 #[derive(Parser, Debug)]
@@ -24,6 +24,14 @@ enum Command {
     Sweep(cli_sweep::SweepArgs),
     /// Write report.md with tables and plots (PNG and SVG) for a run or a sweep folder.
     Report(ReportArgs),
+    /// Export a run's model as safetensors, dense or sparse (CSR).
+    Export(cli_deploy::ExportArgs),
+    /// Remove dead neurons and channels: a smaller dense model with the same outputs.
+    Compact(cli_deploy::CompactArgs),
+    /// Test accuracy of an exported (dense, sparse or compact) model file.
+    Eval(cli_deploy::EvalArgs),
+    /// File size, parameters and latency (batch 1 and 64) of dense, sparse and compact.
+    BenchInfer(cli_deploy::BenchInferArgs),
     /// pAdam vs Adam on a synthetic sparse linear-regression teacher: support recovery.
     LinearDemo(demo::DemoArgs),
 }
@@ -43,6 +51,10 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Command::Export(args) => cli_deploy::run_export(&args),
+        Command::Compact(args) => cli_deploy::run_compact(&args),
+        Command::Eval(args) => cli_deploy::run_eval(&args),
+        Command::BenchInfer(args) => cli_deploy::run_bench_infer(&args),
         Command::LinearDemo(args) => demo::run(&args),
     }
 }

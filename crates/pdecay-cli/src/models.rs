@@ -65,8 +65,14 @@ pub struct Cnn {
 }
 
 impl Cnn {
-    /// For `side`×`side` single-channel images (padding keeps the size through each conv).
-    pub fn new(side: usize, classes: usize, device: &Device) -> Self {
+    /// The blog's widths: 32 and 64 conv channels, 128 dense units.
+    pub const WIDTHS: [usize; 3] = [32, 64, 128];
+
+    /// For `side`×`side` single-channel images (padding keeps the size through each conv);
+    /// `widths` are the channels of the two convs and the dense units ([`Cnn::WIDTHS`], or
+    /// fewer after `pdecay compact`).
+    pub fn new(side: usize, widths: [usize; 3], classes: usize, device: &Device) -> Self {
+        let [c1, c2, units] = widths;
         let conv = |i, o| {
             Conv2dConfig::new([i, o], [3, 3])
                 .with_padding(PaddingConfig2d::Same)
@@ -74,12 +80,12 @@ impl Cnn {
         };
         let pooled = side / 2 / 2;
         Self {
-            conv1: conv(1, 32),
-            conv2: conv(32, 64),
+            conv1: conv(1, c1),
+            conv2: conv(c1, c2),
             pool: MaxPool2dConfig::new([2, 2]).init(),
-            dense: LinearConfig::new(64 * pooled * pooled, 128).init(device),
+            dense: LinearConfig::new(c2 * pooled * pooled, units).init(device),
             dropout: DropoutConfig::new(0.2).init(),
-            output: LinearConfig::new(128, classes).init(device),
+            output: LinearConfig::new(units, classes).init(device),
         }
     }
 
@@ -109,11 +115,15 @@ pub enum Classifier {
 }
 
 impl Classifier {
-    /// Builds `kind` for `side`×`side` images and 10 classes.
-    pub fn new(kind: ModelKind, side: usize, hidden: &[usize], device: &Device) -> Self {
+    /// Builds `kind` for `side`×`side` images and 10 classes; `widths` are the MLP's hidden
+    /// widths or the CNN's three widths (see [`Cnn::new`]; any other length gives the blog's).
+    pub fn new(kind: ModelKind, side: usize, widths: &[usize], device: &Device) -> Self {
         match kind {
-            ModelKind::Mlp => Self::Mlp(Mlp::new(side * side, hidden, 10, device)),
-            ModelKind::Cnn => Self::Cnn(Cnn::new(side, 10, device)),
+            ModelKind::Mlp => Self::Mlp(Mlp::new(side * side, widths, 10, device)),
+            ModelKind::Cnn => {
+                let widths = widths.try_into().unwrap_or(Cnn::WIDTHS);
+                Self::Cnn(Cnn::new(side, widths, 10, device))
+            }
         }
     }
 

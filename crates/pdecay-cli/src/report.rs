@@ -14,6 +14,7 @@ use pdecay::factor::suppression_scale;
 use pdecay_burn::parameter_values;
 
 use crate::checkpoint;
+use crate::model_file::IMAGE_SIDE;
 use crate::models::Classifier;
 use crate::plots::{
     AccuracyVsSparsity, Curve, Heatmap, LayerBar, LayerSparsity, Magnitudes, RunPoint,
@@ -21,9 +22,6 @@ use crate::plots::{
 };
 use crate::sweep::{Outcome, read_diverged, read_summary};
 use crate::train::{EpochMetrics, OptimKind, Summary, TrainConfig, write_atomic};
-
-/// Side of the images every checkpoint was trained on (Fashion-MNIST and MNIST).
-const IMAGE_SIDE: usize = 28;
 
 /// One run folder as the report sees it.
 #[derive(Debug, Clone)]
@@ -209,7 +207,7 @@ fn decayed_weights(run: &RunRecord) -> Result<Vec<f32>> {
     let model = Classifier::new(
         run.config.model,
         IMAGE_SIDE,
-        &run.config.hidden,
+        run.config.widths(),
         &Device::default(),
     );
     let Some((model, _)) = checkpoint::load_model(&run.dir, model)

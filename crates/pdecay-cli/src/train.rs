@@ -68,6 +68,8 @@ pub struct TrainConfig {
     pub model: ModelKind,
     /// Hidden layer widths of the MLP (default 300, 100: LeNet-300-100).
     pub hidden: Vec<usize>,
+    /// The CNN's conv channels and dense units (default 32, 64, 128: the 2023 blog's).
+    pub cnn_widths: Vec<usize>,
     /// The optimizer.
     pub optim: OptimKind,
     /// pWD's norm (default 0.8, the authors' reference code).
@@ -118,6 +120,7 @@ impl Default for TrainConfig {
         Self {
             model: ModelKind::Mlp,
             hidden: vec![300, 100],
+            cnn_widths: crate::models::Cnn::WIDTHS.to_vec(),
             optim: OptimKind::Padam,
             p: 0.8,
             lambda: 1e-3,
@@ -144,6 +147,14 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The widths of the configured model: `hidden` for the MLP, `cnn_widths` for the CNN.
+    pub fn widths(&self) -> &[usize] {
+        match self.model {
+            ModelKind::Mlp => &self.hidden,
+            ModelKind::Cnn => &self.cnn_widths,
+        }
+    }
+
     /// Checks the settings that the optimizer constructors do not.
     pub fn validate(&self) -> Result<()> {
         ensure!(
@@ -178,6 +189,11 @@ impl TrainConfig {
             self.hidden.iter().all(|&h| h > 0),
             "hidden widths must be at least 1, got {:?}",
             self.hidden
+        );
+        ensure!(
+            self.cnn_widths.len() == 3 && self.cnn_widths.iter().all(|&w| w > 0),
+            "cnn_widths must be three widths >= 1 (conv channels, conv channels, dense units), got {:?}",
+            self.cnn_widths
         );
         // Builds the optimizer once so a bad p, lambda, ... fails before any data is loaded.
         self.optimizer(1)?;
@@ -486,7 +502,7 @@ pub fn train(
     let mut optim = config.optimizer(total_steps)?;
     let device = Device::default().autodiff();
     device.seed(config.seed);
-    let mut model = Classifier::new(config.model, data.train.rows, &config.hidden, &device);
+    let mut model = Classifier::new(config.model, data.train.rows, config.widths(), &device);
     let stats = data.train.pixel_stats();
     let mut position = checkpoint::RunPosition {
         epoch: 0,

@@ -249,7 +249,7 @@ fn checkpoint_weights(dir: &Path) -> Vec<Vec<f32>> {
     let config: TrainConfig =
         toml::from_str(&std::fs::read_to_string(dir.join("config.toml")).unwrap()).unwrap();
     let device = Device::default();
-    let model = Classifier::new(config.model, 28, &config.hidden, &device);
+    let model = Classifier::new(config.model, 28, config.widths(), &device);
     let (model, _, _) = checkpoint::load(dir, model, config.optimizer(1).unwrap())
         .unwrap()
         .unwrap();

@@ -3,7 +3,8 @@
 //! The maths of Outmezguine & Levi, *Decoupled Weight Decay for Any p Norm* (2024), with no
 //! tensor library: decay factors and their variants ([`factor`]), the slice kernel that applies
 //! them ([`kernel`]), schedules for lr, p and lambda ([`schedule`]), sparsity statistics
-//! ([`sparsity`]) and input validation ([`validate`]).
+//! ([`sparsity`]), input validation ([`validate`]) and the CSR matrices sparse inference runs
+//! on ([`csr`]).
 //!
 //! The objective is `L(w) = L0(w) + lambda * sum_i |w_i|^p`. After any base optimizer step,
 //! pWD sets
@@ -21,6 +22,7 @@
 //! assert!(f > 0.0 && f < 1.0);
 //! ```
 
+pub mod csr;
 pub mod factor;
 pub mod kernel;
 pub mod schedule;

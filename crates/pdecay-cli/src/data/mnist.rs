@@ -88,6 +88,16 @@ impl ImageSet {
         self.augmented_batch(indices, stats, device, None)
     }
 
+    /// The images at `indices`, normalised with `stats`, row-major `[indices.len(), pixels]`.
+    pub fn normalized(&self, indices: &[usize], stats: (f64, f64)) -> Vec<f32> {
+        let size = self.image_size();
+        let stats = (stats.0 as f32, stats.1 as f32);
+        indices
+            .iter()
+            .flat_map(|&i| normalize(&self.pixels[i * size..(i + 1) * size], stats))
+            .collect()
+    }
+
     /// Like [`Self::batch`]; with `augment`, each image is shifted by a random offset of up to
     /// ±2 pixels in each direction (zero-filled) and mirrored left-right with probability 1/2.
     pub fn augmented_batch(
@@ -112,7 +122,7 @@ impl ImageSet {
                 }
                 None => source,
             };
-            values.extend(pixels.iter().map(|&p| (p as f32 / 255.0 - mean) / std));
+            values.extend(normalize(pixels, (mean, std)));
         }
         let labels: Vec<i64> = indices.iter().map(|&i| self.labels[i] as i64).collect();
         (
@@ -120,6 +130,11 @@ impl ImageSet {
             Tensor::from_data(TensorData::new(labels, [indices.len()]), device),
         )
     }
+}
+
+/// Pixels scaled to [0, 1], then standardised with the training set's `(mean, std)`.
+fn normalize(pixels: &[u8], (mean, std): (f32, f32)) -> impl Iterator<Item = f32> + '_ {
+    pixels.iter().map(move |&p| (p as f32 / 255.0 - mean) / std)
 }
 
 /// The train and test splits, and where they came from.

@@ -1,0 +1,287 @@
+//! `pdecay export`, `compact`, `eval` and `bench-infer`: from a run folder to a small, fast
+//! model file, and the measurements that show it.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::tensor::Device;
+use clap::Args;
+
+use crate::checkpoint;
+use crate::cli_train::load_data;
+use crate::compact::compact;
+use crate::data::{ImageSplits, mnist};
+use crate::infer::{Engine, accuracy};
+use crate::model_file::{Format, IMAGE_SIDE, ModelFile};
+use crate::models::Classifier;
+use crate::train::TrainConfig;
+
+/// Flags of `pdecay export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The run folder (its last checkpoint is exported)
+    pub run: PathBuf,
+    /// dense: every tensor as is; sparse: weight matrices as CSR where that is smaller
+    #[arg(long, value_enum, default_value_t = Format::Sparse)]
+    pub format: Format,
+    /// The safetensors file to write
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Folder with the IDX files, for the input normalisation [default: the run's data]
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+/// Flags of `pdecay compact`.
+#[derive(Args, Debug)]
+pub struct CompactArgs {
+    /// The run folder
+    pub run: PathBuf,
+    /// The safetensors file to write
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Folder with the IDX files [default: the run's data]
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+/// Flags of `pdecay eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A file from pdecay export or pdecay compact
+    pub file: PathBuf,
+    /// Folder with the IDX files [default: $PDECAY_DATA, then /usr/share/datasets/fashion-mnist]
+    #[arg(long, conflicts_with = "embedded")]
+    pub data: Option<PathBuf>,
+    /// Evaluate on the embedded subset's 1,000 test images
+    #[arg(long)]
+    pub embedded: bool,
+}
+
+/// Flags of `pdecay bench-infer`.
+#[derive(Args, Debug)]
+pub struct BenchInferArgs {
+    /// A run folder, or a file from pdecay export or compact
+    pub model: PathBuf,
+    /// Timed repetitions per engine and batch size (the median is reported)
+    #[arg(long, default_value_t = 200)]
+    pub repeats: usize,
+}
+
+/// The run's config and the model of its last checkpoint, as a dense file.
+fn run_model(run: &Path, data: Option<&Path>) -> Result<(ModelFile, ImageSplits)> {
+    let config_path = run.join("config.toml");
+    let text = std::fs::read_to_string(&config_path).with_context(|| {
+        format!(
+            "{} is not a run folder (no readable config.toml)",
+            run.display()
+        )
+    })?;
+    let mut config: TrainConfig = toml::from_str(&text)
+        .with_context(|| format!("{} is not a valid run config", config_path.display()))?;
+    let model = Classifier::new(
+        config.model,
+        IMAGE_SIDE,
+        config.widths(),
+        &Device::default(),
+    );
+    let Some((model, position)) = checkpoint::load_model(run, model)? else {
+        bail!("{} has no checkpoint yet: train it first", run.display());
+    };
+    if let Some(dir) = data {
+        config.data = Some(dir.display().to_string());
+    }
+    let splits = load_data(&config)?;
+    println!(
+        "{}: {:?} after epoch {}, data {}",
+        run.display(),
+        config.model,
+        position.epoch,
+        splits.source
+    );
+    let stats = splits.train.pixel_stats();
+    let file = ModelFile::from_model(&model, &config, Format::Dense, config.threshold, stats);
+    Ok((file, splits))
+}
+
+fn kib(bytes: usize) -> String {
+    format!("{:.1} KiB", bytes as f64 / 1024.0)
+}
+
+/// `pdecay export`.
+pub fn run_export(args: &ExportArgs) -> Result<()> {
+    ensure!(
+        args.format != Format::Compact,
+        "--format compact is made by `pdecay compact RUN_DIR --out FILE`"
+    );
+    let (dense, _) = run_model(&args.run, args.data.as_deref())?;
+    let sparse = dense.with_format(Format::Sparse);
+    let (dense_bytes, sparse_bytes) = (dense.to_bytes()?.len(), sparse.to_bytes()?.len());
+    let file = if args.format == Format::Sparse {
+        sparse
+    } else {
+        dense
+    };
+    file.save(&args.out)?;
+    println!(
+        "wrote {} ({:?}); dense file {}, sparse file {} ({:.3} of dense); sparsity {:.1}%",
+        args.out.display(),
+        args.format,
+        kib(dense_bytes),
+        kib(sparse_bytes),
+        sparse_bytes as f64 / dense_bytes as f64,
+        100.0 * file.sparsity()
+    );
+    Ok(())
+}
+
+/// The largest |difference| between two engines' logits over the test set.
+fn max_logit_difference(a: &Engine, b: &Engine, splits: &ImageSplits, stats: (f64, f64)) -> f64 {
+    let indices: Vec<usize> = (0..splits.test.len()).collect();
+    let mut worst = 0.0f64;
+    for chunk in indices.chunks(500) {
+        let x = splits.test.normalized(chunk, stats);
+        let (la, lb) = (a.logits(&x, chunk.len()), b.logits(&x, chunk.len()));
+        for (p, q) in la.iter().zip(&lb) {
+            worst = worst.max((p - q).abs() as f64);
+        }
+    }
+    worst
+}
+
+/// `pdecay compact`.
+pub fn run_compact(args: &CompactArgs) -> Result<()> {
+    let (dense, splits) = run_model(&args.run, args.data.as_deref())?;
+    let (compacted, report) = compact(&dense)?;
+    let difference = max_logit_difference(
+        &Engine::new(&dense)?,
+        &Engine::new(&compacted)?,
+        &splits,
+        dense.input_stats,
+    );
+    let size = compacted.save(&args.out)?;
+    println!(
+        "wrote {} ({}): layer widths {:?} -> {:?}, parameters {} -> {} ({:.3} of dense); max |logit difference| on the {} test images: {difference:.2e}",
+        args.out.display(),
+        kib(size),
+        report.widths_before,
+        report.widths_after,
+        report.params_before,
+        report.params_after,
+        report.params_after as f64 / report.params_before as f64,
+        splits.test.len()
+    );
+    Ok(())
+}
+
+/// `pdecay eval`.
+pub fn run_eval(args: &EvalArgs) -> Result<()> {
+    let file = ModelFile::load(&args.file)?;
+    let splits = if args.embedded {
+        mnist::embedded()
+    } else {
+        mnist::resolve_image_data(args.data.as_deref())?
+    };
+    let engine = Engine::new(&file)?;
+    let acc = accuracy(&engine, &splits.test, file.input_stats);
+    println!(
+        "{} ({:?} {:?}, {} parameters, sparsity {:.1}%): test accuracy {:.2}% on {} images of {}",
+        args.file.display(),
+        file.format,
+        file.config.model,
+        file.params(),
+        100.0 * file.sparsity(),
+        100.0 * acc,
+        splits.test.len(),
+        splits.source
+    );
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `pdecay bench-infer`.
+pub fn run_bench_infer(args: &BenchInferArgs) -> Result<()> {
+    ensure!(args.repeats >= 1, "--repeats must be at least 1");
+    let base = if args.model.is_dir() {
+        run_model(&args.model, None)?.0
+    } else {
+        ModelFile::load(&args.model)?
+    };
+    let dense = base.with_format(Format::Dense);
+    let (compacted, _) = compact(&dense)?;
+    let variants = [
+        ("dense", dense.clone()),
+        ("sparse", dense.with_format(Format::Sparse)),
+        ("compact", compacted),
+    ];
+    let engines = variants
+        .iter()
+        .map(|(_, f)| Engine::new(f))
+        .collect::<Result<Vec<_>>>()?;
+    let pixels = IMAGE_SIDE * IMAGE_SIDE;
+    // deterministic inputs in the normalised range; latency does not depend on the values
+    let input: Vec<f32> = (0..64 * pixels)
+        .map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0)
+        .collect();
+    let mut latency = vec![[0.0f64; 2]; engines.len()];
+    for (b, batch) in [1usize, 64].into_iter().enumerate() {
+        let x = &input[..batch * pixels];
+        for e in &engines {
+            e.logits(x, batch); // warm-up: allocations, thread pool
+        }
+        let repeats = if batch == 1 {
+            args.repeats
+        } else {
+            (args.repeats / 4).max(1)
+        };
+        let mut times = vec![Vec::with_capacity(repeats); engines.len()];
+        // alternate the engines so drift in machine load hits all alike
+        for _ in 0..repeats {
+            for (k, e) in engines.iter().enumerate() {
+                let start = Instant::now();
+                std::hint::black_box(e.logits(x, batch));
+                times[k].push(start.elapsed().as_secs_f64());
+            }
+        }
+        for (k, t) in times.into_iter().enumerate() {
+            latency[k][b] = median(t);
+        }
+    }
+    println!(
+        "\n{:<8} {:>12} {:>11} {:>10} {:>14} {:>15}",
+        "format", "file size", "parameters", "non-zero", "batch 1", "batch 64"
+    );
+    let dense_size = variants[0].1.to_bytes()?.len();
+    for (k, (name, file)) in variants.iter().enumerate() {
+        let size = file.to_bytes()?.len();
+        let nonzero: usize = file
+            .tensors
+            .iter()
+            .map(|t| t.dense().iter().filter(|w| **w != 0.0).count())
+            .sum();
+        println!(
+            "{:<8} {:>12} {:>11} {:>10} {:>8.1} us {:.2}x {:>8.1} us {:.2}x  (size {:.3}x)",
+            name,
+            kib(size),
+            file.params(),
+            nonzero,
+            1e6 * latency[k][0],
+            latency[0][0] / latency[k][0],
+            1e6 * latency[k][1],
+            latency[0][1] / latency[k][1],
+            size as f64 / dense_size as f64
+        );
+    }
+    println!(
+        "\nlatency: median of {} (batch 1) / {} (batch 64) alternated runs in this process, {} threads; Nx = speed-up over dense",
+        args.repeats,
+        (args.repeats / 4).max(1),
+        rayon::current_num_threads()
+    );
+    Ok(())
+}

@@ -1,0 +1,652 @@
+//! Model files: a trained classifier as safetensors, dense, sparse (CSR) or compacted.
+//!
+//! Layout (readable with PyTorch's `safetensors` package): weight matrices in PyTorch's
+//! `[out, in]` orientation (burn keeps `nn.Linear` weights as `[in, out]`; they are transposed
+//! on the way out and back), conv kernels `[out, in, kh, kw]`, every value f32. In a sparse
+//! file a decayed tensor `NAME` whose density is below one half is stored as CSR of its
+//! `[out, in·kh·kw]` view: `NAME.values` (f32), `NAME.col_indices` and `NAME.row_offsets`
+//! (i32), with its shape in the metadata key `shape.NAME`; all other tensors stay dense.
+//! `__metadata__` also holds the format version, the format, the run's config (TOML), p,
+//! lambda, the threshold and the sparsity.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+use pdecay::csr::{Csr, transpose};
+use pdecay_burn::parameter_values;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::models::{Classifier, ModelKind};
+use crate::train::{TrainConfig, write_atomic};
+
+/// The version written into every file; files of other versions are refused.
+pub const FORMAT_VERSION: &str = "1";
+
+/// A tensor stored sparse only when that is smaller: CSR costs 8 bytes per non-zero (value and
+/// column) against 4 bytes per weight dense.
+const SPARSE_BELOW_DENSITY: f64 = 0.5;
+
+/// How the weights are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// Every tensor dense.
+    Dense,
+    /// Sparse decayed matrices as CSR, the rest dense.
+    Sparse,
+    /// Dead neurons removed (`pdecay compact`), every tensor dense.
+    Compact,
+}
+
+impl Format {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Dense => "dense",
+            Self::Sparse => "sparse",
+            Self::Compact => "compact",
+        }
+    }
+}
+
+/// One tensor's values, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    /// Row-major values.
+    Dense(Vec<f32>),
+    /// CSR of the `[shape[0], rest]` view.
+    Sparse(Csr),
+}
+
+/// A named tensor in PyTorch orientation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelTensor {
+    /// The parameter path (`Mlp.hidden.0.weight`).
+    pub name: String,
+    /// The shape, PyTorch orientation.
+    pub shape: Vec<usize>,
+    /// The values.
+    pub stored: Stored,
+}
+
+impl ModelTensor {
+    /// The dense row-major values.
+    pub fn dense(&self) -> Vec<f32> {
+        match &self.stored {
+            Stored::Dense(v) => v.clone(),
+            Stored::Sparse(csr) => csr.to_dense(),
+        }
+    }
+
+    /// Number of values (zeros included).
+    pub fn params(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A model as written to and read from a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelFile {
+    /// How the tensors are stored.
+    pub format: Format,
+    /// The run's config (architecture in `model` and `hidden`).
+    pub config: TrainConfig,
+    /// |w| below this counts as zero (and is dropped from CSR).
+    pub threshold: f64,
+    /// The training set's pixel mean and std (of values in [0, 1]) that inputs are
+    /// normalised with.
+    pub input_stats: (f64, f64),
+    /// The tensors, in the model's parameter order.
+    pub tensors: Vec<ModelTensor>,
+}
+
+/// Flips a burn `[in, out]` matrix to PyTorch's `[out, in]` (and back: it is its own inverse
+/// up to the swapped shape). Other ranks keep their layout.
+fn reorient(shape: &[usize], values: Vec<f32>) -> (Vec<usize>, Vec<f32>) {
+    match shape {
+        [a, b] => (vec![*b, *a], transpose(&values, *a, *b)),
+        _ => (shape.to_vec(), values),
+    }
+}
+
+/// Whether the tensor named `name` with `shape` is a decayed weight (rank >= 2).
+fn is_weight(shape: &[usize]) -> bool {
+    shape.len() >= 2
+}
+
+impl ModelFile {
+    /// The weights of `model`, stored as `format` (`Compact` is made by `compact`).
+    pub fn from_model(
+        model: &Classifier,
+        config: &TrainConfig,
+        format: Format,
+        threshold: f64,
+        input_stats: (f64, f64),
+    ) -> Self {
+        let tensors = parameter_values(model)
+            .into_iter()
+            .map(|p| {
+                let (shape, values) = reorient(&p.shape, p.values);
+                ModelTensor {
+                    name: p.name,
+                    shape,
+                    stored: Stored::Dense(values),
+                }
+            })
+            .collect();
+        Self {
+            format: Format::Dense,
+            config: config.clone(),
+            threshold,
+            input_stats,
+            tensors,
+        }
+        .with_format(format)
+    }
+
+    /// The same weights stored as `format`: `Dense` and `Compact` densify every tensor,
+    /// `Sparse` stores each weight matrix as CSR when that is smaller.
+    pub fn with_format(&self, format: Format) -> Self {
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|t| {
+                let values = t.dense();
+                let stored = if format == Format::Sparse && is_weight(&t.shape) {
+                    let rows = t.shape[0];
+                    let csr = Csr::from_dense(
+                        &values,
+                        rows,
+                        values.len() / rows.max(1),
+                        self.threshold as f32,
+                    );
+                    if (csr.nnz() as f64) < SPARSE_BELOW_DENSITY * values.len() as f64 {
+                        Stored::Sparse(csr)
+                    } else {
+                        Stored::Dense(values)
+                    }
+                } else {
+                    Stored::Dense(values)
+                };
+                ModelTensor {
+                    name: t.name.clone(),
+                    shape: t.shape.clone(),
+                    stored,
+                }
+            })
+            .collect();
+        Self {
+            format,
+            tensors,
+            ..self.clone()
+        }
+    }
+
+    /// Share of weight values (rank >= 2) with |w| below the threshold.
+    pub fn sparsity(&self) -> f64 {
+        let (mut zero, mut total) = (0usize, 0usize);
+        for t in self.tensors.iter().filter(|t| is_weight(&t.shape)) {
+            total += t.params();
+            zero += t
+                .dense()
+                .iter()
+                .filter(|w| (w.abs() as f64) < self.threshold)
+                .count();
+        }
+        zero as f64 / total.max(1) as f64
+    }
+
+    /// Number of parameters (zeros included).
+    pub fn params(&self) -> usize {
+        self.tensors.iter().map(ModelTensor::params).sum()
+    }
+
+    /// The safetensors bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut metadata = HashMap::from([
+            ("format_version".to_string(), FORMAT_VERSION.to_string()),
+            ("format".to_string(), self.format.name().to_string()),
+            (
+                "model_config".to_string(),
+                toml::to_string(&self.config).context("serialising the config")?,
+            ),
+            ("p".to_string(), self.config.p.to_string()),
+            ("lambda".to_string(), self.config.lambda.to_string()),
+            ("threshold".to_string(), self.threshold.to_string()),
+            ("input_mean".to_string(), self.input_stats.0.to_string()),
+            ("input_std".to_string(), self.input_stats.1.to_string()),
+            ("sparsity".to_string(), self.sparsity().to_string()),
+            (
+                "layout".to_string(),
+                "weights [out, in] (PyTorch nn.Linear), conv [out, in, kh, kw]; sparse NAME as NAME.values, NAME.col_indices, NAME.row_offsets (CSR of [out, in*kh*kw]) with shape.NAME".to_string(),
+            ),
+        ]);
+        let mut arrays: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let i32_bytes = |v: &[u32]| {
+            v.iter()
+                .flat_map(|&x| (x as i32).to_le_bytes())
+                .collect::<Vec<u8>>()
+        };
+        for t in &self.tensors {
+            match &t.stored {
+                Stored::Dense(v) => {
+                    arrays.push((t.name.clone(), Dtype::F32, t.shape.clone(), f32_bytes(v)));
+                }
+                Stored::Sparse(csr) => {
+                    metadata.insert(
+                        format!("shape.{}", t.name),
+                        serde_json::to_string(&t.shape)?,
+                    );
+                    let nnz = csr.nnz();
+                    arrays.push((
+                        format!("{}.values", t.name),
+                        Dtype::F32,
+                        vec![nnz],
+                        f32_bytes(&csr.values),
+                    ));
+                    arrays.push((
+                        format!("{}.col_indices", t.name),
+                        Dtype::I32,
+                        vec![nnz],
+                        i32_bytes(&csr.col_indices),
+                    ));
+                    arrays.push((
+                        format!("{}.row_offsets", t.name),
+                        Dtype::I32,
+                        vec![csr.rows + 1],
+                        i32_bytes(&csr.row_offsets),
+                    ));
+                }
+            }
+        }
+        let views = arrays
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                Ok((
+                    name.as_str(),
+                    TensorView::new(*dtype, shape.clone(), bytes)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+        Ok(safetensors::serialize(views, Some(metadata))?)
+    }
+
+    /// Writes the file atomically; returns its size in bytes.
+    pub fn save(&self, path: &Path) -> Result<usize> {
+        let bytes = self.to_bytes()?;
+        write_atomic(path, &bytes)?;
+        Ok(bytes.len())
+    }
+
+    /// Reads a file written by [`ModelFile::save`].
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Self::from_bytes(&bytes)
+            .with_context(|| format!("{} is not a usable pdecay model file", path.display()))
+    }
+
+    /// Parses safetensors bytes, checking every tensor against the model its config describes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .context("not a safetensors file (corrupt or truncated)")?;
+        let file = SafeTensors::deserialize(bytes)
+            .context("not a safetensors file (corrupt or truncated)")?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let get = |key: &str| {
+            meta.get(key).with_context(|| {
+                format!("`{key}` is missing from __metadata__: not a file written by pdecay export or compact")
+            })
+        };
+        let version = get("format_version")?;
+        ensure!(
+            version == FORMAT_VERSION,
+            "format version {version} is not supported (this pdecay reads version {FORMAT_VERSION})"
+        );
+        let format = match get("format")?.as_str() {
+            "dense" => Format::Dense,
+            "sparse" => Format::Sparse,
+            "compact" => Format::Compact,
+            other => bail!("unknown format `{other}` in __metadata__"),
+        };
+        let config: TrainConfig = toml::from_str(get("model_config")?)
+            .context("the model_config in __metadata__ is invalid")?;
+        let threshold: f64 = get("threshold")?
+            .parse()
+            .context("the threshold in __metadata__ is not a number")?;
+        let number = |key: &str| -> Result<f64> {
+            get(key)?
+                .parse()
+                .with_context(|| format!("the {key} in __metadata__ is not a number"))
+        };
+        let input_stats = (number("input_mean")?, number("input_std")?);
+        ensure!(
+            input_stats.1 > 0.0 && input_stats.1.is_finite() && input_stats.0.is_finite(),
+            "the input_mean and input_std in __metadata__ are not a usable normalisation"
+        );
+        let expected = expected_tensors(&config)?;
+        let mut used = 0;
+        let mut tensors = Vec::new();
+        for (name, shape) in expected {
+            let stored = match meta.get(&format!("shape.{name}")) {
+                Some(stored_shape) => {
+                    let stored_shape: Vec<usize> = serde_json::from_str(stored_shape)
+                        .with_context(|| format!("shape.{name} in __metadata__ is not a shape"))?;
+                    ensure!(
+                        stored_shape == shape,
+                        "tensor {name} has shape {stored_shape:?}, the model needs {shape:?}: is the file from another model?"
+                    );
+                    used += 3;
+                    let values = read_f32(&file, &format!("{name}.values"))?;
+                    let cols = read_i32(&file, &format!("{name}.col_indices"))?;
+                    let offsets = read_i32(&file, &format!("{name}.row_offsets"))?;
+                    let rows = shape[0];
+                    let csr = Csr::new(rows, shape.iter().skip(1).product(), offsets, cols, values)
+                        .with_context(|| format!("the CSR arrays of {name} are inconsistent"))?;
+                    Stored::Sparse(csr)
+                }
+                None => {
+                    used += 1;
+                    let view = tensor(&file, &name)?;
+                    ensure!(
+                        view.shape() == shape.as_slice(),
+                        "tensor {name} has shape {:?}, the model needs {shape:?}: is the file from another model?",
+                        view.shape()
+                    );
+                    Stored::Dense(read_f32(&file, &name)?)
+                }
+            };
+            tensors.push(ModelTensor {
+                name,
+                shape,
+                stored,
+            });
+        }
+        ensure!(
+            used == file.len(),
+            "the file holds {} tensors that the model does not have: is it from another model?",
+            file.len() - used
+        );
+        Ok(Self {
+            format,
+            config,
+            threshold,
+            input_stats,
+            tensors,
+        })
+    }
+
+    /// The burn model with these weights (zeros where CSR dropped values).
+    pub fn to_model(&self, device: &Device) -> Result<Classifier> {
+        let model = Classifier::new(self.config.model, IMAGE_SIDE, self.config.widths(), device);
+        let mut loader = Loader {
+            path: Vec::new(),
+            weights: self
+                .tensors
+                .iter()
+                .map(|t| {
+                    let (shape, values) = reorient(&t.shape, t.dense());
+                    (t.name.clone(), (shape, values))
+                })
+                .collect(),
+            device: device.clone(),
+            error: None,
+        };
+        let model = model.map(&mut loader);
+        match loader.error {
+            Some(e) => bail!(e),
+            None => Ok(model),
+        }
+    }
+}
+
+/// The largest model a file may describe (a bound against damaged headers).
+const MAX_PARAMS: u128 = 100_000_000;
+
+/// Side of the images the models take (Fashion-MNIST and MNIST).
+pub const IMAGE_SIDE: usize = 28;
+
+/// `(name, shape in PyTorch orientation)` of every parameter of the model `config` describes.
+fn expected_tensors(config: &TrainConfig) -> Result<Vec<(String, Vec<usize>)>> {
+    config
+        .validate()
+        .context("the model_config in __metadata__ is invalid")?;
+    // Bound the model before building it: a damaged header must not allocate gigabytes.
+    let widths: Vec<u128> = config.widths().iter().map(|&w| w as u128).collect();
+    let params: u128 = match config.model {
+        ModelKind::Mlp => {
+            let mut sizes = vec![(IMAGE_SIDE * IMAGE_SIDE) as u128];
+            sizes.extend(&widths);
+            sizes.push(10);
+            sizes.windows(2).map(|w| w[0] * w[1] + w[1]).sum()
+        }
+        ModelKind::Cnn => {
+            let (c1, c2, units) = (widths[0], widths[1], widths[2]);
+            let pooled = (IMAGE_SIDE / 4 * (IMAGE_SIDE / 4)) as u128;
+            c1 * 10 + c2 * (c1 * 9 + 1) + units * (c2 * pooled + 1) + units * 10 + 10
+        }
+    };
+    ensure!(
+        params <= MAX_PARAMS,
+        "the model_config in __metadata__ describes {params} parameters, more than the {MAX_PARAMS} a pdecay file may hold"
+    );
+    let model = Classifier::new(
+        config.model,
+        IMAGE_SIDE,
+        config.widths(),
+        &Device::default(),
+    );
+    Ok(parameter_values(&model)
+        .into_iter()
+        .map(|p| {
+            let shape = match p.shape.as_slice() {
+                [a, b] => vec![*b, *a],
+                s => s.to_vec(),
+            };
+            (p.name, shape)
+        })
+        .collect())
+}
+
+fn tensor<'a>(file: &'a SafeTensors, name: &str) -> Result<TensorView<'a>> {
+    file.tensor(name)
+        .with_context(|| format!("the file lacks tensor {name}: is it from another model?"))
+}
+
+fn read_f32(file: &SafeTensors, name: &str) -> Result<Vec<f32>> {
+    let view = tensor(file, name)?;
+    ensure!(
+        view.dtype() == Dtype::F32,
+        "tensor {name} is {:?}, expected F32",
+        view.dtype()
+    );
+    Ok(view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+fn read_i32(file: &SafeTensors, name: &str) -> Result<Vec<u32>> {
+    let view = tensor(file, name)?;
+    ensure!(
+        view.dtype() == Dtype::I32,
+        "tensor {name} is {:?}, expected I32",
+        view.dtype()
+    );
+    view.data()
+        .chunks_exact(4)
+        .map(|b| {
+            let v = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            u32::try_from(v).with_context(|| format!("tensor {name} holds the negative index {v}"))
+        })
+        .collect()
+}
+
+/// Replaces each float parameter by the values stored under its path.
+struct Loader {
+    path: Vec<String>,
+    weights: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    device: Device,
+    error: Option<String>,
+}
+
+impl ModuleMapper for Loader {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let name = self.path.join(".");
+        let dims = param.val().dims().to_vec();
+        match self.weights.remove(&name) {
+            Some((shape, values)) if shape == dims => {
+                let device = self.device.clone();
+                param.map(|_| Tensor::from_data(TensorData::new(values, shape), &device))
+            }
+            Some((shape, _)) => {
+                self.error.get_or_insert(format!(
+                    "tensor {name} has shape {shape:?}, the model needs {dims:?}"
+                ));
+                param
+            }
+            None => {
+                self.error
+                    .get_or_insert(format!("no weights for parameter {name}"));
+                param
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A small MLP with 90% of its weights zeroed, as a dense file.
+    fn sparse_mlp() -> ModelFile {
+        let config = TrainConfig {
+            hidden: vec![16, 8],
+            ..TrainConfig::default()
+        };
+        let model = Classifier::new(
+            config.model,
+            IMAGE_SIDE,
+            config.widths(),
+            &Device::default(),
+        );
+        let mut file = ModelFile::from_model(&model, &config, Format::Dense, 1e-13, (0.28, 0.35));
+        for t in file.tensors.iter_mut().filter(|t| is_weight(&t.shape)) {
+            let mut values = t.dense();
+            for (i, v) in values.iter_mut().enumerate() {
+                if i % 10 != 0 {
+                    *v = 0.0;
+                }
+            }
+            t.stored = Stored::Dense(values);
+        }
+        file
+    }
+
+    #[test]
+    fn dense_and_sparse_files_round_trip_to_identical_weights() {
+        let dense = sparse_mlp();
+        for format in [Format::Dense, Format::Sparse] {
+            let file = dense.with_format(format);
+            let read = ModelFile::from_bytes(&file.to_bytes().unwrap()).unwrap();
+            assert_eq!(read, file, "{format:?}");
+            for (a, b) in read.tensors.iter().zip(&dense.tensors) {
+                assert_eq!(a.dense(), b.dense(), "{}", a.name);
+            }
+        }
+        let sparse = dense.with_format(Format::Sparse);
+        // every weight matrix (10% dense) is CSR, every bias dense
+        for t in &sparse.tensors {
+            assert_eq!(
+                matches!(t.stored, Stored::Sparse(_)),
+                t.shape.len() == 2,
+                "{}",
+                t.name
+            );
+        }
+        let (d, s) = (
+            dense.to_bytes().unwrap().len(),
+            sparse.to_bytes().unwrap().len(),
+        );
+        assert!(s * 4 < d, "sparse {s} bytes vs dense {d}");
+    }
+
+    #[test]
+    fn the_model_gets_the_files_weights_in_burns_orientation() {
+        let file = sparse_mlp();
+        let model = file.to_model(&Device::default()).unwrap();
+        let back =
+            ModelFile::from_model(&model, &file.config, Format::Dense, 1e-13, file.input_stats);
+        assert_eq!(back.tensors, file.tensors);
+        // burn keeps Linear weights as [in, out]; the file as [out, in]
+        let burn_shapes: Vec<Vec<usize>> = parameter_values(&model)
+            .into_iter()
+            .map(|p| p.shape)
+            .collect();
+        assert_eq!(burn_shapes[0], [784, 16]);
+        assert_eq!(file.tensors[0].shape, [16, 784]);
+    }
+
+    #[test]
+    fn missing_foreign_and_corrupt_files_are_clear_errors() {
+        let file = sparse_mlp().with_format(Format::Sparse);
+        let error = |bytes: &[u8]| format!("{:#}", ModelFile::from_bytes(bytes).unwrap_err());
+
+        let mut missing = file.clone();
+        missing.tensors.remove(1);
+        assert!(error(&missing.to_bytes().unwrap()).contains("lacks tensor Mlp.hidden.0.bias"));
+
+        let mut foreign = file.clone();
+        foreign.config.hidden = vec![32, 8];
+        let message = error(&foreign.to_bytes().unwrap());
+        assert!(message.contains("another model"), "{message}");
+
+        let bytes = file.to_bytes().unwrap();
+        let message = error(&bytes[..bytes.len() - 10]);
+        assert!(message.contains("corrupt or truncated"), "{message}");
+        assert!(error(b"not a model").contains("corrupt or truncated"));
+
+        let plain = safetensors::serialize(
+            [(
+                "w",
+                TensorView::new(Dtype::F32, vec![1], &[0, 0, 0, 0]).unwrap(),
+            )],
+            None,
+        )
+        .unwrap();
+        assert!(error(&plain).contains("format_version"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = ModelFile::from_bytes(&bytes);
+        }
+
+        #[test]
+        fn damaged_files_never_panic(at in 0usize..1_000_000, value in any::<u8>(), cut in 0usize..1_000_000) {
+            let bytes = sparse_mlp().with_format(Format::Sparse).to_bytes().unwrap();
+            let mut damaged = bytes.clone();
+            let at = at % damaged.len();
+            damaged[at] = value;
+            let _ = ModelFile::from_bytes(&damaged);
+            let _ = ModelFile::from_bytes(&bytes[..cut % bytes.len()]);
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! End-to-end tests of `pdecay export`, `compact`, `eval` and `bench-infer` on small pAdam runs
+//! (embedded subset): the exported and compacted models keep the run's accuracy and outputs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use burn::tensor::Device;
+use pdecay_cli::infer::Engine;
+use pdecay_cli::model_file::{Format, ModelFile, Stored};
+
+fn pdecay(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pdecay"))
+        .args(args)
+        .env_remove("PDECAY_DATA")
+        .output()
+        .expect("the pdecay binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = pdecay(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pdecay-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The accuracy `pdecay eval` prints, in percent.
+fn evaluated(file: &Path) -> f64 {
+    let said = ok(&["eval", path(file), "--embedded"]);
+    let tail = said.split("test accuracy ").nth(1).expect("an accuracy");
+    tail.split('%').next().unwrap().parse().unwrap()
+}
+
+/// Trains a sparse run, exports it every way, and checks accuracy, weights and outputs.
+/// `max_size_ratio` bounds the sparse file's size over the dense one's.
+fn check_deploy(name: &str, model_args: &[&str], max_size_ratio: f64) {
+    let root = tempdir(name);
+    let run = root.join("run");
+    let mut args = vec![
+        "train",
+        "--embedded",
+        "--optim",
+        "padam",
+        "--p",
+        "0.8",
+        "--lambda",
+        "0.1",
+        "--lr",
+        "3e-3",
+        "--out",
+        path(&run),
+    ];
+    args.extend_from_slice(model_args);
+    ok(&args);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let run_accuracy = 100.0 * summary["final_test_accuracy"].as_f64().unwrap();
+    assert!(
+        summary["sparsity"].as_f64().unwrap() > 0.3,
+        "{name}: {summary}"
+    );
+
+    let (dense, sparse, compact) = (
+        root.join("dense.safetensors"),
+        root.join("sparse.safetensors"),
+        root.join("compact.safetensors"),
+    );
+    let said = ok(&[
+        "export",
+        path(&run),
+        "--format",
+        "dense",
+        "--out",
+        path(&dense),
+    ]);
+    assert!(said.contains("sparse file"), "{said}");
+    ok(&[
+        "export",
+        path(&run),
+        "--format",
+        "sparse",
+        "--out",
+        path(&sparse),
+    ]);
+    let said = ok(&["compact", path(&run), "--out", path(&compact)]);
+    assert!(said.contains("max |logit difference|"), "{said}");
+
+    // the same test accuracy as the run's final checkpoint: exactly from the dense file (the
+    // same burn model); the CSR products and the compacted model add in another order, which
+    // may move a logit by ~1e-6 and flip a tie, so one image (0.1 pp) of slack
+    for (file, slack) in [(&dense, 0.001), (&sparse, 0.101), (&compact, 0.101)] {
+        let accuracy = evaluated(file);
+        assert!(
+            (accuracy - run_accuracy).abs() <= slack,
+            "{name} {}: {accuracy} vs {run_accuracy}",
+            file.display()
+        );
+    }
+
+    let (d, s, c) = (
+        ModelFile::load(&dense).unwrap(),
+        ModelFile::load(&sparse).unwrap(),
+        ModelFile::load(&compact).unwrap(),
+    );
+    // dense and sparse hold the same weights, except that CSR drops |w| below the threshold
+    // (a tensor too dense for CSR stays dense, tiny values and all)
+    for (a, b) in d.tensors.iter().zip(&s.tensors) {
+        let threshold = match b.stored {
+            Stored::Sparse(_) => d.threshold as f32,
+            Stored::Dense(_) => 0.0,
+        };
+        let (a, b) = (a.dense(), b.dense());
+        let mismatch = a.iter().zip(&b).position(|(x, y)| {
+            let expected = if x.abs() >= threshold { *x } else { 0.0 };
+            expected != *y
+        });
+        assert!(
+            mismatch.is_none(),
+            "{name}: weights differ at {mismatch:?}: {:?}",
+            mismatch.map(|i| (a[i], b[i]))
+        );
+    }
+    // and the dense file is the checkpoint exactly
+    let reread = ModelFile::from_bytes(&std::fs::read(&dense).unwrap()).unwrap();
+    assert!(reread == d);
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let ratio = size(&sparse) as f64 / size(&dense) as f64;
+    assert!(
+        ratio < max_size_ratio,
+        "{name}: sparse file {ratio} of dense"
+    );
+    assert!(
+        c.params() <= d.params(),
+        "{name}: compaction grew the model"
+    );
+    if name.contains("mlp") {
+        assert!(c.params() < d.params(), "{name}: nothing compacted");
+    }
+    assert_eq!(c.format, Format::Compact);
+
+    // compaction keeps the outputs: the largest logit difference on the test images
+    let data = pdecay_cli::data::mnist::embedded();
+    let indices: Vec<usize> = (0..data.test.len()).collect();
+    let x = data.test.normalized(&indices, d.input_stats);
+    let (full, small) = (Engine::new(&d).unwrap(), Engine::new(&c).unwrap());
+    let (a, b) = (
+        full.logits(&x, indices.len()),
+        small.logits(&x, indices.len()),
+    );
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        worst <= 1e-5,
+        "{name}: compaction changed a logit by {worst}"
+    );
+
+    // the model of the dense file is the checkpoint's model
+    let model = d.to_model(&Device::default()).unwrap();
+    let back = ModelFile::from_model(&model, &d.config, Format::Dense, d.threshold, d.input_stats);
+    assert!(
+        back.tensors == d.tensors,
+        "{name}: the model's weights differ from the file's"
+    );
+
+    let said = ok(&["bench-infer", path(&run), "--repeats", "4"]);
+    for row in ["dense", "sparse", "compact"] {
+        assert!(said.lines().any(|l| l.starts_with(row)), "{said}");
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn an_mlp_exports_compacts_and_evaluates_to_the_runs_accuracy() {
+    check_deploy("deploy-mlp", &["--hidden", "64,32", "--epochs", "6"], 0.6);
+}
+
+#[test]
+fn a_cnn_exports_compacts_and_evaluates_to_the_runs_accuracy() {
+    // one epoch leaves the CNN about half sparse: CSR pays only for some tensors, and no
+    // whole channel is dead yet (compact.rs tests the CNN's channel removal by hand)
+    check_deploy("deploy-cnn", &["--model", "cnn", "--epochs", "1"], 1.0);
+}
+
+#[test]
+fn bad_model_files_are_clear_errors() {
+    let root = tempdir("deploy-bad");
+    let garbage = root.join("garbage.safetensors");
+    std::fs::write(&garbage, b"\x10\0\0\0\0\0\0\0{not json at all").unwrap();
+    let out = pdecay(&["eval", path(&garbage), "--embedded"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("corrupt or truncated"), "{err}");
+    let out = pdecay(&[
+        "eval",
+        path(&root.join("missing.safetensors")),
+        "--embedded",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+    let out = pdecay(&["export", path(&root), "--out", path(&garbage)]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a run folder"));
+    std::fs::remove_dir_all(&root).unwrap();
+}

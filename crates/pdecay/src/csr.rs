@@ -1,0 +1,330 @@
+//! Compressed sparse row (CSR) matrices and the products sparse inference needs.
+//!
+//! A pWD-trained layer keeps 1-20% of its weights; stored as CSR it takes 8 bytes per non-zero
+//! (value + column) instead of 4 bytes per weight, and a product touches only the non-zeros.
+//! Rows are output neurons (PyTorch's `[out, in]` layout; a conv kernel's `[out, in·k·k]`
+//! view), so `y = W·x` is one dot product per row over that row's non-zeros.
+//!
+//! The products are our own: `sprs` (the well-kept Rust CSR crate) multiplies on one thread
+//! only and through `ndarray`; these split rows over rayon's pool and, for a batch, run the
+//! inner loop over the batch (contiguous, vectorised). `cargo bench -p pdecay --bench csr`
+//! measures them against a dense product.
+
+use rayon::prelude::*;
+use thiserror::Error;
+
+/// Why arrays do not form a valid CSR matrix (a corrupt or foreign file).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CsrError {
+    /// `row_offsets` must have `rows + 1` entries.
+    #[error("row_offsets has {got} entries, expected rows + 1 = {expected}")]
+    OffsetsLength {
+        /// Entries found.
+        got: usize,
+        /// Entries expected.
+        expected: usize,
+    },
+    /// Offsets must start at 0, never decrease and end at the number of values.
+    #[error(
+        "row_offsets must start at 0, never decrease and end at the number of values ({values})"
+    )]
+    Offsets {
+        /// Number of stored values.
+        values: usize,
+    },
+    /// `values` and `col_indices` must have the same length.
+    #[error("{values} values but {indices} column indices")]
+    IndexCount {
+        /// Number of values.
+        values: usize,
+        /// Number of column indices.
+        indices: usize,
+    },
+    /// A column index is out of range or the indices of a row are not increasing.
+    #[error("row {row}: column indices must be increasing and below {cols}")]
+    Columns {
+        /// The row.
+        row: usize,
+        /// The number of columns.
+        cols: usize,
+    },
+}
+
+/// A sparse `rows × cols` matrix in CSR form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Csr {
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+    /// Row `r`'s entries are `row_offsets[r]..row_offsets[r + 1]`.
+    pub row_offsets: Vec<u32>,
+    /// Column of each stored value.
+    pub col_indices: Vec<u32>,
+    /// The non-zero values, row by row.
+    pub values: Vec<f32>,
+}
+
+impl Csr {
+    /// Keeps the entries of a row-major dense matrix with `|w| >= threshold` and `w != 0`.
+    ///
+    /// # Panics
+    /// If `dense.len() != rows * cols`, or a dimension exceeds `u32` (callers' bugs).
+    pub fn from_dense(dense: &[f32], rows: usize, cols: usize, threshold: f32) -> Self {
+        assert_eq!(dense.len(), rows * cols, "CSR: dense length is rows * cols");
+        assert!(u32::try_from(dense.len()).is_ok(), "CSR: matrix too large");
+        let mut row_offsets = Vec::with_capacity(rows + 1);
+        let (mut col_indices, mut values) = (Vec::new(), Vec::new());
+        row_offsets.push(0);
+        for row in dense.chunks(cols.max(1)).take(rows) {
+            for (c, &w) in row.iter().enumerate() {
+                if w != 0.0 && w.abs() >= threshold {
+                    col_indices.push(c as u32);
+                    values.push(w);
+                }
+            }
+            row_offsets.push(values.len() as u32);
+        }
+        row_offsets.resize(rows + 1, values.len() as u32);
+        Self {
+            rows,
+            cols,
+            row_offsets,
+            col_indices,
+            values,
+        }
+    }
+
+    /// Checks arrays read from a file before any product indexes with them.
+    pub fn new(
+        rows: usize,
+        cols: usize,
+        row_offsets: Vec<u32>,
+        col_indices: Vec<u32>,
+        values: Vec<f32>,
+    ) -> Result<Self, CsrError> {
+        if row_offsets.len() != rows + 1 {
+            return Err(CsrError::OffsetsLength {
+                got: row_offsets.len(),
+                expected: rows + 1,
+            });
+        }
+        if values.len() != col_indices.len() {
+            return Err(CsrError::IndexCount {
+                values: values.len(),
+                indices: col_indices.len(),
+            });
+        }
+        let ordered = row_offsets.windows(2).all(|w| w[0] <= w[1]);
+        if row_offsets[0] != 0 || !ordered || row_offsets[rows] as usize != values.len() {
+            return Err(CsrError::Offsets {
+                values: values.len(),
+            });
+        }
+        for row in 0..rows {
+            let cols_of_row =
+                &col_indices[row_offsets[row] as usize..row_offsets[row + 1] as usize];
+            let increasing = cols_of_row.windows(2).all(|w| w[0] < w[1]);
+            if !increasing || cols_of_row.last().is_some_and(|&c| c as usize >= cols) {
+                return Err(CsrError::Columns { row, cols });
+            }
+        }
+        Ok(Self {
+            rows,
+            cols,
+            row_offsets,
+            col_indices,
+            values,
+        })
+    }
+
+    /// Number of stored values.
+    pub fn nnz(&self) -> usize {
+        self.values.len()
+    }
+
+    /// The row-major dense matrix.
+    pub fn to_dense(&self) -> Vec<f32> {
+        let mut dense = vec![0.0; self.rows * self.cols];
+        for row in 0..self.rows {
+            for k in self.row_range(row) {
+                dense[row * self.cols + self.col_indices[k] as usize] = self.values[k];
+            }
+        }
+        dense
+    }
+
+    fn row_range(&self, row: usize) -> std::ops::Range<usize> {
+        self.row_offsets[row] as usize..self.row_offsets[row + 1] as usize
+    }
+
+    /// `y = W·x + bias` for one input vector (`x.len() == cols`), rows split over threads.
+    pub fn matvec(&self, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+        assert_eq!(x.len(), self.cols, "CSR matvec: x has cols entries");
+        assert_eq!(y.len(), self.rows, "CSR matvec: y has rows entries");
+        let row = |(r, out): (usize, &mut f32)| {
+            let mut acc = bias.map_or(0.0, |b| b[r]);
+            for k in self.row_range(r) {
+                acc += self.values[k] * x[self.col_indices[k] as usize];
+            }
+            *out = acc;
+        };
+        // below ~64K non-zeros a thread hand-off costs more than it saves
+        if self.nnz() < 1 << 16 {
+            y.iter_mut().enumerate().for_each(row);
+        } else {
+            y.par_iter_mut().enumerate().with_min_len(64).for_each(row);
+        }
+    }
+
+    /// `Yᵀ = W·Xᵀ + bias` for a batch: `x_t` is the input transposed (`[cols, batch]`,
+    /// row-major), `y_t` receives `[rows, batch]`. With the batch innermost, each stored
+    /// weight scales one contiguous input row into the output row (vectorised).
+    pub fn matmul_t(&self, x_t: &[f32], batch: usize, bias: Option<&[f32]>, y_t: &mut [f32]) {
+        assert_eq!(
+            x_t.len(),
+            self.cols * batch,
+            "CSR matmul: x_t is cols x batch"
+        );
+        assert_eq!(
+            y_t.len(),
+            self.rows * batch,
+            "CSR matmul: y_t is rows x batch"
+        );
+        if batch == 0 {
+            return;
+        }
+        let row = |(r, out): (usize, &mut [f32])| {
+            out.fill(bias.map_or(0.0, |b| b[r]));
+            for k in self.row_range(r) {
+                let w = self.values[k];
+                let c = self.col_indices[k] as usize;
+                for (o, &xv) in out.iter_mut().zip(&x_t[c * batch..(c + 1) * batch]) {
+                    *o += w * xv;
+                }
+            }
+        };
+        if self.nnz() * batch < 1 << 16 {
+            y_t.chunks_mut(batch).enumerate().for_each(row);
+        } else {
+            y_t.par_chunks_mut(batch)
+                .enumerate()
+                .with_min_len(8)
+                .for_each(row);
+        }
+    }
+}
+
+/// Transposes a row-major `rows × cols` matrix.
+pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    assert_eq!(m.len(), rows * cols, "transpose: length is rows * cols");
+    let mut t = vec![0.0; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn csr_of_a_known_matrix_is_as_worked_by_hand() {
+        // [ 0  2  0  0 ]
+        // [ 0  0  0  0 ]
+        // [ 1  0 -3  4 ]
+        let dense = [0., 2., 0., 0., 0., 0., 0., 0., 1., 0., -3., 4.];
+        let csr = Csr::from_dense(&dense, 3, 4, 0.0);
+        assert_eq!(csr.row_offsets, [0, 1, 1, 4]);
+        assert_eq!(csr.col_indices, [1, 0, 2, 3]);
+        assert_eq!(csr.values, [2., 1., -3., 4.]);
+        assert_eq!(csr.to_dense(), dense);
+        // y = W x + b with x = (1, 2, 3, 4), b = (10, 20, 30): (14, 20, 1 - 9 + 16 + 30)
+        let mut y = [0.0; 3];
+        csr.matvec(&[1., 2., 3., 4.], Some(&[10., 20., 30.]), &mut y);
+        assert_eq!(y, [14., 20., 38.]);
+    }
+
+    #[test]
+    fn the_threshold_drops_tiny_weights() {
+        let csr = Csr::from_dense(&[1e-20, 0.5, -1e-14, 0.0], 2, 2, 1e-13);
+        assert_eq!(csr.values, [0.5]);
+        assert_eq!(csr.row_offsets, [0, 1, 1]);
+    }
+
+    #[test]
+    fn invalid_arrays_are_errors_not_panics() {
+        let ok = |o: Vec<u32>, c: Vec<u32>, v: Vec<f32>| Csr::new(2, 3, o, c, v);
+        assert!(ok(vec![0, 1, 2], vec![0, 2], vec![1., 2.]).is_ok());
+        assert!(matches!(
+            ok(vec![0, 2], vec![0, 2], vec![1., 2.]),
+            Err(CsrError::OffsetsLength { .. })
+        ));
+        assert!(matches!(
+            ok(vec![0, 2, 1], vec![0, 2], vec![1., 2.]),
+            Err(CsrError::Offsets { .. })
+        ));
+        assert!(matches!(
+            ok(vec![0, 1, 2], vec![0, 3], vec![1., 2.]),
+            Err(CsrError::Columns { row: 1, .. })
+        ));
+        assert!(matches!(
+            ok(vec![0, 2, 2], vec![1, 1], vec![1., 2.]),
+            Err(CsrError::Columns { row: 0, .. })
+        ));
+        assert!(matches!(
+            ok(vec![0, 1, 2], vec![0], vec![1., 2.]),
+            Err(CsrError::IndexCount { .. })
+        ));
+    }
+
+    fn sparse_matrix() -> impl Strategy<Value = (usize, usize, Vec<f32>)> {
+        (1usize..40, 1usize..40).prop_flat_map(|(r, c)| {
+            let entry = prop_oneof![3 => Just(0.0f32), 1 => -2.0f32..2.0];
+            (Just(r), Just(c), prop::collection::vec(entry, r * c))
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn products_match_the_dense_product(
+            (rows, cols, dense) in sparse_matrix(),
+            batch in 1usize..9,
+            seed in 0u32..1000,
+        ) {
+            let csr = Csr::from_dense(&dense, rows, cols, 0.0);
+            prop_assert_eq!(csr.to_dense(), dense.clone());
+            let round_trip = Csr::new(rows, cols, csr.row_offsets.clone(),
+                csr.col_indices.clone(), csr.values.clone());
+            prop_assert_eq!(round_trip.as_ref(), Ok(&csr));
+            let x: Vec<f32> = (0..cols * batch)
+                .map(|i| ((i as u32 * 7 + seed) % 13) as f32 - 6.0)
+                .collect();
+            let bias: Vec<f32> = (0..rows).map(|r| r as f32 * 0.5).collect();
+            // reference: y[b, r] = bias[r] + sum_c W[r, c] x[b, c]
+            let reference: Vec<f32> = (0..batch)
+                .flat_map(|b| {
+                    let (x, dense, bias) = (&x, &dense, &bias);
+                    (0..rows).map(move |r| {
+                        bias[r] + (0..cols).map(|c| dense[r * cols + c] * x[b * cols + c]).sum::<f32>()
+                    })
+                })
+                .collect();
+            let mut y_t = vec![0.0; rows * batch];
+            csr.matmul_t(&transpose(&x, batch, cols), batch, Some(&bias), &mut y_t);
+            let y = transpose(&y_t, rows, batch);
+            for (a, b) in y.iter().zip(&reference) {
+                prop_assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{} vs {}", a, b);
+            }
+            let mut y0 = vec![0.0; rows];
+            csr.matvec(&x[..cols], Some(&bias), &mut y0);
+            for (a, b) in y0.iter().zip(&reference[..rows]) {
+                prop_assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{} vs {}", a, b);
+            }
+        }
+    }
+}
