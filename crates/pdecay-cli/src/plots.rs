@@ -160,6 +160,9 @@ impl Figure for AccuracyVsSparsity {
             .map(|p| p.accuracy)
             .chain(self.reference.map(|r| r - 0.5));
         let (lo, hi) = padded_range(values, 1.0, 0.5);
+        // a collapsed run (a naive Lp at chance) would squeeze every other point into a line:
+        // the axis stops 6 pp below AdamW and such runs sit on its floor as triangles
+        let lo = self.reference.map_or(lo, |r| lo.max(r - 6.0));
         let mut chart = ChartBuilder::on(root)
             .caption("Test accuracy against sparsity", font(26))
             .margin(20)
@@ -203,15 +206,26 @@ impl Figure for AccuracyVsSparsity {
         }
         for (i, group) in groups.iter().enumerate() {
             let color = series_color(i);
+            let members: Vec<&RunPoint> =
+                self.points.iter().filter(|p| p.group == *group).collect();
+            let below = members.iter().filter(|p| p.accuracy < lo).count();
+            let label = if below > 0 {
+                format!("{group} ({below} below the axis, triangle)")
+            } else {
+                group.to_string()
+            };
             chart
                 .draw_series(
-                    self.points
+                    members
                         .iter()
-                        .filter(|p| p.group == *group)
+                        .filter(|p| p.accuracy >= lo)
                         .map(|p| Circle::new((p.sparsity, p.accuracy), 7, color.filled())),
                 )?
-                .label(*group)
+                .label(label)
                 .legend(move |(x, y)| Circle::new((x + 10, y), 7, color.filled()));
+            chart.draw_series(members.iter().filter(|p| p.accuracy < lo).map(|p| {
+                TriangleMarker::new((p.sparsity, lo + 0.02 * (hi - lo)), 9, color.filled())
+            }))?;
         }
         chart
             .configure_series_labels()
