@@ -1,5 +1,6 @@
 //! Inference from a model file: dense and compact files run as burn models (the flex
-//! backend's gemm), sparse MLP files on CSR products that touch only the non-zero weights.
+//! backend's gemm and conv), sparse files on CSR products that touch only the non-zero weights
+//! (convolutions as im2col + CSR).
 
 use anyhow::Result;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -74,20 +75,167 @@ impl SparseMlp {
     }
 }
 
+/// The CNN with CSR weights: conv2 as im2col + CSR, the dense layers as CSR products, conv1
+/// (one input channel, 288 weights) directly. Images run in parallel.
+pub struct SparseCnn {
+    conv1: (Vec<f32>, Vec<f32>),
+    conv2: SparseLayer,
+    dense: SparseLayer,
+    output: SparseLayer,
+    side: usize,
+}
+
+/// `[channels, side, side]` → `[channels, side/2, side/2]`, the max of each 2×2 window.
+fn max_pool(x: &[f32], channels: usize, side: usize) -> Vec<f32> {
+    let half = side / 2;
+    let mut out = vec![0.0; channels * half * half];
+    for c in 0..channels {
+        for i in 0..half {
+            for j in 0..half {
+                let at =
+                    |di: usize, dj: usize| x[c * side * side + (2 * i + di) * side + 2 * j + dj];
+                out[c * half * half + i * half + j] =
+                    at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1));
+            }
+        }
+    }
+    out
+}
+
+/// The 3×3, zero-padded ("same") patches of `[channels, side, side]` as a
+/// `[channels·9, side·side]` matrix: row `c·9 + k` holds input `c` shifted by offset `k`.
+fn im2col(x: &[f32], channels: usize, side: usize) -> Vec<f32> {
+    let n = side * side;
+    let mut cols = vec![0.0; channels * 9 * n];
+    for c in 0..channels {
+        for k in 0..9 {
+            let (dy, dx) = (k as isize / 3 - 1, k as isize % 3 - 1);
+            let row = &mut cols[(c * 9 + k) * n..(c * 9 + k + 1) * n];
+            for i in 0..side {
+                let y = i as isize + dy;
+                if y < 0 || y >= side as isize {
+                    continue;
+                }
+                for j in 0..side {
+                    let x_ = j as isize + dx;
+                    if x_ >= 0 && x_ < side as isize {
+                        row[i * side + j] = x[c * n + y as usize * side + x_ as usize];
+                    }
+                }
+            }
+        }
+    }
+    cols
+}
+
+impl SparseCnn {
+    fn new(file: &ModelFile) -> Self {
+        let find = |name: &str| {
+            file.tensors
+                .iter()
+                .find(|t| t.name == name)
+                .expect("a checked CNN file has every tensor")
+        };
+        let layer = |name: &str| {
+            let (w, b) = (
+                find(&format!("{name}.weight")),
+                find(&format!("{name}.bias")),
+            );
+            let weight = match &w.stored {
+                Stored::Sparse(csr) => csr.clone(),
+                Stored::Dense(values) => Csr::from_dense(
+                    values,
+                    w.shape[0],
+                    values.len() / w.shape[0],
+                    file.threshold as f32,
+                ),
+            };
+            SparseLayer {
+                weight,
+                bias: b.dense(),
+            }
+        };
+        Self {
+            conv1: (
+                find("Cnn.conv1.weight").dense(),
+                find("Cnn.conv1.bias").dense(),
+            ),
+            conv2: layer("Cnn.conv2"),
+            dense: layer("Cnn.dense"),
+            output: layer("Cnn.output"),
+            side: crate::model_file::IMAGE_SIDE,
+        }
+    }
+
+    fn image_logits(&self, image: &[f32]) -> Vec<f32> {
+        let side = self.side;
+        let relu = |v: &mut Vec<f32>| v.iter_mut().for_each(|x| *x = x.max(0.0));
+        // conv1: one input channel, so its im2col is [9, side²] and the product is tiny
+        let (w1, b1) = &self.conv1;
+        let c1 = b1.len();
+        let patches = im2col(image, 1, side);
+        let n = side * side;
+        let mut h = vec![0.0; c1 * n];
+        for c in 0..c1 {
+            let out = &mut h[c * n..(c + 1) * n];
+            out.fill(b1[c]);
+            for k in 0..9 {
+                let w = w1[c * 9 + k];
+                if w != 0.0 {
+                    for (o, p) in out.iter_mut().zip(&patches[k * n..(k + 1) * n]) {
+                        *o += w * p;
+                    }
+                }
+            }
+        }
+        relu(&mut h);
+        let h = max_pool(&h, c1, side);
+        let side = side / 2;
+        let n = side * side;
+        let patches = im2col(&h, c1, side);
+        let c2 = self.conv2.weight.rows;
+        let mut h = vec![0.0; c2 * n];
+        self.conv2
+            .weight
+            .matmul_t(&patches, n, Some(&self.conv2.bias), &mut h);
+        relu(&mut h);
+        let h = max_pool(&h, c2, side);
+        let mut d = vec![0.0; self.dense.weight.rows];
+        self.dense.weight.matvec(&h, Some(&self.dense.bias), &mut d);
+        relu(&mut d);
+        let mut logits = vec![0.0; self.output.weight.rows];
+        self.output
+            .weight
+            .matvec(&d, Some(&self.output.bias), &mut logits);
+        logits
+    }
+
+    /// Logits `[batch, classes]` of `x` (`[batch, pixels]`, normalised).
+    pub fn logits(&self, x: &[f32], batch: usize) -> Vec<f32> {
+        use rayon::prelude::*;
+        let pixels = x.len() / batch.max(1);
+        x.par_chunks(pixels)
+            .flat_map_iter(|image| self.image_logits(image))
+            .collect()
+    }
+}
+
 /// A model ready to run.
 pub enum Engine {
     /// Dense weights in a burn model (boxed: the model is large next to the CSR variant).
     Dense(Box<Classifier>, Device),
     /// CSR weights (sparse MLP files).
     Sparse(SparseMlp),
+    /// CSR weights (sparse CNN files).
+    SparseCnn(Box<SparseCnn>),
 }
 
 impl Engine {
-    /// The engine for a file: CSR products for a sparse MLP, burn otherwise (a sparse CNN
-    /// file runs densified: convolutions have no sparse path yet).
+    /// The engine for a file: CSR products for a sparse file, burn's dense ops otherwise.
     pub fn new(file: &ModelFile) -> Result<Self> {
         Ok(match (file.format, file.config.model) {
             (Format::Sparse, ModelKind::Mlp) => Self::Sparse(SparseMlp::new(file)),
+            (Format::Sparse, ModelKind::Cnn) => Self::SparseCnn(Box::new(SparseCnn::new(file))),
             _ => {
                 let device = Device::default();
                 Self::Dense(Box::new(file.to_model(&device)?), device)
@@ -110,6 +258,7 @@ impl Engine {
                     .expect("f32 logits")
             }
             Self::Sparse(mlp) => mlp.logits(x, batch),
+            Self::SparseCnn(cnn) => cnn.logits(x, batch),
         }
     }
 }
@@ -132,4 +281,67 @@ pub fn accuracy(engine: &Engine, images: &ImageSet, stats: (f64, f64)) -> f64 {
         }
     }
     correct as f64 / images.len().max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model_file::IMAGE_SIDE;
+    use crate::train::TrainConfig;
+
+    /// A randomly initialised model with 80% of each weight tensor zeroed.
+    fn sparse_file(model: ModelKind) -> ModelFile {
+        let config = TrainConfig {
+            model,
+            hidden: vec![32, 16],
+            ..TrainConfig::default()
+        };
+        let classifier = Classifier::new(
+            config.model,
+            IMAGE_SIDE,
+            config.widths(),
+            &Device::default(),
+        );
+        let mut file =
+            ModelFile::from_model(&classifier, &config, Format::Dense, 1e-13, (0.0, 1.0));
+        for t in file.tensors.iter_mut().filter(|t| t.shape.len() >= 2) {
+            let mut values = t.dense();
+            values.iter_mut().enumerate().for_each(|(i, v)| {
+                if (i * 7) % 10 < 8 {
+                    *v = 0.0;
+                }
+            });
+            t.stored = Stored::Dense(values);
+        }
+        file
+    }
+
+    #[test]
+    fn sparse_engines_give_burns_logits() {
+        for model in [ModelKind::Mlp, ModelKind::Cnn] {
+            let dense = sparse_file(model);
+            let sparse = dense.with_format(Format::Sparse);
+            let (reference, engine) = (Engine::new(&dense).unwrap(), Engine::new(&sparse).unwrap());
+            assert!(
+                !matches!(engine, Engine::Dense(..)),
+                "{model:?} runs sparse"
+            );
+            for batch in [1, 5] {
+                let x: Vec<f32> = (0..batch * IMAGE_SIDE * IMAGE_SIDE)
+                    .map(|i| ((i * 31) % 97) as f32 / 40.0 - 1.2)
+                    .collect();
+                let (a, b) = (reference.logits(&x, batch), engine.logits(&x, batch));
+                assert_eq!(a.len(), batch * 10);
+                let worst = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0.0, f32::max);
+                assert!(
+                    worst < 1e-4,
+                    "{model:?} batch {batch}: logits differ by {worst}"
+                );
+            }
+        }
+    }
 }
