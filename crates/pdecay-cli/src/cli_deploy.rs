@@ -93,6 +93,7 @@ fn run_model(run: &Path, data: Option<&Path>) -> Result<(ModelFile, ImageSplits)
         config.data = Some(dir.display().to_string());
     }
     let splits = load_data(&config)?;
+    check_image_size(&splits)?;
     println!(
         "{}: {:?} after epoch {}, data {}",
         run.display(),
@@ -103,6 +104,17 @@ fn run_model(run: &Path, data: Option<&Path>) -> Result<(ModelFile, ImageSplits)
     let stats = splits.train.pixel_stats();
     let file = ModelFile::from_model(&model, &config, Format::Dense, config.threshold, stats);
     Ok((file, splits))
+}
+
+/// Model files hold 28×28 classifiers (Fashion-MNIST, MNIST): other images are refused.
+fn check_image_size(splits: &ImageSplits) -> Result<()> {
+    let (rows, cols) = (splits.test.rows, splits.test.cols);
+    ensure!(
+        rows == IMAGE_SIDE && cols == IMAGE_SIDE,
+        "the images in {} are {rows}x{cols}; model files hold classifiers of {IMAGE_SIDE}x{IMAGE_SIDE} images (Fashion-MNIST, MNIST)",
+        splits.source
+    );
+    Ok(())
 }
 
 fn kib(bytes: usize) -> String {
@@ -183,6 +195,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     } else {
         mnist::resolve_image_data(args.data.as_deref())?
     };
+    check_image_size(&splits)?;
     let engine = Engine::new(&file)?;
     let acc = accuracy(&engine, &splits.test, file.input_stats);
     println!(

@@ -7,7 +7,8 @@
 //! `relu(bias)`, which is folded into the next layer's bias. (Not across a conv: zero padding
 //! makes a constant channel's contribution position-dependent.) Removing units can strand
 //! others, so the passes repeat until nothing changes. The result is a smaller dense model
-//! with the same outputs up to float rounding.
+//! with the same outputs up to float rounding. "Zero" here is exactly 0.0 (pWD flushes dead
+//! weights to exact zero); weights merely below the sparsity threshold are kept.
 
 use anyhow::{Result, bail};
 
@@ -172,17 +173,19 @@ pub fn compact(file: &ModelFile) -> Result<(ModelFile, CompactReport)> {
                     unit += 1;
                 }
             }
+            // an empty layer has no inputs left to index: stop here with the reason
+            if layer.units() == 0 {
+                bail!(
+                    "every unit of {} is dead: the model's output is a constant (was lambda far too large?)",
+                    names[k].0
+                );
+            }
         }
         if !changed {
             break;
         }
     }
     let widths_after: Vec<usize> = layers.iter().map(Layer::units).collect();
-    if widths_after[..widths_after.len() - 1].contains(&0) {
-        bail!(
-            "every unit of a layer is dead: the model's output is a constant (was lambda far too large?)"
-        );
-    }
     let mut config = file.config.clone();
     let hidden: Vec<usize> = widths_after[..widths_after.len() - 1].to_vec();
     match config.model {
@@ -342,6 +345,35 @@ mod tests {
             .map(|(p, q)| (p - q).abs())
             .fold(0.0, f32::max);
         assert!(worst <= 1e-5, "logits moved by {worst}");
+    }
+
+    #[test]
+    fn a_layer_that_dies_entirely_is_an_error() {
+        let layer = |k: &str, shape: Vec<usize>, w: f32| {
+            let n = shape.iter().product();
+            let bias = vec![0.1; shape[0]];
+            [
+                dense(&format!("{k}.weight"), shape.clone(), vec![w; n]),
+                dense(&format!("{k}.bias"), vec![shape[0]], bias),
+            ]
+        };
+        let mut tensors = Vec::new();
+        tensors.extend(layer("Mlp.hidden.0", vec![2, 2], 1.0));
+        tensors.extend(layer("Mlp.hidden.1", vec![2, 2], 1.0));
+        tensors.extend(layer("Mlp.output", vec![2, 2], 0.0)); // reads nothing
+        let file = ModelFile {
+            tensors,
+            config: TrainConfig {
+                hidden: vec![2, 2],
+                ..TrainConfig::default()
+            },
+            ..mlp()
+        };
+        let message = compact(&file).unwrap_err().to_string();
+        assert!(
+            message.contains("every unit of Mlp.hidden.1 is dead"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -45,6 +45,9 @@ impl SparseMlp {
 
     /// Logits `[batch, classes]` of `x` (`[batch, inputs]`, normalised).
     pub fn logits(&self, x: &[f32], batch: usize) -> Vec<f32> {
+        if batch == 0 {
+            return Vec::new();
+        }
         let last = self.layers.len() - 1;
         if batch == 1 {
             let mut h = x.to_vec();
@@ -213,7 +216,10 @@ impl SparseCnn {
     /// Logits `[batch, classes]` of `x` (`[batch, pixels]`, normalised).
     pub fn logits(&self, x: &[f32], batch: usize) -> Vec<f32> {
         use rayon::prelude::*;
-        let pixels = x.len() / batch.max(1);
+        if batch == 0 {
+            return Vec::new();
+        }
+        let pixels = x.len() / batch;
         x.par_chunks(pixels)
             .flat_map_iter(|image| self.image_logits(image))
             .collect()
@@ -246,8 +252,9 @@ impl Engine {
     /// Logits `[batch, classes]` of `x` (`[batch, pixels]`, normalised).
     pub fn logits(&self, x: &[f32], batch: usize) -> Vec<f32> {
         match self {
+            Self::Dense(_, _) if batch == 0 => Vec::new(),
             Self::Dense(model, device) => {
-                let pixels = x.len() / batch.max(1);
+                let pixels = x.len() / batch;
                 let input =
                     Tensor::<2>::from_data(TensorData::new(x.to_vec(), [batch, pixels]), device);
                 model

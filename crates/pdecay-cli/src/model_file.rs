@@ -318,6 +318,10 @@ impl ModelFile {
         let threshold: f64 = get("threshold")?
             .parse()
             .context("the threshold in __metadata__ is not a number")?;
+        ensure!(
+            threshold.is_finite() && threshold >= 0.0,
+            "the threshold in __metadata__ ({threshold}) must be a finite number >= 0"
+        );
         let number = |key: &str| -> Result<f64> {
             get(key)?
                 .parse()

@@ -58,8 +58,10 @@ impl RunRecord {
         };
         let metrics_path = dir.join("metrics.jsonl");
         let metrics = match std::fs::read_to_string(&metrics_path) {
+            // a run still training may be halfway through appending its last line
             Ok(text) => text
-                .lines()
+                .split_inclusive('\n')
+                .filter(|line| line.ends_with('\n'))
                 .enumerate()
                 .map(|(i, line)| {
                     serde_json::from_str(line).with_context(|| {

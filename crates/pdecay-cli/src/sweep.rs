@@ -75,7 +75,7 @@ pub struct SweepPlan {
 
 /// Keys whose value is itself a list (swept only with a list of lists).
 fn list_valued(key: &str) -> bool {
-    key == "hidden"
+    matches!(key, "hidden" | "cnn_widths")
 }
 
 /// One grid's settings: fixed values and swept axes.
@@ -89,10 +89,13 @@ impl Grid {
     fn from_table(table: Table, place: &str, source: &str) -> Result<Self> {
         let mut grid = Self::default();
         for (key, value) in table {
+            // a list-valued key is swept by a non-empty list of lists (`hidden = []`, an MLP
+            // without hidden layers, is a fixed value)
             let swept = match &value {
-                Value::Array(items) => {
-                    !list_valued(&key) || items.iter().all(|v| matches!(v, Value::Array(_)))
+                Value::Array(items) if list_valued(&key) => {
+                    !items.is_empty() && items.iter().all(|v| matches!(v, Value::Array(_)))
                 }
+                Value::Array(_) => true,
                 _ => false,
             };
             if swept {
@@ -171,6 +174,11 @@ pub fn parse(text: &str, source: &str) -> Result<SweepPlan> {
     for (i, grid) in grids.into_iter().enumerate() {
         let place = format!("grid {}", i + 1);
         let grid = Grid::from_table(grid, &place, source)?;
+        if let Some(key) = grid.keys().find(|k| top.axes.iter().any(|(a, _)| a == *k)) {
+            bail!(
+                "`{key}` is swept at the top level of {source} and also set in {place}: set it in one place"
+            );
+        }
         for key in grid.keys() {
             if !keys.contains(key) {
                 keys.push(key.clone());
@@ -473,6 +481,14 @@ lambda = 0.01
 
     #[test]
     fn hidden_is_fixed_by_a_list_and_swept_by_a_list_of_lists() {
+        let widths = parse(
+            "model = \"cnn\"\ncnn_widths = [16, 32, 64]\nhidden = []",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(widths.runs.len(), 1);
+        assert_eq!(widths.runs[0].config.cnn_widths, [16, 32, 64]);
+        assert!(widths.runs[0].config.hidden.is_empty());
         let fixed = parse("hidden = [64, 32]\nlr = [1e-3, 2e-3]", "t").unwrap();
         assert_eq!(fixed.runs.len(), 2);
         assert_eq!(fixed.runs[0].config.hidden, [64, 32]);
@@ -512,6 +528,10 @@ lambda = 0.01
             ("p = [0.8, -1.0]", vec!["p", "s.toml"]),
             ("p = [0.8, 0.8]", vec!["twice"]),
             ("p = 0.8 = 1", vec!["not a valid TOML"]),
+            (
+                "lambda = [0.1, 0.2]\n[[grid]]\nlambda = 0.3",
+                vec!["`lambda`", "top level", "grid 1"],
+            ),
         ];
         for (text, expected) in cases {
             let message = format!("{:#}", parse(text, "s.toml").unwrap_err());
