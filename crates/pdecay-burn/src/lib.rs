@@ -32,6 +32,7 @@
 //! ```
 
 pub mod baselines;
+pub mod clip;
 pub mod optimizers;
 pub mod padam;
 pub mod pnorm;
@@ -40,6 +41,7 @@ pub mod sparse_optimizer;
 pub mod state;
 
 pub use baselines::{DecoupledL2, L1Prox, MagnitudePruning, MagnitudePruningConfig, NaiveLp};
+pub use clip::clip_grad_norm;
 pub use optimizers::{
     PWeightDecay, adam_gmp, adam_l1, adam_naive_lp, adam_no_decay, adam_pytorch, adamw_pytorch,
     burn_adamw_pytorch, padagrad, padam, padam_with, prmsprop, psgd, sgd_pytorch,

@@ -11,6 +11,7 @@ pub mod cli_train;
 pub mod compact;
 pub mod data;
 pub mod demo;
+pub mod gpt;
 pub mod infer;
 pub mod model_file;
 pub mod models;

@@ -1,6 +1,8 @@
-//! Data sets: Fashion-MNIST (or MNIST) from IDX files, and the embedded subset.
+//! Data sets: Fashion-MNIST (or MNIST) from IDX files and the embedded subset; character-level
+//! text for the GPT.
 
 pub mod idx;
 pub mod mnist;
+pub mod text;
 
 pub use mnist::ImageSplits;
