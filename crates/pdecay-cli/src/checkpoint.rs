@@ -15,10 +15,10 @@ use burn::tensor::Bytes;
 use pdecay_burn::SparseOptimizer;
 use serde::{Deserialize, Serialize};
 
-use crate::models::Classifier;
 use crate::train::write_atomic;
 
-/// Where a run stands; `checkpoint.json`.
+/// Where a run stands; `checkpoint.json`. A GPT run counts iterations in `epoch` (one
+/// checkpoint per evaluation).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunPosition {
     /// Epochs completed.
@@ -42,9 +42,9 @@ fn optim_file(epoch: usize) -> String {
 }
 
 /// Writes the checkpoint of `position.epoch` and removes older ones.
-pub fn save(
+pub fn save<M: Module>(
     dir: &Path,
-    model: &Classifier,
+    model: &M,
     optim: &SparseOptimizer,
     position: &RunPosition,
 ) -> Result<()> {
@@ -75,11 +75,11 @@ pub fn save(
 }
 
 /// The last checkpoint in `dir`, loaded into `model` and `optim`; `None` if there is none yet.
-pub fn load(
+pub fn load<M: Module>(
     dir: &Path,
-    model: Classifier,
+    model: M,
     optim: SparseOptimizer,
-) -> Result<Option<(Classifier, SparseOptimizer, RunPosition)>> {
+) -> Result<Option<(M, SparseOptimizer, RunPosition)>> {
     let Some((model, position)) = load_model(dir, model)? else {
         return Ok(None);
     };
@@ -91,7 +91,7 @@ pub fn load(
 
 /// The model of the last checkpoint in `dir`, loaded into `model` (built for the run's
 /// config); `None` if there is no checkpoint yet.
-pub fn load_model(dir: &Path, model: Classifier) -> Result<Option<(Classifier, RunPosition)>> {
+pub fn load_model<M: Module>(dir: &Path, model: M) -> Result<Option<(M, RunPosition)>> {
     let position_path = dir.join(POSITION);
     if !position_path.exists() {
         return Ok(None);

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use crate::checkpoint;
+use crate::data::text::TextData;
 use crate::data::{ImageSplits, mnist};
+use crate::gpt::Gpt;
+use crate::gpt_train::{GptEval, GptPreset, Sampling, read_vocab, sample, train_gpt};
 use crate::models::ModelKind;
 use crate::train::{
     EpochMetrics, LrSchedule, OptimKind, PlainProgress, Progress, RunOptions, Summary, TrainConfig,
@@ -104,6 +108,38 @@ pub struct TrainArgs {
     /// CPU threads [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// GPT sizes: cpu (4 layers, 4 heads, width 128, block 64, batch 12, 2000 iterations) or
+    /// paper (6, 6, 384, block 256, batch 64, 5000 iterations, dropout 0.2) [default: cpu].
+    /// Each size below overrides it.
+    #[arg(long, value_enum)]
+    pub preset: Option<GptPreset>,
+    /// GPT: transformer blocks.
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// GPT: attention heads.
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// GPT: embedding width.
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// GPT: context length.
+    #[arg(long)]
+    pub block_size: Option<usize>,
+    /// GPT: optimizer steps.
+    #[arg(long)]
+    pub iters: Option<usize>,
+    /// GPT: steps between evaluations and checkpoints [default: 250].
+    #[arg(long)]
+    pub eval_interval: Option<usize>,
+    /// GPT: batches per split in an evaluation [default: 20].
+    #[arg(long)]
+    pub eval_batches: Option<usize>,
+    /// GPT: dropout probability.
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// GPT: biases in Linear and LayerNorm layers [default: none, as nanoGPT].
+    #[arg(long)]
+    pub bias: bool,
 }
 
 impl TrainArgs {
@@ -176,6 +212,32 @@ impl TrainArgs {
             c.data = Some(dir.display().to_string());
         }
         c.structured |= self.structured;
+        if c.model == ModelKind::Gpt {
+            if let Some(preset) = self.preset {
+                c.gpt = preset.settings();
+            }
+            let g = &mut c.gpt;
+            macro_rules! set_gpt {
+                ($($field:ident),*) => {$( if let Some(v) = self.$field { g.$field = v; } )*};
+            }
+            set_gpt!(
+                layers,
+                heads,
+                width,
+                block_size,
+                batch_size,
+                iters,
+                eval_interval,
+                eval_batches,
+                dropout
+            );
+            g.bias |= self.bias;
+        } else {
+            anyhow::ensure!(
+                self.preset.is_none() && self.iters.is_none() && self.layers.is_none(),
+                "--preset, --iters and the other GPT sizes go with --model gpt"
+            );
+        }
         c.validate()?;
         Ok(c)
     }
@@ -205,6 +267,9 @@ fn read_config(path: &std::path::Path) -> Result<TrainConfig> {
 pub fn run_train(args: &TrainArgs) -> Result<()> {
     let config = args.config()?;
     set_threads(args.threads)?;
+    if config.model == ModelKind::Gpt {
+        return run_train_gpt(args, &config);
+    }
     let data = load_data(&config)?;
     let (out, resume) = match &args.resume {
         Some(dir) => (dir.clone(), true),
@@ -235,6 +300,127 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         summary.nonzero_params,
         summary.total_params,
         summary.samples_per_second
+    );
+    Ok(())
+}
+
+/// `pdecay train --model gpt`.
+fn run_train_gpt(args: &TrainArgs, config: &TrainConfig) -> Result<()> {
+    let path = match config.data.as_deref() {
+        Some(EMBEDDED) | None => anyhow::bail!(
+            "--model gpt trains on a text file: give --data FILE, a UTF-8 text (e.g. Tiny Shakespeare: https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt)"
+        ),
+        Some(path) => PathBuf::from(path),
+    };
+    let text = TextData::load(&path, config.gpt.block_size)?;
+    let (out, resume) = match &args.resume {
+        Some(dir) => (dir.clone(), true),
+        None => (
+            args.out.clone().unwrap_or_else(|| default_run_dir(config)),
+            false,
+        ),
+    };
+    let g = &config.gpt;
+    println!(
+        "training a GPT ({} layers, {} heads, width {}, block {}, vocabulary {}) with {:?} on {} ({} train / {} validation characters), {} iterations of batch {}, into {}",
+        g.layers,
+        g.heads,
+        g.width,
+        g.block_size,
+        text.vocab.len(),
+        config.optim,
+        text.source,
+        text.train.len(),
+        text.val.len(),
+        g.iters,
+        g.batch_size,
+        out.display()
+    );
+    let options = RunOptions {
+        out: Some(out),
+        resume,
+        stop_after: args.stop_after,
+    };
+    let summary = train_gpt(config, &text, &options, &mut |e: &GptEval| {
+        println!(
+            "iter {:>5}/{} lr {:.2e} train loss {:.4} val loss {:.4} val acc {:.2}% sparsity {:.1}% (1e-10: {:.1}%) ({:.0}s)",
+            e.iter,
+            g.iters,
+            e.lr,
+            e.train_loss,
+            e.val_loss,
+            100.0 * e.val_accuracy,
+            100.0 * e.sparsity,
+            100.0 * e.sparsity_1e10,
+            e.seconds
+        );
+    })?;
+    println!(
+        "final val loss {:.4} (best {:.4} at iteration {}), sparsity {:.1}% ({} of {} parameters non-zero), {:.1} ms per iteration",
+        summary.final_val_loss,
+        summary.best_val_loss,
+        summary.best_iter,
+        100.0 * summary.sparsity,
+        summary.nonzero_params,
+        summary.total_params,
+        1e3 * summary.seconds_per_iter
+    );
+    Ok(())
+}
+
+/// Flags of `pdecay sample`.
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// A GPT run folder (pdecay train --model gpt)
+    pub run: PathBuf,
+    /// Text to continue [default: a newline]
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    /// Characters to generate
+    #[arg(long, default_value_t = 300)]
+    pub tokens: usize,
+    /// Softmax temperature (lower: more conservative)
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    /// Draw only from the k most likely characters (0: all) [default: 200, nanoGPT's]
+    #[arg(long, default_value_t = 200)]
+    pub top_k: usize,
+    /// Seed of the draws
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+}
+
+/// `pdecay sample`.
+pub fn run_sample(args: &SampleArgs) -> Result<()> {
+    let config = read_config(&args.run.join("config.toml"))
+        .with_context(|| format!("{} is not a run folder", args.run.display()))?;
+    anyhow::ensure!(
+        config.model == ModelKind::Gpt,
+        "{} is not a GPT run (model {:?})",
+        args.run.display(),
+        config.model
+    );
+    let vocab = read_vocab(&args.run)?;
+    let device = burn::tensor::Device::default();
+    let model = Gpt::new(&config.gpt.model(vocab.len()), &device);
+    let Some((model, _)) = checkpoint::load_model(&args.run, model)? else {
+        anyhow::bail!("{} has no checkpoint yet", args.run.display());
+    };
+    let sampling = Sampling {
+        tokens: args.tokens,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        seed: args.seed,
+    };
+    println!(
+        "{}",
+        sample(
+            &model,
+            &vocab,
+            config.gpt.block_size,
+            &args.prompt,
+            &sampling
+        )?
     );
     Ok(())
 }

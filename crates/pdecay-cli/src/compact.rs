@@ -97,6 +97,7 @@ pub struct CompactReport {
 /// last pooled conv), and whether a constant unit may be folded into the next layer.
 fn layer_names(file: &ModelFile) -> Result<Vec<(String, usize, bool)>> {
     Ok(match file.config.model {
+        ModelKind::Gpt => bail!("model files hold the image classifiers, not the GPT"),
         ModelKind::Mlp => {
             let mut names: Vec<(String, usize, bool)> = (0..file.config.hidden.len())
                 .map(|k| (format!("Mlp.hidden.{k}"), 1, true))
@@ -189,7 +190,7 @@ pub fn compact(file: &ModelFile) -> Result<(ModelFile, CompactReport)> {
     let mut config = file.config.clone();
     let hidden: Vec<usize> = widths_after[..widths_after.len() - 1].to_vec();
     match config.model {
-        ModelKind::Mlp => config.hidden = hidden,
+        ModelKind::Mlp | ModelKind::Gpt => config.hidden = hidden,
         ModelKind::Cnn => config.cnn_widths = hidden,
     }
     let mut tensors = Vec::new();

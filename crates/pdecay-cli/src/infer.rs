@@ -242,6 +242,9 @@ impl Engine {
         Ok(match (file.format, file.config.model) {
             (Format::Sparse, ModelKind::Mlp) => Self::Sparse(SparseMlp::new(file)),
             (Format::Sparse, ModelKind::Cnn) => Self::SparseCnn(Box::new(SparseCnn::new(file))),
+            (_, ModelKind::Gpt) => {
+                anyhow::bail!("model files hold the image classifiers, not the GPT")
+            }
             _ => {
                 let device = Device::default();
                 Self::Dense(Box::new(file.to_model(&device)?), device)

@@ -12,6 +12,7 @@ pub mod compact;
 pub mod data;
 pub mod demo;
 pub mod gpt;
+pub mod gpt_train;
 pub mod infer;
 pub mod model_file;
 pub mod models;

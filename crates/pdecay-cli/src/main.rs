@@ -24,6 +24,8 @@ enum Command {
     Sweep(cli_sweep::SweepArgs),
     /// Write report.md with tables and plots (PNG and SVG) for a run or a sweep folder.
     Report(ReportArgs),
+    /// Generate text from a GPT run's checkpoint.
+    Sample(cli_train::SampleArgs),
     /// Export a run's model as safetensors, dense or sparse (CSR).
     Export(cli_deploy::ExportArgs),
     /// Remove dead neurons and channels: a smaller dense model with the same outputs.
@@ -51,6 +53,7 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Command::Sample(args) => cli_train::run_sample(&args),
         Command::Export(args) => cli_deploy::run_export(&args),
         Command::Compact(args) => cli_deploy::run_compact(&args),
         Command::Eval(args) => cli_deploy::run_eval(&args),

@@ -421,8 +421,12 @@ fn expected_tensors(config: &TrainConfig) -> Result<Vec<(String, Vec<usize>)>> {
         .context("the model_config in __metadata__ is invalid")?;
     // Bound the model before building it: a damaged header must not allocate gigabytes.
     let widths: Vec<u128> = config.widths().iter().map(|&w| w as u128).collect();
+    ensure!(
+        config.model.is_classifier(),
+        "the model_config in __metadata__ is a GPT: model files hold the image classifiers"
+    );
     let params: u128 = match config.model {
-        ModelKind::Mlp => {
+        ModelKind::Mlp | ModelKind::Gpt => {
             let mut sizes = vec![(IMAGE_SIDE * IMAGE_SIDE) as u128];
             sizes.extend(&widths);
             sizes.push(10);

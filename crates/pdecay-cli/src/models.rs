@@ -16,6 +16,15 @@ pub enum ModelKind {
     Mlp,
     /// conv3x3(32)-pool-conv3x3(64)-pool-dense128-dropout0.2-dense10 (421,642 parameters).
     Cnn,
+    /// Character-level GPT (nanoGPT) on a UTF-8 text file (`--data FILE`).
+    Gpt,
+}
+
+impl ModelKind {
+    /// Whether this is one of the image classifiers (MLP, CNN).
+    pub fn is_classifier(self) -> bool {
+        self != Self::Gpt
+    }
 }
 
 /// A multi-layer perceptron on flattened images.
@@ -117,9 +126,11 @@ pub enum Classifier {
 impl Classifier {
     /// Builds `kind` for `side`×`side` images and 10 classes; `widths` are the MLP's hidden
     /// widths or the CNN's three widths (see [`Cnn::new`]; any other length gives the blog's).
+    /// The GPT is not an image classifier: callers check [`ModelKind::is_classifier`] first
+    /// (asking for it here builds the MLP).
     pub fn new(kind: ModelKind, side: usize, widths: &[usize], device: &Device) -> Self {
         match kind {
-            ModelKind::Mlp => Self::Mlp(Mlp::new(side * side, widths, 10, device)),
+            ModelKind::Mlp | ModelKind::Gpt => Self::Mlp(Mlp::new(side * side, widths, 10, device)),
             ModelKind::Cnn => {
                 let widths = widths.try_into().unwrap_or(Cnn::WIDTHS);
                 Self::Cnn(Cnn::new(side, widths, 10, device))

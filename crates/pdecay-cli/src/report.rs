@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::Device;
 use pdecay::factor::suppression_scale;
 use pdecay_burn::parameter_values;
@@ -49,6 +49,11 @@ impl RunRecord {
             .with_context(|| format!("reading {}", config_path.display()))?;
         let config: TrainConfig = toml::from_str(&text)
             .with_context(|| format!("{} is not a valid run config", config_path.display()))?;
+        ensure!(
+            config.model.is_classifier(),
+            "{} is a GPT run: pdecay report draws the image classifiers' runs (GPT reports are not built yet)",
+            dir.display()
+        );
         let outcome = if dir.join("summary.json").exists() {
             Some(Outcome::Finished(read_summary(dir)?))
         } else if dir.join("diverged.json").exists() {

@@ -16,8 +16,8 @@ use burn::tensor::Device;
 use pdecay::Schedule;
 use pdecay::sparsity::{DEFAULT_THRESHOLD, TensorSparsity};
 use pdecay_burn::{
-    DecaySummary, MagnitudePruningConfig, PNormConfig, SparseOptimizer, StepError, adam_gmp,
-    adam_l1, adam_naive_lp, adam_no_decay, adamw_pytorch, padam, psgd,
+    DecaySummary, Decoupled, DecoupledL2, MagnitudePruningConfig, NoDecay, PNormConfig,
+    SparseOptimizer, StepError, adam_gmp, adam_l1, adam_naive_lp, adam_pytorch, padam_with, psgd,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
 use crate::data::ImageSplits;
+use crate::gpt_train::GptSettings;
 use crate::models::{Classifier, ModelKind};
 
 /// The optimizer (pWD or a baseline).
@@ -111,8 +112,10 @@ pub struct TrainConfig {
     /// Random shifts of up to ±2 pixels and horizontal flips of the training images.
     pub augment: bool,
     /// The data: `"embedded"` for the embedded subset, a folder of IDX files, or unset for
-    /// `$PDECAY_DATA`, then /usr/share/datasets/fashion-mnist.
+    /// `$PDECAY_DATA`, then /usr/share/datasets/fashion-mnist; for the GPT, a UTF-8 text file.
     pub data: Option<String>,
+    /// The GPT's sizes and schedule (`[gpt]`; used when `model = "gpt"`).
+    pub gpt: GptSettings,
 }
 
 impl Default for TrainConfig {
@@ -142,6 +145,7 @@ impl Default for TrainConfig {
             threshold: DEFAULT_THRESHOLD,
             augment: false,
             data: None,
+            gpt: GptSettings::default(),
         }
     }
 }
@@ -150,7 +154,7 @@ impl TrainConfig {
     /// The widths of the configured model: `hidden` for the MLP, `cnn_widths` for the CNN.
     pub fn widths(&self) -> &[usize] {
         match self.model {
-            ModelKind::Mlp => &self.hidden,
+            ModelKind::Mlp | ModelKind::Gpt => &self.hidden,
             ModelKind::Cnn => &self.cnn_widths,
         }
     }
@@ -195,6 +199,9 @@ impl TrainConfig {
             "cnn_widths must be three widths >= 1 (conv channels, conv channels, dense units), got {:?}",
             self.cnn_widths
         );
+        if self.model == ModelKind::Gpt {
+            self.gpt.validate()?;
+        }
         // Builds the optimizer once so a bad p, lambda, ... fails before any data is loaded.
         self.optimizer(1)?;
         Ok(())
@@ -235,18 +242,27 @@ impl TrainConfig {
 
     /// The optimizer of this run.
     pub fn optimizer(&self, total_steps: u64) -> Result<SparseOptimizer> {
+        self.optimizer_with_beta2(total_steps, 0.999)
+    }
+
+    /// The optimizer with Adam's beta2 set (pAdam, AdamW and Adam; the L1, naive Lp and
+    /// magnitude-pruning baselines keep PyTorch's 0.999).
+    pub fn optimizer_with_beta2(&self, total_steps: u64, beta2: f64) -> Result<SparseOptimizer> {
         let invalid = || format!("invalid settings for --optim {:?}", self.optim);
+        let adam = || adam_pytorch().with_beta_2(beta2 as f32).build();
         let optim = match self.optim {
-            OptimKind::Padam => {
-                SparseOptimizer::new(padam(&self.pnorm(total_steps)?).with_context(invalid)?)
-            }
+            OptimKind::Padam => SparseOptimizer::new(
+                padam_with(0.9, beta2 as f32, 1e-8, &self.pnorm(total_steps)?)
+                    .with_context(invalid)?,
+            ),
             OptimKind::Psgd => SparseOptimizer::new(
                 psgd(0.9, false, &self.pnorm(total_steps)?).with_context(invalid)?,
             ),
-            OptimKind::Adamw => {
-                SparseOptimizer::new(adamw_pytorch(self.lambda).with_context(invalid)?)
-            }
-            OptimKind::Adam => SparseOptimizer::new(adam_no_decay()),
+            OptimKind::Adamw => SparseOptimizer::new(Decoupled::new(
+                adam(),
+                DecoupledL2::new(self.lambda).with_context(invalid)?,
+            )),
+            OptimKind::Adam => SparseOptimizer::new(Decoupled::new(adam(), NoDecay)),
             OptimKind::AdamL1 => SparseOptimizer::new(adam_l1(self.lambda).with_context(invalid)?),
             OptimKind::NaiveLp => {
                 SparseOptimizer::new(adam_naive_lp(self.p, self.lambda).with_context(invalid)?)
@@ -464,16 +480,19 @@ pub struct RunOptions {
     pub stop_after: Option<usize>,
 }
 
-/// Reads back the metrics of the epochs up to `epoch` and rewrites the file without any line
-/// written after that checkpoint.
-fn metrics_until(path: &Path, epoch: usize) -> Result<Vec<EpochMetrics>> {
+/// Reads back the lines of a JSON-lines file that `keep` accepts and rewrites the file without
+/// the others (lines written after the checkpoint a run resumes from).
+pub fn jsonl_until<T: Serialize + serde::de::DeserializeOwned>(
+    path: &Path,
+    keep: impl Fn(&T) -> bool,
+) -> Result<Vec<T>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut kept = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let m: EpochMetrics = serde_json::from_str(line)
+        let m: T = serde_json::from_str(line)
             .with_context(|| format!("{} line {} is corrupt", path.display(), i + 1))?;
-        if m.epoch <= epoch {
+        if keep(&m) {
             kept.push(m);
         }
     }
@@ -500,6 +519,10 @@ pub fn train(
     progress: &mut dyn Progress,
 ) -> Result<Summary> {
     config.validate()?;
+    ensure!(
+        config.model.is_classifier(),
+        "the GPT trains on text: use gpt_train::train_gpt"
+    );
     ensure!(
         data.train.rows == data.train.cols,
         "images must be square, got {}x{}",
@@ -528,7 +551,7 @@ pub fn train(
             }
             let metrics = dir.join("metrics.jsonl");
             if metrics.exists() {
-                history = metrics_until(&metrics, position.epoch)?;
+                history = jsonl_until(&metrics, |m: &EpochMetrics| m.epoch <= position.epoch)?;
             }
             Some(
                 std::fs::OpenOptions::new()

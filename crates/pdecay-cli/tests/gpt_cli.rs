@@ -1,0 +1,208 @@
+//! End-to-end tests of `pdecay train --model gpt` and `pdecay sample` on a small text the test
+//! writes (a tiny model, a few dozen iterations: seconds).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn pdecay(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pdecay"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("the pdecay binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = pdecay(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(args: &[&str], needles: &[&str]) {
+    let out = pdecay(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    for needle in needles {
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in {err}"
+        );
+    }
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pdecay-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A small model and run: 1 layer, width 16, 30 iterations, evaluations at 15 and 30.
+const TINY: [&str; 20] = [
+    "--model",
+    "gpt",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--width",
+    "16",
+    "--block-size",
+    "16",
+    "--batch-size",
+    "8",
+    "--iters",
+    "30",
+    "--eval-interval",
+    "15",
+    "--eval-batches",
+    "2",
+    "--lr",
+    "3e-3",
+];
+
+fn text() -> String {
+    "the quick brown fox jumps over the lazy dog. ".repeat(100)
+}
+
+#[test]
+fn a_gpt_run_learns_resumes_bit_identically_and_samples_deterministically() {
+    let root = tempdir("gpt");
+    let file = root.join("text.txt");
+    std::fs::write(&file, text()).unwrap();
+    let train = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["train", "--data", path(&file), "--out", path(out)];
+        args.extend_from_slice(&TINY);
+        args.extend_from_slice(extra);
+        ok(&args)
+    };
+    let straight = root.join("straight");
+    train(&straight, &["--optim", "padam", "--lambda", "0.01"]);
+
+    // one object per evaluation, with the keys others script against
+    let metrics = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
+    let evals: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(evals.len(), 2);
+    assert_eq!(
+        (evals[0]["iter"].as_u64(), evals[1]["iter"].as_u64()),
+        (Some(15), Some(30))
+    );
+    for key in [
+        "train_loss",
+        "val_loss",
+        "val_accuracy",
+        "sparsity",
+        "sparsity_1e10",
+        "layers",
+    ] {
+        assert!(!evals[1][key].is_null(), "{key} missing");
+    }
+    let summary = json(&straight.join("summary.json"));
+    let vocab: serde_json::Value = json(&straight.join("vocab.json"));
+    let vocab_size = vocab["chars"].as_array().unwrap().len();
+    assert_eq!(vocab_size, 28); // 26 letters, space and the period
+    // it learned: from ln(28) = 3.33 at random to clearly below
+    let final_loss = summary["final_val_loss"].as_f64().unwrap();
+    assert!(final_loss < 3.0, "val loss {final_loss}");
+    assert!(summary["best_val_loss"].as_f64().unwrap() <= final_loss);
+
+    // stopped after the first evaluation and resumed: the same run
+    let resumed = root.join("resumed");
+    train(
+        &resumed,
+        &["--optim", "padam", "--lambda", "0.01", "--stop-after", "15"],
+    );
+    assert!(!resumed.join("summary.json").exists());
+    ok(&["train", "--resume", path(&resumed)]);
+    let again = json(&resumed.join("summary.json"));
+    for key in [
+        "final_val_loss",
+        "best_val_loss",
+        "sparsity",
+        "nonzero_params",
+    ] {
+        assert_eq!(again[key], summary[key], "{key}");
+    }
+
+    // sampling: deterministic for a seed, and starts with the prompt
+    let sample = |seed: &str| {
+        ok(&[
+            "sample",
+            path(&straight),
+            "--prompt",
+            "the ",
+            "--tokens",
+            "40",
+            "--seed",
+            seed,
+        ])
+    };
+    let a = sample("7");
+    assert!(a.starts_with("the "), "{a}");
+    assert_eq!(a.trim_end().chars().count(), 4 + 40);
+    assert_eq!(a, sample("7"));
+    fails(
+        &["sample", path(&straight), "--prompt", "THE"],
+        &["'T'", "vocabulary"],
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn bad_gpt_inputs_are_clear_errors() {
+    let root = tempdir("gpt-bad");
+    let short = root.join("short.txt");
+    std::fs::write(&short, "too short").unwrap();
+    let latin1 = root.join("latin1.txt");
+    std::fs::write(&latin1, b"caf\xe9 ".repeat(100)).unwrap();
+    let out = root.join("run");
+    for (data, needles) in [
+        (&short, &["too few", "block_size"][..]),
+        (&latin1, &["not UTF-8"][..]),
+    ] {
+        let mut args = vec!["train", "--data", path(data), "--out", path(&out)];
+        args.extend_from_slice(&TINY);
+        fails(&args, needles);
+    }
+    fails(
+        &["train", "--model", "gpt", "--iters", "5"],
+        &["--data FILE"],
+    );
+    fails(
+        &["train", "--model", "mlp", "--iters", "5"],
+        &["--model gpt"],
+    );
+    let file = root.join("ok.txt");
+    std::fs::write(&file, text()).unwrap();
+    fails(
+        &[
+            "train",
+            "--model",
+            "gpt",
+            "--data",
+            path(&file),
+            "--width",
+            "10",
+            "--heads",
+            "3",
+        ],
+        &["multiple of gpt.heads"],
+    );
+    fails(&["sample", path(&root)], &["not a run folder"]);
+    std::fs::remove_dir_all(&root).unwrap();
+}
