@@ -15,7 +15,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use pdecay::Schedule;
 use pdecay::sparsity::TensorSparsity;
-use pdecay_burn::{StepError, clip_grad_norm};
+use pdecay_burn::clip_grad_norm;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint;
 use crate::data::text::{TextData, Vocabulary, random_windows};
 use crate::gpt::{Gpt, GptConfig};
-use crate::train::{Diverged, RunOptions, TrainConfig, prepare_run_dir, write_atomic};
+use crate::train::{Diverged, RunOptions, TrainConfig, open_run, step_or_diverge, write_atomic};
 
 /// The sparsity threshold the authors used for the GPT.
 pub const GPT_THRESHOLD: f64 = 1e-10;
@@ -290,50 +290,25 @@ pub fn train_gpt(
     let s = &config.gpt;
     let device = Device::default().autodiff();
     device.seed(config.seed);
-    let mut model = Gpt::new(&s.model(text.vocab.len()), &device);
-    let mut optim = config.optimizer_with_beta2(s.iters as u64, s.beta2)?;
+    let model = Gpt::new(&s.model(text.vocab.len()), &device);
+    let optim = config.optimizer_with_beta2(s.iters as u64, s.beta2)?;
     let schedule = s.schedule(config.lr)?;
-    let mut position = checkpoint::RunPosition {
-        epoch: 0,
-        step: 0,
-        train_seconds: 0.0,
-        wall_seconds: 0.0,
-    };
-    let mut history: Vec<GptEval> = Vec::new();
-    let mut metrics_file = match &options.out {
-        Some(dir) if options.resume => {
-            if let Some((m, o, p)) = checkpoint::load(dir, model.clone(), optim.clone())? {
-                (model, optim, position) = (m, o, p);
-            }
-            let path = dir.join("metrics.jsonl");
-            if path.exists() {
-                history = crate::train::jsonl_until(&path, |e: &GptEval| e.iter <= position.epoch)?;
-            }
-            Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .context("opening metrics.jsonl")?,
-            )
-        }
-        Some(dir) => {
-            prepare_run_dir(dir)?;
-            write_atomic(
-                &dir.join("config.toml"),
-                toml::to_string_pretty(config)?.as_bytes(),
-            )?;
-            write_atomic(
-                &dir.join("vocab.json"),
-                serde_json::to_string(&text.vocab)?.as_bytes(),
-            )?;
-            Some(
-                std::fs::File::create(dir.join("metrics.jsonl"))
-                    .context("creating metrics.jsonl")?,
-            )
-        }
-        None => None,
-    };
+    let run = open_run(config, options, model, optim, |e: &GptEval, done| {
+        e.iter <= done
+    })?;
+    let (mut model, mut optim, mut position, mut history, mut metrics_file) = (
+        run.model,
+        run.optim,
+        run.position,
+        run.history,
+        run.metrics_file,
+    );
+    if let (Some(dir), false) = (&options.out, options.resume) {
+        write_atomic(
+            &dir.join("vocab.json"),
+            serde_json::to_string(&text.vocab)?.as_bytes(),
+        )?;
+    }
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let start = Instant::now();
     let earlier_wall = position.wall_seconds;
@@ -369,20 +344,7 @@ pub fn train_gpt(
             grads
         };
         let lr = schedule.value(position.step);
-        model = match optim.step(lr, model, grads) {
-            Ok(model) => model,
-            Err(e @ (StepError::NonFiniteGradient { .. } | StepError::NonFiniteWeight { .. })) => {
-                return Err(Diverged {
-                    epoch: iter,
-                    step: iter as u64,
-                    reason: e.to_string(),
-                }
-                .into());
-            }
-            Err(e) => {
-                return Err(anyhow::Error::new(e).context(format!("optimizer step {iter} failed")));
-            }
-        };
+        model = step_or_diverge(&mut optim, lr, model, grads, iter, iter as u64)?;
         position.step += 1;
         if iter % s.eval_interval == 0 || iter == s.iters || iter == last_iter {
             position.train_seconds += step_start.elapsed().as_secs_f64();

@@ -505,6 +505,95 @@ pub fn jsonl_until<T: Serialize + serde::de::DeserializeOwned>(
     Ok(kept)
 }
 
+/// Where a run starts: fresh, or from the last checkpoint of a resumed run folder.
+pub(crate) struct RunStart<M, T> {
+    pub(crate) model: M,
+    pub(crate) optim: SparseOptimizer,
+    pub(crate) position: checkpoint::RunPosition,
+    /// The metrics lines up to the checkpoint (empty for a fresh run).
+    pub(crate) history: Vec<T>,
+    /// `metrics.jsonl`, open for appending; `None` without a run folder.
+    pub(crate) metrics_file: Option<std::fs::File>,
+}
+
+/// Prepares the run folder of `options`: a fresh one gets `config.toml` and an empty
+/// `metrics.jsonl`; a resumed one restores its last checkpoint into `model` and `optim` and
+/// keeps the metrics lines `written_by(line, checkpoint position)` accepts.
+pub(crate) fn open_run<M: Module, T: Serialize + serde::de::DeserializeOwned>(
+    config: &TrainConfig,
+    options: &RunOptions,
+    model: M,
+    optim: SparseOptimizer,
+    written_by: impl Fn(&T, usize) -> bool,
+) -> Result<RunStart<M, T>> {
+    let mut run = RunStart {
+        model,
+        optim,
+        position: checkpoint::RunPosition {
+            epoch: 0,
+            step: 0,
+            train_seconds: 0.0,
+            wall_seconds: 0.0,
+        },
+        history: Vec::new(),
+        metrics_file: None,
+    };
+    let Some(dir) = &options.out else {
+        return Ok(run);
+    };
+    let metrics = dir.join("metrics.jsonl");
+    if options.resume {
+        if let Some((m, o, p)) = checkpoint::load(dir, run.model.clone(), run.optim.clone())? {
+            (run.model, run.optim, run.position) = (m, o, p);
+        }
+        if metrics.exists() {
+            let done = run.position.epoch;
+            run.history = jsonl_until(&metrics, |m: &T| written_by(m, done))?;
+        }
+        run.metrics_file = Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics)
+                .context("opening metrics.jsonl")?,
+        );
+    } else {
+        prepare_run_dir(dir)?;
+        write_atomic(
+            &dir.join("config.toml"),
+            toml::to_string_pretty(config)?.as_bytes(),
+        )?;
+        run.metrics_file = Some(std::fs::File::create(&metrics).context("creating metrics.jsonl")?);
+    }
+    Ok(run)
+}
+
+/// One optimizer step; a NaN or Inf gradient or weight is the run's [`Diverged`] outcome (at
+/// `epoch`, `step`), any other failure an error.
+pub(crate) fn step_or_diverge<M: Module>(
+    optim: &mut SparseOptimizer,
+    lr: f64,
+    model: M,
+    grads: GradientsParams,
+    epoch: usize,
+    step: u64,
+) -> Result<M> {
+    match optim.step(lr, model, grads) {
+        Ok(model) => Ok(model),
+        Err(e @ (StepError::NonFiniteGradient { .. } | StepError::NonFiniteWeight { .. })) => {
+            Err(Diverged {
+                epoch,
+                step,
+                reason: e.to_string(),
+            }
+            .into())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "optimizer step failed at epoch {epoch}, step {step}"
+        ))),
+    }
+}
+
 /// The seed of epoch `epoch`'s shuffle and dropout: derived from the run's seed alone, so epoch
 /// k never depends on what happened before it (a resumed run replays it exactly).
 fn epoch_seed(seed: u64, epoch: usize) -> u64 {
@@ -532,48 +621,21 @@ pub fn train(
     let steps_per_epoch = data.train.len().div_ceil(config.batch_size);
     let total_steps = (steps_per_epoch * config.epochs) as u64;
     let schedule = config.lr_schedule(steps_per_epoch)?;
-    let mut optim = config.optimizer(total_steps)?;
+    let optim = config.optimizer(total_steps)?;
     let device = Device::default().autodiff();
     device.seed(config.seed);
-    let mut model = Classifier::new(config.model, data.train.rows, config.widths(), &device);
+    let model = Classifier::new(config.model, data.train.rows, config.widths(), &device);
     let stats = data.train.pixel_stats();
-    let mut position = checkpoint::RunPosition {
-        epoch: 0,
-        step: 0,
-        train_seconds: 0.0,
-        wall_seconds: 0.0,
-    };
-    let mut history: Vec<EpochMetrics> = Vec::new();
-    let mut metrics_file = match &options.out {
-        Some(dir) if options.resume => {
-            if let Some((m, o, p)) = checkpoint::load(dir, model.clone(), optim.clone())? {
-                (model, optim, position) = (m, o, p);
-            }
-            let metrics = dir.join("metrics.jsonl");
-            if metrics.exists() {
-                history = jsonl_until(&metrics, |m: &EpochMetrics| m.epoch <= position.epoch)?;
-            }
-            Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&metrics)
-                    .context("opening metrics.jsonl")?,
-            )
-        }
-        Some(dir) => {
-            prepare_run_dir(dir)?;
-            write_atomic(
-                &dir.join("config.toml"),
-                toml::to_string_pretty(config)?.as_bytes(),
-            )?;
-            Some(
-                std::fs::File::create(dir.join("metrics.jsonl"))
-                    .context("creating metrics.jsonl")?,
-            )
-        }
-        None => None,
-    };
+    let run = open_run(config, options, model, optim, |m: &EpochMetrics, done| {
+        m.epoch <= done
+    })?;
+    let (mut model, mut optim, mut position, mut history, mut metrics_file) = (
+        run.model,
+        run.optim,
+        run.position,
+        run.history,
+        run.metrics_file,
+    );
     progress.start(&optim.decay_summary(&model));
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let start = Instant::now();
@@ -609,25 +671,7 @@ pub fn train(
             loss_sum += loss_value * batch.len() as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             lr = schedule.value(step);
-            model = match optim.step(lr, model, grads) {
-                Ok(model) => model,
-                Err(
-                    e @ (StepError::NonFiniteGradient { .. } | StepError::NonFiniteWeight { .. }),
-                ) => {
-                    let reason = e.to_string();
-                    return Err(Diverged {
-                        epoch,
-                        step,
-                        reason,
-                    }
-                    .into());
-                }
-                Err(e) => {
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "optimizer step failed at epoch {epoch}, step {step}"
-                    )));
-                }
-            };
+            model = step_or_diverge(&mut optim, lr, model, grads, epoch, step)?;
             position.step += 1;
             done += 1;
             progress.step(epoch, done, steps_per_epoch, loss_value);
