@@ -1,43 +1,16 @@
 //! End-to-end tests of `pdecay export`, `compact`, `eval` and `bench-infer` on small pAdam runs
 //! (embedded subset): the exported and compacted models keep the run's accuracy and outputs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::{ok, path, pdecay, tempdir};
+
+use std::path::Path;
 
 use burn::tensor::Device;
 use pdecay_cli::checkpoint;
 use pdecay_cli::infer::Engine;
 use pdecay_cli::model_file::{Format, ModelFile, Stored};
 use pdecay_cli::models::Classifier;
-
-fn pdecay(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pdecay"))
-        .args(args)
-        .env_remove("PDECAY_DATA")
-        .output()
-        .expect("the pdecay binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = pdecay(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pdecay-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// The accuracy `pdecay eval` prints, in percent.
 fn evaluated(file: &Path) -> f64 {

@@ -1,53 +1,10 @@
 //! End-to-end tests of `pdecay train --model gpt` and `pdecay sample` on a small text the test
 //! writes (a tiny model, a few dozen iterations: seconds).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::{fails, json, ok, path, tempdir};
 
-fn pdecay(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pdecay"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("the pdecay binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = pdecay(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(args: &[&str], needles: &[&str]) {
-    let out = pdecay(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} should fail");
-    for needle in needles {
-        assert!(
-            err.contains(needle),
-            "{args:?}: expected {needle:?} in {err}"
-        );
-    }
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pdecay-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
+use std::path::Path;
 
 /// A small model and run: 1 layer, width 16, 30 iterations, evaluations at 15 and 30.
 const TINY: [&str; 20] = [

@@ -1,41 +1,10 @@
 //! End-to-end tests of `pdecay sweep` and `pdecay report` through the real binary, on the
 //! embedded subset with a small MLP (each run takes well under a second).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::{json, ok, path, pdecay, tempdir};
 
-fn pdecay(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pdecay"))
-        .args(args)
-        .env_remove("PDECAY_DATA")
-        .output()
-        .expect("the pdecay binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = pdecay(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pdecay-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
+use std::path::Path;
 
 const GRID: &str = r#"
 data = "embedded"
