@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, ensure};
 use clap::Args;
 
-use crate::cli_train::{BarProgress, load_data, set_threads};
-use crate::sweep::{self, Outcome, PlannedRun, RunState, SweepProgress};
+use crate::cli_train::{BarProgress, load_run_data, set_threads};
+use crate::gpt_train::GptEval;
+use crate::sweep::{self, Outcome, PlannedRun, RunState, RunSummary, SweepProgress};
 use crate::train::{EpochMetrics, PlainProgress, Progress, TrainConfig};
 
 /// Flags of `pdecay sweep`.
@@ -28,8 +29,8 @@ pub struct SweepArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
 
-    /// Folder with the IDX files, for every run [default: the sweep file's `data`, else as
-    /// `pdecay train` finds it]
+    /// Folder with the IDX files (a GPT sweep: the text file), for every run [default: the
+    /// sweep file's `data`, else as `pdecay train` finds it]
     #[arg(long)]
     pub data: Option<PathBuf>,
 
@@ -58,11 +59,19 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
     };
     let mut plan = sweep::parse(&text, &source)?;
     if let Some(dir) = &args.data {
-        ensure!(
-            dir.is_dir(),
-            "--data {} is not a folder; give the folder that holds the four IDX files",
-            dir.display()
-        );
+        if plan.is_gpt() {
+            ensure!(
+                dir.is_file(),
+                "--data {} is not a file; a GPT sweep trains on a UTF-8 text file",
+                dir.display()
+            );
+        } else {
+            ensure!(
+                dir.is_dir(),
+                "--data {} is not a folder; give the folder that holds the four IDX files",
+                dir.display()
+            );
+        }
         for run in &mut plan.runs {
             run.config.data = Some(dir.display().to_string());
         }
@@ -82,20 +91,30 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
     } else {
         Box::new(PlainSweep(QuietStart(PlainProgress)))
     };
-    let results = sweep::run(&plan, &out, &load_data, progress.as_mut())?;
+    let results = sweep::run(&plan, &out, &load_run_data, progress.as_mut())?;
     println!(
         "\n{:<48} {:>9} {:>9} {:>17}",
-        "run", "test acc", "sparsity", "non-zero params"
+        "run",
+        if plan.is_gpt() {
+            "val loss"
+        } else {
+            "test acc"
+        },
+        "sparsity",
+        "non-zero params"
     );
     for r in &results {
         match &r.outcome {
             Outcome::Finished(s) => println!(
-                "{:<48} {:>8.2}% {:>8.1}% {:>8} / {:<7}",
+                "{:<48} {:>9} {:>8.1}% {:>8} / {:<7}",
                 r.run.name,
-                100.0 * s.final_test_accuracy,
-                100.0 * s.sparsity,
-                s.nonzero_params,
-                s.total_params
+                match s {
+                    RunSummary::Classifier(s) => format!("{:.2}%", 100.0 * s.final_test_accuracy),
+                    RunSummary::Gpt(s) => format!("{:.4}", s.final_val_loss),
+                },
+                100.0 * s.sparsity(),
+                s.nonzero_params(),
+                s.total_params()
             ),
             Outcome::Diverged(d) => println!(
                 "{:<48} diverged at epoch {}, step {}",
@@ -149,6 +168,10 @@ impl SweepProgress for PlainSweep {
     fn training(&mut self) -> &mut dyn Progress {
         &mut self.0
     }
+
+    fn evaluation(&mut self, config: &TrainConfig, eval: &GptEval) {
+        println!("{}", eval.line(config.gpt.iters));
+    }
 }
 
 /// A bar over the runs, the current run's epoch bar below it, epoch lines above both.
@@ -188,6 +211,10 @@ impl SweepProgress for BarSweep {
 
     fn training(&mut self) -> &mut dyn Progress {
         &mut self.training
+    }
+
+    fn evaluation(&mut self, config: &TrainConfig, eval: &GptEval) {
+        self.runs.println(eval.line(config.gpt.iters));
     }
 
     fn finish(&mut self) {

@@ -11,6 +11,7 @@ use crate::data::{ImageSplits, mnist};
 use crate::gpt::Gpt;
 use crate::gpt_train::{GptEval, GptPreset, Sampling, read_vocab, sample, train_gpt};
 use crate::models::ModelKind;
+use crate::sweep::RunData;
 use crate::train::{
     EpochMetrics, LrSchedule, OptimKind, PlainProgress, Progress, RunOptions, Summary, TrainConfig,
     default_run_dir, epoch_line, train,
@@ -305,14 +306,28 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
 }
 
 /// `pdecay train --model gpt`.
-fn run_train_gpt(args: &TrainArgs, config: &TrainConfig) -> Result<()> {
+/// The text of a GPT run.
+pub fn load_text(config: &TrainConfig) -> Result<TextData> {
     let path = match config.data.as_deref() {
         Some(EMBEDDED) | None => anyhow::bail!(
             "--model gpt trains on a text file: give --data FILE, a UTF-8 text (e.g. Tiny Shakespeare: https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt)"
         ),
         Some(path) => PathBuf::from(path),
     };
-    let text = TextData::load(&path, config.gpt.block_size)?;
+    TextData::load(&path, config.gpt.block_size)
+}
+
+/// The data of any run: the images or the GPT's text.
+pub fn load_run_data(config: &TrainConfig) -> Result<RunData> {
+    Ok(if config.model == ModelKind::Gpt {
+        RunData::Text(load_text(config)?)
+    } else {
+        RunData::Images(load_data(config)?)
+    })
+}
+
+fn run_train_gpt(args: &TrainArgs, config: &TrainConfig) -> Result<()> {
+    let text = load_text(config)?;
     let (out, resume) = match &args.resume {
         Some(dir) => (dir.clone(), true),
         None => (
@@ -342,18 +357,7 @@ fn run_train_gpt(args: &TrainArgs, config: &TrainConfig) -> Result<()> {
         stop_after: args.stop_after,
     };
     let summary = train_gpt(config, &text, &options, &mut |e: &GptEval| {
-        println!(
-            "iter {:>5}/{} lr {:.2e} train loss {:.4} val loss {:.4} val acc {:.2}% sparsity {:.1}% (1e-10: {:.1}%) ({:.0}s)",
-            e.iter,
-            g.iters,
-            e.lr,
-            e.train_loss,
-            e.val_loss,
-            100.0 * e.val_accuracy,
-            100.0 * e.sparsity,
-            100.0 * e.sparsity_1e10,
-            e.seconds
-        );
+        println!("{}", e.line(g.iters));
     })?;
     println!(
         "final val loss {:.4} (best {:.4} at iteration {}), sparsity {:.1}% ({} of {} parameters non-zero), {:.1} ms per iteration",

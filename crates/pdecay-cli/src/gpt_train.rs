@@ -205,6 +205,24 @@ pub struct GptEval {
     pub seconds: f64,
 }
 
+impl GptEval {
+    /// The one-line account of this evaluation that progress reporters print.
+    pub fn line(&self, iters: usize) -> String {
+        format!(
+            "iter {:>5}/{} lr {:.2e} train loss {:.4} val loss {:.4} val acc {:.2}% sparsity {:.1}% (1e-10: {:.1}%) ({:.0}s)",
+            self.iter,
+            iters,
+            self.lr,
+            self.train_loss,
+            self.val_loss,
+            100.0 * self.val_accuracy,
+            100.0 * self.sparsity,
+            100.0 * self.sparsity_1e10,
+            self.seconds
+        )
+    }
+}
+
 /// `summary.json` of a GPT run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GptSummary {

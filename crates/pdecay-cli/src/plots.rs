@@ -95,6 +95,15 @@ fn legend_line(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
 }
 
+/// A tick label: whole numbers without a decimal point (epoch 3, iteration 1500).
+fn compact_number(x: f64) -> String {
+    if x.fract() == 0.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
 /// `[lo - pad_lo, hi + pad_hi]`, widened when the values are all equal.
 fn padded_range(values: impl Iterator<Item = f64>, pad_lo: f64, pad_hi: f64) -> (f64, f64) {
     let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
@@ -111,60 +120,141 @@ fn padded_range(values: impl Iterator<Item = f64>, pad_lo: f64, pad_hi: f64) -> 
     }
 }
 
-/// One run in the accuracy-sparsity plane.
+/// What runs are scored by: the figures' labels and which way is better.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    /// Figure title word, e.g. "Test accuracy".
+    pub title: &'static str,
+    /// Axis label, e.g. "test accuracy (%)".
+    pub axis: &'static str,
+    /// Whether a larger value is better.
+    pub higher_is_better: bool,
+    /// How far from AdamW's value still counts as matching it, in the score's unit.
+    pub tolerance: f64,
+    /// The tolerance in words, e.g. "0.5 pp".
+    pub tolerance_words: &'static str,
+}
+
+impl Score {
+    /// The image classifiers: test accuracy in percent, within 0.5 pp of AdamW.
+    pub const TEST_ACCURACY: Self = Self {
+        title: "Test accuracy",
+        axis: "test accuracy (%)",
+        higher_is_better: true,
+        tolerance: 0.5,
+        tolerance_words: "0.5 pp",
+    };
+
+    /// The GPT: validation loss (cross-entropy, nats per character), within 0.05 of AdamW.
+    pub const VAL_LOSS: Self = Self {
+        title: "Validation loss",
+        axis: "validation loss (nats/char)",
+        higher_is_better: false,
+        tolerance: 0.05,
+        tolerance_words: "0.05",
+    };
+
+    /// Whether `a` is strictly better than `b`.
+    pub fn better(&self, a: f64, b: f64) -> bool {
+        if self.higher_is_better { a > b } else { a < b }
+    }
+
+    /// The worst value that still matches `reference` within the tolerance.
+    pub fn bound(&self, reference: f64) -> f64 {
+        if self.higher_is_better {
+            reference - self.tolerance
+        } else {
+            reference + self.tolerance
+        }
+    }
+
+    /// Whether `value` matches `reference` within the tolerance.
+    pub fn within(&self, value: f64, reference: f64) -> bool {
+        let bound = self.bound(reference);
+        value == bound || self.better(value, bound)
+    }
+}
+
+/// One run in the score-sparsity plane.
 #[derive(Debug, Clone)]
 pub struct RunPoint {
     /// The legend group (the optimizer).
     pub group: String,
     /// Sparsity in percent.
     pub sparsity: f64,
-    /// Test accuracy in percent.
-    pub accuracy: f64,
+    /// The run's score (test accuracy in percent, or validation loss).
+    pub score: f64,
 }
 
-/// The runs no other run beats in both sparsity and accuracy, by increasing sparsity.
-pub fn pareto_front(points: &[RunPoint]) -> Vec<(f64, f64)> {
-    let mut sorted: Vec<(f64, f64)> = points.iter().map(|p| (p.sparsity, p.accuracy)).collect();
-    sorted.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.total_cmp(&a.1)));
-    let mut front = Vec::new();
-    let mut best = f64::NEG_INFINITY;
+/// The runs no other run beats in both sparsity and score, by increasing sparsity.
+pub fn pareto_front(points: &[RunPoint], score: Score) -> Vec<(f64, f64)> {
+    let mut sorted: Vec<(f64, f64)> = points.iter().map(|p| (p.sparsity, p.score)).collect();
+    // sparsest first; among equally sparse runs the best first
+    sorted.sort_by(|a, b| {
+        let by_score = if score.higher_is_better {
+            b.1.total_cmp(&a.1)
+        } else {
+            a.1.total_cmp(&b.1)
+        };
+        b.0.total_cmp(&a.0).then(by_score)
+    });
+    let mut front: Vec<(f64, f64)> = Vec::new();
     for (s, a) in sorted {
-        if a > best {
+        if front.last().is_none_or(|&(_, best)| score.better(a, best)) {
             front.push((s, a));
-            best = a;
         }
     }
     front.reverse();
     front
 }
 
-/// Plot 1: test accuracy against sparsity, one point per run, the Pareto front drawn.
-pub struct AccuracyVsSparsity {
+/// Plot 1: the score against sparsity, one point per run, the Pareto front drawn.
+pub struct ScoreVsSparsity {
+    /// What the runs are scored by.
+    pub score: Score,
     /// The runs.
     pub points: Vec<RunPoint>,
-    /// AdamW's accuracy (percent), drawn as a band 0.5 pp below it.
+    /// AdamW's score, drawn as a dashed line at the tolerance's bound.
     pub reference: Option<f64>,
     /// The threshold that counts as zero, for the axis label.
     pub threshold: f64,
 }
 
-impl Figure for AccuracyVsSparsity {
+impl Figure for ScoreVsSparsity {
     fn size(&self) -> (u32, u32) {
         (1000, 650)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        let score = self.score;
         let values = self
             .points
             .iter()
-            .map(|p| p.accuracy)
-            .chain(self.reference.map(|r| r - 0.5));
-        let (lo, hi) = padded_range(values, 1.0, 0.5);
+            .map(|p| p.score)
+            .chain(self.reference.map(|r| score.bound(r)));
+        // one tolerance of room on the good side, two on the bad
+        let (good_pad, bad_pad) = (score.tolerance, 2.0 * score.tolerance);
+        let (lo, hi) = if score.higher_is_better {
+            padded_range(values, bad_pad, good_pad)
+        } else {
+            padded_range(values, good_pad, bad_pad)
+        };
         // a collapsed run (a naive Lp at chance) would squeeze every other point into a line:
-        // the axis stops 6 pp below AdamW and such runs sit on its floor as triangles
-        let lo = self.reference.map_or(lo, |r| lo.max(r - 6.0));
+        // the axis stops 12 tolerances (6 pp, 0.6 nats) on the bad side of AdamW and such
+        // runs sit on its edge as triangles
+        let (lo, hi) = match self.reference {
+            Some(r) if score.higher_is_better => (lo.max(r - 12.0 * score.tolerance), hi),
+            Some(r) => (lo, hi.min(r + 12.0 * score.tolerance)),
+            None => (lo, hi),
+        };
+        let off_axis = |v: f64| v < lo || v > hi;
+        let edge = if score.higher_is_better {
+            lo + 0.02 * (hi - lo)
+        } else {
+            hi - 0.02 * (hi - lo)
+        };
         let mut chart = ChartBuilder::on(root)
-            .caption("Test accuracy against sparsity", font(26))
+            .caption(format!("{} against sparsity", score.title), font(26))
             .margin(20)
             .x_label_area_size(55)
             .y_label_area_size(70)
@@ -175,25 +265,33 @@ impl Figure for AccuracyVsSparsity {
                 "sparsity: decayed weights with |w| < {:.0e} (%)",
                 self.threshold
             ))
-            .y_desc("test accuracy (%)")
+            .y_desc(score.axis)
             .label_style(font(16))
             .axis_desc_style(font(18))
             .draw()?;
         if let Some(r) = self.reference {
             let grey = RGBColor(120, 120, 120);
+            let bound = score.bound(r);
+            let sign = if score.higher_is_better { '-' } else { '+' };
             chart
                 .draw_series(DashedLineSeries::new(
-                    [(0.0, r - 0.5), (100.0, r - 0.5)],
+                    [(0.0, bound), (100.0, bound)],
                     8,
                     5,
                     grey.stroke_width(2),
                 ))?
-                .label("AdamW accuracy - 0.5 pp")
+                .label(format!(
+                    "AdamW {} {sign} {}",
+                    score.title.to_lowercase(),
+                    score.tolerance_words
+                ))
                 .legend(legend_line(grey));
         }
         chart
             .draw_series(LineSeries::new(
-                pareto_front(&self.points),
+                pareto_front(&self.points, score)
+                    .into_iter()
+                    .filter(|p| !off_axis(p.1)),
                 BLACK.stroke_width(2),
             ))?
             .label("Pareto front")
@@ -208,9 +306,9 @@ impl Figure for AccuracyVsSparsity {
             let color = series_color(i);
             let members: Vec<&RunPoint> =
                 self.points.iter().filter(|p| p.group == *group).collect();
-            let below = members.iter().filter(|p| p.accuracy < lo).count();
-            let label = if below > 0 {
-                format!("{group} ({below} below the axis, triangle)")
+            let outside = members.iter().filter(|p| off_axis(p.score)).count();
+            let label = if outside > 0 {
+                format!("{group} ({outside} off the axis, triangle)")
             } else {
                 group.to_string()
             };
@@ -218,18 +316,25 @@ impl Figure for AccuracyVsSparsity {
                 .draw_series(
                     members
                         .iter()
-                        .filter(|p| p.accuracy >= lo)
-                        .map(|p| Circle::new((p.sparsity, p.accuracy), 7, color.filled())),
+                        .filter(|p| !off_axis(p.score))
+                        .map(|p| Circle::new((p.sparsity, p.score), 7, color.filled())),
                 )?
                 .label(label)
                 .legend(move |(x, y)| Circle::new((x + 10, y), 7, color.filled()));
-            chart.draw_series(members.iter().filter(|p| p.accuracy < lo).map(|p| {
-                TriangleMarker::new((p.sparsity, lo + 0.02 * (hi - lo)), 9, color.filled())
-            }))?;
+            chart.draw_series(
+                members
+                    .iter()
+                    .filter(|p| off_axis(p.score))
+                    .map(|p| TriangleMarker::new((p.sparsity, edge), 9, color.filled())),
+            )?;
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
+            .position(if score.higher_is_better {
+                SeriesLabelPosition::LowerLeft
+            } else {
+                SeriesLabelPosition::UpperLeft
+            })
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font(font(16))
@@ -324,25 +429,29 @@ impl Figure for Heatmap {
     }
 }
 
-/// One run's per-epoch history.
+/// One run's history, one point per evaluation (epoch or iteration).
 #[derive(Debug, Clone)]
 pub struct Curve {
     /// Legend label.
     pub label: String,
-    /// `(epoch, test accuracy %)`.
+    /// `(x, held-out accuracy %)`: test accuracy, or the GPT's next-character accuracy.
     pub accuracy: Vec<(f64, f64)>,
-    /// `(epoch, test loss)`.
+    /// `(x, held-out loss)`.
     pub test_loss: Vec<(f64, f64)>,
-    /// `(epoch, train loss)`.
+    /// `(x, train loss)`.
     pub train_loss: Vec<(f64, f64)>,
-    /// `(epoch, sparsity %)`.
+    /// `(x, sparsity %)`.
     pub sparsity: Vec<(f64, f64)>,
 }
 
-/// Plot 3: accuracy, loss and sparsity against epoch for a few runs.
+/// Plot 3: accuracy, loss and sparsity against training time for a few runs.
 pub struct TrainingCurves {
     /// The runs.
     pub curves: Vec<Curve>,
+    /// The x axis: "epoch" or "iteration".
+    pub x_axis: &'static str,
+    /// The held-out set: "test" or "validation".
+    pub held_out: &'static str,
 }
 
 impl Figure for TrainingCurves {
@@ -352,19 +461,26 @@ impl Figure for TrainingCurves {
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
         let panels = root.split_evenly((1, 3));
-        let epochs = self
+        let x_end = self
             .curves
             .iter()
             .flat_map(|c| c.accuracy.iter().map(|p| p.0))
             .fold(1.0, f64::max);
         type Pick = fn(&Curve) -> Vec<&[(f64, f64)]>;
-        let specs: [(&str, &str, Pick); 3] = [
-            ("Test accuracy", "test accuracy (%)", |c| vec![&c.accuracy]),
-            (
-                "Loss (solid: test, dashed: train)",
-                "cross-entropy loss",
-                |c| vec![&c.test_loss, &c.train_loss],
+        let (accuracy_title, accuracy_axis, loss_title) = (
+            format!(
+                "{}{} accuracy",
+                &self.held_out[..1].to_uppercase(),
+                &self.held_out[1..]
             ),
+            format!("{} accuracy (%)", self.held_out),
+            format!("Loss (solid: {}, dashed: train)", self.held_out),
+        );
+        let specs: [(&str, &str, Pick); 3] = [
+            (&accuracy_title, &accuracy_axis, |c| vec![&c.accuracy]),
+            (&loss_title, "cross-entropy loss", |c| {
+                vec![&c.test_loss, &c.train_loss]
+            }),
             ("Sparsity", "sparsity (%)", |c| vec![&c.sparsity]),
         ];
         for (k, (panel, (title, y_desc, pick))) in panels.iter().zip(specs).enumerate() {
@@ -384,10 +500,11 @@ impl Figure for TrainingCurves {
                 .margin(15)
                 .x_label_area_size(50)
                 .y_label_area_size(65)
-                .build_cartesian_2d(0f64..epochs, lo..hi)?;
+                .build_cartesian_2d(0f64..x_end, lo..hi)?;
             chart
                 .configure_mesh()
-                .x_desc("epoch")
+                .x_desc(self.x_axis)
+                .x_label_formatter(&|x| compact_number(*x))
                 .y_desc(y_desc)
                 .label_style(font(14))
                 .axis_desc_style(font(18))
@@ -698,11 +815,11 @@ impl Figure for LayerSparsity {
 mod tests {
     use super::*;
 
-    fn point(sparsity: f64, accuracy: f64) -> RunPoint {
+    fn point(sparsity: f64, score: f64) -> RunPoint {
         RunPoint {
             group: "g".into(),
             sparsity,
-            accuracy,
+            score,
         }
     }
 
@@ -715,11 +832,40 @@ mod tests {
             point(80.0, 88.0),
             point(70.0, 87.0), // dominated by (80, 88)
             point(95.0, 85.0),
+            point(95.0, 84.0), // as sparse as (95, 85), less accurate
         ];
         assert_eq!(
-            pareto_front(&points),
+            pareto_front(&points, Score::TEST_ACCURACY),
             [(0.0, 90.0), (60.0, 89.5), (80.0, 88.0), (95.0, 85.0)]
         );
+    }
+
+    #[test]
+    fn for_a_loss_the_pareto_front_keeps_the_lowest() {
+        let points = [
+            point(0.0, 1.90),
+            point(60.0, 1.98),
+            point(65.0, 1.95), // dominates (60, 1.98)
+            point(92.0, 2.15),
+            point(92.0, 2.20), // as sparse, higher loss
+            point(80.0, 2.30), // dominated by (92, 2.15)
+        ];
+        assert_eq!(
+            pareto_front(&points, Score::VAL_LOSS),
+            [(0.0, 1.90), (65.0, 1.95), (92.0, 2.15)]
+        );
+    }
+
+    #[test]
+    fn within_counts_the_bound_on_the_right_side() {
+        let acc = Score::TEST_ACCURACY;
+        assert!(acc.within(89.5, 90.0) && acc.within(95.0, 90.0));
+        assert!(!acc.within(89.49, 90.0));
+        let loss = Score::VAL_LOSS;
+        assert!(loss.within(1.95, 1.90) && loss.within(1.5, 1.90));
+        assert!(!loss.within(1.951, 1.90));
+        assert!((loss.bound(2.0) - 2.05).abs() < 1e-12);
+        assert!((acc.bound(90.0) - 89.5).abs() < 1e-12);
     }
 
     #[test]

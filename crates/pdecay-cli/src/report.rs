@@ -8,20 +8,143 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use pdecay::factor::suppression_scale;
-use pdecay_burn::parameter_values;
+use pdecay::sparsity::TensorSparsity;
+use pdecay_burn::{NamedValues, parameter_values};
 
 use crate::checkpoint;
+use crate::gpt::Gpt;
+use crate::gpt_train::{GptEval, read_vocab};
 use crate::model_file::IMAGE_SIDE;
-use crate::models::Classifier;
+use crate::models::{Classifier, ModelKind};
 use crate::plots::{
-    AccuracyVsSparsity, Curve, Heatmap, LayerBar, LayerSparsity, Magnitudes, RunPoint,
+    Curve, Heatmap, LayerBar, LayerSparsity, Magnitudes, RunPoint, Score, ScoreVsSparsity,
     TrainingCurves, WeightDistribution, save,
 };
-use crate::sweep::{Outcome, read_diverged, read_summary};
-use crate::train::{EpochMetrics, OptimKind, Summary, TrainConfig, write_atomic};
+use crate::sweep::{Outcome, RunSummary, read_diverged, read_summary};
+use crate::train::{EpochMetrics, OptimKind, TrainConfig, write_atomic};
+
+/// What a report's runs are: image classifiers (scored by test accuracy, per epoch) or GPTs
+/// (scored by validation loss, per evaluation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// MLP or CNN on images.
+    Classifier,
+    /// The character-level GPT.
+    Gpt,
+}
+
+impl Task {
+    /// The task of a run.
+    pub fn of(config: &TrainConfig) -> Self {
+        if config.model == ModelKind::Gpt {
+            Self::Gpt
+        } else {
+            Self::Classifier
+        }
+    }
+
+    /// What runs are scored by.
+    pub fn score(self) -> Score {
+        match self {
+            Self::Classifier => Score::TEST_ACCURACY,
+            Self::Gpt => Score::VAL_LOSS,
+        }
+    }
+
+    /// The unit of training time on the x axes.
+    fn x_axis(self) -> &'static str {
+        match self {
+            Self::Classifier => "epoch",
+            Self::Gpt => "iteration",
+        }
+    }
+
+    /// The held-out set.
+    fn held_out(self) -> &'static str {
+        match self {
+            Self::Classifier => "test",
+            Self::Gpt => "validation",
+        }
+    }
+
+    /// A score as the report prints it.
+    fn show(self, score: f64) -> String {
+        match self {
+            Self::Classifier => format!("{score:.2}%"),
+            Self::Gpt => format!("{score:.4}"),
+        }
+    }
+}
+
+/// A finished run's score: test accuracy in percent, or the final validation loss.
+pub fn final_score(summary: &RunSummary) -> f64 {
+    match summary {
+        RunSummary::Classifier(s) => 100.0 * s.final_test_accuracy,
+        RunSummary::Gpt(s) => s.final_val_loss,
+    }
+}
+
+/// The best score of any evaluation, and the epoch or iteration it came at.
+fn best_score(summary: &RunSummary) -> (f64, usize) {
+    match summary {
+        RunSummary::Classifier(s) => (100.0 * s.best_test_accuracy, s.best_epoch),
+        RunSummary::Gpt(s) => (s.best_val_loss, s.best_iter),
+    }
+}
+
+/// Epochs or iterations done, and the training speed in words.
+fn length_and_speed(summary: &RunSummary) -> (usize, String) {
+    match summary {
+        RunSummary::Classifier(s) => (s.epochs, format!("{:.0} samples/s", s.samples_per_second)),
+        RunSummary::Gpt(s) => (s.iters, format!("{:.0} ms/iter", 1e3 * s.seconds_per_iter)),
+    }
+}
+
+/// One evaluation, whichever trainer wrote it.
+#[derive(Debug, Clone)]
+pub struct Eval {
+    /// Epochs or iterations done.
+    pub at: f64,
+    /// Held-out accuracy (0-1): test accuracy, or the GPT's next-character accuracy.
+    pub accuracy: f64,
+    /// Held-out loss.
+    pub loss: f64,
+    /// Training loss.
+    pub train_loss: f64,
+    /// Share of decayed weights below the threshold (0-1).
+    pub sparsity: f64,
+    /// Per tensor.
+    pub layers: Vec<TensorSparsity>,
+}
+
+impl From<EpochMetrics> for Eval {
+    fn from(m: EpochMetrics) -> Self {
+        Self {
+            at: m.epoch as f64,
+            accuracy: m.test_accuracy,
+            loss: m.test_loss,
+            train_loss: m.train_loss,
+            sparsity: m.sparsity,
+            layers: m.layers,
+        }
+    }
+}
+
+impl From<GptEval> for Eval {
+    fn from(e: GptEval) -> Self {
+        Self {
+            at: e.iter as f64,
+            accuracy: e.val_accuracy,
+            loss: e.val_loss,
+            train_loss: e.train_loss,
+            sparsity: e.sparsity,
+            layers: e.layers,
+        }
+    }
+}
 
 /// One run folder as the report sees it.
 #[derive(Debug, Clone)]
@@ -34,13 +157,22 @@ pub struct RunRecord {
     pub config: TrainConfig,
     /// How it ended; `None` while it is still running (or was stopped).
     pub outcome: Option<Outcome>,
-    /// metrics.jsonl.
-    pub metrics: Vec<EpochMetrics>,
+    /// metrics.jsonl: one line per epoch, or per GPT evaluation.
+    pub evals: Vec<Eval>,
 }
 
 impl RunRecord {
-    fn summary(&self) -> Option<&Summary> {
+    fn summary(&self) -> Option<&RunSummary> {
         self.outcome.as_ref().and_then(Outcome::summary)
+    }
+
+    /// The final score of a finished run.
+    fn score(&self) -> Option<f64> {
+        self.summary().map(final_score)
+    }
+
+    fn sparsity(&self) -> f64 {
+        self.summary().map_or(0.0, RunSummary::sparsity)
     }
 
     fn read(dir: &Path) -> Result<Self> {
@@ -49,27 +181,28 @@ impl RunRecord {
             .with_context(|| format!("reading {}", config_path.display()))?;
         let config: TrainConfig = toml::from_str(&text)
             .with_context(|| format!("{} is not a valid run config", config_path.display()))?;
-        ensure!(
-            config.model.is_classifier(),
-            "{} is a GPT run: pdecay report draws the image classifiers' runs (GPT reports are not built yet)",
-            dir.display()
-        );
         let outcome = if dir.join("summary.json").exists() {
-            Some(Outcome::Finished(read_summary(dir)?))
+            Some(Outcome::Finished(read_summary(dir, config.model)?))
         } else if dir.join("diverged.json").exists() {
             Some(Outcome::Diverged(read_diverged(dir)?))
         } else {
             None
         };
         let metrics_path = dir.join("metrics.jsonl");
-        let metrics = match std::fs::read_to_string(&metrics_path) {
+        let gpt = config.model == ModelKind::Gpt;
+        let evals = match std::fs::read_to_string(&metrics_path) {
             // a run still training may be halfway through appending its last line
             Ok(text) => text
                 .split_inclusive('\n')
                 .filter(|line| line.ends_with('\n'))
                 .enumerate()
                 .map(|(i, line)| {
-                    serde_json::from_str(line).with_context(|| {
+                    let parsed = if gpt {
+                        serde_json::from_str::<GptEval>(line).map(Eval::from)
+                    } else {
+                        serde_json::from_str::<EpochMetrics>(line).map(Eval::from)
+                    };
+                    parsed.with_context(|| {
                         format!("{} line {} is corrupt", metrics_path.display(), i + 1)
                     })
                 })
@@ -84,7 +217,7 @@ impl RunRecord {
             dir: dir.to_path_buf(),
             config,
             outcome,
-            metrics,
+            evals,
         })
     }
 }
@@ -130,7 +263,23 @@ pub fn load_runs(path: &Path) -> Result<Vec<RunRecord>> {
             path.display()
         );
     }
-    dirs.iter().map(|d| RunRecord::read(d)).collect()
+    let runs: Vec<RunRecord> = dirs
+        .iter()
+        .map(|d| RunRecord::read(d))
+        .collect::<Result<_>>()?;
+    if let Some(gpt) = runs.iter().find(|r| Task::of(&r.config) == Task::Gpt)
+        && let Some(image) = runs
+            .iter()
+            .find(|r| Task::of(&r.config) == Task::Classifier)
+    {
+        bail!(
+            "{} holds GPT runs ({}) and image classifier runs ({}): they are scored differently; report them from separate folders",
+            path.display(),
+            gpt.name,
+            image.name
+        );
+    }
+    Ok(runs)
 }
 
 /// The optimizer as the report names it.
@@ -153,14 +302,37 @@ fn uses_pwd(optim: OptimKind) -> bool {
 /// The settings that matter for the run's optimizer, in words.
 fn settings(c: &TrainConfig) -> String {
     match c.optim {
-        OptimKind::Padam | OptimKind::Psgd | OptimKind::NaiveLp => {
-            format!("p {}, lambda {:e}", c.p, c.lambda)
+        OptimKind::Padam | OptimKind::Psgd => {
+            format!("p {}, lambda {:e}{}", c.p, c.lambda, variant_words(c))
         }
+        OptimKind::NaiveLp => format!("p {}, lambda {:e}", c.p, c.lambda),
         OptimKind::Adamw => format!("weight_decay {:e}", c.lambda),
         OptimKind::AdamL1 => format!("lambda {:e}", c.lambda),
         OptimKind::Adam => "-".to_string(),
         OptimKind::Gmp => format!("target {:.0}%", 100.0 * c.gmp_final_sparsity),
     }
+}
+
+/// pWD's variants that a run turns on, as `, p from 2, elastic net 1e-4, ...` (empty for plain
+/// pWD).
+fn variant_words(c: &TrainConfig) -> String {
+    let mut words = String::new();
+    if let Some(p0) = c.p_start {
+        words += &format!(", p from {p0}");
+    }
+    if c.lambda2 > 0.0 {
+        words += &format!(", elastic net {:e}", c.lambda2);
+    }
+    if let Some(rate) = c.s_dynamics {
+        words += &format!(", s-dynamics {rate:e}");
+    }
+    if c.late {
+        words += ", late";
+    }
+    if c.structured {
+        words += ", structured";
+    }
+    words
 }
 
 fn label(run: &RunRecord) -> String {
@@ -173,60 +345,84 @@ fn label(run: &RunRecord) -> String {
 
 /// The runs the figures single out.
 struct Selection<'a> {
-    /// The most accurate AdamW run.
+    /// The best AdamW run.
     adamw: Option<&'a RunRecord>,
-    /// The sparsest pWD run within 0.5 pp of AdamW (else the most accurate pWD run, else the
+    /// The sparsest pWD run within the tolerance of AdamW (else the best pWD run, else the
     /// sparsest run).
     featured: &'a RunRecord,
 }
 
-fn select<'a>(finished: &[&'a RunRecord]) -> Option<Selection<'a>> {
-    let acc = |r: &RunRecord| r.summary().map_or(0.0, |s| s.final_test_accuracy);
-    let sparsity = |r: &RunRecord| r.summary().map_or(0.0, |s| s.sparsity);
-    let adamw = finished
-        .iter()
-        .copied()
-        .filter(|r| r.config.optim == OptimKind::Adamw)
-        .max_by(|a, b| acc(a).total_cmp(&acc(b)));
-    let pwd: Vec<&RunRecord> = finished
-        .iter()
-        .copied()
-        .filter(|r| uses_pwd(r.config.optim))
-        .collect();
-    let within = |r: &&RunRecord| adamw.is_some_and(|a| acc(r) >= acc(a) - 0.005);
-    let featured = pwd
-        .iter()
-        .copied()
-        .filter(within)
-        .max_by(|a, b| sparsity(a).total_cmp(&sparsity(b)))
-        .or_else(|| pwd.iter().copied().max_by(|a, b| acc(a).total_cmp(&acc(b))))
-        .or_else(|| {
-            finished
-                .iter()
-                .copied()
-                .max_by(|a, b| sparsity(a).total_cmp(&sparsity(b)))
-        })?;
+/// The best of `runs` by `score` (finished runs only).
+fn best_by_score<'a>(
+    runs: impl Iterator<Item = &'a RunRecord>,
+    score: Score,
+) -> Option<&'a RunRecord> {
+    runs.filter(|r| r.score().is_some()).reduce(|best, r| {
+        if score.better(
+            r.score().unwrap_or(f64::NAN),
+            best.score().unwrap_or(f64::NAN),
+        ) {
+            r
+        } else {
+            best
+        }
+    })
+}
+
+fn sparsest<'a>(runs: impl Iterator<Item = &'a RunRecord>) -> Option<&'a RunRecord> {
+    runs.max_by(|a, b| a.sparsity().total_cmp(&b.sparsity()))
+}
+
+fn select<'a>(finished: &[&'a RunRecord], score: Score) -> Option<Selection<'a>> {
+    let adamw = best_by_score(
+        finished
+            .iter()
+            .copied()
+            .filter(|r| r.config.optim == OptimKind::Adamw),
+        score,
+    );
+    let pwd = || {
+        finished
+            .iter()
+            .copied()
+            .filter(|r| uses_pwd(r.config.optim))
+    };
+    let within = |r: &&RunRecord| {
+        adamw
+            .and_then(RunRecord::score)
+            .zip(r.score())
+            .is_some_and(|(reference, value)| score.within(value, reference))
+    };
+    let featured = sparsest(pwd().filter(within))
+        .or_else(|| best_by_score(pwd(), score))
+        .or_else(|| sparsest(finished.iter().copied()))?;
     Some(Selection { adamw, featured })
 }
 
 /// The decayed weights of a run's last checkpoint.
 fn decayed_weights(run: &RunRecord) -> Result<Vec<f32>> {
-    let model = Classifier::new(
-        run.config.model,
-        IMAGE_SIDE,
-        run.config.widths(),
-        &Device::default(),
-    );
-    let Some((model, _)) = checkpoint::load_model(&run.dir, model)
-        .with_context(|| format!("loading the checkpoint of {}", run.dir.display()))?
-    else {
+    let loading = || format!("loading the checkpoint of {}", run.dir.display());
+    let device = Device::default();
+    let parameters: Option<Vec<NamedValues>> = if Task::of(&run.config) == Task::Gpt {
+        let vocab = read_vocab(&run.dir)?;
+        let model = Gpt::new(&run.config.gpt.model(vocab.len()), &device);
+        checkpoint::load_model(&run.dir, model)
+            .with_context(loading)?
+            .map(|(m, _)| parameter_values(&m))
+    } else {
+        let model = Classifier::new(run.config.model, IMAGE_SIDE, run.config.widths(), &device);
+        checkpoint::load_model(&run.dir, model)
+            .with_context(loading)?
+            .map(|(m, _)| parameter_values(&m))
+    };
+    let Some(parameters) = parameters else {
         bail!(
             "{} has no checkpoint to read weights from",
             run.dir.display()
         );
     };
     let decayed: Vec<&str> = run
-        .metrics
+        .evals
         .last()
         .map(|m| {
             m.layers
@@ -236,7 +432,7 @@ fn decayed_weights(run: &RunRecord) -> Result<Vec<f32>> {
                 .collect()
         })
         .unwrap_or_default();
-    Ok(parameter_values(&model)
+    Ok(parameters
         .into_iter()
         .filter(|p| decayed.contains(&p.name.as_str()))
         .flat_map(|p| p.values)
@@ -244,16 +440,11 @@ fn decayed_weights(run: &RunRecord) -> Result<Vec<f32>> {
 }
 
 fn curve(run: &RunRecord) -> Curve {
-    let pick = |f: fn(&EpochMetrics) -> f64| {
-        run.metrics
-            .iter()
-            .map(|m| (m.epoch as f64, f(m)))
-            .collect::<Vec<_>>()
-    };
+    let pick = |f: fn(&Eval) -> f64| run.evals.iter().map(|m| (m.at, f(m))).collect::<Vec<_>>();
     Curve {
         label: label(run),
-        accuracy: pick(|m| 100.0 * m.test_accuracy),
-        test_loss: pick(|m| m.test_loss),
+        accuracy: pick(|m| 100.0 * m.accuracy),
+        test_loss: pick(|m| m.loss),
         train_loss: pick(|m| m.train_loss),
         sparsity: pick(|m| 100.0 * m.sparsity),
     }
@@ -270,7 +461,7 @@ struct PhaseGrid {
 }
 
 /// The pAdam runs' (p, lambda) grid with the mean of `value` per cell.
-fn phase_grid(runs: &[&RunRecord], value: fn(&Summary) -> f64) -> PhaseGrid {
+fn phase_grid(runs: &[&RunRecord], value: fn(&RunSummary) -> f64) -> PhaseGrid {
     let padam: Vec<&RunRecord> = runs
         .iter()
         .copied()
@@ -313,6 +504,8 @@ pub struct ReportFiles {
 /// Writes `PATH/report.md` and `PATH/plots/*.{png,svg}`.
 pub fn write_report(path: &Path) -> Result<ReportFiles> {
     let runs = load_runs(path)?;
+    let task = Task::of(&runs[0].config);
+    let score = task.score();
     let plot_dir = path.join("plots");
     std::fs::create_dir_all(&plot_dir)
         .with_context(|| format!("cannot create {}", plot_dir.display()))?;
@@ -331,25 +524,16 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
     let first = &runs[0].config;
     writeln!(
         md,
-        "{} run(s): {} finished, {} diverged, {} unfinished. Model {:?}, data {}, {} epochs, batch {}, lr {:e} ({:?} schedule, {} warm-up epochs). Sparsity: share of decayed weights (rank >= 2) with |w| < {:e}.\n",
+        "{} run(s): {} finished, {} diverged, {} unfinished. {} Sparsity: share of decayed weights (rank >= 2) with |w| < {:e}.\n",
         runs.len(),
         finished.len(),
         diverged,
         runs.len() - finished.len() - diverged,
-        first.model,
-        first
-            .data
-            .as_deref()
-            .unwrap_or("the default Fashion-MNIST location"),
-        first.epochs,
-        first.batch_size,
-        first.lr,
-        first.schedule,
-        first.warmup_epochs,
+        training_words(first),
         first.threshold,
     )?;
-    write_run_table(&mut md, &runs)?;
-    let Some(selection) = select(&finished) else {
+    write_run_table(&mut md, &runs, task)?;
+    let Some(selection) = select(&finished, score) else {
         writeln!(md, "No run has finished yet: no plots.")?;
         let markdown = path.join("report.md");
         write_atomic(&markdown, md.as_bytes())?;
@@ -358,28 +542,22 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
             plots: Vec::new(),
         });
     };
-    write_findings(&mut md, &runs, &finished, &selection)?;
+    write_findings(&mut md, &runs, &finished, &selection, task)?;
     writeln!(md, "## Plots\n")?;
 
-    // 1. accuracy against sparsity
+    // 1. the score against sparsity
     let points = finished
         .iter()
-        .map(|r| {
-            let s = r.summary().expect("finished");
-            RunPoint {
-                group: optim_label(r.config.optim).to_string(),
-                sparsity: 100.0 * s.sparsity,
-                accuracy: 100.0 * s.final_test_accuracy,
-            }
+        .map(|r| RunPoint {
+            group: optim_label(r.config.optim).to_string(),
+            sparsity: 100.0 * r.sparsity(),
+            score: r.score().unwrap_or(f64::NAN),
         })
         .collect();
-    let reference = selection
-        .adamw
-        .and_then(|a| a.summary())
-        .map(|s| 100.0 * s.final_test_accuracy);
-    let figure = AccuracyVsSparsity {
+    let figure = ScoreVsSparsity {
+        score,
         points,
-        reference,
+        reference: selection.adamw.and_then(RunRecord::score),
         threshold: first.threshold,
     };
     save(&figure, &plot_dir, "accuracy_vs_sparsity")?;
@@ -387,20 +565,25 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
     figure_md(
         &mut md,
         "accuracy_vs_sparsity",
-        "Test accuracy against sparsity",
-        "One point per run; the black line joins the runs no other run beats in both accuracy and sparsity.",
+        &format!("{} against sparsity", score.title),
+        "One point per run; the black line joins the runs no other run beats in both score and sparsity.",
     )?;
 
-    // 2. the phase diagram
-    let accuracy = phase_grid(&finished, |s| 100.0 * s.final_test_accuracy);
-    if accuracy.cells.len() >= 2 {
-        let sparsity = phase_grid(&finished, |s| 100.0 * s.sparsity);
+    // 2. the phase diagram, for a grid over both p and lambda (a single row is the table's
+    // list again, and plotters cannot lay out one segment)
+    let scores = phase_grid(&finished, final_score);
+    if scores.ps.len() >= 2 && scores.lambdas.len() >= 2 {
+        let sparsity = phase_grid(&finished, |s| 100.0 * s.sparsity());
+        let (score_decimals, score_title) = match task {
+            Task::Classifier => (2, "pAdam: test accuracy (%) over p and lambda"),
+            Task::Gpt => (3, "pAdam: validation loss over p and lambda"),
+        };
         for (stem, title, cells, decimals) in [
             (
                 "phase_accuracy",
-                "pAdam: test accuracy (%) over p and lambda",
-                accuracy.cells.clone(),
-                2,
+                score_title,
+                scores.cells.clone(),
+                score_decimals,
             ),
             (
                 "phase_sparsity",
@@ -411,8 +594,8 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         ] {
             let figure = Heatmap {
                 title: title.to_string(),
-                ps: accuracy.ps.clone(),
-                lambdas: accuracy.lambdas.clone(),
+                ps: scores.ps.clone(),
+                lambdas: scores.lambdas.clone(),
                 cells,
                 unit: "",
                 decimals,
@@ -429,19 +612,30 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
     }
 
     // 3. training curves
+    // AdamW, the featured run and the sparsest pWD run, each once
     let mut shown: Vec<&RunRecord> = selection.adamw.into_iter().collect();
-    if shown.iter().all(|r| r.name != selection.featured.name) {
-        shown.push(selection.featured);
+    let sparsest_pwd = sparsest(
+        finished
+            .iter()
+            .copied()
+            .filter(|r| uses_pwd(r.config.optim)),
+    );
+    for run in std::iter::once(selection.featured).chain(sparsest_pwd) {
+        if shown.iter().all(|r| r.name != run.name) {
+            shown.push(run);
+        }
     }
     let figure = TrainingCurves {
         curves: shown.iter().map(|r| curve(r)).collect(),
+        x_axis: task.x_axis(),
+        held_out: task.held_out(),
     };
     save(&figure, &plot_dir, "curves")?;
     stems.push("curves");
     figure_md(
         &mut md,
         "curves",
-        "Accuracy, loss and sparsity against epoch",
+        &format!("Accuracy, loss and sparsity against {}", task.x_axis()),
         &format!(
             "Runs: {}.",
             shown
@@ -484,7 +678,7 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
     )?;
 
     // 5. per-layer sparsity
-    if let Some(last) = selection.featured.metrics.last() {
+    if let Some(last) = selection.featured.evals.last() {
         let figure = LayerSparsity {
             title: format!("Sparsity per tensor: {}", label(selection.featured)),
             layers: last
@@ -505,8 +699,12 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
             "layers",
             "Sparsity per tensor",
             &format!(
-                "Run {} after its last epoch; the parameter count follows each name.",
-                selection.featured.name
+                "Run {} after its last {}; the parameter count follows each name.",
+                selection.featured.name,
+                match task {
+                    Task::Classifier => "epoch",
+                    Task::Gpt => "evaluation",
+                }
             ),
         )?;
     }
@@ -520,11 +718,49 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
     Ok(ReportFiles { markdown, plots })
 }
 
-fn write_run_table(md: &mut String, runs: &[RunRecord]) -> Result<()> {
+/// The model, data and schedule of a run, in one sentence.
+fn training_words(c: &TrainConfig) -> String {
+    match Task::of(c) {
+        Task::Classifier => format!(
+            "Model {:?}, data {}, {} epochs, batch {}, lr {:e} ({:?} schedule, {} warm-up epochs).",
+            c.model,
+            c.data
+                .as_deref()
+                .unwrap_or("the default Fashion-MNIST location"),
+            c.epochs,
+            c.batch_size,
+            c.lr,
+            c.schedule,
+            c.warmup_epochs,
+        ),
+        Task::Gpt => {
+            let g = &c.gpt;
+            format!(
+                "GPT of {} layers, {} heads, width {}, block {}, dropout {}; data {}; {} iterations of batch {}, lr {:e} ({} warm-up iterations, cosine to {} of it); scored by the validation loss over {} batches.",
+                g.layers,
+                g.heads,
+                g.width,
+                g.block_size,
+                g.dropout,
+                c.data.as_deref().unwrap_or("(unset)"),
+                g.iters,
+                g.batch_size,
+                c.lr,
+                g.warmup_iters,
+                g.min_lr_ratio,
+                g.eval_batches,
+            )
+        }
+    }
+}
+
+fn write_run_table(md: &mut String, runs: &[RunRecord], task: Task) -> Result<()> {
+    let x = task.x_axis();
     writeln!(md, "## Runs\n")?;
     writeln!(
         md,
-        "| run | optimizer | settings | test accuracy | best (epoch) | sparsity | non-zero / total params | epochs | samples/s |"
+        "| run | optimizer | settings | {} | best ({x}) | sparsity | non-zero / total params | {x}s | speed |",
+        task.score().axis
     )?;
     writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
     for r in runs {
@@ -535,27 +771,28 @@ fn write_run_table(md: &mut String, runs: &[RunRecord]) -> Result<()> {
             settings(&r.config)
         );
         match &r.outcome {
-            Some(Outcome::Finished(s)) => writeln!(
-                md,
-                "{head} {:.2}% | {:.2}% ({}) | {:.1}% | {} / {} | {} | {:.0} |",
-                100.0 * s.final_test_accuracy,
-                100.0 * s.best_test_accuracy,
-                s.best_epoch,
-                100.0 * s.sparsity,
-                s.nonzero_params,
-                s.total_params,
-                s.epochs,
-                s.samples_per_second
-            )?,
+            Some(Outcome::Finished(s)) => {
+                let (best, best_at) = best_score(s);
+                let (length, speed) = length_and_speed(s);
+                writeln!(
+                    md,
+                    "{head} {} | {} ({best_at}) | {:.1}% | {} / {} | {length} | {speed} |",
+                    task.show(final_score(s)),
+                    task.show(best),
+                    100.0 * s.sparsity(),
+                    s.nonzero_params(),
+                    s.total_params(),
+                )?
+            }
             Some(Outcome::Diverged(d)) => writeln!(
                 md,
-                "{head} diverged at epoch {}, step {} | | | | | |",
+                "{head} diverged at {x} {}, step {} | | | | | |",
                 d.epoch, d.step
             )?,
             None => writeln!(
                 md,
-                "{head} unfinished ({} epochs so far) | | | | | |",
-                r.metrics.len()
+                "{head} unfinished ({} evaluations so far) | | | | | |",
+                r.evals.len()
             )?,
         }
     }
@@ -568,40 +805,41 @@ fn write_findings(
     runs: &[RunRecord],
     finished: &[&RunRecord],
     selection: &Selection,
+    task: Task,
 ) -> Result<()> {
     writeln!(md, "## Findings\n")?;
-    let s = |r: &RunRecord| r.summary().cloned().expect("finished");
+    let score = task.score();
+    let of = |r: &RunRecord| r.score().unwrap_or(f64::NAN);
+    let tolerance = format!(
+        "{} of AdamW's {}",
+        score.tolerance_words,
+        score.title.to_lowercase()
+    );
     if let Some(adamw) = selection.adamw {
-        let a = s(adamw);
         writeln!(
             md,
-            "- AdamW ({}): {:.2}% test accuracy, {:.1}% sparse.",
+            "- AdamW ({}): {} {}, {:.1}% sparse.",
             settings(&adamw.config),
-            100.0 * a.final_test_accuracy,
-            100.0 * a.sparsity
+            task.show(of(adamw)),
+            score.title.to_lowercase(),
+            100.0 * adamw.sparsity()
         )?;
         let within: Vec<&RunRecord> = finished
             .iter()
             .copied()
-            .filter(|r| {
-                r.config.optim != OptimKind::Adamw
-                    && s(r).final_test_accuracy >= a.final_test_accuracy - 0.005
-            })
+            .filter(|r| r.config.optim != OptimKind::Adamw && score.within(of(r), of(adamw)))
             .collect();
-        match within
-            .iter()
-            .max_by(|x, y| s(x).sparsity.total_cmp(&s(y).sparsity))
-        {
+        match sparsest(within.iter().copied()) {
             Some(best) => writeln!(
                 md,
-                "- Best sparsity within 0.5 pp of AdamW's accuracy: {:.1}% ({}: {:.2}%, {} of {} parameters non-zero).",
-                100.0 * s(best).sparsity,
+                "- Best sparsity within {tolerance}: {:.1}% ({}: {}, {} of {} parameters non-zero).",
+                100.0 * best.sparsity(),
                 label(best),
-                100.0 * s(best).final_test_accuracy,
-                s(best).nonzero_params,
-                s(best).total_params
+                task.show(of(best)),
+                best.summary().map_or(0, RunSummary::nonzero_params),
+                best.summary().map_or(0, RunSummary::total_params)
             )?,
-            None => writeln!(md, "- No run came within 0.5 pp of AdamW's accuracy.")?,
+            None => writeln!(md, "- No run came within {tolerance}.")?,
         }
         for optim in [
             OptimKind::Padam,
@@ -610,25 +848,19 @@ fn write_findings(
             OptimKind::NaiveLp,
             OptimKind::Gmp,
         ] {
-            let best = within
-                .iter()
-                .filter(|r| r.config.optim == optim)
-                .max_by(|x, y| s(x).sparsity.total_cmp(&s(y).sparsity));
+            let best = sparsest(within.iter().copied().filter(|r| r.config.optim == optim));
             let any = finished.iter().any(|r| r.config.optim == optim);
             if let Some(best) = best {
                 writeln!(
                     md,
-                    "  - {}: at best {:.1}% sparse within 0.5 pp ({}).",
+                    "  - {}: at best {:.1}% sparse within {} ({}).",
                     optim_label(optim),
-                    100.0 * s(best).sparsity,
+                    100.0 * best.sparsity(),
+                    score.tolerance_words,
                     settings(&best.config)
                 )?;
             } else if any {
-                writeln!(
-                    md,
-                    "  - {}: no run within 0.5 pp of AdamW.",
-                    optim_label(optim)
-                )?;
+                writeln!(md, "  - {}: no run within {tolerance}.", optim_label(optim))?;
             }
         }
     }
@@ -636,8 +868,9 @@ fn write_findings(
         if let Some(Outcome::Diverged(d)) = &r.outcome {
             writeln!(
                 md,
-                "- {} diverged at epoch {}, step {}: {}.",
+                "- {} diverged at {} {}, step {}: {}.",
                 label(r),
+                task.x_axis(),
                 d.epoch,
                 d.step,
                 d.reason
@@ -654,17 +887,22 @@ fn write_findings(
             .push(r);
     }
     if !by_p.is_empty() {
-        writeln!(md, "- pAdam, by p (accuracy / sparsity at each lambda):")?;
+        writeln!(
+            md,
+            "- pAdam, by p ({} / sparsity at each lambda):",
+            score.title.to_lowercase()
+        )?;
         for runs in by_p.values_mut() {
             runs.sort_by(|x, y| x.config.lambda.total_cmp(&y.config.lambda));
             let cells: Vec<String> = runs
                 .iter()
                 .map(|r| {
                     format!(
-                        "lambda {:e}: {:.2}% / {:.1}%",
+                        "lambda {:e}{}: {} / {:.1}%",
                         r.config.lambda,
-                        100.0 * s(r).final_test_accuracy,
-                        100.0 * s(r).sparsity
+                        variant_words(&r.config),
+                        task.show(of(r)),
+                        100.0 * r.sparsity()
                     )
                 })
                 .collect();

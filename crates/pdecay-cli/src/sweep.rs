@@ -18,6 +18,10 @@
 //!
 //! A run's folder is named after the keys that tell the runs apart (`optim=padam_p=0.8_...`),
 //! not after its position, so adding values to a sweep keeps the finished runs.
+//!
+//! A sweep trains image classifiers (MLP, CNN) or GPTs, not both: their summaries have other
+//! columns. A GPT sweep sets `model = "gpt"` and `data` (the text file) at the top level; its
+//! sizes go in a `[gpt]` table, fixed for the whole sweep or per grid.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +31,9 @@ use serde::Deserialize;
 use toml::{Table, Value};
 
 use crate::data::ImageSplits;
+use crate::data::text::TextData;
+use crate::gpt_train::{GptEval, GptSummary, train_gpt};
+use crate::models::ModelKind;
 use crate::train::{Diverged, Progress, RunOptions, Summary, TrainConfig, train, write_atomic};
 
 /// The sweep preset files, also examples of the format.
@@ -38,7 +45,7 @@ pub const PRESETS: [(&str, &str); 2] = [
     ),
 ];
 
-/// The summary.json fields written to `sweep.csv`, in order.
+/// The summary.json fields of an image classifier's run written to `sweep.csv`, in order.
 pub const SUMMARY_COLUMNS: [&str; 13] = [
     "final_test_accuracy",
     "best_test_accuracy",
@@ -54,6 +61,32 @@ pub const SUMMARY_COLUMNS: [&str; 13] = [
     "wall_seconds",
     "samples_per_second",
 ];
+
+/// The summary.json fields of a GPT run written to `sweep.csv`, in order.
+pub const GPT_SUMMARY_COLUMNS: [&str; 14] = [
+    "final_val_loss",
+    "best_val_loss",
+    "best_iter",
+    "final_val_accuracy",
+    "sparsity",
+    "sparsity_1e10",
+    "sparsity_exact_zero",
+    "sparsity_all_params",
+    "nonzero_params",
+    "total_params",
+    "decayed_params",
+    "iters",
+    "wall_seconds",
+    "seconds_per_iter",
+];
+
+/// The data of a run: images for the classifiers, a text for the GPT.
+pub enum RunData {
+    /// Fashion-MNIST or the embedded subset.
+    Images(ImageSplits),
+    /// A character-level text.
+    Text(TextData),
+}
 
 /// One run of a sweep.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +104,15 @@ pub struct SweepPlan {
     pub runs: Vec<PlannedRun>,
     /// The keys that tell runs apart (swept somewhere, or set in a grid): the CSV's columns.
     pub keys: Vec<String>,
+}
+
+impl SweepPlan {
+    /// Whether the runs are GPTs (all or none are).
+    pub fn is_gpt(&self) -> bool {
+        self.runs
+            .first()
+            .is_some_and(|r| r.config.model == ModelKind::Gpt)
+    }
 }
 
 /// Keys whose value is itself a list (swept only with a list of lists).
@@ -207,6 +249,12 @@ pub fn parse(text: &str, source: &str) -> Result<SweepPlan> {
                     other.name
                 );
             }
+            if let Some(first) = runs.first() {
+                ensure!(
+                    (first.config.model == ModelKind::Gpt) == (config.model == ModelKind::Gpt),
+                    "{source} mixes GPT runs with image classifiers ({place}); their results have other columns: sweep them in two files"
+                );
+            }
             runs.push(PlannedRun { name, config });
         }
     }
@@ -282,8 +330,10 @@ pub fn run_state(dir: &Path, config: &TrainConfig) -> Result<RunState> {
 pub trait SweepProgress {
     /// Before run `index` (0-based) of `total` starts, resumes or is skipped.
     fn run(&mut self, index: usize, total: usize, run: &PlannedRun, state: RunState);
-    /// The progress of the run being trained.
+    /// The progress of the image classifier being trained.
     fn training(&mut self) -> &mut dyn Progress;
+    /// After each evaluation of the GPT being trained.
+    fn evaluation(&mut self, config: &TrainConfig, eval: &GptEval);
     /// After the last run.
     fn finish(&mut self) {}
 }
@@ -297,18 +347,62 @@ pub struct SweepResult {
     pub outcome: Outcome,
 }
 
+/// summary.json of a finished run, of either trainer.
+#[derive(Debug, Clone)]
+pub enum RunSummary {
+    /// An image classifier's.
+    Classifier(Summary),
+    /// A GPT's.
+    Gpt(GptSummary),
+}
+
+impl RunSummary {
+    /// Share of the decayed weights below the run's threshold (0-1).
+    pub fn sparsity(&self) -> f64 {
+        match self {
+            Self::Classifier(s) => s.sparsity,
+            Self::Gpt(s) => s.sparsity,
+        }
+    }
+
+    /// Parameters not below the threshold.
+    pub fn nonzero_params(&self) -> u64 {
+        match self {
+            Self::Classifier(s) => s.nonzero_params,
+            Self::Gpt(s) => s.nonzero_params,
+        }
+    }
+
+    /// All parameters.
+    pub fn total_params(&self) -> u64 {
+        match self {
+            Self::Classifier(s) => s.total_params,
+            Self::Gpt(s) => s.total_params,
+        }
+    }
+
+    /// The summary.json fields that go into `sweep.csv`, as CSV cells.
+    fn csv_cells(&self) -> Result<Vec<String>> {
+        let (value, columns): (_, &[&str]) = match self {
+            Self::Classifier(s) => (serde_json::to_value(s)?, &SUMMARY_COLUMNS),
+            Self::Gpt(s) => (serde_json::to_value(s)?, &GPT_SUMMARY_COLUMNS),
+        };
+        Ok(columns.iter().map(|c| value[c].to_string()).collect())
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// It trained to the end: its summary.json.
-    Finished(Summary),
+    Finished(RunSummary),
     /// The loss became NaN or infinite.
     Diverged(Diverged),
 }
 
 impl Outcome {
     /// The summary of a finished run.
-    pub fn summary(&self) -> Option<&Summary> {
+    pub fn summary(&self) -> Option<&RunSummary> {
         match self {
             Self::Finished(s) => Some(s),
             Self::Diverged(_) => None,
@@ -329,7 +423,7 @@ impl Outcome {
 pub fn run(
     plan: &SweepPlan,
     out: &Path,
-    load: &dyn Fn(&TrainConfig) -> Result<ImageSplits>,
+    load: &dyn Fn(&TrainConfig) -> Result<RunData>,
     progress: &mut dyn SweepProgress,
 ) -> Result<Vec<SweepResult>> {
     std::fs::create_dir_all(out).with_context(|| {
@@ -344,25 +438,35 @@ pub fn run(
         .iter()
         .map(|r| run_state(&out.join(&r.name), &r.config))
         .collect::<Result<Vec<_>>>()?;
-    let mut data: HashMap<Option<String>, ImageSplits> = HashMap::new();
+    // loaded once per source (and, for a text, per window length, which bounds its check)
+    let mut data: HashMap<(Option<String>, usize), RunData> = HashMap::new();
     let mut results = Vec::new();
     for (i, (planned, state)) in plan.runs.iter().zip(states).enumerate() {
         let dir = out.join(&planned.name);
         progress.run(i, plan.runs.len(), planned, state);
         let outcome = match state {
-            RunState::Finished => Outcome::Finished(read_summary(&dir)?),
+            RunState::Finished => Outcome::Finished(read_summary(&dir, planned.config.model)?),
             RunState::Diverged => Outcome::Diverged(read_diverged(&dir)?),
             RunState::New | RunState::Started => {
-                let key = planned.config.data.clone();
+                let config = &planned.config;
+                let key = (config.data.clone(), config.gpt.block_size);
                 if !data.contains_key(&key) {
-                    data.insert(key.clone(), load(&planned.config)?);
+                    data.insert(key.clone(), load(config)?);
                 }
                 let options = RunOptions {
                     out: Some(dir.clone()),
                     resume: state == RunState::Started,
                     stop_after: None,
                 };
-                match train(&planned.config, &data[&key], &options, progress.training()) {
+                let trained = match &data[&key] {
+                    RunData::Images(images) => train(config, images, &options, progress.training())
+                        .map(RunSummary::Classifier),
+                    RunData::Text(text) => train_gpt(config, text, &options, &mut |e| {
+                        progress.evaluation(config, e)
+                    })
+                    .map(RunSummary::Gpt),
+                };
+                match trained {
                     Ok(summary) => Outcome::Finished(summary),
                     Err(e) => match e.downcast::<Diverged>() {
                         Ok(diverged) => {
@@ -391,12 +495,17 @@ pub fn run(
     Ok(results)
 }
 
-/// Reads a run folder's summary.json.
-pub fn read_summary(dir: &Path) -> Result<Summary> {
+/// Reads the summary.json of a run folder of `model`.
+pub fn read_summary(dir: &Path, model: ModelKind) -> Result<RunSummary> {
     let path = dir.join("summary.json");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))
+    let corrupt = || format!("{} is corrupt", path.display());
+    Ok(if model == ModelKind::Gpt {
+        RunSummary::Gpt(serde_json::from_str(&text).with_context(corrupt)?)
+    } else {
+        RunSummary::Classifier(serde_json::from_str(&text).with_context(corrupt)?)
+    })
 }
 
 /// Reads a run folder's diverged.json.
@@ -411,10 +520,18 @@ pub fn read_diverged(dir: &Path) -> Result<Diverged> {
 /// summary (empty for a diverged run).
 pub fn write_csv(path: &Path, keys: &[String], results: &[SweepResult]) -> Result<()> {
     let mut csv = csv::Writer::from_writer(Vec::new());
+    let gpt = results
+        .first()
+        .is_some_and(|r| r.run.config.model == ModelKind::Gpt);
+    let columns: &[&str] = if gpt {
+        &GPT_SUMMARY_COLUMNS
+    } else {
+        &SUMMARY_COLUMNS
+    };
     let header: Vec<&str> = ["run", "status"]
         .into_iter()
         .chain(keys.iter().map(String::as_str))
-        .chain(SUMMARY_COLUMNS)
+        .chain(columns.iter().copied())
         .collect();
     csv.write_record(&header)?;
     for r in results {
@@ -425,11 +542,8 @@ pub fn write_csv(path: &Path, keys: &[String], results: &[SweepResult]) -> Resul
                 .map(|k| config.get(k).map(display_value).unwrap_or_default()),
         );
         match r.outcome.summary() {
-            Some(summary) => {
-                let summary = serde_json::to_value(summary)?;
-                row.extend(SUMMARY_COLUMNS.iter().map(|c| summary[c].to_string()));
-            }
-            None => row.extend(SUMMARY_COLUMNS.iter().map(|_| String::new())),
+            Some(summary) => row.extend(summary.csv_cells()?),
+            None => row.extend(columns.iter().map(|_| String::new())),
         }
         csv.write_record(&row)?;
     }
@@ -527,6 +641,10 @@ lambda = 0.01
             ("grid = 3", vec!["[[grid]]"]),
             ("p = [0.8, -1.0]", vec!["p", "s.toml"]),
             ("p = [0.8, 0.8]", vec!["twice"]),
+            (
+                "[[grid]]\nmodel = \"mlp\"\n[[grid]]\nmodel = \"gpt\"",
+                vec!["mixes GPT", "grid 2", "s.toml"],
+            ),
             ("p = 0.8 = 1", vec!["not a valid TOML"]),
             (
                 "lambda = [0.1, 0.2]\n[[grid]]\nlambda = 0.3",

@@ -2,7 +2,7 @@
 //! writes (a tiny model, a few dozen iterations: seconds).
 
 mod common;
-use common::{fails, json, ok, path, tempdir};
+use common::{assert_real_png, assert_real_svg, fails, json, ok, path, read_csv, tempdir};
 
 use std::path::Path;
 
@@ -116,6 +116,134 @@ fn a_gpt_run_learns_resumes_bit_identically_and_samples_deterministically() {
     fails(
         &["sample", path(&straight), "--prompt", "THE"],
         &["'T'", "vocabulary"],
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_gpt_sweep_resumes_and_is_reported_by_validation_loss() {
+    let root = tempdir("gpt-sweep");
+    let file = root.join("text.txt");
+    std::fs::write(&file, text()).unwrap();
+    let grid = root.join("gpt.toml");
+    std::fs::write(
+        &grid,
+        format!(
+            r#"
+model = "gpt"
+data = "{}"
+lr = 3e-3
+[gpt]
+layers = 1
+heads = 2
+width = 16
+block_size = 16
+batch_size = 8
+iters = 20
+eval_interval = 10
+eval_batches = 2
+warmup_iters = 2
+[[grid]]
+optim = "adamw"
+lambda = 0.1
+[[grid]]
+optim = "padam"
+lambda = [1e-3, 1.0]
+"#,
+            path(&file)
+        ),
+    )
+    .unwrap();
+    let out = root.join("out");
+    let sweep = || ok(&["sweep", "--config", path(&grid), "--out", path(&out)]);
+    let said = sweep();
+    assert!(said.contains("val loss"), "{said}");
+    assert!(said.contains("iter    20/20"), "{said}");
+
+    // one CSV row per run with the GPT's columns
+    let (header, rows) = read_csv(&out.join("sweep.csv"));
+    assert_eq!(rows.len(), 3);
+    for column in [
+        "final_val_loss",
+        "best_iter",
+        "sparsity_1e10",
+        "seconds_per_iter",
+    ] {
+        assert!(header.iter().any(|h| h == column), "{column} missing");
+    }
+    assert!(!header.iter().any(|h| h == "final_test_accuracy"));
+    let cell = |row: &Vec<String>, column: &str| -> f64 {
+        let i = header.iter().position(|h| h == column).unwrap();
+        row[i].parse().unwrap()
+    };
+    for row in &rows {
+        assert_eq!(row[1], "finished");
+        let loss = cell(row, "final_val_loss");
+        assert!(loss.is_finite() && loss < 28f64.ln(), "{loss}");
+    }
+    let names: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "optim=adamw_lambda=0.1",
+            "optim=padam_lambda=0.001",
+            "optim=padam_lambda=1"
+        ]
+    );
+    // a strong lambda zeroes weights that a weak one leaves
+    let sparsity = |run: usize| cell(&rows[run], "sparsity");
+    assert!(sparsity(2) > sparsity(1) + 0.1, "{rows:?}");
+
+    // a second sweep trains nothing
+    let again = sweep();
+    assert_eq!(
+        again.matches("finished before, skipped").count(),
+        3,
+        "{again}"
+    );
+    assert!(!again.contains("iter "), "{again}");
+
+    // the report scores by validation loss and draws every plot
+    let said = ok(&["report", path(&out)]);
+    // no phase diagram: the grid has one p
+    assert!(said.contains("8 plot files"), "{said}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for needle in [
+        "validation loss",
+        "iterations of batch 8",
+        "best (iteration)",
+        "ms/iter",
+        "0.05 of AdamW's validation loss",
+    ] {
+        assert!(report.contains(needle), "{needle:?} missing from {report}");
+    }
+    for row in &rows {
+        assert!(report.contains(&row[0]), "{} missing", row[0]);
+    }
+    for stem in ["accuracy_vs_sparsity", "curves", "weights", "layers"] {
+        assert_real_png(&out.join("plots").join(format!("{stem}.png")));
+        assert_real_svg(&out.join("plots").join(format!("{stem}.svg")));
+    }
+
+    // GPT and image runs in one folder are refused, and a GPT sweep needs a text file
+    let mixed = root.join("mixed");
+    ok(&[
+        "train",
+        "--data",
+        "embedded",
+        "--hidden",
+        "8",
+        "--epochs",
+        "1",
+        "--out",
+        path(&mixed.join("mlp")),
+    ]);
+    let gpt_run = &rows[0][0];
+    std::fs::rename(out.join(gpt_run), mixed.join(gpt_run)).unwrap();
+    fails(&["report", path(&mixed)], &["GPT runs", "separate folders"]);
+    fails(
+        &["sweep", "--config", path(&grid), "--data", path(&root)],
+        &["not a file", "text file"],
     );
     std::fs::remove_dir_all(&root).unwrap();
 }

@@ -2,9 +2,7 @@
 //! embedded subset with a small MLP (each run takes well under a second).
 
 mod common;
-use common::{json, ok, path, pdecay, tempdir};
-
-use std::path::Path;
+use common::{assert_real_png, assert_real_svg, json, ok, path, pdecay, read_csv, tempdir};
 
 const GRID: &str = r#"
 data = "embedded"
@@ -23,48 +21,6 @@ const RUNS: [&str; 4] = [
     "optim=padam_p=1_lambda=0.01",
     "optim=padam_p=1_lambda=0.1",
 ];
-
-fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
-    let mut reader = csv::Reader::from_path(path).unwrap();
-    let header = reader.headers().unwrap().iter().map(String::from).collect();
-    let rows = reader
-        .records()
-        .map(|r| r.unwrap().iter().map(String::from).collect())
-        .collect();
-    (header, rows)
-}
-
-/// A PNG that decodes, has a real size and more than a handful of colours (not blank).
-fn assert_real_png(path: &Path) {
-    let image = image::open(path)
-        .unwrap_or_else(|e| panic!("{} is not a PNG: {e}", path.display()))
-        .to_rgb8();
-    assert!(
-        image.width() >= 400 && image.height() >= 300,
-        "{}",
-        path.display()
-    );
-    let mut colours: Vec<[u8; 3]> = image.pixels().map(|p| p.0).collect();
-    colours.sort_unstable();
-    colours.dedup();
-    assert!(colours.len() > 8, "{} looks blank", path.display());
-    let non_white = image.pixels().filter(|p| p.0 != [255, 255, 255]).count();
-    assert!(non_white > 2_000, "{} is almost empty", path.display());
-}
-
-/// An SVG document with text and many drawn elements.
-fn assert_real_svg(path: &Path) {
-    let text = std::fs::read_to_string(path).unwrap();
-    assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
-    let texts = text.matches("<text").count();
-    assert!(texts >= 5, "{} has {texts} texts", path.display());
-    let shapes = ["<line", "<polyline", "<rect", "<circle", "<path"]
-        .iter()
-        .map(|tag| text.matches(tag).count())
-        .sum::<usize>();
-    // the smallest figure, a 2 x 2 heatmap, has 4 cells and its axes
-    assert!(shapes >= 8, "{} draws only {shapes} shapes", path.display());
-}
 
 #[test]
 fn a_sweep_trains_each_run_once_resumes_and_is_reported_with_every_plot() {
