@@ -84,7 +84,8 @@ fn run_model(run: &Path, data: Option<&Path>) -> Result<(ModelFile, ImageSplits)
         config.model,
         IMAGE_SIDE,
         config.widths(),
-        &Device::default(),
+        // export and the sparse engines are CPU code
+        &Device::flex(),
     );
     let Some((model, position)) = checkpoint::load_model(run, model)? else {
         bail!("{} has no checkpoint yet: train it first", run.display());

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, ensure};
 use clap::Args;
 
 use crate::cli_train::{BarProgress, load_run_data, set_threads};
+use crate::device::DeviceSpec;
 use crate::gpt_train::GptEval;
 use crate::sweep::{self, Outcome, PlannedRun, RunState, RunSummary, SweepProgress};
 use crate::train::{EpochMetrics, PlainProgress, Progress, TrainConfig};
@@ -37,6 +38,10 @@ pub struct SweepArgs {
     /// CPU threads [default: all cores]
     #[arg(long)]
     pub threads: Option<usize>,
+
+    /// Where to compute: cpu, or cuda / cuda:N with a build that has the `cuda` feature
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
 }
 
 /// `pdecay sweep`.
@@ -91,7 +96,8 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
     } else {
         Box::new(PlainSweep(QuietStart(PlainProgress)))
     };
-    let results = sweep::run(&plan, &out, &load_run_data, progress.as_mut())?;
+    let device = args.device.single()?;
+    let results = sweep::run(&plan, &out, &device, &load_run_data, progress.as_mut())?;
     println!(
         "\n{:<48} {:>9} {:>9} {:>17}",
         "run",

@@ -8,6 +8,7 @@ use clap::Args;
 use crate::checkpoint;
 use crate::data::text::TextData;
 use crate::data::{ImageSplits, mnist};
+use crate::device::DeviceSpec;
 use crate::gpt::Gpt;
 use crate::gpt_train::{GptEval, GptPreset, Sampling, read_vocab, sample, train_gpt};
 use crate::models::ModelKind;
@@ -16,6 +17,7 @@ use crate::train::{
     EpochMetrics, LrSchedule, OptimKind, PlainProgress, Progress, RunOptions, Summary, TrainConfig,
     default_run_dir, epoch_line, train,
 };
+use burn::tensor::Device;
 
 /// Flags of `pdecay train`. Each overrides the same key of `--config FILE`; unset keys take the
 /// file's value, else the default shown.
@@ -109,6 +111,9 @@ pub struct TrainArgs {
     /// CPU threads [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where to compute: cpu, or cuda / cuda:N (a build with the `cuda` feature)
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
     /// GPT sizes: cpu (4 layers, 4 heads, width 128, block 64, batch 12, 2000 iterations) or
     /// paper (6, 6, 384, block 256, batch 64, 5000 iterations, dropout 0.2) [default: cpu].
     /// Each size below overrides it.
@@ -268,8 +273,10 @@ fn read_config(path: &std::path::Path) -> Result<TrainConfig> {
 pub fn run_train(args: &TrainArgs) -> Result<()> {
     let config = args.config()?;
     set_threads(args.threads)?;
+    // a missing GPU fails before any data is read
+    let device = args.device.single()?;
     if config.model == ModelKind::Gpt {
-        return run_train_gpt(args, &config);
+        return run_train_gpt(args, &config, device);
     }
     let data = load_data(&config)?;
     let (out, resume) = match &args.resume {
@@ -292,6 +299,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         out: Some(out),
         resume,
         stop_after: args.stop_after,
+        device,
     };
     let summary = train(&config, &data, &options, progress_for_stdout().as_mut())?;
     println!(
@@ -326,7 +334,7 @@ pub fn load_run_data(config: &TrainConfig) -> Result<RunData> {
     })
 }
 
-fn run_train_gpt(args: &TrainArgs, config: &TrainConfig) -> Result<()> {
+fn run_train_gpt(args: &TrainArgs, config: &TrainConfig, device: Device) -> Result<()> {
     let text = load_text(config)?;
     let (out, resume) = match &args.resume {
         Some(dir) => (dir.clone(), true),
@@ -355,6 +363,7 @@ fn run_train_gpt(args: &TrainArgs, config: &TrainConfig) -> Result<()> {
         out: Some(out),
         resume,
         stop_after: args.stop_after,
+        device,
     };
     let summary = train_gpt(config, &text, &options, &mut |e: &GptEval| {
         println!("{}", e.line(g.iters));
@@ -392,6 +401,9 @@ pub struct SampleArgs {
     /// Seed of the draws
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
+    /// Where to compute: cpu, or cuda / cuda:N with a build that has the `cuda` feature
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
 }
 
 /// `pdecay sample`.
@@ -405,7 +417,7 @@ pub fn run_sample(args: &SampleArgs) -> Result<()> {
         config.model
     );
     let vocab = read_vocab(&args.run)?;
-    let device = burn::tensor::Device::default();
+    let device = args.device.single()?;
     let model = Gpt::new(&config.gpt.model(vocab.len()), &device);
     let Some((model, _)) = checkpoint::load_model(&args.run, model)? else {
         anyhow::bail!("{} has no checkpoint yet", args.run.display());
@@ -429,8 +441,16 @@ pub fn run_sample(args: &SampleArgs) -> Result<()> {
     Ok(())
 }
 
+/// Flags of `pdecay demo` (none are needed).
+#[derive(Args, Debug, Default)]
+pub struct DemoArgs {
+    /// Where to compute: cpu, or cuda / cuda:N (a build with the `cuda` feature)
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+}
+
 /// The main job: the MLP on the embedded subset, once with AdamW and once with pAdam.
-pub fn run_demo() -> Result<()> {
+pub fn run_demo(args: &DemoArgs) -> Result<()> {
     let data = mnist::embedded();
     // 30 epochs of 43 steps: long enough for pWD to prune (sparsity grows with the number of
     // steps), short enough for a first look (~25 s on 2 cores).
@@ -467,13 +487,14 @@ pub fn run_demo() -> Result<()> {
         base.batch_size,
         base.lr
     );
+    let options = RunOptions {
+        device: args.device.single()?,
+        ..RunOptions::default()
+    };
     let mut results: Vec<(&str, Summary)> = Vec::new();
     for (name, config) in &runs {
         println!("{name}:");
-        results.push((
-            name,
-            train(config, &data, &RunOptions::default(), &mut EveryNth(10))?,
-        ));
+        results.push((name, train(config, &data, &options, &mut EveryNth(10))?));
     }
     println!(
         "\n{:<28} {:>9} {:>9} {:>18} {:>8}",

@@ -222,7 +222,7 @@ pub fn compare(args: &DemoArgs) -> Result<Vec<DemoResult>> {
         "--lr must be a finite number > 0, got {}",
         args.lr
     );
-    let device = Device::default().autodiff();
+    let device = Device::flex().autodiff();
     let problem = make_problem(args, &device);
     let pwd = padam(&PNormConfig::new(args.p, args.lambda))
         .context("invalid pWD settings (--p, --lambda)")?;

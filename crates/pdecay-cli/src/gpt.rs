@@ -159,6 +159,11 @@ impl Gpt {
         }
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.wte.weight.device()
+    }
+
     /// Logits `[batch, time, vocab]` for tokens `[batch, time]` (time <= block_size).
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         let [batch, time] = tokens.dims();

@@ -306,7 +306,7 @@ pub fn train_gpt(
 ) -> Result<GptSummary> {
     config.validate()?;
     let s = &config.gpt;
-    let device = Device::default().autodiff();
+    let device = options.device.clone().autodiff();
     device.seed(config.seed);
     let model = Gpt::new(&s.model(text.vocab.len()), &device);
     let optim = config.optimizer_with_beta2(s.iters as u64, s.beta2)?;
@@ -483,7 +483,7 @@ pub fn sample(
                 .unwrap_or(0),
         );
     }
-    let device = Device::default();
+    let device = model.device();
     let mut rng = StdRng::seed_from_u64(sampling.seed);
     for _ in 0..sampling.tokens {
         let window = &context[context.len().saturating_sub(block_size)..];

@@ -246,7 +246,7 @@ impl Engine {
                 anyhow::bail!("model files hold the image classifiers, not the GPT")
             }
             _ => {
-                let device = Device::default();
+                let device = Device::flex();
                 Self::Dense(Box::new(file.to_model(&device)?), device)
             }
         })

@@ -11,6 +11,7 @@ pub mod cli_train;
 pub mod compact;
 pub mod data;
 pub mod demo;
+pub mod device;
 pub mod gpt;
 pub mod gpt_train;
 pub mod infer;

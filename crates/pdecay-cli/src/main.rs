@@ -17,7 +17,7 @@ struct Cli {
 enum Command {
     /// The default: the MLP on the embedded Fashion-MNIST subset with AdamW and with pAdam,
     /// side by side (no download, no flags).
-    Demo,
+    Demo(cli_train::DemoArgs),
     /// Train a model on Fashion-MNIST (or MNIST) and write a run folder.
     Train(Box<cli_train::TrainArgs>),
     /// Train a grid of runs (over p, lambda, optimizer, ...) into one folder, with sweep.csv.
@@ -39,8 +39,11 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    match Cli::parse().command.unwrap_or(Command::Demo) {
-        Command::Demo => cli_train::run_demo(),
+    let command = Cli::parse()
+        .command
+        .unwrap_or_else(|| Command::Demo(Default::default()));
+    match command {
+        Command::Demo(args) => cli_train::run_demo(&args),
         Command::Train(args) => cli_train::run_train(&args),
         Command::Sweep(args) => cli_sweep::run_sweep(&args),
         Command::Report(args) => {

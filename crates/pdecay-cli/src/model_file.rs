@@ -442,12 +442,7 @@ fn expected_tensors(config: &TrainConfig) -> Result<Vec<(String, Vec<usize>)>> {
         params <= MAX_PARAMS,
         "the model_config in __metadata__ describes {params} parameters, more than the {MAX_PARAMS} a pdecay file may hold"
     );
-    let model = Classifier::new(
-        config.model,
-        IMAGE_SIDE,
-        config.widths(),
-        &Device::default(),
-    );
+    let model = Classifier::new(config.model, IMAGE_SIDE, config.widths(), &Device::flex());
     Ok(parameter_values(&model)
         .into_iter()
         .map(|p| {

@@ -402,7 +402,7 @@ fn select<'a>(finished: &[&'a RunRecord], score: Score) -> Option<Selection<'a>>
 /// The decayed weights of a run's last checkpoint.
 fn decayed_weights(run: &RunRecord) -> Result<Vec<f32>> {
     let loading = || format!("loading the checkpoint of {}", run.dir.display());
-    let device = Device::default();
+    let device = Device::flex();
     let parameters: Option<Vec<NamedValues>> = if Task::of(&run.config) == Task::Gpt {
         let vocab = read_vocab(&run.dir)?;
         let model = Gpt::new(&run.config.gpt.model(vocab.len()), &device);

@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
+use burn::tensor::Device;
 use serde::Deserialize;
 use toml::{Table, Value};
 
@@ -423,6 +424,7 @@ impl Outcome {
 pub fn run(
     plan: &SweepPlan,
     out: &Path,
+    device: &Device,
     load: &dyn Fn(&TrainConfig) -> Result<RunData>,
     progress: &mut dyn SweepProgress,
 ) -> Result<Vec<SweepResult>> {
@@ -457,6 +459,7 @@ pub fn run(
                     out: Some(dir.clone()),
                     resume: state == RunState::Started,
                     stop_after: None,
+                    device: device.clone(),
                 };
                 let trained = match &data[&key] {
                     RunData::Images(images) => train(config, images, &options, progress.training())

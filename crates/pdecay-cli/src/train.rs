@@ -469,8 +469,8 @@ pub fn prepare_run_dir(dir: &Path) -> Result<()> {
     })
 }
 
-/// Where a run writes and how far it goes.
-#[derive(Debug, Clone, Default)]
+/// Where a run writes, how far it goes and where it computes.
+#[derive(Debug, Clone)]
 pub struct RunOptions {
     /// The run folder; `None` keeps everything in memory (the demo).
     pub out: Option<PathBuf>,
@@ -478,6 +478,20 @@ pub struct RunOptions {
     pub resume: bool,
     /// Stop (resumably) once this many epochs are done, before `epochs`.
     pub stop_after: Option<usize>,
+    /// The device (without autodiff; the trainer adds it).
+    pub device: Device,
+}
+
+impl Default for RunOptions {
+    /// In memory, from the start, to the end, on the CPU.
+    fn default() -> Self {
+        Self {
+            out: None,
+            resume: false,
+            stop_after: None,
+            device: Device::flex(),
+        }
+    }
 }
 
 /// Reads back the lines of a JSON-lines file that `keep` accepts and rewrites the file without
@@ -622,7 +636,7 @@ pub fn train(
     let total_steps = (steps_per_epoch * config.epochs) as u64;
     let schedule = config.lr_schedule(steps_per_epoch)?;
     let optim = config.optimizer(total_steps)?;
-    let device = Device::default().autodiff();
+    let device = options.device.clone().autodiff();
     device.seed(config.seed);
     let model = Classifier::new(config.model, data.train.rows, config.widths(), &device);
     let stats = data.train.pixel_stats();

@@ -289,5 +289,17 @@ fn bad_gpt_inputs_are_clear_errors() {
         &["multiple of gpt.heads"],
     );
     fails(&["sample", path(&root)], &["not a run folder"]);
+    // a GPU that this build cannot use fails first, before any data is read
+    for command in ["train", "sweep", "demo"] {
+        let mut args = vec![command, "--device", "cuda:0"];
+        if command == "sweep" {
+            args.extend(["--preset", "demo"]);
+        }
+        fails(
+            &args,
+            &["built without CUDA", "--features cuda", "--device cpu"],
+        );
+    }
+    fails(&["demo", "--device", "gpu"], &["unknown device `gpu`"]);
     std::fs::remove_dir_all(&root).unwrap();
 }

@@ -1,0 +1,235 @@
+"""The PyTorch side of bench/vs_pytorch.sh: the same models, batch sizes and threads as pdecay,
+trained for a fixed number of steps on CPU; prints one JSON object with samples per second.
+
+    python bench/torch_ref.py --model mlp|cnn|gpt --optim adamw|padam --steps N \
+        [--threads T] [--images DIR] [--text FILE]
+
+Models (as crates/pdecay-cli/src/models.rs and gpt.rs):
+- mlp: 784-300-100-10, ReLU, batch 128;
+- cnn: conv3x3(32, same)-ReLU-pool2-conv3x3(64, same)-ReLU-pool2-dense128-ReLU-dropout0.2-dense10,
+  batch 128 (421,642 parameters);
+- gpt: nanoGPT's char model at pdecay's CPU preset: 4 layers, 4 heads, width 128, block 64,
+  batch 12, no bias, no dropout, output tied to the token embedding, betas (0.9, 0.99),
+  global-norm clipping at 1.0.
+
+pAdam is Adam followed by pWD, written from the paper's formula: with w_old the weight before
+the step, w <- w_step * |w_old|^(2-p) / (|w_old|^(2-p) + p*lr*lambda), computed in the
+overflow-free form w_step / (1 + p*lr*lambda*|w_old|^(p-2)). It decays the rank >= 2 tensors,
+as pdecay does. AdamW uses PyTorch's own implementation (`torch.optim.AdamW`).
+
+The timed span is the training loop (batch selection, forward, backward, clipping, optimizer),
+as pdecay's `samples_per_second` and `seconds_per_iter`; data loading and model creation are
+outside it.
+"""
+
+import argparse
+import gzip
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def read_idx(path):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def load_images(folder):
+    def find(stem):
+        for name in (stem, stem + ".gz"):
+            path = os.path.join(folder, name)
+            if os.path.exists(path):
+                return path
+        raise SystemExit(f"{stem} not found in {folder}")
+
+    images = read_idx(find("train-images-idx3-ubyte")).reshape(-1, 784)
+    labels = read_idx(find("train-labels-idx1-ubyte"))
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)
+    x = (x - x.mean()) / x.std()
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+class Mlp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)
+        )
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class Cnn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.dense = nn.Linear(64 * 7 * 7, 128)
+        self.dropout = nn.Dropout(0.2)
+        self.output = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = x.view(-1, 1, 28, 28)
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = self.dropout(F.relu(self.dense(x.flatten(1))))
+        return self.output(x)
+
+
+class Block(nn.Module):
+    def __init__(self, width, heads):
+        super().__init__()
+        self.heads = heads
+        self.ln_1 = nn.LayerNorm(width, bias=False)
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.proj = nn.Linear(width, width, bias=False)
+        self.ln_2 = nn.LayerNorm(width, bias=False)
+        self.fc = nn.Linear(width, 4 * width, bias=False)
+        self.fc_proj = nn.Linear(4 * width, width, bias=False)
+
+    def attention(self, x):
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        # nanoGPT's fast path: PyTorch's fused attention kernel
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).contiguous().view(b, t, c))
+
+    def forward(self, x):
+        x = x + self.attention(self.ln_1(x))
+        return x + self.fc_proj(F.gelu(self.fc(self.ln_2(x))))
+
+
+class Gpt(nn.Module):
+    def __init__(self, vocab, layers=4, heads=4, width=128, block=64):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, width)
+        self.wpe = nn.Embedding(block, width)
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(width, bias=False)
+        for name, param in self.named_parameters():
+            if param.dim() >= 2:
+                std = 0.02 / math.sqrt(2 * layers) if name.endswith("proj.weight") else 0.02
+                nn.init.normal_(param, 0.0, std)
+
+    def forward(self, idx):
+        t = idx.shape[1]
+        x = self.wte(idx) + self.wpe(torch.arange(t))
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x) @ self.wte.weight.t()
+
+
+class PAdam(torch.optim.Adam):
+    """Adam, then pWD on the rank >= 2 tensors (the paper's formula, from the pre-step weight)."""
+
+    def __init__(self, params, lr, betas, p, lam):
+        super().__init__(params, lr=lr, betas=betas)
+        self.p, self.lam = p, lam
+
+    @torch.no_grad()
+    def step(self):
+        decayed = [q for g in self.param_groups for q in g["params"] if q.dim() >= 2]
+        before = [q.abs() for q in decayed]
+        super().step()
+        strength = self.p * self.param_groups[0]["lr"] * self.lam
+        for q, old in zip(decayed, before):
+            # 1 / (1 + p lr lambda |w_old|^(p-2)): |w_old| = 0 gives inf and a factor of 0
+            factor = old.pow_(self.p - 2.0).mul_(strength).add_(1.0).reciprocal_()
+            q.mul_(factor)
+
+
+def optimizer(model, name, betas):
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=1e-3, betas=betas, weight_decay=1e-2)
+    return PAdam(model.parameters(), lr=1e-3, betas=betas, p=0.8, lam=1e-2)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=["mlp", "cnn", "gpt"], required=True)
+    parser.add_argument("--optim", choices=["adamw", "padam"], required=True)
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--images", default="../shared/data/fashion-mnist")
+    parser.add_argument("--text", default="../shared/data/tinyshakespeare/input.txt")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+
+    if args.model == "gpt":
+        with open(args.text, encoding="utf-8") as f:
+            text = f.read()
+        chars = sorted(set(text))
+        index = {c: i for i, c in enumerate(chars)}
+        data = torch.tensor([index[c] for c in text[: int(0.9 * len(text))]], dtype=torch.long)
+        model = Gpt(len(chars))
+        opt = optimizer(model, args.optim, (0.9, 0.99))
+        batch, block = 12, 64
+
+        def step():
+            starts = torch.randint(len(data) - block - 1, (batch,), generator=generator)
+            x = torch.stack([data[s : s + block] for s in starts])
+            y = torch.stack([data[s + 1 : s + block + 1] for s in starts])
+            logits = model(x)
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+    else:
+        images, labels = load_images(args.images)
+        model = Mlp() if args.model == "mlp" else Cnn()
+        opt = optimizer(model, args.optim, (0.9, 0.999))
+        batch = 128
+        order = torch.randperm(len(images), generator=generator)
+        position = [0]
+
+        def step():
+            start = position[0]
+            if start + batch > len(order):
+                order.copy_(torch.randperm(len(images), generator=generator))
+                start = 0
+            picked = order[start : start + batch]
+            position[0] = start + batch
+            loss = F.cross_entropy(model(images[picked]), labels[picked])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    model.train()
+    began = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    seconds = time.perf_counter() - began
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "optim": args.optim,
+                "steps": args.steps,
+                "batch": batch,
+                "threads": torch.get_num_threads(),
+                "seconds": seconds,
+                "samples_per_second": args.steps * batch / seconds,
+                "seconds_per_iter": seconds / args.steps,
+                "torch": torch.__version__,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
