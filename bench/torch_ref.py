@@ -2,15 +2,16 @@
 trained for a fixed number of steps on CPU; prints one JSON object with samples per second.
 
     python bench/torch_ref.py --model mlp|cnn|gpt --optim adamw|padam --steps N \
-        [--threads T] [--images DIR] [--text FILE]
+        [--threads T] [--images DIR] [--text FILE] [--device cpu|cuda] [--preset cpu|paper]
 
 Models (as crates/pdecay-cli/src/models.rs and gpt.rs):
 - mlp: 784-300-100-10, ReLU, batch 128;
 - cnn: conv3x3(32, same)-ReLU-pool2-conv3x3(64, same)-ReLU-pool2-dense128-ReLU-dropout0.2-dense10,
   batch 128 (421,642 parameters);
-- gpt: nanoGPT's char model at pdecay's CPU preset: 4 layers, 4 heads, width 128, block 64,
-  batch 12, no bias, no dropout, output tied to the token embedding, betas (0.9, 0.99),
-  global-norm clipping at 1.0.
+- gpt: nanoGPT's char model, no bias, output tied to the token embedding, betas (0.9, 0.99),
+  global-norm clipping at 1.0; `--preset cpu` (pdecay's default): 4 layers, 4 heads, width 128,
+  block 64, batch 12, no dropout; `--preset paper`: 6 layers, 6 heads, width 384, block 256,
+  batch 64, dropout 0.2.
 
 pAdam is Adam followed by pWD, written from the paper's formula: with w_old the weight before
 the step, w <- w_step * |w_old|^(2-p) / (|w_old|^(2-p) + p*lr*lambda), computed in the
@@ -19,7 +20,8 @@ as pdecay does. AdamW uses PyTorch's own implementation (`torch.optim.AdamW`).
 
 The timed span is the training loop (batch selection, forward, backward, clipping, optimizer),
 as pdecay's `samples_per_second` and `seconds_per_iter`; data loading and model creation are
-outside it.
+outside it. On a GPU (`--device cuda`) the data sit on the GPU, two untimed steps warm it up,
+and the clock stops after a synchronisation.
 """
 
 import argparse
@@ -88,9 +90,10 @@ class Cnn(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, width, heads):
+    def __init__(self, width, heads, dropout):
         super().__init__()
         self.heads = heads
+        self.dropout = dropout
         self.ln_1 = nn.LayerNorm(width, bias=False)
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.proj = nn.Linear(width, width, bias=False)
@@ -103,20 +106,32 @@ class Block(nn.Module):
         q, k, v = self.qkv(x).split(c, dim=2)
         q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
         # nanoGPT's fast path: PyTorch's fused attention kernel
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(y.transpose(1, 2).contiguous().view(b, t, c))
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )
+        y = self.proj(y.transpose(1, 2).contiguous().view(b, t, c))
+        return F.dropout(y, self.dropout, self.training)
 
     def forward(self, x):
         x = x + self.attention(self.ln_1(x))
-        return x + self.fc_proj(F.gelu(self.fc(self.ln_2(x))))
+        mlp = self.fc_proj(F.gelu(self.fc(self.ln_2(x))))
+        return x + F.dropout(mlp, self.dropout, self.training)
+
+
+GPT_PRESETS = {
+    # layers, heads, width, block, batch, dropout
+    "cpu": (4, 4, 128, 64, 12, 0.0),
+    "paper": (6, 6, 384, 256, 64, 0.2),
+}
 
 
 class Gpt(nn.Module):
-    def __init__(self, vocab, layers=4, heads=4, width=128, block=64):
+    def __init__(self, vocab, layers, heads, width, block, dropout):
         super().__init__()
+        self.dropout = dropout
         self.wte = nn.Embedding(vocab, width)
         self.wpe = nn.Embedding(block, width)
-        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(width, heads, dropout) for _ in range(layers))
         self.ln_f = nn.LayerNorm(width, bias=False)
         for name, param in self.named_parameters():
             if param.dim() >= 2:
@@ -125,7 +140,8 @@ class Gpt(nn.Module):
 
     def forward(self, idx):
         t = idx.shape[1]
-        x = self.wte(idx) + self.wpe(torch.arange(t))
+        x = self.wte(idx) + self.wpe(torch.arange(t, device=idx.device))
+        x = F.dropout(x, self.dropout, self.training)
         for block in self.blocks:
             x = block(x)
         return self.ln_f(x) @ self.wte.weight.t()
@@ -164,7 +180,10 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--images", default="../shared/data/fashion-mnist")
     parser.add_argument("--text", default="../shared/data/tinyshakespeare/input.txt")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--preset", choices=sorted(GPT_PRESETS), default="cpu")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
@@ -175,26 +194,28 @@ def main():
         chars = sorted(set(text))
         index = {c: i for i, c in enumerate(chars)}
         data = torch.tensor([index[c] for c in text[: int(0.9 * len(text))]], dtype=torch.long)
-        model = Gpt(len(chars))
+        layers, heads, width, block, batch, dropout = GPT_PRESETS[args.preset]
+        model = Gpt(len(chars), layers, heads, width, block, dropout).to(device)
         opt = optimizer(model, args.optim, (0.9, 0.99))
-        batch, block = 12, 64
+        offsets = torch.arange(block + 1)
 
         def step():
             starts = torch.randint(len(data) - block - 1, (batch,), generator=generator)
-            x = torch.stack([data[s : s + block] for s in starts])
-            y = torch.stack([data[s + 1 : s + block + 1] for s in starts])
+            windows = data[starts[:, None] + offsets].to(device)
+            x, y = windows[:, :-1], windows[:, 1:]
             logits = model(x)
-            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
     else:
         images, labels = load_images(args.images)
-        model = Mlp() if args.model == "mlp" else Cnn()
+        images, labels = images.to(device), labels.to(device)
+        model = (Mlp() if args.model == "mlp" else Cnn()).to(device)
         opt = optimizer(model, args.optim, (0.9, 0.999))
         batch = 128
-        order = torch.randperm(len(images), generator=generator)
+        order = torch.randperm(len(images), generator=generator).to(device)
         position = [0]
 
         def step():
@@ -210,9 +231,16 @@ def main():
             opt.step()
 
     model.train()
+    gpu = device.type == "cuda"
+    if gpu:
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize()
     began = time.perf_counter()
     for _ in range(args.steps):
         step()
+    if gpu:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - began
     print(
         json.dumps(
@@ -225,6 +253,7 @@ def main():
                 "seconds": seconds,
                 "samples_per_second": args.steps * batch / seconds,
                 "seconds_per_iter": seconds / args.steps,
+                "device": torch.cuda.get_device_name() if gpu else "cpu",
                 "torch": torch.__version__,
             }
         )

@@ -274,7 +274,11 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     let config = args.config()?;
     set_threads(args.threads)?;
     // a missing GPU fails before any data is read
-    let device = args.device.single()?;
+    let (device, replicas) = if config.model == ModelKind::Gpt {
+        (args.device.single()?, Vec::new())
+    } else {
+        args.device.split()?
+    };
     if config.model == ModelKind::Gpt {
         return run_train_gpt(args, &config, device);
     }
@@ -300,6 +304,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         resume,
         stop_after: args.stop_after,
         device,
+        replicas,
     };
     let summary = train(&config, &data, &options, progress_for_stdout().as_mut())?;
     println!(
@@ -364,6 +369,7 @@ fn run_train_gpt(args: &TrainArgs, config: &TrainConfig, device: Device) -> Resu
         resume,
         stop_after: args.stop_after,
         device,
+        replicas: Vec::new(),
     };
     let summary = train_gpt(config, &text, &options, &mut |e: &GptEval| {
         println!("{}", e.line(g.iters));

@@ -72,12 +72,19 @@ impl DeviceSpec {
         }
     }
 
+    /// The first device, and the others for data-parallel replicas.
+    pub fn split(&self) -> Result<(Device, Vec<Device>)> {
+        let mut devices = self.devices()?;
+        let first = devices.remove(0);
+        Ok((first, devices))
+    }
+
     /// The one device of a command that runs on one; an error for a list of several.
     pub fn single(&self) -> Result<Device> {
         let mut devices = self.devices()?;
         ensure!(
             devices.len() == 1,
-            "--device {self}: this command runs on one device; give one (e.g. cuda:0)"
+            "--device {self}: this command runs on one device (data-parallel training is for the image classifiers); give one, e.g. cuda:0"
         );
         Ok(devices.remove(0))
     }

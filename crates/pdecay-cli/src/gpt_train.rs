@@ -305,6 +305,10 @@ pub fn train_gpt(
     report: &mut dyn FnMut(&GptEval),
 ) -> Result<GptSummary> {
     config.validate()?;
+    ensure!(
+        options.replicas.is_empty(),
+        "data-parallel training is built for the image classifiers, not yet for the GPT: give one device"
+    );
     let s = &config.gpt;
     let device = options.device.clone().autodiff();
     device.seed(config.seed);

@@ -17,6 +17,7 @@ pub mod gpt_train;
 pub mod infer;
 pub mod model_file;
 pub mod models;
+pub mod parallel;
 pub mod plots;
 pub mod report;
 pub mod sweep;

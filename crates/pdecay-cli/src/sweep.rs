@@ -460,6 +460,7 @@ pub fn run(
                     resume: state == RunState::Started,
                     stop_after: None,
                     device: device.clone(),
+                    replicas: Vec::new(),
                 };
                 let trained = match &data[&key] {
                     RunData::Images(images) => train(config, images, &options, progress.training())

@@ -19,15 +19,16 @@ use pdecay_burn::{
     DecaySummary, Decoupled, DecoupledL2, MagnitudePruningConfig, NoDecay, PNormConfig,
     SparseOptimizer, StepError, adam_gmp, adam_l1, adam_naive_lp, adam_pytorch, padam_with, psgd,
 };
-use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
 use crate::data::ImageSplits;
 use crate::gpt_train::GptSettings;
 use crate::models::{Classifier, ModelKind};
+use crate::parallel::{all_reduce, replicate, shard_gradients, shards, step_replicas};
 
 /// The optimizer (pWD or a baseline).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -480,6 +481,8 @@ pub struct RunOptions {
     pub stop_after: Option<usize>,
     /// The device (without autodiff; the trainer adds it).
     pub device: Device,
+    /// More devices for data-parallel training, one replica each (empty: `device` alone).
+    pub replicas: Vec<Device>,
 }
 
 impl Default for RunOptions {
@@ -490,6 +493,7 @@ impl Default for RunOptions {
             resume: false,
             stop_after: None,
             device: Device::flex(),
+            replicas: Vec::new(),
         }
     }
 }
@@ -651,6 +655,15 @@ pub fn train(
         run.metrics_file,
     );
     progress.start(&optim.decay_summary(&model));
+    let replica_devices: Vec<Device> = options
+        .replicas
+        .iter()
+        .map(|d| d.clone().autodiff())
+        .collect();
+    let mut others = replicate(&model, &optim, &replica_devices);
+    let all_devices: Vec<Device> = std::iter::once(device.clone())
+        .chain(replica_devices.iter().cloned())
+        .collect();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let start = Instant::now();
     let earlier_wall_seconds = position.wall_seconds;
@@ -665,27 +678,62 @@ pub fn train(
         indices.sort_unstable();
         let mut rng = StdRng::seed_from_u64(seed);
         indices.shuffle(&mut rng);
-        device.seed(seed);
+        for d in &all_devices {
+            d.seed(seed);
+        }
         let epoch_start = Instant::now();
         let (mut loss_sum, mut lr, mut done) = (0.0, 0.0, 0);
         for batch in indices.chunks(config.batch_size) {
             let step = position.step;
-            let augment = config.augment.then_some(&mut rng);
-            let (x, y) = data.train.augmented_batch(batch, stats, &device, augment);
-            let loss = loss_fn.forward(model.forward(x), y);
-            let loss_value = loss.clone().into_scalar::<f32>() as f64;
-            if !loss_value.is_finite() {
-                return Err(Diverged {
-                    epoch,
-                    step,
-                    reason: format!("the training loss became {loss_value}"),
-                }
-                .into());
-            }
-            loss_sum += loss_value * batch.len() as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let diverged = |value: f64| Diverged {
+                epoch,
+                step,
+                reason: format!("the training loss became {value}"),
+            };
             lr = schedule.value(step);
-            model = step_or_diverge(&mut optim, lr, model, grads, epoch, step)?;
+            let loss_value = if others.is_empty() {
+                let augment = config.augment.then_some(&mut rng);
+                let (x, y) = data.train.augmented_batch(batch, stats, &device, augment);
+                let loss = loss_fn.forward(model.forward(x), y);
+                let loss_value = loss.clone().into_scalar::<f32>() as f64;
+                if !loss_value.is_finite() {
+                    return Err(diverged(loss_value).into());
+                }
+                loss_sum += loss_value * batch.len() as f64;
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = step_or_diverge(&mut optim, lr, model, grads, epoch, step)?;
+                loss_value
+            } else {
+                let parts = shards(batch.len(), all_devices.len());
+                // one augmentation seed per shard, drawn here: the draws do not depend on how
+                // the threads interleave
+                let seeds: Vec<u64> = parts.iter().map(|_| rng.random()).collect();
+                let whole = batch.len() as f64;
+                let (loss_value, grads) = shard_gradients(&model, &device, &others, |m, d, s| {
+                    let shard = &batch[parts[s].clone()];
+                    if shard.is_empty() {
+                        return None;
+                    }
+                    let mut shard_rng = StdRng::seed_from_u64(seeds[s]);
+                    let augment = config.augment.then_some(&mut shard_rng);
+                    let (x, y) = data.train.augmented_batch(shard, stats, d, augment);
+                    // weighted by the shard's share: the sum is the whole batch's mean loss
+                    Some(
+                        loss_fn
+                            .forward(m.forward(x), y)
+                            .mul_scalar(shard.len() as f64 / whole),
+                    )
+                });
+                if !loss_value.is_finite() {
+                    return Err(diverged(loss_value).into());
+                }
+                loss_sum += loss_value * whole;
+                let mut reduced = all_reduce(&model, grads, &all_devices).into_iter();
+                let grads = reduced.next().expect("one copy per device");
+                model = step_or_diverge(&mut optim, lr, model, grads, epoch, step)?;
+                step_replicas(&mut others, reduced, lr, epoch, step)?;
+                loss_value
+            };
             position.step += 1;
             done += 1;
             progress.step(epoch, done, steps_per_epoch, loss_value);
