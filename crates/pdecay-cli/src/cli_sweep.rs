@@ -96,8 +96,12 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
     } else {
         Box::new(PlainSweep(QuietStart(PlainProgress)))
     };
-    let device = args.device.single()?;
-    let results = sweep::run(&plan, &out, &device, &load_run_data, progress.as_mut())?;
+    let devices = if plan.is_gpt() {
+        vec![args.device.single()?]
+    } else {
+        args.device.devices()?
+    };
+    let results = sweep::run(&plan, &out, &devices, &load_run_data, progress.as_mut())?;
     println!(
         "\n{:<48} {:>9} {:>9} {:>17}",
         "run",

@@ -420,11 +420,12 @@ impl Outcome {
 }
 
 /// Runs every run of `plan` into `out/<name>` one after another, skipping finished runs and
-/// resuming started ones; rewrites `out/sweep.csv` after each. `load` gives a config's data.
+/// resuming started ones; rewrites `out/sweep.csv` after each. Runs train on `devices` (more
+/// than one: data parallel, image classifiers only); `load` gives a config's data.
 pub fn run(
     plan: &SweepPlan,
     out: &Path,
-    device: &Device,
+    devices: &[Device],
     load: &dyn Fn(&TrainConfig) -> Result<RunData>,
     progress: &mut dyn SweepProgress,
 ) -> Result<Vec<SweepResult>> {
@@ -459,8 +460,8 @@ pub fn run(
                     out: Some(dir.clone()),
                     resume: state == RunState::Started,
                     stop_after: None,
-                    device: device.clone(),
-                    replicas: Vec::new(),
+                    device: devices[0].clone(),
+                    replicas: devices[1..].to_vec(),
                 };
                 let trained = match &data[&key] {
                     RunData::Images(images) => train(config, images, &options, progress.training())
