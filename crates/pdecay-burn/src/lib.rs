@@ -36,6 +36,7 @@ pub mod clip;
 pub mod optimizers;
 pub mod padam;
 pub mod pnorm;
+pub mod pool;
 pub mod rule;
 pub mod sparse_optimizer;
 pub mod state;
@@ -48,6 +49,7 @@ pub use optimizers::{
 };
 pub use padam::PAdam;
 pub use pnorm::{Kernel, Mode, PNorm, PNormConfig, Reference};
+pub use pool::max_pool_2x2;
 pub use rule::{DEFAULT_MIN_RANK, DecayRule, DecaysTensors, Decoupled, NoDecay, StepContext};
 pub use sparse_optimizer::{
     DecaySummary, NamedValues, SparseOptimizer, StepError, first_non_finite, parameter_values,

@@ -181,11 +181,28 @@ mod tests {
     use burn::tensor::{Distribution, Int, TensorData};
     use pdecay_burn::parameter_values;
 
-    /// pAdam steps on a small MLP, the batch of 10 split over `replicas` replicas on the CPU;
-    /// returns the first replica's weights and whether every replica equals it bit for bit.
-    fn train_with(replicas: usize, steps: usize) -> (Vec<Vec<f32>>, bool) {
+    /// A small MLP and a batch of 10: the same starting point for every run of a test.
+    /// (burn's random draws come from one generator per device that tests running in parallel
+    /// share, so each run must not draw its own.)
+    fn problem() -> (Classifier, Tensor<2>, Tensor<1, Int>) {
         let device = Device::flex().autodiff();
-        device.seed(7);
+        let model = Classifier::new(ModelKind::Mlp, 4, &[8], &device);
+        // burn draws a parameter's values on first use: use them once so clones share them
+        let _ = parameter_values(&model);
+        let x = Tensor::<2>::random([10, 16], Distribution::Normal(0.0, 1.0), &device);
+        let labels: Vec<i64> = (0..10).map(|i| i % 3).collect();
+        let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [10]), &device);
+        (model, x, y)
+    }
+
+    /// pAdam steps from `start`, the batch split over `replicas` replicas on the CPU; returns
+    /// the first replica's weights and whether every replica equals it bit for bit.
+    fn train_with(
+        start: &(Classifier, Tensor<2>, Tensor<1, Int>),
+        replicas: usize,
+        steps: usize,
+    ) -> (Vec<Vec<f32>>, bool) {
+        let device = Device::flex().autodiff();
         let config = TrainConfig {
             optim: OptimKind::Padam,
             p: 0.8,
@@ -193,12 +210,7 @@ mod tests {
             ..TrainConfig::default()
         };
         let mut optim = config.optimizer(steps as u64).unwrap();
-        // the data first: burn draws a parameter's initial values on its first use, and
-        // replicate() uses them before the training does
-        let x = Tensor::<2>::random([10, 16], Distribution::Normal(0.0, 1.0), &device);
-        let labels: Vec<i64> = (0..10).map(|i| i % 3).collect();
-        let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [10]), &device);
-        let mut model = Classifier::new(ModelKind::Mlp, 4, &[8], &device);
+        let (mut model, x, y) = start.clone();
         let devices = vec![device.clone(); replicas];
         let mut others = replicate(&model, &optim, &devices[1..]);
         let loss_fn = CrossEntropyLossConfig::new().init(&device);
@@ -229,9 +241,10 @@ mod tests {
     #[test]
     fn replicas_stay_identical_and_match_one_device() {
         const STEPS: usize = 30;
-        let (single, _) = train_with(1, STEPS);
+        let start = problem();
+        let (single, _) = train_with(&start, 1, STEPS);
         for replicas in [2, 3] {
-            let (parallel, identical) = train_with(replicas, STEPS);
+            let (parallel, identical) = train_with(&start, replicas, STEPS);
             assert!(identical, "{replicas} replicas drifted apart");
             // the shards' weighted gradients sum to the whole batch's: the same training up
             // to the order of float additions

@@ -1,0 +1,238 @@
+//! 2x2 max pooling with stride 2 for burn's flex CPU backend, forward and backward.
+//!
+//! burn's `MaxPool2d` on flex goes through a generic 3-d pooling kernel that computes each
+//! output's window bounds and walks it with bounds checks: about 24 ns per output, 18% of a CNN
+//! training step (bench/README.md). For the 2x2 / stride 2 window every CNN here uses, the four
+//! candidates of an output sit at fixed offsets, so one pass over each input plane does it.
+//!
+//! The op is a burn backend extension. Flex gets the fast forward. Autodiff records the
+//! argmax of each window and, on the way back, hands it to the backend's own
+//! `max_pool2d_with_indices_backward`, the scatter that `MaxPool2d` uses too. Values, indices
+//! and gradients are therefore exactly those of `MaxPool2d([2, 2])`, ties included: the first
+//! maximum in row-major window order wins, and a NaN wins as in PyTorch. [`max_pool_2x2`] falls
+//! back to burn's own pooling on any other device (CUDA).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::ModuleOps;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Backend, Dispatch, Flex, backend_extension};
+use burn::tensor::ops::MaxPoolOptions;
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use rayon::prelude::*;
+
+const KERNEL: [usize; 2] = [2, 2];
+const STRIDE: [usize; 2] = [2, 2];
+const PADDING: [usize; 2] = [0, 0];
+const DILATION: [usize; 2] = [1, 1];
+
+/// 2x2, stride-2 max pooling as a backend operation.
+#[backend_extension(Flex, Autodiff)]
+pub trait MaxPool2x2: Backend {
+    /// The pooled `[B, C, H/2, W/2]` and, for each output, the index of its maximum within its
+    /// input plane (`row * W + col`, i64), as `max_pool2d_with_indices` gives them.
+    fn max_pool_2x2_with_indices(x: FloatTensor<Self>) -> (FloatTensor<Self>, IntTensor<Self>) {
+        let pooled = Self::max_pool2d_with_indices(
+            x,
+            KERNEL,
+            STRIDE,
+            PADDING,
+            DILATION,
+            false,
+            burn::tensor::IntDType::I64,
+        );
+        (pooled.output, pooled.indices)
+    }
+
+    /// The pooled `[B, C, H/2, W/2]`.
+    fn max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::max_pool_2x2_with_indices(x).0
+    }
+}
+
+impl MaxPool2x2 for Flex {
+    fn max_pool_2x2_with_indices(x: FloatTensor<Self>) -> (FloatTensor<Self>, IntTensor<Self>) {
+        if x.dtype() != DType::F32 {
+            let pooled = Self::max_pool2d_with_indices(
+                x,
+                KERNEL,
+                STRIDE,
+                PADDING,
+                DILATION,
+                false,
+                burn::tensor::IntDType::I64,
+            );
+            return (pooled.output, pooled.indices);
+        }
+        let x = x.to_contiguous();
+        let dims = x.layout().shape().to_vec();
+        let [batch, channels, height, width] = [dims[0], dims[1], dims[2], dims[3]];
+        let (values, indices) = pool_planes(x.storage::<f32>(), batch * channels, height, width);
+        let shape = [batch, channels, height / 2, width / 2];
+        (
+            FlexTensor::from_data(TensorData::new(values, shape)),
+            FlexTensor::from_data(TensorData::new(indices, shape)),
+        )
+    }
+}
+
+/// Pools `planes` contiguous `height x width` planes; odd last rows and columns are dropped.
+fn pool_planes(input: &[f32], planes: usize, height: usize, width: usize) -> (Vec<f32>, Vec<i64>) {
+    let (rows, cols) = (height / 2, width / 2);
+    let out_len = rows * cols;
+    let mut values = vec![0.0f32; planes * out_len];
+    let mut indices = vec![0i64; planes * out_len];
+    let pool_plane = |(plane, (out, idx)): (usize, (&mut [f32], &mut [i64]))| {
+        let x = &input[plane * height * width..(plane + 1) * height * width];
+        let out_rows = out
+            .chunks_exact_mut(cols.max(1))
+            .zip(idx.chunks_exact_mut(cols.max(1)));
+        for (r, (out_row, idx_row)) in out_rows.enumerate() {
+            let top_start = 2 * r * width;
+            let top = &x[top_start..top_start + 2 * cols];
+            let bottom = &x[top_start + width..top_start + width + 2 * cols];
+            let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+            for (c, ((t, b), (value, index))) in windows
+                .zip(out_row.iter_mut().zip(idx_row.iter_mut()))
+                .enumerate()
+            {
+                // row-major window order; a later candidate wins when strictly greater or NaN
+                // (burn's and PyTorch's rule), written so it compiles to selects, not branches
+                let (mut best, mut at) = (t[0], 0);
+                for (k, candidate) in [t[1], b[0], b[1]].into_iter().enumerate() {
+                    let wins = (candidate > best) | candidate.is_nan();
+                    best = if wins { candidate } else { best };
+                    at = if wins { k + 1 } else { at };
+                }
+                *value = best;
+                // the window's corner (top left, top right, bottom left, bottom right) in the plane
+                *index = (top_start + 2 * c + (at & 1) + (at >> 1) * width) as i64;
+            }
+        }
+    };
+    let chunk = out_len.max(1);
+    // one plane is a few microseconds of work: only many of them are worth the threads
+    if planes * out_len >= 1 << 16 {
+        values
+            .par_chunks_mut(chunk)
+            .zip(indices.par_chunks_mut(chunk))
+            .enumerate()
+            .for_each(pool_plane);
+    } else {
+        values
+            .chunks_mut(chunk)
+            .zip(indices.chunks_mut(chunk))
+            .enumerate()
+            .for_each(pool_plane);
+    }
+    (values, indices)
+}
+
+/// The backward step: the output gradient goes back to each window's maximum.
+#[derive(Debug)]
+struct MaxPool2x2Backward;
+
+impl<B: Backend> Backward<B, 1> for MaxPool2x2Backward {
+    /// The input (checkpointed) and the argmax indices.
+    type State = (NodeId, IntTensor<B>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [parent] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_state, indices) = ops.state;
+        let x = checkpointer.retrieve_node_output(x_state);
+        if let Some(node) = parent {
+            let x_grad = B::max_pool2d_with_indices_backward(
+                x, KERNEL, STRIDE, PADDING, DILATION, false, grad, indices,
+            )
+            .x_grad;
+            grads.register::<B>(node.id, x_grad);
+        }
+    }
+}
+
+impl<B: Backend + MaxPool2x2, C: CheckpointStrategy> MaxPool2x2 for Autodiff<B, C> {
+    fn max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match MaxPool2x2Backward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let (output, indices) = B::max_pool_2x2_with_indices(x.into_primitive());
+                prep.finish((x_state, indices), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::max_pool_2x2(x.into_primitive())),
+        }
+    }
+}
+
+/// 2x2 max pooling with stride 2 of `[B, C, H, W]`: burn's `MaxPool2d([2, 2])`, computed by the
+/// fast kernel on the flex CPU backend (with or without autodiff) and by burn elsewhere.
+pub fn max_pool_2x2(x: Tensor<4>) -> Tensor<4> {
+    let device = x.device();
+    if device == Device::flex() || device == Device::flex().autodiff() {
+        Tensor::from_dispatch(<Dispatch as MaxPool2x2>::max_pool_2x2(x.into_dispatch()))
+    } else {
+        burn::tensor::module::max_pool2d(x, MaxPoolOptions::new(KERNEL))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    fn burn_pool(x: Tensor<4>) -> Tensor<4> {
+        burn::tensor::module::max_pool2d(x, MaxPoolOptions::new(KERNEL))
+    }
+
+    #[test]
+    fn a_hand_worked_plane() {
+        // one 2x4 plane: windows [[1, 5], [3, 2]] and [[4, 4], [-1, 0]] (a tie: the first wins)
+        let (values, indices) = pool_planes(&[1.0, 5.0, 4.0, 4.0, 3.0, 2.0, -1.0, 0.0], 1, 2, 4);
+        assert_eq!(values, [5.0, 4.0]);
+        assert_eq!(indices, [1, 2]);
+        // odd sizes drop the last row and column; a NaN wins its window
+        let (values, indices) =
+            pool_planes(&[0.0, f32::NAN, 7.0, 1.0, 2.0, 8.0, 9.0, 9.0, 9.0], 1, 3, 3);
+        assert!(values[0].is_nan());
+        assert_eq!(indices, [1]);
+    }
+
+    #[test]
+    fn values_and_gradients_equal_burns_max_pool() {
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            for [b, c, h, w] in [[2, 3, 6, 8], [1, 2, 7, 5], [4, 32, 28, 28]] {
+                let x = Tensor::<4>::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+                // ReLU-like inputs: many exact ties at zero
+                let x = x.clamp_min(0.0);
+                assert_eq!(
+                    max_pool_2x2(x.clone()).into_data(),
+                    burn_pool(x.clone()).into_data()
+                );
+                if device == Device::flex() {
+                    continue;
+                }
+                let x = x.require_grad();
+                let weights =
+                    Tensor::<4>::random([b, c, h / 2, w / 2], Distribution::Default, &device);
+                let grad = |y: Tensor<4>| {
+                    let grads = (y * weights.clone()).sum().backward();
+                    x.grad(&grads).unwrap().into_data()
+                };
+                assert_eq!(grad(max_pool_2x2(x.clone())), grad(burn_pool(x.clone())));
+            }
+        }
+    }
+}
