@@ -5,7 +5,7 @@
 # alike; it prints the median of each, their ratio, and last `slowest pdecay/PyTorch ratio: R
 # (MODEL)`. A benchmark, not a test: it asserts nothing. About 15 minutes on 2 cores.
 #
-#   bench/vs_pytorch.sh [REPEATS]      (default 3)
+#   bench/vs_pytorch.sh [REPEATS [MODEL...]]      (default 3 repeats of mlp cnn gpt)
 #
 # Data: $PDECAY_DATA (Fashion-MNIST IDX folder; else ../shared/data/fashion-mnist) and
 # $PDECAY_TEXT (else ../shared/data/tinyshakespeare/input.txt). PyTorch comes from PyPI into
@@ -19,6 +19,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repeats=${1:-3}
+shift $(( $# > 0 ? 1 : 0 ))
+models=("$@")
+[ ${#models[@]} -gt 0 ] || models=(mlp cnn gpt)
 images=${PDECAY_DATA:-../shared/data/fashion-mnist}
 text=${PDECAY_TEXT:-../shared/data/tinyshakespeare/input.txt}
 threads=$(nproc)
@@ -62,7 +65,7 @@ torch_run() { # model optim -> samples/s
 echo "threads: $threads; PyTorch $("$py" -c 'import torch; print(torch.__version__)'); $repeats repeats"
 printf '%-4s %-6s %16s %16s %9s\n' model optim "pdecay samples/s" "PyTorch samples/s" "ratio"
 slowest=""
-for model in mlp cnn gpt; do
+for model in "${models[@]}"; do
   for optim in adamw padam; do
     for i in $(seq "$repeats"); do
       pdecay_run "$model" "$optim" "$work/$model-$optim-$i" >>"$work/$model-$optim.pdecay"
