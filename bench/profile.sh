@@ -46,7 +46,7 @@ for model in "${models[@]}"; do
     *) echo "unknown model $model: give mlp, cnn or gpt" >&2; exit 1 ;;
   esac
   perf record -q -F 499 -o "$work/$model.data" -- \
-    "$bin" train "${args[@]}" --optim padam --lambda 1e-2 --out "$work/$model-run" >/dev/null 2>&1
+    "$bin" train "${args[@]}" --optim padam --lambda 1e-2 --out "$work/$model-run" >/dev/null
   perf report -i "$work/$model.data" --no-children --sort symbol --stdio 2>/dev/null \
     | awk '/^ +[0-9.]+%/ {p=$1; sub("%","",p); $1=""; print p "\t" $0}' >"$work/$model.tsv"
   echo "== $model: top functions (self time)"

@@ -1,5 +1,6 @@
-"""The PyTorch side of bench/vs_pytorch.sh: the same models, batch sizes and threads as pdecay,
-trained for a fixed number of steps on CPU; prints one JSON object with samples per second.
+"""The PyTorch side of bench/vs_pytorch.sh (CPU) and scripts/gpu-check.sh (CUDA): the same
+models, batch sizes and threads as pdecay, trained for a fixed number of steps; prints one JSON
+object with samples per second.
 
     python bench/torch_ref.py --model mlp|cnn|gpt --optim adamw|padam --steps N \
         [--threads T] [--images DIR] [--text FILE] [--device cpu|cuda] [--preset cpu|paper]

@@ -15,8 +15,13 @@ text=${PDECAY_TEXT:-../shared/data/tinyshakespeare/input.txt}
 # the driver of the GPU machine decides the CUDA API version; 12.x drivers lack some 13.x
 # symbols, so CUDARC_CUDA_VERSION (e.g. 12080) can pin the bindings
 cargo build --release -p pdecay-cli --features cuda
+if [ -e "$dir" ] && [ ! -e "$dir/.gpu-pack" ]; then
+  echo "error: $dir exists and is not a folder this script made; give a new folder" >&2
+  exit 1
+fi
 rm -rf "$dir"
 mkdir -p "$dir/data/fashion-mnist" "$dir/data/tinyshakespeare"
+touch "$dir/.gpu-pack"
 strip -o "$dir/pdecay" target/release/pdecay
 cp scripts/gpu-check.sh bench/torch_ref.py "$dir/"
 for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do

@@ -1,7 +1,7 @@
 //! 2x2 max pooling with stride 2 for burn's flex CPU backend, forward and backward.
 //!
 //! burn's `MaxPool2d` on flex goes through a generic 3-d pooling kernel that computes each
-//! output's window bounds and walks it with bounds checks: about 24 ns per output, 18% of a CNN
+//! output's window bounds and walks it with bounds checks: about 24 ns per output, 17% of a CNN
 //! training step (bench/README.md). For the 2x2 / stride 2 window every CNN here uses, the four
 //! candidates of an output sit at fixed offsets, so one pass over each input plane does it.
 //!

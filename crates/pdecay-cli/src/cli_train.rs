@@ -318,7 +318,6 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// `pdecay train --model gpt`.
 /// The text of a GPT run.
 pub fn load_text(config: &TrainConfig) -> Result<TextData> {
     let path = match config.data.as_deref() {
@@ -339,6 +338,7 @@ pub fn load_run_data(config: &TrainConfig) -> Result<RunData> {
     })
 }
 
+/// `pdecay train --model gpt`.
 fn run_train_gpt(args: &TrainArgs, config: &TrainConfig, device: Device) -> Result<()> {
     let text = load_text(config)?;
     let (out, resume) = match &args.resume {
@@ -457,6 +457,10 @@ pub struct DemoArgs {
 
 /// The main job: the MLP on the embedded subset, once with AdamW and once with pAdam.
 pub fn run_demo(args: &DemoArgs) -> Result<()> {
+    let options = RunOptions {
+        device: args.device.single()?,
+        ..RunOptions::default()
+    };
     let data = mnist::embedded();
     // 30 epochs of 43 steps: long enough for pWD to prune (sparsity grows with the number of
     // steps), short enough for a first look (~25 s on 2 cores).
@@ -493,10 +497,6 @@ pub fn run_demo(args: &DemoArgs) -> Result<()> {
         base.batch_size,
         base.lr
     );
-    let options = RunOptions {
-        device: args.device.single()?,
-        ..RunOptions::default()
-    };
     let mut results: Vec<(&str, Summary)> = Vec::new();
     for (name, config) in &runs {
         println!("{name}:");

@@ -75,6 +75,7 @@ impl DeviceSpec {
     /// The first device, and the others for data-parallel replicas.
     pub fn split(&self) -> Result<(Device, Vec<Device>)> {
         let mut devices = self.devices()?;
+        ensure!(!devices.is_empty(), "--device {self} names no device");
         let first = devices.remove(0);
         Ok((first, devices))
     }
@@ -82,9 +83,10 @@ impl DeviceSpec {
     /// The one device of a command that runs on one; an error for a list of several.
     pub fn single(&self) -> Result<Device> {
         let mut devices = self.devices()?;
+        ensure!(!devices.is_empty(), "--device {self} names no device");
         ensure!(
             devices.len() == 1,
-            "--device {self}: this command runs on one device (data-parallel training is for the image classifiers); give one, e.g. cuda:0"
+            "--device {self}: this command runs on one device (several are for `pdecay train` and `pdecay sweep` of the MLP and CNN); give one, e.g. cuda:0"
         );
         Ok(devices.remove(0))
     }

@@ -93,7 +93,10 @@ where
         let first = gradient(main, main_device, 0);
         let rest: Vec<_> = handles
             .into_iter()
-            .map(|h| h.join().expect("a replica's thread panicked"))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
             .collect();
         (first, rest)
     });
@@ -195,12 +198,14 @@ mod tests {
         (model, x, y)
     }
 
-    /// pAdam steps from `start`, the batch split over `replicas` replicas on the CPU; returns
-    /// the first replica's weights and whether every replica equals it bit for bit.
+    /// pAdam steps from `start` on its first `rows` examples, split over `replicas` replicas
+    /// on the CPU; returns the first replica's weights and whether every replica equals it bit
+    /// for bit.
     fn train_with(
         start: &(Classifier, Tensor<2>, Tensor<1, Int>),
         replicas: usize,
         steps: usize,
+        rows: usize,
     ) -> (Vec<Vec<f32>>, bool) {
         let device = Device::flex().autodiff();
         let config = TrainConfig {
@@ -214,14 +219,17 @@ mod tests {
         let devices = vec![device.clone(); replicas];
         let mut others = replicate(&model, &optim, &devices[1..]);
         let loss_fn = CrossEntropyLossConfig::new().init(&device);
-        let parts = shards(10, replicas);
+        let parts = shards(rows, replicas);
         for step in 0..steps {
             let (_, grads) = shard_gradients(&model, &device, &others, |m, _, s| {
-                let rows = parts[s].clone();
-                let share = rows.len() as f64 / 10.0;
+                let shard = parts[s].clone();
+                if shard.is_empty() {
+                    return None;
+                }
+                let share = shard.len() as f64 / rows as f64;
                 let loss = loss_fn.forward(
-                    m.forward(x.clone().slice([rows.clone(), 0..16])),
-                    y.clone().slice([rows]),
+                    m.forward(x.clone().slice([shard.clone(), 0..16])),
+                    y.clone().slice([shard]),
                 );
                 Some(loss.mul_scalar(share))
             });
@@ -242,9 +250,9 @@ mod tests {
     fn replicas_stay_identical_and_match_one_device() {
         const STEPS: usize = 30;
         let start = problem();
-        let (single, _) = train_with(&start, 1, STEPS);
+        let (single, _) = train_with(&start, 1, STEPS, 10);
         for replicas in [2, 3] {
-            let (parallel, identical) = train_with(&start, replicas, STEPS);
+            let (parallel, identical) = train_with(&start, replicas, STEPS, 10);
             assert!(identical, "{replicas} replicas drifted apart");
             // the shards' weighted gradients sum to the whole batch's: the same training up
             // to the order of float additions
@@ -258,6 +266,22 @@ mod tests {
         }
         // and pWD did act: some weights are exactly zero
         assert!(single.iter().flatten().any(|&w| w == 0.0));
+    }
+
+    #[test]
+    fn a_batch_smaller_than_the_replicas_leaves_the_extra_ones_idle() {
+        // 2 examples over 3 replicas: the third shard is empty and adds no gradient
+        let start = problem();
+        let (single, _) = train_with(&start, 1, 5, 2);
+        let (parallel, identical) = train_with(&start, 3, 5, 2);
+        assert!(identical);
+        let worst = single
+            .iter()
+            .flatten()
+            .zip(parallel.iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "max |diff| {worst}");
     }
 
     #[test]

@@ -462,10 +462,12 @@ struct PhaseGrid {
 
 /// The pAdam runs' (p, lambda) grid with the mean of `value` per cell.
 fn phase_grid(runs: &[&RunRecord], value: fn(&RunSummary) -> f64) -> PhaseGrid {
+    // plain pAdam only: a variant (p-scheduling, elastic net, ...) with the same (p, lambda) is
+    // another method, not another seed to average with
     let padam: Vec<&RunRecord> = runs
         .iter()
         .copied()
-        .filter(|r| r.config.optim == OptimKind::Padam)
+        .filter(|r| r.config.optim == OptimKind::Padam && variant_words(&r.config).is_empty())
         .collect();
     let sorted = |f: fn(&TrainConfig) -> f64| {
         let mut v: Vec<f64> = padam.iter().map(|r| f(&r.config)).collect();
@@ -718,6 +720,14 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
     Ok(ReportFiles { markdown, plots })
 }
 
+/// Where a run diverged: the epoch and step, or the GPT's iteration (its step).
+fn diverged_words(task: Task, d: &crate::train::Diverged) -> String {
+    match task {
+        Task::Classifier => format!("diverged at epoch {}, step {}", d.epoch, d.step),
+        Task::Gpt => format!("diverged at iteration {}", d.epoch),
+    }
+}
+
 /// The model, data and schedule of a run, in one sentence.
 fn training_words(c: &TrainConfig) -> String {
     match Task::of(c) {
@@ -784,11 +794,9 @@ fn write_run_table(md: &mut String, runs: &[RunRecord], task: Task) -> Result<()
                     s.total_params(),
                 )?
             }
-            Some(Outcome::Diverged(d)) => writeln!(
-                md,
-                "{head} diverged at {x} {}, step {} | | | | | |",
-                d.epoch, d.step
-            )?,
+            Some(Outcome::Diverged(d)) => {
+                writeln!(md, "{head} {} | | | | | |", diverged_words(task, d))?
+            }
             None => writeln!(
                 md,
                 "{head} unfinished ({} evaluations so far) | | | | | |",
@@ -868,11 +876,9 @@ fn write_findings(
         if let Some(Outcome::Diverged(d)) = &r.outcome {
             writeln!(
                 md,
-                "- {} diverged at {} {}, step {}: {}.",
+                "- {} {}: {}.",
                 label(r),
-                task.x_axis(),
-                d.epoch,
-                d.step,
+                diverged_words(task, d),
                 d.reason
             )?;
         }

@@ -435,6 +435,7 @@ pub fn run(
             out.display()
         )
     })?;
+    ensure!(!devices.is_empty(), "a sweep needs at least one device");
     // Every folder is checked before anything trains: a changed sweep file fails at once.
     let states = plan
         .runs

@@ -678,8 +678,10 @@ pub fn train(
         indices.sort_unstable();
         let mut rng = StdRng::seed_from_u64(seed);
         indices.shuffle(&mut rng);
-        for d in &all_devices {
-            d.seed(seed);
+        // each replica its own dropout stream: with one seed, row i of every shard would get
+        // the same mask (replica 0 keeps the run's seed, so one device is unchanged)
+        for (k, d) in all_devices.iter().enumerate() {
+            d.seed(seed.wrapping_add((k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
         }
         let epoch_start = Instant::now();
         let (mut loss_sum, mut lr, mut done) = (0.0, 0.0, 0);
@@ -691,6 +693,8 @@ pub fn train(
                 reason: format!("the training loss became {value}"),
             };
             lr = schedule.value(step);
+            // one device keeps its own branch: augmentation drawn straight from the epoch's
+            // rng, so runs (and resumes) stay bit-identical with runs made before replicas
             let loss_value = if others.is_empty() {
                 let augment = config.augment.then_some(&mut rng);
                 let (x, y) = data.train.augmented_batch(batch, stats, &device, augment);
