@@ -16,6 +16,10 @@
 # timeout, so a hung step cannot hold the machine, and the throughput JSON is written before the
 # real run starts. pdecay's samples/s include its first steps, when CubeCL compiles and tunes its
 # kernels; PyTorch gets two untimed warm-up steps. The comparison therefore leans against pdecay.
+#
+# GPU_CHECK_DRY_RUN=1 runs every step on the CPU at toy sizes (the CPU GPT preset, 5 iterations,
+# the images' first 5,500) to test the script itself where no GPU is at hand; its numbers mean
+# nothing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:?usage: gpu-check.sh RESULTS_DIR}
@@ -28,8 +32,17 @@ py=${PYTHON:-python3}
 for f in "$bin" "$here/torch_ref.py" "$images/train-images-idx3-ubyte.gz" "$text"; do
   [ -e "$f" ] || { echo "error: $f is missing: make this folder with scripts/gpu-pack.sh" >&2; exit 1; }
 done
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-"$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "PyTorch sees no GPU")'
+if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
+  device=cpu preset=cpu gpt_batch=12 gpt_iters=5 image_steps=43 real_epochs=1
+  gpu="none (dry run on the CPU)"
+else
+  device=cuda preset=paper gpt_batch=64 gpt_iters=60 image_steps=469 real_epochs=6
+  gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+  "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "PyTorch sees no GPU")'
+fi
+# pdecay's image runs: one epoch of the full set, or of the embedded subset in a dry run
+images_flag=(--data "$images")
+[ "$image_steps" = 469 ] || images_flag=(--embedded)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 field() { grep -o "\"$1\": *[0-9.e+-]*" "$2" | head -1 | sed 's/.*: *//'; }
@@ -37,19 +50,20 @@ field() { grep -o "\"$1\": *[0-9.e+-]*" "$2" | head -1 | sed 's/.*: *//'; }
 pdecay_sps() { # model optim -> samples/s
   local dir=$work/$1-$2
   case $1 in
-    mlp|cnn) timeout 120 "$bin" train --device cuda --model "$1" --data "$images" --epochs 1 \
+    mlp|cnn) timeout 120 "$bin" train --device "$device" --model "$1" "${images_flag[@]}" --epochs 1 \
                --optim "$2" --lambda 1e-2 --out "$dir" >"$dir.log" 2>&1
              field samples_per_second "$dir/summary.json" ;;
-    gpt) timeout 150 "$bin" train --device cuda --model gpt --preset paper --data "$text" --iters 60 \
-           --eval-interval 60 --eval-batches 2 --optim "$2" --lambda 1e-2 --out "$dir" >"$dir.log" 2>&1
-         awk -v s="$(field seconds_per_iter "$dir/summary.json")" 'BEGIN {print 64 / s}' ;;
+    gpt) timeout 150 "$bin" train --device "$device" --model gpt --preset "$preset" --data "$text" \
+           --iters "$gpt_iters" --eval-interval "$gpt_iters" --eval-batches 2 --optim "$2" --lambda 1e-2 \
+           --out "$dir" >"$dir.log" 2>&1
+         awk -v s="$(field seconds_per_iter "$dir/summary.json")" -v b="$gpt_batch" 'BEGIN {print b / s}' ;;
   esac
 }
 
 torch_sps() { # model optim -> samples/s
   local steps
-  case $1 in mlp|cnn) steps=469 ;; gpt) steps=60 ;; esac
-  timeout 120 "$py" "$here/torch_ref.py" --device cuda --preset paper --model "$1" --optim "$2" \
+  case $1 in mlp|cnn) steps=$image_steps ;; gpt) steps=$gpt_iters ;; esac
+  timeout 120 "$py" "$here/torch_ref.py" --device "$device" --preset "$preset" --model "$1" --optim "$2" \
     --steps "$steps" --images "$images" --text "$text" >"$work/torch-$1-$2.json"
   field samples_per_second "$work/torch-$1-$2.json"
 }
@@ -73,17 +87,17 @@ write_json() { # real-run accuracy and sparsity (null until measured)
   cat >"$out/gpu-check.json.tmp" <<JSON
 {"gpu": "$gpu", "pytorch": "$("$py" -c 'import torch; print(torch.__version__)')",
  "throughput": [$json_rows],
- "real_run": {"model": "cnn", "optim": "padam", "p": 0.8, "lambda": 0.05, "epochs": 6,
+ "real_run": {"model": "cnn", "optim": "padam", "p": 0.8, "lambda": 0.05, "epochs": $real_epochs,
               "final_test_accuracy": $1, "sparsity": $2}}
 JSON
   mv "$out/gpu-check.json.tmp" "$out/gpu-check.json"
 }
 write_json null null
 
-echo "real run: CNN, pAdam p 0.8 lambda 5e-2, 6 epochs"
+echo "real run: CNN, pAdam p 0.8 lambda 5e-2, $real_epochs epochs"
 real=$out/cnn-padam
 rm -rf "$real"
-timeout 200 "$bin" train --device cuda --model cnn --data "$images" --epochs 6 --optim padam \
+timeout 200 "$bin" train --device "$device" --model cnn "${images_flag[@]}" --epochs "$real_epochs" --optim padam \
   --p 0.8 --lambda 5e-2 --out "$real" >"$out/cnn-padam.log" 2>&1 || echo "the real run failed: see $out/cnn-padam.log"
 accuracy=$(field final_test_accuracy "$real/summary.json" 2>/dev/null || true)
 sparsity=$(field sparsity "$real/summary.json" 2>/dev/null || true)

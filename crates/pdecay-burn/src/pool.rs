@@ -18,7 +18,6 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::ops::MaxPoolOptions;
@@ -36,16 +35,7 @@ pub trait MaxPool2x2: Backend {
     /// The pooled `[B, C, H/2, W/2]` and, for each output, the index of its maximum within its
     /// input plane (`row * W + col`, i64), as `max_pool2d_with_indices` gives them.
     fn max_pool_2x2_with_indices(x: FloatTensor<Self>) -> (FloatTensor<Self>, IntTensor<Self>) {
-        let pooled = Self::max_pool2d_with_indices(
-            x,
-            KERNEL,
-            STRIDE,
-            PADDING,
-            DILATION,
-            false,
-            burn::tensor::IntDType::I64,
-        );
-        (pooled.output, pooled.indices)
+        generic_max_pool_2x2_with_indices::<Self>(x)
     }
 
     /// The pooled `[B, C, H/2, W/2]`.
@@ -54,19 +44,26 @@ pub trait MaxPool2x2: Backend {
     }
 }
 
+/// The backend's own `max_pool2d_with_indices` with the 2x2 / stride-2 window.
+fn generic_max_pool_2x2_with_indices<B: Backend>(
+    x: FloatTensor<B>,
+) -> (FloatTensor<B>, IntTensor<B>) {
+    let pooled = B::max_pool2d_with_indices(
+        x,
+        KERNEL,
+        STRIDE,
+        PADDING,
+        DILATION,
+        false,
+        burn::tensor::IntDType::I64,
+    );
+    (pooled.output, pooled.indices)
+}
+
 impl MaxPool2x2 for Flex {
     fn max_pool_2x2_with_indices(x: FloatTensor<Self>) -> (FloatTensor<Self>, IntTensor<Self>) {
         if x.dtype() != DType::F32 {
-            let pooled = Self::max_pool2d_with_indices(
-                x,
-                KERNEL,
-                STRIDE,
-                PADDING,
-                DILATION,
-                false,
-                burn::tensor::IntDType::I64,
-            );
-            return (pooled.output, pooled.indices);
+            return generic_max_pool_2x2_with_indices::<Self>(x);
         }
         let x = x.to_contiguous();
         let dims = x.layout().shape().to_vec();

@@ -246,6 +246,14 @@ mod tests {
         (main, identical)
     }
 
+    fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+        a.iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
     #[test]
     fn replicas_stay_identical_and_match_one_device() {
         const STEPS: usize = 30;
@@ -256,12 +264,7 @@ mod tests {
             assert!(identical, "{replicas} replicas drifted apart");
             // the shards' weighted gradients sum to the whole batch's: the same training up
             // to the order of float additions
-            let worst = single
-                .iter()
-                .flatten()
-                .zip(parallel.iter().flatten())
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
+            let worst = max_abs_diff(&single, &parallel);
             assert!(worst < 1e-4, "{replicas} replicas: max |diff| {worst}");
         }
         // and pWD did act: some weights are exactly zero
@@ -275,12 +278,7 @@ mod tests {
         let (single, _) = train_with(&start, 1, 5, 2);
         let (parallel, identical) = train_with(&start, 3, 5, 2);
         assert!(identical);
-        let worst = single
-            .iter()
-            .flatten()
-            .zip(parallel.iter().flatten())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = max_abs_diff(&single, &parallel);
         assert!(worst < 1e-5, "max |diff| {worst}");
     }
 
