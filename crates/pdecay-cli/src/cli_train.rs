@@ -274,14 +274,10 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     let config = args.config()?;
     set_threads(args.threads)?;
     // a missing GPU fails before any data is read
-    let (device, replicas) = if config.model == ModelKind::Gpt {
-        (args.device.single()?, Vec::new())
-    } else {
-        args.device.split()?
-    };
     if config.model == ModelKind::Gpt {
-        return run_train_gpt(args, &config, device);
+        return run_train_gpt(args, &config, args.device.single()?);
     }
+    let (device, replicas) = args.device.split()?;
     let data = load_data(&config)?;
     let (out, resume) = match &args.resume {
         Some(dir) => (dir.clone(), true),

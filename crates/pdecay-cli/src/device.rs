@@ -82,13 +82,12 @@ impl DeviceSpec {
 
     /// The one device of a command that runs on one; an error for a list of several.
     pub fn single(&self) -> Result<Device> {
-        let mut devices = self.devices()?;
-        ensure!(!devices.is_empty(), "--device {self} names no device");
+        let (first, others) = self.split()?;
         ensure!(
-            devices.len() == 1,
+            others.is_empty(),
             "--device {self}: this command runs on one device (several are for `pdecay train` and `pdecay sweep` of the MLP and CNN); give one, e.g. cuda:0"
         );
-        Ok(devices.remove(0))
+        Ok(first)
     }
 }
 

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
 use burn::tensor::Device;
 use pdecay::factor::suppression_scale;
 use pdecay::sparsity::TensorSparsity;
@@ -401,19 +402,22 @@ fn select<'a>(finished: &[&'a RunRecord], score: Score) -> Option<Selection<'a>>
 
 /// The decayed weights of a run's last checkpoint.
 fn decayed_weights(run: &RunRecord) -> Result<Vec<f32>> {
-    let loading = || format!("loading the checkpoint of {}", run.dir.display());
+    // the last checkpoint's values, if there is one, for either kind of model
+    fn saved<M: Module>(dir: &Path, model: M) -> Result<Option<Vec<NamedValues>>> {
+        Ok(checkpoint::load_model(dir, model)
+            .with_context(|| format!("loading the checkpoint of {}", dir.display()))?
+            .map(|(m, _)| parameter_values(&m)))
+    }
     let device = Device::flex();
-    let parameters: Option<Vec<NamedValues>> = if Task::of(&run.config) == Task::Gpt {
+    let parameters = if Task::of(&run.config) == Task::Gpt {
         let vocab = read_vocab(&run.dir)?;
-        let model = Gpt::new(&run.config.gpt.model(vocab.len()), &device);
-        checkpoint::load_model(&run.dir, model)
-            .with_context(loading)?
-            .map(|(m, _)| parameter_values(&m))
+        saved(
+            &run.dir,
+            Gpt::new(&run.config.gpt.model(vocab.len()), &device),
+        )?
     } else {
         let model = Classifier::new(run.config.model, IMAGE_SIDE, run.config.widths(), &device);
-        checkpoint::load_model(&run.dir, model)
-            .with_context(loading)?
-            .map(|(m, _)| parameter_values(&m))
+        saved(&run.dir, model)?
     };
     let Some(parameters) = parameters else {
         bail!(
