@@ -33,6 +33,7 @@
 
 pub mod baselines;
 pub mod clip;
+pub mod gelu;
 pub mod optimizers;
 pub mod padam;
 pub mod pnorm;
@@ -43,6 +44,7 @@ pub mod state;
 
 pub use baselines::{DecoupledL2, L1Prox, MagnitudePruning, MagnitudePruningConfig, NaiveLp};
 pub use clip::clip_grad_norm;
+pub use gelu::gelu;
 pub use optimizers::{
     PWeightDecay, adam_gmp, adam_l1, adam_naive_lp, adam_no_decay, adam_pytorch, adamw_pytorch,
     burn_adamw_pytorch, padagrad, padam, padam_with, prmsprop, psgd, sgd_pytorch,
@@ -58,4 +60,8 @@ pub use sparse_optimizer::{
 pub use state::DecoupledState;
 
 pub use burn;
+
+// A dependency only for its `x86-v4` feature: with it the gemm crate behind flex's matmul
+// picks its AVX-512 kernels on CPUs that have them (checked at run time), without it only AVX2.
+use gemm as _;
 pub use pdecay;

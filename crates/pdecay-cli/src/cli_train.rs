@@ -92,6 +92,13 @@ pub struct TrainArgs {
     /// pWD variant: s-dynamics with this rate of s.
     #[arg(long)]
     pub s_dynamics: Option<f64>,
+    /// pWD variant: over this last share of training lambda falls (half cosine) to
+    /// lambda x --lambda-release-ratio; exact zeros stay zero.
+    #[arg(long)]
+    pub lambda_release: Option<f64>,
+    /// End of the lambda release as a share of lambda, in (0, 1] [default: 0.01].
+    #[arg(long)]
+    pub lambda_release_ratio: Option<f64>,
     /// pWD variant: structured (group) decay of whole neurons and channels.
     #[arg(long)]
     pub structured: bool,
@@ -198,6 +205,7 @@ impl TrainArgs {
             schedule,
             seed,
             lambda2,
+            lambda_release_ratio,
             gmp_final_sparsity,
             gmp_end_fraction,
             gmp_frequency
@@ -207,6 +215,9 @@ impl TrainArgs {
         }
         if self.s_dynamics.is_some() {
             c.s_dynamics = self.s_dynamics;
+        }
+        if self.lambda_release.is_some() {
+            c.lambda_release = self.lambda_release;
         }
         c.late |= self.late;
         c.augment |= self.augment;

@@ -327,6 +327,13 @@ fn variant_words(c: &TrainConfig) -> String {
     if let Some(rate) = c.s_dynamics {
         words += &format!(", s-dynamics {rate:e}");
     }
+    if let Some(share) = c.lambda_release {
+        words += &format!(
+            ", lambda released over the last {:.0}% to x{}",
+            100.0 * share,
+            c.lambda_release_ratio
+        );
+    }
     if c.late {
         words += ", late";
     }

@@ -100,6 +100,14 @@ pub struct TrainConfig {
     pub p_start: Option<f64>,
     /// pWD variant: s-dynamics with this rate of s.
     pub s_dynamics: Option<f64>,
+    /// pWD variant, λ release: over this last share of training λ falls along a half cosine to
+    /// `lambda · lambda_release_ratio`. While λ > 0 a weight that is exactly zero gets the factor
+    /// 0 and stays zero, so the surviving weights shed the penalty's shrinkage and the sparsity
+    /// pattern holds.
+    pub lambda_release: Option<f64>,
+    /// λ at the end of a release, as a share of `lambda` (default 0.01; must stay > 0, since at
+    /// λ = 0 pWD is off and the zeros would grow back).
+    pub lambda_release_ratio: f64,
     /// pWD variant: structured (whole neurons and channels).
     pub structured: bool,
     /// Magnitude pruning: final sparsity (default 0.9).
@@ -139,6 +147,8 @@ impl Default for TrainConfig {
             lambda2: 0.0,
             p_start: None,
             s_dynamics: None,
+            lambda_release: None,
+            lambda_release_ratio: 0.01,
             structured: false,
             gmp_final_sparsity: 0.9,
             gmp_end_fraction: 0.75,
@@ -200,6 +210,19 @@ impl TrainConfig {
             "cnn_widths must be three widths >= 1 (conv channels, conv channels, dense units), got {:?}",
             self.cnn_widths
         );
+        if let Some(share) = self.lambda_release {
+            ensure!(
+                share.is_finite() && share > 0.0 && share <= 1.0,
+                "lambda_release is the share of training over which lambda falls; it must lie in (0, 1], got {share}"
+            );
+            ensure!(
+                self.lambda_release_ratio.is_finite()
+                    && self.lambda_release_ratio > 0.0
+                    && self.lambda_release_ratio <= 1.0,
+                "lambda_release_ratio must lie in (0, 1] (at 0 pWD switches off and the zeroed weights grow back), got {}",
+                self.lambda_release_ratio
+            );
+        }
         if self.model == ModelKind::Gpt {
             self.gpt.validate()?;
         }
@@ -234,6 +257,14 @@ impl TrainConfig {
         }
         if let Some(rate) = self.s_dynamics {
             cfg = cfg.s_dynamics(rate);
+        }
+        if let Some(share) = self.lambda_release {
+            let release = ((total_steps as f64 * share).round() as u64).max(1);
+            let hold = total_steps.saturating_sub(release);
+            let end = self.lambda * self.lambda_release_ratio;
+            // A warm-up from λ to λ is a hold: the cosine starts counting after it.
+            let fall = Schedule::cosine(self.lambda, end, release)?;
+            cfg = cfg.with_lambda_schedule(Schedule::warmup(self.lambda, hold, fall)?);
         }
         if self.structured {
             cfg = cfg.structured();
@@ -820,4 +851,51 @@ pub fn default_run_dir(config: &TrainConfig) -> PathBuf {
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
     PathBuf::from("runs").join(format!("{model}-{optim}-{stamp}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn released(share: f64, ratio: f64) -> TrainConfig {
+        TrainConfig {
+            lambda: 0.05,
+            lambda_release: Some(share),
+            lambda_release_ratio: ratio,
+            ..TrainConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_lambda_release_holds_lambda_then_falls_along_a_half_cosine() {
+        let pnorm = released(0.25, 0.01).pnorm(1000).unwrap().build().unwrap();
+        for step in [0, 400, 749, 750] {
+            assert_eq!(pnorm.lambda_at(step), 0.05, "step {step}");
+        }
+        // halfway down the cosine: the mean of its two ends
+        let halfway = (0.05 + 0.05 * 0.01) / 2.0;
+        assert!((pnorm.lambda_at(875) - halfway).abs() < 1e-12);
+        assert!(pnorm.lambda_at(874) > pnorm.lambda_at(875));
+        for step in [1000, 5000] {
+            assert!((pnorm.lambda_at(step) - 5e-4).abs() < 1e-15, "step {step}");
+        }
+        // without a release lambda stays put
+        let plain = TrainConfig::default().pnorm(1000).unwrap().build().unwrap();
+        assert_eq!(plain.lambda_at(999), TrainConfig::default().lambda);
+    }
+
+    #[test]
+    fn a_lambda_release_out_of_range_is_refused_with_the_key_named() {
+        for (share, ratio, key) in [
+            (0.0, 0.01, "lambda_release"),
+            (1.5, 0.01, "lambda_release"),
+            (f64::NAN, 0.01, "lambda_release"),
+            (0.25, 0.0, "lambda_release_ratio"),
+            (0.25, 2.0, "lambda_release_ratio"),
+        ] {
+            let message = released(share, ratio).validate().unwrap_err().to_string();
+            assert!(message.starts_with(key), "{message}");
+        }
+        released(1.0, 1.0).validate().unwrap();
+    }
 }
