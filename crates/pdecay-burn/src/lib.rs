@@ -31,6 +31,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod attention;
 pub mod baselines;
 pub mod clip;
 pub mod gelu;
@@ -42,6 +43,7 @@ pub mod rule;
 pub mod sparse_optimizer;
 pub mod state;
 
+pub use attention::causal_softmax;
 pub use baselines::{DecoupledL2, L1Prox, MagnitudePruning, MagnitudePruningConfig, NaiveLp};
 pub use clip::clip_grad_norm;
 pub use gelu::gelu;

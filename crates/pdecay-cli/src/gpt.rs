@@ -10,9 +10,8 @@ use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
     Linear, LinearConfig,
 };
-use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Device, Int, Tensor};
-use pdecay_burn::gelu;
+use burn::tensor::{Device, Int, Tensor};
+use pdecay_burn::{causal_softmax, gelu};
 use serde::{Deserialize, Serialize};
 
 /// The sizes of a GPT.
@@ -78,12 +77,9 @@ impl CausalSelfAttention {
                 .swap_dims(1, 2)
         };
         let (q, k, v) = (split(0), split(1), split(2));
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((head as f64).sqrt());
-        // true above the diagonal: position t never sees t + 1, t + 2, ...
-        let future = Tensor::<2, Bool>::tril_mask([time, time], 0, &scores.device())
-            .unsqueeze::<4>()
-            .expand([batch, self.heads, time, time]);
-        let weights = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3);
+        let scores = q.matmul(k.swap_dims(2, 3));
+        // position t sees 0..=t only: weights softmax(S/√head + M), M = -∞ above the diagonal
+        let weights = causal_softmax(scores, 1.0 / (head as f64).sqrt());
         let out = self
             .dropout
             .forward(weights)
