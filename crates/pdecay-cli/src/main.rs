@@ -5,6 +5,11 @@ use clap::{Parser, Subcommand};
 
 use pdecay_cli::{cli_deploy, cli_sweep, cli_train, demo, report};
 
+/// mimalloc keeps freed pages for reuse; glibc's malloc hands the large buffers of each
+/// training step back to the kernel and page-faults them in again (bench/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Train neural networks to be highly sparse with p-norm decoupled weight decay (pWD).
 #[derive(Parser, Debug)]
 #[command(name = "pdecay", version, about)]
