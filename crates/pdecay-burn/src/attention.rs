@@ -13,14 +13,14 @@
 //! As a burn backend extension: flex gets the loops, autodiff a backward step that keeps the
 //! weights, and [`causal_softmax`] falls back to burn's composite on other devices.
 
+use burn::backend::TensorMetadata;
+use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::Autodiff;
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::TensorMetadata;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
@@ -52,7 +52,13 @@ fn generic_causal_softmax<B: Backend>(scores: FloatTensor<B>, scale: f32) -> Flo
     let rank = dims.len();
     let (time, keys) = (dims[rank - 2], dims[rank - 1]);
     let mask: Vec<f32> = (0..time * keys)
-        .map(|i| if i % keys > i / keys { f32::NEG_INFINITY } else { 0.0 })
+        .map(|i| {
+            if i % keys > i / keys {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
         .collect();
     let mut mask_shape = vec![1; rank];
     mask_shape[rank - 2..].copy_from_slice(&[time, keys]);
@@ -81,7 +87,12 @@ fn causal_softmax_composite(scores: Tensor<4>, scale: f64) -> Tensor<4> {
     let future = Tensor::<2, Bool>::tril_mask([time, keys], 0, &scores.device())
         .unsqueeze::<4>()
         .expand([batch, heads, time, keys]);
-    softmax(scores.mul_scalar(scale).mask_fill(future, f32::NEG_INFINITY), 3)
+    softmax(
+        scores
+            .mul_scalar(scale)
+            .mask_fill(future, f32::NEG_INFINITY),
+        3,
+    )
 }
 
 pdecay::dispatched! {
@@ -169,7 +180,13 @@ impl CausalSoftmax for Flex {
         };
         let scores = contiguous(scores);
         let mut probs = vec![0.0f32; scores.layout().num_elements()];
-        over_rows(scores.storage::<f32>(), &mut probs, time, scale, softmax_rows);
+        over_rows(
+            scores.storage::<f32>(),
+            &mut probs,
+            time,
+            scale,
+            softmax_rows,
+        );
         FlexTensor::from_data(TensorData::new(probs, scores.layout().shape().clone()))
     }
 
@@ -178,15 +195,20 @@ impl CausalSoftmax for Flex {
         grad: FloatTensor<Self>,
         scale: f32,
     ) -> FloatTensor<Self> {
-        let Some(time) = square_f32(&probs).filter(|&t| t > 0 && grad.dtype() == DType::F32)
-        else {
+        let Some(time) = square_f32(&probs).filter(|&t| t > 0 && grad.dtype() == DType::F32) else {
             return generic_causal_softmax_backward::<Self>(probs, grad, scale);
         };
         let probs = contiguous(probs);
         let mut grad = contiguous(grad);
         // the gradient is usually held by nobody else: then it is overwritten in place
         let out = grad.storage_mut::<f32>();
-        over_rows(probs.storage::<f32>(), out, time, scale, softmax_backward_rows);
+        over_rows(
+            probs.storage::<f32>(),
+            out,
+            time,
+            scale,
+            softmax_backward_rows,
+        );
         grad
     }
 }
@@ -262,7 +284,10 @@ mod tests {
         let theirs = theirs.try_to_vec::<f32>().unwrap();
         assert_eq!(ours.len(), theirs.len());
         for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-            assert!((a - b).abs() <= 2e-6 * b.abs().max(1.0), "{what}[{i}]: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 2e-6 * b.abs().max(1.0),
+                "{what}[{i}]: {a} vs {b}"
+            );
         }
     }
 
