@@ -62,7 +62,8 @@ fn generic_causal_softmax<B: Backend>(scores: FloatTensor<B>, scale: f32) -> Flo
         .collect();
     let mut mask_shape = vec![1; rank];
     mask_shape[rank - 2..].copy_from_slice(&[time, keys]);
-    let mask = B::float_from_data(TensorData::new(mask, mask_shape), &scores.device());
+    let mask = TensorData::new(mask, mask_shape).convert_dtype(scores.dtype());
+    let mask = B::float_from_data(mask, &scores.device());
     let scaled = B::float_mul_scalar(scores, scale.into());
     B::softmax(B::float_add(scaled, mask), rank - 1)
 }
@@ -312,14 +313,24 @@ mod tests {
         assert_eq!(grad[5], 0.0);
     }
 
-    /// Values on both devices and gradients through autodiff against burn's composite, big
-    /// enough for the parallel path (rows of one chunk start mid-matrix), with a transposed,
-    /// non-contiguous input, and non-square (the backend's generic ops).
+    /// Values on both devices and gradients through autodiff against burn's composite: big
+    /// enough for the parallel path, with chunks that start mid-matrix, a transposed
+    /// (non-contiguous) input, and non-square scores (the backend's generic ops).
     #[test]
     fn values_and_gradients_match_the_composite() {
         let scale = 1.0 / 32f64.sqrt();
         for device in [Device::flex(), Device::flex().autodiff()] {
-            for [b, h, t, keys] in [[2, 3, 5, 5], [12, 4, 64, 64], [1, 1, 1, 1], [2, 2, 3, 5]] {
+            // [4, 4, 100, 100] and [2, 2, 200, 200]: parallel chunks of 163 and 81 rows, which start
+            // mid-matrix; [12, 4, 64, 64] is the GPT's
+            let shapes = [
+                [2, 3, 5, 5],
+                [12, 4, 64, 64],
+                [4, 4, 100, 100],
+                [2, 2, 200, 200],
+                [1, 1, 1, 1],
+                [2, 2, 3, 5],
+            ];
+            for [b, h, t, keys] in shapes {
                 let base =
                     Tensor::<4>::random([b, h, keys, t], Distribution::Normal(0.0, 4.0), &device);
                 let scores = base.swap_dims(2, 3);

@@ -62,8 +62,4 @@ pub use sparse_optimizer::{
 pub use state::DecoupledState;
 
 pub use burn;
-
-// A dependency only for its `x86-v4` feature: with it the gemm crate behind flex's matmul
-// picks its AVX-512 kernels on CPUs that have them (checked at run time), without it only AVX2.
-use gemm as _;
 pub use pdecay;

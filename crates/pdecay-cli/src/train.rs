@@ -101,9 +101,9 @@ pub struct TrainConfig {
     /// pWD variant: s-dynamics with this rate of s.
     pub s_dynamics: Option<f64>,
     /// pWD variant, λ release: over this last share of training λ falls along a half cosine to
-    /// `lambda · lambda_release_ratio`. While λ > 0 a weight that is exactly zero gets the factor
-    /// 0 and stays zero, so the surviving weights shed the penalty's shrinkage and the sparsity
-    /// pattern holds.
+    /// `lambda · lambda_release_ratio`. For p < 2, while λ > 0, a weight that is exactly zero
+    /// gets the factor 0 and stays zero, so the surviving weights shed the penalty's shrinkage
+    /// and the sparsity pattern holds. pAdam and pSGD only.
     pub lambda_release: Option<f64>,
     /// λ at the end of a release, as a share of `lambda` (default 0.01; must stay > 0, since at
     /// λ = 0 pWD is off and the zeros would grow back).
@@ -211,6 +211,11 @@ impl TrainConfig {
             self.cnn_widths
         );
         if let Some(share) = self.lambda_release {
+            ensure!(
+                matches!(self.optim, OptimKind::Padam | OptimKind::Psgd),
+                "lambda_release is a pWD variant: it needs --optim padam or psgd, got {:?}",
+                self.optim
+            );
             ensure!(
                 share.is_finite() && share > 0.0 && share <= 1.0,
                 "lambda_release is the share of training over which lambda falls; it must lie in (0, 1], got {share}"
@@ -886,16 +891,22 @@ mod tests {
 
     #[test]
     fn a_lambda_release_out_of_range_is_refused_with_the_key_named() {
-        for (share, ratio, key) in [
-            (0.0, 0.01, "lambda_release"),
-            (1.5, 0.01, "lambda_release"),
-            (f64::NAN, 0.01, "lambda_release"),
-            (0.25, 0.0, "lambda_release_ratio"),
-            (0.25, 2.0, "lambda_release_ratio"),
+        for (share, ratio, start) in [
+            (0.0, 0.01, "lambda_release is the share"),
+            (1.5, 0.01, "lambda_release is the share"),
+            (f64::NAN, 0.01, "lambda_release is the share"),
+            (0.25, 0.0, "lambda_release_ratio must"),
+            (0.25, 2.0, "lambda_release_ratio must"),
         ] {
             let message = released(share, ratio).validate().unwrap_err().to_string();
-            assert!(message.starts_with(key), "{message}");
+            assert!(message.starts_with(start), "{message}");
         }
         released(1.0, 1.0).validate().unwrap();
+        let adamw = TrainConfig {
+            optim: OptimKind::Adamw,
+            ..released(0.25, 0.01)
+        };
+        let message = adamw.validate().unwrap_err().to_string();
+        assert!(message.contains("needs --optim padam or psgd"), "{message}");
     }
 }

@@ -65,7 +65,7 @@ pub fn pow_abs(x: f32, e: f32) -> f32 {
 
 /// `2^y`, branch-free so loops over it vectorise: `2^n · e^(f·ln 2)` with `n` the nearest integer
 /// to `y` and a degree-7 Taylor polynomial (|f·ln 2| <= 0.35, truncation error < 6e-9, so f32
-/// rounding dominates). `y` is clamped to ±150: below -127 the result is 0, above 128 inf.
+/// rounding dominates). The result is 0 for `y < -126.5` and inf for `y >= 127.5`.
 #[inline(always)]
 pub fn exp2(y: f32) -> f32 {
     let y = y.clamp(-150.0, 150.0);
@@ -82,7 +82,7 @@ pub fn exp2(y: f32) -> f32 {
 /// Cody and Waite's reduction `x = n·ln 2 + r` with ln 2 split in two parts, so `r` is exact to
 /// f32 precision even for large `n`, then the polynomial of [`exp2`]. Accurate for x in
 /// [-87.3, 88.3] (the normal f32 range; beyond 88.3 it may give inf rather than f32::MAX's
-/// neighbours); below -87.3 the result falls to 0 (exactly 0 from -88.4 on), NaN stays NaN.
+/// neighbours); below -87.3 the result falls to 0 (exactly 0 from about -87.7 on), NaN stays NaN.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     // ln 2 = LN_2_HIGH + LN_2_LOW, LN_2_HIGH with its low 12 mantissa bits zero, so n·LN_2_HIGH
