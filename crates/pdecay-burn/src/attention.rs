@@ -23,9 +23,10 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Tensor, TensorData};
 use pdecay::kernel::exp;
-use rayon::prelude::*;
+
+use crate::flex_kernels::{CHUNK, in_chunks, on_flex, sole_contiguous};
 
 /// Causal softmax as a backend operation, over the last two dimensions (`[.., T, S]`: row `t`
 /// sees columns `0..=t`).
@@ -134,9 +135,6 @@ pdecay::dispatched! {
     }
 }
 
-/// Elements per rayon task, rounded to whole rows.
-const CHUNK: usize = 1 << 14;
-
 /// Runs `rows` (one of the two loops above) over `input` and `output` in whole-row chunks,
 /// in parallel when there is enough work.
 fn over_rows(
@@ -147,23 +145,9 @@ fn over_rows(
     rows: fn(&[f32], &mut [f32], usize, usize, f32),
 ) {
     let rows_per_task = (CHUNK / time).max(1);
-    let task = rows_per_task * time;
-    if input.len() <= task {
-        rows(input, output, time, 0, scale);
-    } else {
-        input
-            .par_chunks(task)
-            .zip(output.par_chunks_mut(task))
-            .enumerate()
-            .for_each(|(i, (input, output))| rows(input, output, time, i * rows_per_task, scale));
-    }
-}
-
-/// A contiguous copy-on-need of `tensor`, owning its buffer alone when nobody else holds it.
-fn contiguous(tensor: FlexTensor) -> FlexTensor {
-    let copy = tensor.to_contiguous();
-    drop(tensor);
-    copy
+    in_chunks(input, output, rows_per_task * time, |i, input, output| {
+        rows(input, output, time, i * rows_per_task, scale)
+    });
 }
 
 /// `[.., T, T]` → `T`, or `None` when the last two dimensions differ or the dtype is not f32.
@@ -179,7 +163,7 @@ impl CausalSoftmax for Flex {
         let Some(time) = square_f32(&scores).filter(|&t| t > 0) else {
             return generic_causal_softmax::<Self>(scores, scale);
         };
-        let scores = contiguous(scores);
+        let scores = sole_contiguous(scores);
         let mut probs = vec![0.0f32; scores.layout().num_elements()];
         over_rows(
             scores.storage::<f32>(),
@@ -199,8 +183,8 @@ impl CausalSoftmax for Flex {
         let Some(time) = square_f32(&probs).filter(|&t| t > 0 && grad.dtype() == DType::F32) else {
             return generic_causal_softmax_backward::<Self>(probs, grad, scale);
         };
-        let probs = contiguous(probs);
-        let mut grad = contiguous(grad);
+        let probs = sole_contiguous(probs);
+        let mut grad = sole_contiguous(grad);
         // the gradient is usually held by nobody else: then it is overwritten in place
         let out = grad.storage_mut::<f32>();
         over_rows(
@@ -264,8 +248,7 @@ pub fn causal_softmax(scores: Tensor<4>, scale: f64) -> Tensor<4> {
         scale.is_finite() && scale > 0.0,
         "causal_softmax: scale must be a finite number > 0, got {scale}"
     );
-    let device = scores.device();
-    if device == Device::flex() || device == Device::flex().autodiff() {
+    if on_flex(&scores.device()) {
         Tensor::from_dispatch(<Dispatch as CausalSoftmax>::causal_softmax(
             scores.into_dispatch(),
             scale as f32,
@@ -278,7 +261,7 @@ pub fn causal_softmax(scores: Tensor<4>, scale: f64) -> Tensor<4> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::Distribution;
+    use burn::tensor::{Device, Distribution};
 
     fn assert_close(ours: TensorData, theirs: TensorData, what: &str) {
         let ours = ours.try_to_vec::<f32>().unwrap();

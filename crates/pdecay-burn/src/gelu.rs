@@ -22,9 +22,10 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::ops::ActivationOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use pdecay::kernel::exp;
-use rayon::prelude::*;
+
+use crate::flex_kernels::{CHUNK, in_chunks, on_flex, sole_contiguous};
 use std::f32::consts::FRAC_1_SQRT_2;
 
 /// The exact GELU as a backend operation.
@@ -86,36 +87,14 @@ pdecay::dispatched! {
     }
 }
 
-/// Elements per rayon task: a few microseconds of work, so short tensors stay on one thread.
-const CHUNK: usize = 1 << 14;
-
 /// `out = gelu(x)`.
 fn gelu_slice(x: &[f32], out: &mut [f32]) {
-    if x.len() <= CHUNK {
-        gelu_chunk(x, out);
-    } else {
-        x.par_chunks(CHUNK)
-            .zip(out.par_chunks_mut(CHUNK))
-            .for_each(|(x, out)| gelu_chunk(x, out));
-    }
+    in_chunks(x, out, CHUNK, |_, x, out| gelu_chunk(x, out));
 }
 
 /// `grad = grad · gelu'(x)`.
 fn gelu_backward_slice(x: &[f32], grad: &mut [f32]) {
-    if x.len() <= CHUNK {
-        gelu_backward_chunk(x, grad);
-    } else {
-        x.par_chunks(CHUNK)
-            .zip(grad.par_chunks_mut(CHUNK))
-            .for_each(|(x, grad)| gelu_backward_chunk(x, grad));
-    }
-}
-
-/// A contiguous f32 copy-on-need of `tensor`, owning its buffer alone when nobody else holds it.
-fn contiguous(tensor: FlexTensor) -> FlexTensor {
-    let copy = tensor.to_contiguous();
-    drop(tensor);
-    copy
+    in_chunks(x, grad, CHUNK, |_, x, grad| gelu_backward_chunk(x, grad));
 }
 
 impl FastGelu for Flex {
@@ -123,7 +102,7 @@ impl FastGelu for Flex {
         if x.dtype() != DType::F32 {
             return Self::gelu(x);
         }
-        let x = contiguous(x);
+        let x = sole_contiguous(x);
         let mut out = vec![0.0f32; x.layout().num_elements()];
         gelu_slice(x.storage::<f32>(), &mut out);
         FlexTensor::from_data(TensorData::new(out, x.layout().shape().clone()))
@@ -133,8 +112,8 @@ impl FastGelu for Flex {
         if x.dtype() != DType::F32 || grad.dtype() != DType::F32 {
             return Self::gelu_backward(x, grad);
         }
-        let x = contiguous(x);
-        let mut grad = contiguous(grad);
+        let x = sole_contiguous(x);
+        let mut grad = sole_contiguous(grad);
         // the gradient is usually held by nobody else: then it is overwritten in place
         gelu_backward_slice(x.storage::<f32>(), grad.storage_mut::<f32>());
         grad
@@ -185,8 +164,7 @@ impl<B: Backend + FastGelu, C: CheckpointStrategy> FastGelu for Autodiff<B, C> {
 /// flex CPU backend (with or without autodiff) and by burn elsewhere. Values and gradients lie
 /// within 1e-6·max(1, |burn's value|) of burn's.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let device = x.device();
-    if device == Device::flex() || device == Device::flex().autodiff() {
+    if on_flex(&x.device()) {
         Tensor::from_dispatch(<Dispatch as FastGelu>::fast_gelu(x.into_dispatch()))
     } else {
         burn::tensor::activation::gelu(x)
@@ -196,7 +174,7 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::Distribution;
+    use burn::tensor::{Device, Distribution};
 
     /// Φ(x) in f64: std has no `erfc`, so the density is integrated by Simpson's rule.
     fn normal_cdf_f64(x: f64) -> f64 {

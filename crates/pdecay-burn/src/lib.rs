@@ -34,6 +34,7 @@
 pub mod attention;
 pub mod baselines;
 pub mod clip;
+mod flex_kernels;
 pub mod gelu;
 pub mod optimizers;
 pub mod padam;

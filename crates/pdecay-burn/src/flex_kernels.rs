@@ -1,0 +1,42 @@
+//! What the flex backend extensions (pool, GELU, causal softmax) share: the device test, owned
+//! contiguous buffers, and splitting a slice loop across rayon's pool.
+
+use burn::backend::flex::FlexTensor;
+use burn::tensor::Device;
+use rayon::prelude::*;
+
+/// Elements per rayon task in [`in_chunks`]: a few microseconds of work, so short tensors stay
+/// on one thread.
+pub(crate) const CHUNK: usize = 1 << 14;
+
+/// Whether `device` is flex, with or without autodiff: where the extensions' fast loops run.
+pub(crate) fn on_flex(device: &Device) -> bool {
+    *device == Device::flex() || *device == Device::flex().autodiff()
+}
+
+/// A contiguous copy-on-need of `tensor`, owning its buffer alone when nobody else holds it (so
+/// `storage_mut` writes in place instead of copying).
+pub(crate) fn sole_contiguous(tensor: FlexTensor) -> FlexTensor {
+    let copy = tensor.to_contiguous();
+    drop(tensor);
+    copy
+}
+
+/// Runs `body(task_index, input_chunk, output_chunk)` over `chunk`-long pieces of `input` and
+/// `output`, on rayon's pool when there is more than one piece.
+pub(crate) fn in_chunks(
+    input: &[f32],
+    output: &mut [f32],
+    chunk: usize,
+    body: impl Fn(usize, &[f32], &mut [f32]) + Sync,
+) {
+    if input.len() <= chunk {
+        body(0, input, output);
+    } else {
+        input
+            .par_chunks(chunk)
+            .zip(output.par_chunks_mut(chunk))
+            .enumerate()
+            .for_each(|(i, (input, output))| body(i, input, output));
+    }
+}
