@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint;
 use crate::data::text::{TextData, Vocabulary, random_windows};
 use crate::gpt::{Gpt, GptConfig};
-use crate::train::{Diverged, RunOptions, TrainConfig, open_run, step_or_diverge, write_atomic};
+use crate::train::{
+    Diverged, RunOptions, RunStart, TrainConfig, open_run, step_or_diverge, write_atomic,
+};
 
 /// The sparsity threshold the authors used for the GPT.
 pub const GPT_THRESHOLD: f64 = 1e-10;
@@ -315,16 +317,15 @@ pub fn train_gpt(
     let model = Gpt::new(&s.model(text.vocab.len()), &device);
     let optim = config.optimizer_with_beta2(s.iters as u64, s.beta2)?;
     let schedule = s.schedule(config.lr)?;
-    let run = open_run(config, options, model, optim, |e: &GptEval, done| {
+    let RunStart {
+        mut model,
+        mut optim,
+        mut position,
+        mut history,
+        mut metrics_file,
+    } = open_run(config, options, model, optim, |e: &GptEval, done| {
         e.iter <= done
     })?;
-    let (mut model, mut optim, mut position, mut history, mut metrics_file) = (
-        run.model,
-        run.optim,
-        run.position,
-        run.history,
-        run.metrics_file,
-    );
     if let (Some(dir), false) = (&options.out, options.resume) {
         write_atomic(
             &dir.join("vocab.json"),

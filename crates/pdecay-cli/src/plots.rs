@@ -95,6 +95,21 @@ fn legend_line(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
 }
 
+/// The series legend every chart uses: a framed, mostly opaque box at `position`.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+    font_size: u32,
+) -> DrawResult<DB> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(font(font_size))
+        .draw()
+}
+
 /// A tick label: whole numbers without a decimal point (epoch 3, iteration 1500).
 fn compact_number(x: f64) -> String {
     if x.fract() == 0.0 {
@@ -328,17 +343,12 @@ impl Figure for ScoreVsSparsity {
                     .map(|p| TriangleMarker::new((p.sparsity, edge), 9, color.filled())),
             )?;
         }
-        chart
-            .configure_series_labels()
-            .position(if score.higher_is_better {
-                SeriesLabelPosition::LowerLeft
-            } else {
-                SeriesLabelPosition::UpperLeft
-            })
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(font(16))
-            .draw()
+        let position = if score.higher_is_better {
+            SeriesLabelPosition::LowerLeft
+        } else {
+            SeriesLabelPosition::UpperLeft
+        };
+        draw_legend(&mut chart, position, 16)
     }
 }
 
@@ -528,13 +538,7 @@ impl Figure for TrainingCurves {
                 }
             }
             if k == 0 {
-                chart
-                    .configure_series_labels()
-                    .position(SeriesLabelPosition::LowerRight)
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK)
-                    .label_font(font(14))
-                    .draw()?;
+                draw_legend(&mut chart, SeriesLabelPosition::LowerRight, 14)?;
             }
         }
         Ok(())
@@ -663,13 +667,7 @@ impl Figure for WeightDistribution {
                 .legend(legend_line(color));
         }
         scale_text(&mut chart, top)?;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(font(14))
-            .draw()?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft, 14)?;
         let mut chart = ChartBuilder::on(&panels[1])
             .caption("Cumulative share of weights with |w| <= x", font(22))
             .margin(15)
@@ -703,13 +701,7 @@ impl Figure for WeightDistribution {
                 .legend(legend_line(color));
         }
         scale_text(&mut chart, 100.0)?;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(font(14))
-            .draw()
+        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft, 14)
     }
 }
 
@@ -801,13 +793,7 @@ impl Figure for LayerSparsity {
                     Rectangle::new([(x, y - 6), (x + 20, y + 6)], color.filled())
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(font(14))
-            .draw()
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight, 14)
     }
 }
 

@@ -680,16 +680,15 @@ pub fn train(
     device.seed(config.seed);
     let model = Classifier::new(config.model, data.train.rows, config.widths(), &device);
     let stats = data.train.pixel_stats();
-    let run = open_run(config, options, model, optim, |m: &EpochMetrics, done| {
+    let RunStart {
+        mut model,
+        mut optim,
+        mut position,
+        mut history,
+        mut metrics_file,
+    } = open_run(config, options, model, optim, |m: &EpochMetrics, done| {
         m.epoch <= done
     })?;
-    let (mut model, mut optim, mut position, mut history, mut metrics_file) = (
-        run.model,
-        run.optim,
-        run.position,
-        run.history,
-        run.metrics_file,
-    );
     progress.start(&optim.decay_summary(&model));
     let replica_devices: Vec<Device> = options
         .replicas
