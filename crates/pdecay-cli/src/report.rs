@@ -300,18 +300,34 @@ fn uses_pwd(optim: OptimKind) -> bool {
     matches!(optim, OptimKind::Padam | OptimKind::Psgd)
 }
 
-/// The settings that matter for the run's optimizer, in words.
-fn settings(c: &TrainConfig) -> String {
-    match c.optim {
+/// The settings that matter for the run's optimizer, in words, and its peak lr when the runs
+/// of one report differ in it (an lr sweep), so that no two runs read the same.
+fn settings(c: &TrainConfig, show_lr: bool) -> String {
+    let optimizer = match c.optim {
         OptimKind::Padam | OptimKind::Psgd => {
             format!("p {}, lambda {:e}{}", c.p, c.lambda, variant_words(c))
         }
         OptimKind::NaiveLp => format!("p {}, lambda {:e}", c.p, c.lambda),
         OptimKind::Adamw => format!("weight_decay {:e}", c.lambda),
         OptimKind::AdamL1 => format!("lambda {:e}", c.lambda),
-        OptimKind::Adam => "-".to_string(),
+        OptimKind::Adam => String::new(),
         OptimKind::Gmp => format!("target {:.0}%", 100.0 * c.gmp_final_sparsity),
+    };
+    let lr = show_lr.then(|| format!("lr {:e}", c.lr));
+    let words: Vec<String> = [Some(optimizer).filter(|o| !o.is_empty()), lr]
+        .into_iter()
+        .flatten()
+        .collect();
+    if words.is_empty() {
+        "-".to_string()
+    } else {
+        words.join(", ")
     }
+}
+
+/// Whether the runs differ in their peak lr.
+fn lr_varies(runs: &[RunRecord]) -> bool {
+    runs.iter().any(|r| r.config.lr != runs[0].config.lr)
 }
 
 /// pWD's variants that a run turns on, as `, p from 2, elastic net 1e-4, ...` (empty for plain
@@ -343,11 +359,11 @@ fn variant_words(c: &TrainConfig) -> String {
     words
 }
 
-fn label(run: &RunRecord) -> String {
+fn label(run: &RunRecord, show_lr: bool) -> String {
     format!(
         "{} ({})",
         optim_label(run.config.optim),
-        settings(&run.config)
+        settings(&run.config, show_lr)
     )
 }
 
@@ -450,10 +466,10 @@ fn decayed_weights(run: &RunRecord) -> Result<Vec<f32>> {
         .collect())
 }
 
-fn curve(run: &RunRecord) -> Curve {
+fn curve(run: &RunRecord, show_lr: bool) -> Curve {
     let pick = |f: fn(&Eval) -> f64| run.evals.iter().map(|m| (m.at, f(m))).collect::<Vec<_>>();
     Curve {
-        label: label(run),
+        label: label(run, show_lr),
         accuracy: pick(|m| 100.0 * m.accuracy),
         test_loss: pick(|m| m.loss),
         train_loss: pick(|m| m.train_loss),
@@ -535,6 +551,7 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         .filter(|r| matches!(r.outcome, Some(Outcome::Diverged(_))))
         .count();
     let first = &runs[0].config;
+    let show_lr = lr_varies(&runs);
     writeln!(
         md,
         "{} run(s): {} finished, {} diverged, {} unfinished. {} Sparsity: share of decayed weights (rank >= 2) with |w| < {:e}.\n",
@@ -542,10 +559,10 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         finished.len(),
         diverged,
         runs.len() - finished.len() - diverged,
-        training_words(first),
+        training_words(first, show_lr),
         first.threshold,
     )?;
-    write_run_table(&mut md, &runs, task)?;
+    write_run_table(&mut md, &runs, task, show_lr)?;
     let Some(selection) = select(&finished, score) else {
         writeln!(md, "No run has finished yet: no plots.")?;
         let markdown = path.join("report.md");
@@ -555,7 +572,7 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
             plots: Vec::new(),
         });
     };
-    write_findings(&mut md, &runs, &finished, &selection, task)?;
+    write_findings(&mut md, &runs, &finished, &selection, task, show_lr)?;
     writeln!(md, "## Plots\n")?;
 
     // 1. the score against sparsity
@@ -639,7 +656,7 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         }
     }
     let figure = TrainingCurves {
-        curves: shown.iter().map(|r| curve(r)).collect(),
+        curves: shown.iter().map(|r| curve(r, show_lr)).collect(),
         x_axis: task.x_axis(),
         held_out: task.held_out(),
     };
@@ -662,7 +679,7 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
     // 4. distribution of |w|
     let mut magnitudes = Vec::new();
     for r in &shown {
-        magnitudes.push(Magnitudes::new(label(r), &decayed_weights(r)?));
+        magnitudes.push(Magnitudes::new(label(r, show_lr), &decayed_weights(r)?));
     }
     let featured = &selection.featured.config;
     let scale = uses_pwd(featured.optim)
@@ -693,7 +710,10 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
     // 5. per-layer sparsity
     if let Some(last) = selection.featured.evals.last() {
         let figure = LayerSparsity {
-            title: format!("Sparsity per tensor: {}", label(selection.featured)),
+            title: format!(
+                "Sparsity per tensor: {}",
+                label(selection.featured, show_lr)
+            ),
             layers: last
                 .layers
                 .iter()
@@ -739,25 +759,30 @@ fn diverged_words(task: Task, d: &crate::train::Diverged) -> String {
     }
 }
 
-/// The model, data and schedule of a run, in one sentence.
-fn training_words(c: &TrainConfig) -> String {
+/// The model, data and schedule of a run, in one sentence (the peak lr left to each run's
+/// settings when the runs differ in it).
+fn training_words(c: &TrainConfig, lr_varies: bool) -> String {
+    let lr = if lr_varies {
+        "peak lr per run (see the settings)".to_string()
+    } else {
+        format!("lr {:e}", c.lr)
+    };
     match Task::of(c) {
         Task::Classifier => format!(
-            "Model {:?}, data {}, {} epochs, batch {}, lr {:e} ({:?} schedule, {} warm-up epochs).",
+            "Model {:?}, data {}, {} epochs, batch {}, {lr} ({:?} schedule, {} warm-up epochs).",
             c.model,
             c.data
                 .as_deref()
                 .unwrap_or("the default Fashion-MNIST location"),
             c.epochs,
             c.batch_size,
-            c.lr,
             c.schedule,
             c.warmup_epochs,
         ),
         Task::Gpt => {
             let g = &c.gpt;
             format!(
-                "GPT of {} layers, {} heads, width {}, block {}, dropout {}; data {}; {} iterations of batch {}, lr {:e} ({} warm-up iterations, cosine to {} of it); scored by the validation loss over {} batches.",
+                "GPT of {} layers, {} heads, width {}, block {}, dropout {}; data {}; {} iterations of batch {}, {lr} ({} warm-up iterations, cosine to {} of it); scored by the validation loss over {} batches.",
                 g.layers,
                 g.heads,
                 g.width,
@@ -766,7 +791,6 @@ fn training_words(c: &TrainConfig) -> String {
                 c.data.as_deref().unwrap_or("(unset)"),
                 g.iters,
                 g.batch_size,
-                c.lr,
                 g.warmup_iters,
                 g.min_lr_ratio,
                 g.eval_batches,
@@ -775,7 +799,7 @@ fn training_words(c: &TrainConfig) -> String {
     }
 }
 
-fn write_run_table(md: &mut String, runs: &[RunRecord], task: Task) -> Result<()> {
+fn write_run_table(md: &mut String, runs: &[RunRecord], task: Task, show_lr: bool) -> Result<()> {
     let x = task.x_axis();
     writeln!(md, "## Runs\n")?;
     writeln!(
@@ -789,7 +813,7 @@ fn write_run_table(md: &mut String, runs: &[RunRecord], task: Task) -> Result<()
             "| {} | {} | {} |",
             r.name,
             optim_label(r.config.optim),
-            settings(&r.config)
+            settings(&r.config, show_lr)
         );
         match &r.outcome {
             Some(Outcome::Finished(s)) => {
@@ -825,6 +849,7 @@ fn write_findings(
     finished: &[&RunRecord],
     selection: &Selection,
     task: Task,
+    show_lr: bool,
 ) -> Result<()> {
     writeln!(md, "## Findings\n")?;
     let score = task.score();
@@ -838,7 +863,7 @@ fn write_findings(
         writeln!(
             md,
             "- AdamW ({}): {} {}, {:.1}% sparse.",
-            settings(&adamw.config),
+            settings(&adamw.config, show_lr),
             task.show(of(adamw)),
             score.title.to_lowercase(),
             100.0 * adamw.sparsity()
@@ -853,7 +878,7 @@ fn write_findings(
                 md,
                 "- Best sparsity within {tolerance}: {:.1}% ({}: {}, {} of {} parameters non-zero).",
                 100.0 * best.sparsity(),
-                label(best),
+                label(best, show_lr),
                 task.show(of(best)),
                 best.summary().map_or(0, RunSummary::nonzero_params),
                 best.summary().map_or(0, RunSummary::total_params)
@@ -876,7 +901,7 @@ fn write_findings(
                     optim_label(optim),
                     100.0 * best.sparsity(),
                     score.tolerance_words,
-                    settings(&best.config)
+                    settings(&best.config, show_lr)
                 )?;
             } else if any {
                 writeln!(md, "  - {}: no run within {tolerance}.", optim_label(optim))?;
@@ -888,7 +913,7 @@ fn write_findings(
             writeln!(
                 md,
                 "- {} {}: {}.",
-                label(r),
+                label(r, show_lr),
                 diverged_words(task, d),
                 d.reason
             )?;
@@ -915,9 +940,14 @@ fn write_findings(
                 .iter()
                 .map(|r| {
                     format!(
-                        "lambda {:e}{}: {} / {:.1}%",
+                        "lambda {:e}{}{}: {} / {:.1}%",
                         r.config.lambda,
                         variant_words(&r.config),
+                        if show_lr {
+                            format!(", lr {:e}", r.config.lr)
+                        } else {
+                            String::new()
+                        },
                         task.show(of(r)),
                         100.0 * r.sparsity()
                     )

@@ -122,6 +122,14 @@ fn a_sweep_trains_each_run_once_resumes_and_is_reported_with_every_plot() {
     for run in RUNS {
         assert!(report.contains(run), "{run} missing from the report");
     }
+    // one lr for all runs: said once in the header, not in every run's settings
+    assert!(report.contains("lr 3e-3 ("), "{report}");
+    let rows: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("| optim="))
+        .collect();
+    assert_eq!(rows.len(), 4, "{report}");
+    assert!(rows.iter().all(|r| !r.contains("lr 3e-3")), "{report}");
     for stem in [
         "accuracy_vs_sparsity",
         "phase_accuracy",
@@ -171,6 +179,12 @@ fn a_diverging_run_is_recorded_and_the_sweep_goes_on() {
     ok(&["report", path(&out)]);
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("diverged at epoch 1"), "{report}");
+    // the runs differ only in lr: each run's settings name it, so the two rows differ
+    assert!(report.contains("peak lr per run"), "{report}");
+    let rows: Vec<&str> = report.lines().filter(|l| l.starts_with("| lr=")).collect();
+    assert_eq!(rows.len(), 2, "{report}");
+    assert!(rows[0].contains("| lr 1e30 |"), "{report}");
+    assert!(rows[1].contains("lr 1e-3"), "{report}");
     std::fs::remove_dir_all(&root).unwrap();
 }
 
