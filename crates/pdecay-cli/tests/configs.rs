@@ -1,0 +1,99 @@
+//! The run configurations committed under `configs/`: each parses, validates and trains, and
+//! each AdamW/pAdam pair differs only in the optimizer, so its comparison is a fair one.
+
+mod common;
+use common::{json, ok, path, tempdir};
+
+use std::path::PathBuf;
+
+use pdecay_cli::gpt_train::GPT_THRESHOLD;
+use pdecay_cli::train::{OptimKind, TrainConfig};
+
+fn config_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../configs")
+        .join(name)
+}
+
+fn read(name: &str) -> TrainConfig {
+    let text = std::fs::read_to_string(config_path(name)).unwrap();
+    let config: TrainConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+    config
+        .validate()
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    config
+}
+
+#[test]
+fn the_shakespeare_pair_differs_only_in_the_optimizer() {
+    let adamw = read("shakespeare-cpu-adamw.toml");
+    let padam = read("shakespeare-cpu-padam.toml");
+    assert_eq!(adamw.optim, OptimKind::Adamw);
+    // nanoGPT's weight decay, and the p
+    assert_eq!(adamw.lambda, 0.1);
+    assert_eq!(padam.optim, OptimKind::Padam);
+    assert_eq!(padam.p, 0.8);
+    // the same model, data split, schedule, lr and seed
+    assert_eq!(adamw.gpt, padam.gpt);
+    assert_eq!((adamw.lr, adamw.seed), (padam.lr, padam.seed));
+    // the CPU preset's sizes
+    let g = &adamw.gpt;
+    assert_eq!(
+        (
+            g.layers,
+            g.heads,
+            g.width,
+            g.block_size,
+            g.batch_size,
+            g.iters
+        ),
+        (4, 4, 128, 64, 12, 2000)
+    );
+    assert_eq!(g.dropout, 0.0);
+    // the sparsity the report counts is the authors' threshold or stricter
+    assert!(padam.threshold <= GPT_THRESHOLD);
+}
+
+#[test]
+fn each_committed_config_trains_a_few_iterations() {
+    let root = tempdir("configs");
+    let text = root.join("text.txt");
+    std::fs::write(
+        &text,
+        "to be, or not to be: that is the question. ".repeat(60),
+    )
+    .unwrap();
+    for name in ["shakespeare-cpu-adamw.toml", "shakespeare-cpu-padam.toml"] {
+        let out = root.join(name);
+        // a tiny model and three iterations: the file's optimizer settings as they are
+        ok(&[
+            "train",
+            "--config",
+            path(&config_path(name)),
+            "--data",
+            path(&text),
+            "--out",
+            path(&out),
+            "--layers",
+            "1",
+            "--width",
+            "16",
+            "--heads",
+            "2",
+            "--block-size",
+            "8",
+            "--batch-size",
+            "4",
+            "--iters",
+            "3",
+            "--eval-interval",
+            "3",
+            "--eval-batches",
+            "1",
+        ]);
+        let summary = json(&out.join("summary.json"));
+        assert_eq!(summary["iters"], 3, "{name}");
+        assert!(summary["final_val_loss"].as_f64().unwrap().is_finite());
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
