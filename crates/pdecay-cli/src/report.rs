@@ -300,9 +300,38 @@ fn uses_pwd(optim: OptimKind) -> bool {
     matches!(optim, OptimKind::Padam | OptimKind::Psgd)
 }
 
-/// The settings that matter for the run's optimizer, in words, and its peak lr when the runs
-/// of one report differ in it (an lr sweep), so that no two runs read the same.
-fn settings(c: &TrainConfig, show_lr: bool) -> String {
+/// What the runs of one report differ in besides the optimizer's settings: an lr sweep, or
+/// repeats with other seeds. Each run's description then names it, so that no two read the same.
+#[derive(Clone, Copy, Debug)]
+struct Varying {
+    lr: bool,
+    seed: bool,
+}
+
+impl Varying {
+    fn of(runs: &[RunRecord]) -> Self {
+        let first = &runs[0].config;
+        Self {
+            lr: runs.iter().any(|r| r.config.lr != first.lr),
+            seed: runs.iter().any(|r| r.config.seed != first.seed),
+        }
+    }
+
+    /// `, lr 5e-3, seed 1` for what varies (empty when nothing does).
+    fn words(self, c: &TrainConfig) -> String {
+        let mut words = String::new();
+        if self.lr {
+            words += &format!(", lr {:e}", c.lr);
+        }
+        if self.seed {
+            words += &format!(", seed {}", c.seed);
+        }
+        words
+    }
+}
+
+/// The settings that matter for the run's optimizer, in words, then what `varying` names.
+fn settings(c: &TrainConfig, varying: Varying) -> String {
     let optimizer = match c.optim {
         OptimKind::Padam | OptimKind::Psgd => {
             format!("p {}, lambda {:e}{}", c.p, c.lambda, variant_words(c))
@@ -313,21 +342,12 @@ fn settings(c: &TrainConfig, show_lr: bool) -> String {
         OptimKind::Adam => String::new(),
         OptimKind::Gmp => format!("target {:.0}%", 100.0 * c.gmp_final_sparsity),
     };
-    let lr = show_lr.then(|| format!("lr {:e}", c.lr));
-    let words: Vec<String> = [Some(optimizer).filter(|o| !o.is_empty()), lr]
-        .into_iter()
-        .flatten()
-        .collect();
-    if words.is_empty() {
-        "-".to_string()
-    } else {
-        words.join(", ")
+    let words = optimizer + &varying.words(c);
+    match words.strip_prefix(", ") {
+        Some(rest) => rest.to_string(),
+        None if words.is_empty() => "-".to_string(),
+        None => words,
     }
-}
-
-/// Whether the runs differ in their peak lr.
-fn lr_varies(runs: &[RunRecord]) -> bool {
-    runs.iter().any(|r| r.config.lr != runs[0].config.lr)
 }
 
 /// pWD's variants that a run turns on, as `, p from 2, elastic net 1e-4, ...` (empty for plain
@@ -359,11 +379,11 @@ fn variant_words(c: &TrainConfig) -> String {
     words
 }
 
-fn label(run: &RunRecord, show_lr: bool) -> String {
+fn label(run: &RunRecord, varying: Varying) -> String {
     format!(
         "{} ({})",
         optim_label(run.config.optim),
-        settings(&run.config, show_lr)
+        settings(&run.config, varying)
     )
 }
 
@@ -466,10 +486,10 @@ fn decayed_weights(run: &RunRecord) -> Result<Vec<f32>> {
         .collect())
 }
 
-fn curve(run: &RunRecord, show_lr: bool) -> Curve {
+fn curve(run: &RunRecord, varying: Varying) -> Curve {
     let pick = |f: fn(&Eval) -> f64| run.evals.iter().map(|m| (m.at, f(m))).collect::<Vec<_>>();
     Curve {
-        label: label(run, show_lr),
+        label: label(run, varying),
         accuracy: pick(|m| 100.0 * m.accuracy),
         test_loss: pick(|m| m.loss),
         train_loss: pick(|m| m.train_loss),
@@ -551,7 +571,7 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         .filter(|r| matches!(r.outcome, Some(Outcome::Diverged(_))))
         .count();
     let first = &runs[0].config;
-    let show_lr = lr_varies(&runs);
+    let varying = Varying::of(&runs);
     writeln!(
         md,
         "{} run(s): {} finished, {} diverged, {} unfinished. {} Sparsity: share of decayed weights (rank >= 2) with |w| < {:e}.\n",
@@ -559,10 +579,10 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         finished.len(),
         diverged,
         runs.len() - finished.len() - diverged,
-        training_words(first, show_lr),
+        training_words(first, varying.lr),
         first.threshold,
     )?;
-    write_run_table(&mut md, &runs, task, show_lr)?;
+    write_run_table(&mut md, &runs, task, varying)?;
     let Some(selection) = select(&finished, score) else {
         writeln!(md, "No run has finished yet: no plots.")?;
         let markdown = path.join("report.md");
@@ -572,7 +592,7 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
             plots: Vec::new(),
         });
     };
-    write_findings(&mut md, &runs, &finished, &selection, task, show_lr)?;
+    write_findings(&mut md, &runs, &finished, &selection, task, varying)?;
     writeln!(md, "## Plots\n")?;
 
     // 1. the score against sparsity
@@ -656,7 +676,7 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         }
     }
     let figure = TrainingCurves {
-        curves: shown.iter().map(|r| curve(r, show_lr)).collect(),
+        curves: shown.iter().map(|r| curve(r, varying)).collect(),
         x_axis: task.x_axis(),
         held_out: task.held_out(),
     };
@@ -679,7 +699,7 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
     // 4. distribution of |w|
     let mut magnitudes = Vec::new();
     for r in &shown {
-        magnitudes.push(Magnitudes::new(label(r, show_lr), &decayed_weights(r)?));
+        magnitudes.push(Magnitudes::new(label(r, varying), &decayed_weights(r)?));
     }
     let featured = &selection.featured.config;
     let scale = uses_pwd(featured.optim)
@@ -712,7 +732,7 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         let figure = LayerSparsity {
             title: format!(
                 "Sparsity per tensor: {}",
-                label(selection.featured, show_lr)
+                label(selection.featured, varying)
             ),
             layers: last
                 .layers
@@ -799,7 +819,12 @@ fn training_words(c: &TrainConfig, lr_varies: bool) -> String {
     }
 }
 
-fn write_run_table(md: &mut String, runs: &[RunRecord], task: Task, show_lr: bool) -> Result<()> {
+fn write_run_table(
+    md: &mut String,
+    runs: &[RunRecord],
+    task: Task,
+    varying: Varying,
+) -> Result<()> {
     let x = task.x_axis();
     writeln!(md, "## Runs\n")?;
     writeln!(
@@ -813,7 +838,7 @@ fn write_run_table(md: &mut String, runs: &[RunRecord], task: Task, show_lr: boo
             "| {} | {} | {} |",
             r.name,
             optim_label(r.config.optim),
-            settings(&r.config, show_lr)
+            settings(&r.config, varying)
         );
         match &r.outcome {
             Some(Outcome::Finished(s)) => {
@@ -849,7 +874,7 @@ fn write_findings(
     finished: &[&RunRecord],
     selection: &Selection,
     task: Task,
-    show_lr: bool,
+    varying: Varying,
 ) -> Result<()> {
     writeln!(md, "## Findings\n")?;
     let score = task.score();
@@ -863,7 +888,7 @@ fn write_findings(
         writeln!(
             md,
             "- AdamW ({}): {} {}, {:.1}% sparse.",
-            settings(&adamw.config, show_lr),
+            settings(&adamw.config, varying),
             task.show(of(adamw)),
             score.title.to_lowercase(),
             100.0 * adamw.sparsity()
@@ -878,7 +903,7 @@ fn write_findings(
                 md,
                 "- Best sparsity within {tolerance}: {:.1}% ({}: {}, {} of {} parameters non-zero).",
                 100.0 * best.sparsity(),
-                label(best, show_lr),
+                label(best, varying),
                 task.show(of(best)),
                 best.summary().map_or(0, RunSummary::nonzero_params),
                 best.summary().map_or(0, RunSummary::total_params)
@@ -901,7 +926,7 @@ fn write_findings(
                     optim_label(optim),
                     100.0 * best.sparsity(),
                     score.tolerance_words,
-                    settings(&best.config, show_lr)
+                    settings(&best.config, varying)
                 )?;
             } else if any {
                 writeln!(md, "  - {}: no run within {tolerance}.", optim_label(optim))?;
@@ -913,7 +938,7 @@ fn write_findings(
             writeln!(
                 md,
                 "- {} {}: {}.",
-                label(r, show_lr),
+                label(r, varying),
                 diverged_words(task, d),
                 d.reason
             )?;
@@ -935,7 +960,11 @@ fn write_findings(
             score.title.to_lowercase()
         )?;
         for runs in by_p.values_mut() {
-            runs.sort_by(|x, y| x.config.lambda.total_cmp(&y.config.lambda));
+            runs.sort_by(|x, y| {
+                (x.config.lambda.total_cmp(&y.config.lambda))
+                    .then(x.config.lr.total_cmp(&y.config.lr))
+                    .then(x.config.seed.cmp(&y.config.seed))
+            });
             let cells: Vec<String> = runs
                 .iter()
                 .map(|r| {
@@ -943,11 +972,7 @@ fn write_findings(
                         "lambda {:e}{}{}: {} / {:.1}%",
                         r.config.lambda,
                         variant_words(&r.config),
-                        if show_lr {
-                            format!(", lr {:e}", r.config.lr)
-                        } else {
-                            String::new()
-                        },
+                        varying.words(&r.config),
                         task.show(of(r)),
                         100.0 * r.sparsity()
                     )
@@ -966,4 +991,45 @@ fn figure_md(md: &mut String, stem: &str, title: &str, caption: &str) -> Result<
         "### {title}\n\n![{title}](plots/{stem}.png)\n\n{caption} ([SVG](plots/{stem}.svg))\n"
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOTHING: Varying = Varying {
+        lr: false,
+        seed: false,
+    };
+
+    #[test]
+    fn settings_name_the_lr_and_seed_only_when_the_runs_differ_in_them() {
+        let adam = TrainConfig {
+            optim: OptimKind::Adam,
+            ..TrainConfig::default()
+        };
+        assert_eq!(settings(&adam, NOTHING), "-");
+        let lr_only = Varying {
+            lr: true,
+            seed: false,
+        };
+        assert_eq!(settings(&adam, lr_only), "lr 1e-3");
+        let padam = TrainConfig {
+            optim: OptimKind::Padam,
+            p: 0.8,
+            lambda: 5e-2,
+            lr: 5e-3,
+            seed: 2,
+            ..TrainConfig::default()
+        };
+        assert_eq!(settings(&padam, NOTHING), "p 0.8, lambda 5e-2");
+        let both = Varying {
+            lr: true,
+            seed: true,
+        };
+        assert_eq!(
+            settings(&padam, both),
+            "p 0.8, lambda 5e-2, lr 5e-3, seed 2"
+        );
+    }
 }
