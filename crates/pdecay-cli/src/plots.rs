@@ -701,7 +701,8 @@ impl Figure for WeightDistribution {
                 .legend(legend_line(color));
         }
         scale_text(&mut chart, 100.0)?;
-        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft, 14)
+        // every curve ends near 100% at the right: the lower right stays free
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight, 14)
     }
 }
 

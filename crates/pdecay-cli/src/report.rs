@@ -486,10 +486,24 @@ fn decayed_weights(run: &RunRecord) -> Result<Vec<f32>> {
         .collect())
 }
 
+/// The longest legend entry that fits beside a plot panel in the report's font.
+const LEGEND_CHARS: usize = 60;
+
+/// A run in a plot's legend: its label when that fits, else its folder name with the
+/// optimizer (the runs table maps the name to the settings).
+fn legend_label(run: &RunRecord, varying: Varying) -> String {
+    let full = label(run, varying);
+    if full.chars().count() <= LEGEND_CHARS {
+        full
+    } else {
+        format!("{} ({})", run.name, optim_label(run.config.optim))
+    }
+}
+
 fn curve(run: &RunRecord, varying: Varying) -> Curve {
     let pick = |f: fn(&Eval) -> f64| run.evals.iter().map(|m| (m.at, f(m))).collect::<Vec<_>>();
     Curve {
-        label: label(run, varying),
+        label: legend_label(run, varying),
         accuracy: pick(|m| 100.0 * m.accuracy),
         test_loss: pick(|m| m.loss),
         train_loss: pick(|m| m.train_loss),
@@ -699,7 +713,10 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
     // 4. distribution of |w|
     let mut magnitudes = Vec::new();
     for r in &shown {
-        magnitudes.push(Magnitudes::new(label(r, varying), &decayed_weights(r)?));
+        magnitudes.push(Magnitudes::new(
+            legend_label(r, varying),
+            &decayed_weights(r)?,
+        ));
     }
     let featured = &selection.featured.config;
     let scale = uses_pwd(featured.optim)
@@ -1030,6 +1047,33 @@ mod tests {
         assert_eq!(
             settings(&padam, both),
             "p 0.8, lambda 5e-2, lr 5e-3, seed 2"
+        );
+    }
+
+    #[test]
+    fn a_legend_entry_too_long_for_the_panel_falls_back_to_the_run_name() {
+        let run = |config: TrainConfig| RunRecord {
+            name: "padam-5e-2-r25-lr1e-2".to_string(),
+            dir: PathBuf::from("padam-5e-2-r25-lr1e-2"),
+            config,
+            evals: Vec::new(),
+            outcome: None,
+        };
+        let short = run(TrainConfig {
+            optim: OptimKind::Padam,
+            ..TrainConfig::default()
+        });
+        assert_eq!(legend_label(&short, NOTHING), "pAdam (p 0.8, lambda 1e-3)");
+        let long = run(TrainConfig {
+            optim: OptimKind::Padam,
+            p_start: Some(2.0),
+            lambda_release: Some(0.25),
+            ..TrainConfig::default()
+        });
+        assert!(label(&long, NOTHING).chars().count() > LEGEND_CHARS);
+        assert_eq!(
+            legend_label(&long, NOTHING),
+            "padam-5e-2-r25-lr1e-2 (pAdam)"
         );
     }
 }

@@ -1,5 +1,6 @@
 //! The run configurations committed under `configs/`: each parses, validates and trains, and
-//! each AdamW/pAdam pair differs only in the optimizer, so its comparison is a fair one.
+//! each AdamW/pAdam pair differs only in the optimizer, so its comparison is a fair one; the
+//! sweep behind the results holds that pair.
 
 mod common;
 use common::{json, ok, path, tempdir};
@@ -96,4 +97,28 @@ fn each_committed_config_trains_a_few_iterations() {
         assert!(summary["final_val_loss"].as_f64().unwrap().is_finite());
     }
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn the_shakespeare_lr_sweep_holds_the_committed_pair() {
+    let file = config_path("sweep-shakespeare-lr.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let plan = pdecay_cli::sweep::parse(&text, "sweep-shakespeare-lr.toml").unwrap();
+    assert!(plan.is_gpt());
+    assert_eq!(plan.runs.len(), 24);
+    for run in &plan.runs {
+        run.config.validate().unwrap();
+    }
+    // each committed config is one of the sweep's runs, exactly
+    for name in ["shakespeare-cpu-adamw.toml", "shakespeare-cpu-padam.toml"] {
+        let committed = read(name);
+        let found = plan.runs.iter().filter(|r| r.config == committed).count();
+        assert_eq!(found, 1, "{name} is not a run of the sweep");
+    }
+    // no run is planned twice
+    for (i, a) in plan.runs.iter().enumerate() {
+        for b in &plan.runs[i + 1..] {
+            assert_ne!(a.config, b.config, "{} and {}", a.name, b.name);
+        }
+    }
 }
