@@ -701,8 +701,8 @@ impl Figure for WeightDistribution {
                 .legend(legend_line(color));
         }
         scale_text(&mut chart, 100.0)?;
-        // every curve ends near 100% at the right: the lower right stays free
-        draw_legend(&mut chart, SeriesLabelPosition::LowerRight, 14)
+        // left of the weights every curve is flat, at 0% or at the run's share of zeros
+        draw_legend(&mut chart, SeriesLabelPosition::MiddleLeft, 14)
     }
 }
 

@@ -301,7 +301,8 @@ fn uses_pwd(optim: OptimKind) -> bool {
 }
 
 /// What the runs of one report differ in besides the optimizer's settings: an lr sweep, or
-/// repeats with other seeds. Each run's description then names it, so that no two read the same.
+/// repeats with other seeds. Each run's description then names it (other differences, such as
+/// iterations or batch size, are left to the run's name and config.toml).
 #[derive(Clone, Copy, Debug)]
 struct Varying {
     lr: bool,
@@ -340,7 +341,15 @@ fn settings(c: &TrainConfig, varying: Varying) -> String {
         OptimKind::Adamw => format!("weight_decay {:e}", c.lambda),
         OptimKind::AdamL1 => format!("lambda {:e}", c.lambda),
         OptimKind::Adam => String::new(),
-        OptimKind::Gmp => format!("target {:.0}%", 100.0 * c.gmp_final_sparsity),
+        OptimKind::Gmp => {
+            let percent = 100.0 * c.gmp_final_sparsity;
+            // 80%, but 85.5%: whole percentages without a decimal
+            if (percent - percent.round()).abs() < 1e-9 {
+                format!("target {percent:.0}%")
+            } else {
+                format!("target {percent:.1}%")
+            }
+        }
     };
     let words = optimizer + &varying.words(c);
     match words.strip_prefix(", ") {
@@ -489,14 +498,24 @@ fn decayed_weights(run: &RunRecord) -> Result<Vec<f32>> {
 /// The longest legend entry that fits beside a plot panel in the report's font.
 const LEGEND_CHARS: usize = 60;
 
-/// A run in a plot's legend: its label when that fits, else its folder name with the
-/// optimizer (the runs table maps the name to the settings).
+/// A run in a plot's legend: its label when that fits, else its folder name (the runs table
+/// maps it to the settings) with the optimizer unless the name has it (a sweep's
+/// `optim=padam_...`), cut to fit with an ellipsis.
 fn legend_label(run: &RunRecord, varying: Varying) -> String {
     let full = label(run, varying);
     if full.chars().count() <= LEGEND_CHARS {
-        full
+        return full;
+    }
+    let named = if run.name.contains("optim=") {
+        run.name.clone()
     } else {
         format!("{} ({})", run.name, optim_label(run.config.optim))
+    };
+    if named.chars().count() <= LEGEND_CHARS {
+        named
+    } else {
+        let cut: String = named.chars().take(LEGEND_CHARS - 1).collect();
+        cut + "…"
     }
 }
 
@@ -749,7 +768,7 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         let figure = LayerSparsity {
             title: format!(
                 "Sparsity per tensor: {}",
-                label(selection.featured, varying)
+                legend_label(selection.featured, varying)
             ),
             layers: last
                 .layers
@@ -800,7 +819,7 @@ fn diverged_words(task: Task, d: &crate::train::Diverged) -> String {
 /// settings when the runs differ in it).
 fn training_words(c: &TrainConfig, lr_varies: bool) -> String {
     let lr = if lr_varies {
-        "peak lr per run (see the settings)".to_string()
+        "the peak lr of each run's settings".to_string()
     } else {
         format!("lr {:e}", c.lr)
     };
@@ -1040,6 +1059,14 @@ mod tests {
             ..TrainConfig::default()
         };
         assert_eq!(settings(&padam, NOTHING), "p 0.8, lambda 5e-2");
+        for (target, words) in [(0.8, "target 80%"), (0.855, "target 85.5%")] {
+            let gmp = TrainConfig {
+                optim: OptimKind::Gmp,
+                gmp_final_sparsity: target,
+                ..TrainConfig::default()
+            };
+            assert_eq!(settings(&gmp, NOTHING), words);
+        }
         let both = Varying {
             lr: true,
             seed: true,
@@ -1051,29 +1078,56 @@ mod tests {
     }
 
     #[test]
+    fn varying_names_only_what_differs() {
+        let run = |lr: f64, seed: u64| RunRecord {
+            name: "r".to_string(),
+            dir: PathBuf::from("r"),
+            config: TrainConfig {
+                lr,
+                seed,
+                ..TrainConfig::default()
+            },
+            evals: Vec::new(),
+            outcome: None,
+        };
+        let one = Varying::of(&[run(1e-3, 0)]);
+        assert!(!one.lr && !one.seed);
+        let seeds = Varying::of(&[run(1e-3, 0), run(1e-3, 1)]);
+        assert!(!seeds.lr && seeds.seed);
+        let lrs = Varying::of(&[run(1e-3, 0), run(5e-3, 0)]);
+        assert!(lrs.lr && !lrs.seed);
+    }
+
+    #[test]
     fn a_legend_entry_too_long_for_the_panel_falls_back_to_the_run_name() {
-        let run = |config: TrainConfig| RunRecord {
-            name: "padam-5e-2-r25-lr1e-2".to_string(),
-            dir: PathBuf::from("padam-5e-2-r25-lr1e-2"),
+        let run = |name: &str, config: TrainConfig| RunRecord {
+            name: name.to_string(),
+            dir: PathBuf::from(name),
             config,
             evals: Vec::new(),
             outcome: None,
         };
-        let short = run(TrainConfig {
-            optim: OptimKind::Padam,
-            ..TrainConfig::default()
-        });
+        let short = run(
+            "padam",
+            TrainConfig {
+                optim: OptimKind::Padam,
+                ..TrainConfig::default()
+            },
+        );
         assert_eq!(legend_label(&short, NOTHING), "pAdam (p 0.8, lambda 1e-3)");
-        let long = run(TrainConfig {
+        let config = TrainConfig {
             optim: OptimKind::Padam,
             p_start: Some(2.0),
             lambda_release: Some(0.25),
             ..TrainConfig::default()
-        });
-        assert!(label(&long, NOTHING).chars().count() > LEGEND_CHARS);
-        assert_eq!(
-            legend_label(&long, NOTHING),
-            "padam-5e-2-r25-lr1e-2 (pAdam)"
-        );
+        };
+        assert!(label(&run("x", config.clone()), NOTHING).chars().count() > LEGEND_CHARS);
+        let long = run("padam-1e-3-r25", config.clone());
+        assert_eq!(legend_label(&long, NOTHING), "padam-1e-3-r25 (pAdam)");
+        // a sweep's name says the optimizer already, and a name too long is cut to fit
+        let swept = "optim=padam_lambda=0.001_lr=0.001_p=0.8_p_start=2_lambda_release=0.25";
+        let cut = legend_label(&run(swept, config), NOTHING);
+        assert_eq!(cut.chars().count(), LEGEND_CHARS);
+        assert!(cut.starts_with("optim=padam_lambda=0.001") && cut.ends_with('…'));
     }
 }

@@ -180,7 +180,10 @@ fn a_diverging_run_is_recorded_and_the_sweep_goes_on() {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("diverged at epoch 1"), "{report}");
     // the runs differ only in lr: each run's settings name it, so the two rows differ
-    assert!(report.contains("peak lr per run"), "{report}");
+    assert!(
+        report.contains("the peak lr of each run's settings"),
+        "{report}"
+    );
     let rows: Vec<&str> = report.lines().filter(|l| l.starts_with("| lr=")).collect();
     assert_eq!(rows.len(), 2, "{report}");
     assert!(rows[0].contains("| lr 1e30 |"), "{report}");
