@@ -110,9 +110,11 @@ fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
         .draw()
 }
 
-/// A tick label: whole numbers without a decimal point (epoch 3, iteration 1500).
-fn compact_number(x: f64) -> String {
-    if x.fract() == 0.0 {
+/// A number in labels: whole numbers without a decimal point (epoch 3, iteration 1500, 80%),
+/// others with one decimal (85.5%). Within 1e-9 of a whole number counts as whole, so that
+/// products such as 100 x 0.7 read 70.
+pub(crate) fn compact_number(x: f64) -> String {
+    if (x - x.round()).abs() < 1e-9 {
         format!("{x:.0}")
     } else {
         format!("{x:.1}")

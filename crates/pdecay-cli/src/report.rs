@@ -22,7 +22,7 @@ use crate::model_file::IMAGE_SIDE;
 use crate::models::{Classifier, ModelKind};
 use crate::plots::{
     Curve, Heatmap, LayerBar, LayerSparsity, Magnitudes, RunPoint, Score, ScoreVsSparsity,
-    TrainingCurves, WeightDistribution, save,
+    TrainingCurves, WeightDistribution, compact_number, save,
 };
 use crate::sweep::{Outcome, RunSummary, read_diverged, read_summary};
 use crate::train::{EpochMetrics, OptimKind, TrainConfig, write_atomic};
@@ -341,15 +341,7 @@ fn settings(c: &TrainConfig, varying: Varying) -> String {
         OptimKind::Adamw => format!("weight_decay {:e}", c.lambda),
         OptimKind::AdamL1 => format!("lambda {:e}", c.lambda),
         OptimKind::Adam => String::new(),
-        OptimKind::Gmp => {
-            let percent = 100.0 * c.gmp_final_sparsity;
-            // 80%, but 85.5%: whole percentages without a decimal
-            if (percent - percent.round()).abs() < 1e-9 {
-                format!("target {percent:.0}%")
-            } else {
-                format!("target {percent:.1}%")
-            }
-        }
+        OptimKind::Gmp => format!("target {}%", compact_number(100.0 * c.gmp_final_sparsity)),
     };
     let words = optimizer + &varying.words(c);
     match words.strip_prefix(", ") {
@@ -1059,7 +1051,11 @@ mod tests {
             ..TrainConfig::default()
         };
         assert_eq!(settings(&padam, NOTHING), "p 0.8, lambda 5e-2");
-        for (target, words) in [(0.8, "target 80%"), (0.855, "target 85.5%")] {
+        for (target, words) in [
+            (0.8, "target 80%"),
+            (0.7, "target 70%"),
+            (0.855, "target 85.5%"),
+        ] {
             let gmp = TrainConfig {
                 optim: OptimKind::Gmp,
                 gmp_final_sparsity: target,
