@@ -1,24 +1,38 @@
-//! The `pdecay` application: data sets, models, the training loop and the commands.
+//! The `pdecay` application. Each folder is one layer; a module imports only from the layers
+//! below it (and from `pdecay` / `pdecay-burn`), never from one above:
 //!
-//! Data flows one way: CLI config -> data + model + optimizer -> training loop -> metrics
-//! stream -> run folder (config.toml, metrics.jsonl, summary.json). A sweep runs a grid of
-//! trainings into one folder; a report reads run folders back and draws them.
+//! ```text
+//!   cli/          clap flags -> calls (train, sample, sweep, report, export, ...); progress bars
+//!    |
+//!    +--> experiments/   the demos, sweeps, reports: scores, plots, report.md
+//!    +--> deploy/        model files (dense, CSR, compact), sparse inference
+//!    |        |
+//!    v        v
+//!   train/        one loop skeleton; the classifier and GPT steps plugged in; data parallel
+//!    |
+//!    v
+//!   run/          the run folder: every file name, config/metrics/summary/checkpoint I/O,
+//!    |            atomic writes, the run's state
+//!    v
+//!   config/       TrainConfig: one default per key, validation, the optimizer factory
+//!    |
+//!    v
+//!   models/       MLP, CNN, GPT, sampling
+//!    |
+//!    v
+//!   data/         IDX files, the embedded Fashion-MNIST subset, text
+//! ```
+//!
+//! `experiments/` and `deploy/` sit side by side and do not import each other. Data flows one
+//! way: flags or a config file -> [`config::TrainConfig`] -> data + model + optimizer ->
+//! [`train`] loop -> metrics -> the [`run::RunDir`] folder; a sweep runs a grid of trainings
+//! into one folder; a report reads run folders back and draws them.
 
-pub mod checkpoint;
-pub mod cli_deploy;
-pub mod cli_sweep;
-pub mod cli_train;
-pub mod compact;
+pub mod cli;
+pub mod config;
 pub mod data;
-pub mod demo;
-pub mod device;
-pub mod gpt;
-pub mod gpt_train;
-pub mod infer;
-pub mod model_file;
+pub mod deploy;
+pub mod experiments;
 pub mod models;
-pub mod parallel;
-pub mod plots;
-pub mod report;
-pub mod sweep;
+pub mod run;
 pub mod train;

@@ -7,8 +7,7 @@ use common::{json, ok, path, tempdir};
 
 use std::path::PathBuf;
 
-use pdecay_cli::gpt_train::GPT_THRESHOLD;
-use pdecay_cli::train::{OptimKind, TrainConfig};
+use pdecay_cli::config::{GPT_THRESHOLD, OptimKind, TrainConfig};
 
 fn config_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -109,7 +108,7 @@ fn each_committed_config_trains_a_few_iterations() {
 fn the_shakespeare_lr_sweep_holds_the_committed_pair() {
     let file = config_path("sweep-shakespeare-lr.toml");
     let text = std::fs::read_to_string(&file).unwrap();
-    let plan = pdecay_cli::sweep::parse(&text, "sweep-shakespeare-lr.toml").unwrap();
+    let plan = pdecay_cli::experiments::sweep::parse(&text, "sweep-shakespeare-lr.toml").unwrap();
     assert!(plan.is_gpt());
     assert_eq!(plan.runs.len(), 24);
     for run in &plan.runs {

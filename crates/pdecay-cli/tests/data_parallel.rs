@@ -3,8 +3,9 @@
 //! float additions.
 
 use burn::tensor::Device;
+use pdecay_cli::config::{OptimKind, TrainConfig};
 use pdecay_cli::data::mnist;
-use pdecay_cli::train::{OptimKind, PlainProgress, RunOptions, TrainConfig, train};
+use pdecay_cli::train::{PlainProgress, RunOptions, train_classifier};
 
 #[test]
 fn two_replicas_train_the_same_run_as_one_device() {
@@ -22,7 +23,7 @@ fn two_replicas_train_the_same_run_as_one_device() {
             replicas,
             ..RunOptions::default()
         };
-        train(&config, &data, &options, &mut PlainProgress).unwrap()
+        train_classifier(&config, &data, &options, &mut PlainProgress::default()).unwrap()
     };
     let one = run(Vec::new());
     let two = run(vec![Device::flex()]);

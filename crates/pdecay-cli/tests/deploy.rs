@@ -7,10 +7,10 @@ use common::{ok, path, pdecay, tempdir};
 use std::path::Path;
 
 use burn::tensor::Device;
-use pdecay_cli::checkpoint;
-use pdecay_cli::infer::Engine;
-use pdecay_cli::model_file::{Format, ModelFile, Stored};
+use pdecay_cli::deploy::infer::Engine;
+use pdecay_cli::deploy::model_file::{Format, ModelFile, Stored};
 use pdecay_cli::models::Classifier;
+use pdecay_cli::run::RunDir;
 
 /// The accuracy `pdecay eval` prints, in percent.
 fn evaluated(file: &Path) -> f64 {
@@ -110,7 +110,7 @@ fn check_deploy(name: &str, model_args: &[&str], max_size_ratio: f64) {
     }
     // and the dense file holds the last checkpoint's weights exactly
     let fresh = Classifier::new(d.config.model, 28, d.config.widths(), &Device::default());
-    let (model, _) = checkpoint::load_model(&run, fresh).unwrap().unwrap();
+    let (model, _) = RunDir::new(&run).load_model(fresh).unwrap().unwrap();
     let from_checkpoint =
         ModelFile::from_model(&model, &d.config, Format::Dense, d.threshold, d.input_stats);
     assert!(

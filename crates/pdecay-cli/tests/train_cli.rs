@@ -237,7 +237,7 @@ fn bad_inputs_are_clear_errors_and_never_overwrite_a_run() {
 fn checkpoint_weights(dir: &Path) -> Vec<Vec<f32>> {
     use burn::module::{Module, ModuleVisitor, Param};
     use burn::tensor::{Device, Tensor};
-    use pdecay_cli::{checkpoint, models::Classifier, train::TrainConfig};
+    use pdecay_cli::{config::TrainConfig, models::Classifier, run::RunDir};
 
     struct Collect(Vec<Vec<f32>>);
     impl ModuleVisitor for Collect {
@@ -250,7 +250,8 @@ fn checkpoint_weights(dir: &Path) -> Vec<Vec<f32>> {
         toml::from_str(&std::fs::read_to_string(dir.join("config.toml")).unwrap()).unwrap();
     let device = Device::default();
     let model = Classifier::new(config.model, 28, config.widths(), &device);
-    let (model, _, _) = checkpoint::load(dir, model, config.optimizer(1).unwrap())
+    let (model, _, _) = RunDir::new(dir)
+        .load_checkpoint(model, config.optimizer(1).unwrap())
         .unwrap()
         .unwrap();
     let mut collect = Collect(Vec::new());

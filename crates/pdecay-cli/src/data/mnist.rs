@@ -17,6 +17,9 @@ use super::idx::{decode_idx, read_idx};
 /// Number of classes of (Fashion-)MNIST.
 pub const CLASSES: usize = 10;
 
+/// Side of the images the models take (Fashion-MNIST and MNIST).
+pub const IMAGE_SIDE: usize = 28;
+
 /// Images and labels of one split.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageSet {

@@ -20,8 +20,10 @@ use pdecay_burn::parameter_values;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
+use crate::config::TrainConfig;
+use crate::data::mnist::IMAGE_SIDE;
 use crate::models::{Classifier, ModelKind};
-use crate::train::{TrainConfig, write_atomic};
+use crate::run::write_atomic;
 
 /// The version written into every file; files of other versions are refused.
 pub const FORMAT_VERSION: &str = "1";
@@ -410,9 +412,6 @@ impl ModelFile {
 
 /// The largest model a file may describe (a bound against damaged headers).
 const MAX_PARAMS: u128 = 100_000_000;
-
-/// Side of the images the models take (Fashion-MNIST and MNIST).
-pub const IMAGE_SIDE: usize = 28;
 
 /// `(name, shape in PyTorch orientation)` of every parameter of the model `config` describes.
 fn expected_tensors(config: &TrainConfig) -> Result<Vec<(String, Vec<usize>)>> {

@@ -12,7 +12,7 @@
 
 use anyhow::{Result, bail};
 
-use crate::model_file::{Format, ModelFile, ModelTensor, Stored};
+use super::model_file::{Format, ModelFile, ModelTensor, Stored};
 use crate::models::ModelKind;
 
 /// One weighted layer as a 2-D `[units, inputs]` matrix, PyTorch orientation.
@@ -228,7 +228,7 @@ pub fn compact(file: &ModelFile) -> Result<(ModelFile, CompactReport)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::TrainConfig;
+    use crate::config::TrainConfig;
 
     fn dense(name: &str, shape: Vec<usize>, values: Vec<f32>) -> ModelTensor {
         ModelTensor {
@@ -293,8 +293,8 @@ mod tests {
 
     #[test]
     fn dead_cnn_channels_and_units_go_and_the_logits_stay() {
-        use crate::infer::Engine;
-        use crate::model_file::IMAGE_SIDE;
+        use crate::deploy::infer::Engine;
+        use crate::data::mnist::IMAGE_SIDE;
         use crate::models::Classifier;
         use burn::tensor::Device;
 

@@ -19,7 +19,8 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use pdecay_burn::SparseOptimizer;
 
-use crate::train::step_or_diverge;
+use super::step_or_diverge;
+use crate::run::StepAt;
 
 /// A copy of the model and optimizer on another device.
 pub struct Replica<M> {
@@ -159,18 +160,10 @@ pub fn step_replicas<M: Module>(
     others: &mut [Replica<M>],
     grads: impl Iterator<Item = GradientsParams>,
     lr: f64,
-    epoch: usize,
-    step: u64,
+    at: StepAt,
 ) -> Result<()> {
     for (replica, g) in others.iter_mut().zip(grads) {
-        replica.model = step_or_diverge(
-            &mut replica.optim,
-            lr,
-            replica.model.clone(),
-            g,
-            epoch,
-            step,
-        )?;
+        replica.model = step_or_diverge(&mut replica.optim, lr, replica.model.clone(), g, at)?;
     }
     Ok(())
 }
@@ -178,8 +171,8 @@ pub fn step_replicas<M: Module>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{OptimKind, TrainConfig};
     use crate::models::{Classifier, ModelKind};
-    use crate::train::{OptimKind, TrainConfig};
     use burn::nn::loss::CrossEntropyLossConfig;
     use burn::tensor::{Distribution, Int, TensorData};
     use pdecay_burn::parameter_values;
@@ -235,8 +228,12 @@ mod tests {
             });
             let mut reduced = all_reduce(&model, grads, &devices).into_iter();
             let g = reduced.next().unwrap();
-            model = step_or_diverge(&mut optim, 1e-2, model, g, 1, step as u64).unwrap();
-            step_replicas(&mut others, reduced, 1e-2, 1, step as u64).unwrap();
+            let at = StepAt::Epoch {
+                epoch: 1,
+                step: step as u64,
+            };
+            model = step_or_diverge(&mut optim, 1e-2, model, g, at).unwrap();
+            step_replicas(&mut others, reduced, 1e-2, at).unwrap();
         }
         let values = |m: &Classifier| -> Vec<Vec<f32>> {
             parameter_values(m).into_iter().map(|p| p.values).collect()

@@ -31,63 +31,20 @@ use burn::tensor::Device;
 use serde::Deserialize;
 use toml::{Table, Value};
 
-use crate::data::ImageSplits;
-use crate::data::text::TextData;
-use crate::gpt_train::{GptEval, GptSummary, train_gpt};
+use crate::config::TrainConfig;
+use crate::data::RunData;
 use crate::models::ModelKind;
-use crate::train::{Diverged, Progress, RunOptions, Summary, TrainConfig, train, write_atomic};
+use crate::run::{Diverged, Outcome, RunDir, RunState, RunSummary, write_atomic};
+use crate::train::{Progress, RunOptions, train_classifier, train_gpt};
 
 /// The sweep preset files, also examples of the format.
 pub const PRESETS: [(&str, &str); 2] = [
-    ("demo", include_str!("../presets/sweep-demo.toml")),
+    ("demo", include_str!("../../presets/sweep-demo.toml")),
     (
         "fashion-mlp",
-        include_str!("../presets/sweep-fashion-mlp.toml"),
+        include_str!("../../presets/sweep-fashion-mlp.toml"),
     ),
 ];
-
-/// The summary.json fields of an image classifier's run written to `sweep.csv`, in order.
-pub const SUMMARY_COLUMNS: [&str; 13] = [
-    "final_test_accuracy",
-    "best_test_accuracy",
-    "best_epoch",
-    "final_test_loss",
-    "sparsity",
-    "sparsity_exact_zero",
-    "sparsity_all_params",
-    "nonzero_params",
-    "total_params",
-    "decayed_params",
-    "epochs",
-    "wall_seconds",
-    "samples_per_second",
-];
-
-/// The summary.json fields of a GPT run written to `sweep.csv`, in order.
-pub const GPT_SUMMARY_COLUMNS: [&str; 14] = [
-    "final_val_loss",
-    "best_val_loss",
-    "best_iter",
-    "final_val_accuracy",
-    "sparsity",
-    "sparsity_1e10",
-    "sparsity_exact_zero",
-    "sparsity_all_params",
-    "nonzero_params",
-    "total_params",
-    "decayed_params",
-    "iters",
-    "wall_seconds",
-    "seconds_per_iter",
-];
-
-/// The data of a run: images for the classifiers, a text for the GPT.
-pub enum RunData {
-    /// Fashion-MNIST or the embedded subset.
-    Images(ImageSplits),
-    /// A character-level text.
-    Text(TextData),
-}
 
 /// One run of a sweep.
 #[derive(Debug, Clone, PartialEq)]
@@ -287,54 +244,25 @@ pub fn preset(name: &str) -> Result<&'static str> {
         })
 }
 
-/// What a run folder holds already.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunState {
-    /// No folder (or an empty one).
-    New,
-    /// Started, not finished: resumed from its last checkpoint.
-    Started,
-    /// summary.json written: skipped.
-    Finished,
-    /// The loss became NaN or infinite (diverged.json written): skipped, reported as such.
-    Diverged,
-}
-
-/// Written into a run folder whose run diverged.
-const DIVERGED: &str = "diverged.json";
-
-/// The state of `dir`, after checking that a run there has exactly `config`.
-pub fn run_state(dir: &Path, config: &TrainConfig) -> Result<RunState> {
-    let config_path = dir.join("config.toml");
-    if !config_path.exists() {
+/// The state of the run folder `dir`, after checking that a run there has exactly `config`.
+pub fn run_state(dir: &RunDir, config: &TrainConfig) -> Result<RunState> {
+    if !dir.holds_run() {
         return Ok(RunState::New);
     }
-    let text = std::fs::read_to_string(&config_path)
-        .with_context(|| format!("reading {}", config_path.display()))?;
-    let existing: TrainConfig = toml::from_str(&text)
-        .with_context(|| format!("{} is not a valid run config", config_path.display()))?;
     ensure!(
-        &existing == config,
+        &dir.read_config()? == config,
         "{} holds a run with other settings than the sweep file asks for (was the sweep file changed?); delete that folder or sweep into another --out",
-        dir.display()
+        dir.path().display()
     );
-    Ok(if dir.join("summary.json").exists() {
-        RunState::Finished
-    } else if dir.join(DIVERGED).exists() {
-        RunState::Diverged
-    } else {
-        RunState::Started
-    })
+    Ok(dir.state())
 }
 
 /// Reports a sweep's progress.
 pub trait SweepProgress {
     /// Before run `index` (0-based) of `total` starts, resumes or is skipped.
     fn run(&mut self, index: usize, total: usize, run: &PlannedRun, state: RunState);
-    /// The progress of the image classifier being trained.
+    /// The progress of the run being trained.
     fn training(&mut self) -> &mut dyn Progress;
-    /// After each evaluation of the GPT being trained.
-    fn evaluation(&mut self, config: &TrainConfig, eval: &GptEval);
     /// After the last run.
     fn finish(&mut self) {}
 }
@@ -346,77 +274,6 @@ pub struct SweepResult {
     pub run: PlannedRun,
     /// How it ended.
     pub outcome: Outcome,
-}
-
-/// summary.json of a finished run, of either trainer.
-#[derive(Debug, Clone)]
-pub enum RunSummary {
-    /// An image classifier's.
-    Classifier(Summary),
-    /// A GPT's.
-    Gpt(GptSummary),
-}
-
-impl RunSummary {
-    /// Share of the decayed weights below the run's threshold (0-1).
-    pub fn sparsity(&self) -> f64 {
-        match self {
-            Self::Classifier(s) => s.sparsity,
-            Self::Gpt(s) => s.sparsity,
-        }
-    }
-
-    /// Parameters not below the threshold.
-    pub fn nonzero_params(&self) -> u64 {
-        match self {
-            Self::Classifier(s) => s.nonzero_params,
-            Self::Gpt(s) => s.nonzero_params,
-        }
-    }
-
-    /// All parameters.
-    pub fn total_params(&self) -> u64 {
-        match self {
-            Self::Classifier(s) => s.total_params,
-            Self::Gpt(s) => s.total_params,
-        }
-    }
-
-    /// The summary.json fields that go into `sweep.csv`, as CSV cells.
-    fn csv_cells(&self) -> Result<Vec<String>> {
-        let (value, columns): (_, &[&str]) = match self {
-            Self::Classifier(s) => (serde_json::to_value(s)?, &SUMMARY_COLUMNS),
-            Self::Gpt(s) => (serde_json::to_value(s)?, &GPT_SUMMARY_COLUMNS),
-        };
-        Ok(columns.iter().map(|c| value[c].to_string()).collect())
-    }
-}
-
-/// How a run ended.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// It trained to the end: its summary.json.
-    Finished(RunSummary),
-    /// The loss became NaN or infinite.
-    Diverged(Diverged),
-}
-
-impl Outcome {
-    /// The summary of a finished run.
-    pub fn summary(&self) -> Option<&RunSummary> {
-        match self {
-            Self::Finished(s) => Some(s),
-            Self::Diverged(_) => None,
-        }
-    }
-
-    /// `finished` or `diverged`, the CSV's `status`.
-    pub fn status(&self) -> &'static str {
-        match self {
-            Self::Finished(_) => "finished",
-            Self::Diverged(_) => "diverged",
-        }
-    }
 }
 
 /// Runs every run of `plan` into `out/<name>` one after another, skipping finished runs and
@@ -440,17 +297,18 @@ pub fn run(
     let states = plan
         .runs
         .iter()
-        .map(|r| run_state(&out.join(&r.name), &r.config))
+        .map(|r| run_state(&RunDir::new(out.join(&r.name)), &r.config))
         .collect::<Result<Vec<_>>>()?;
     // loaded once per source (and, for a text, per window length, which bounds its check)
     let mut data: HashMap<(Option<String>, usize), RunData> = HashMap::new();
     let mut results = Vec::new();
     for (i, (planned, state)) in plan.runs.iter().zip(states).enumerate() {
-        let dir = out.join(&planned.name);
+        let dir = RunDir::new(out.join(&planned.name));
         progress.run(i, plan.runs.len(), planned, state);
         let outcome = match state {
-            RunState::Finished => Outcome::Finished(read_summary(&dir, planned.config.model)?),
-            RunState::Diverged => Outcome::Diverged(read_diverged(&dir)?),
+            RunState::Finished | RunState::Diverged => dir
+                .outcome(planned.config.model)?
+                .expect("a finished or diverged run has an outcome"),
             RunState::New | RunState::Started => {
                 let config = &planned.config;
                 let key = (config.data.clone(), config.gpt.block_size);
@@ -465,21 +323,19 @@ pub fn run(
                     replicas: devices[1..].to_vec(),
                 };
                 let trained = match &data[&key] {
-                    RunData::Images(images) => train(config, images, &options, progress.training())
-                        .map(RunSummary::Classifier),
-                    RunData::Text(text) => train_gpt(config, text, &options, &mut |e| {
-                        progress.evaluation(config, e)
-                    })
-                    .map(RunSummary::Gpt),
+                    RunData::Images(images) => {
+                        train_classifier(config, images, &options, progress.training())
+                            .map(RunSummary::Classifier)
+                    }
+                    RunData::Text(text) => {
+                        train_gpt(config, text, &options, progress.training()).map(RunSummary::Gpt)
+                    }
                 };
                 match trained {
                     Ok(summary) => Outcome::Finished(summary),
                     Err(e) => match e.downcast::<Diverged>() {
                         Ok(diverged) => {
-                            write_atomic(
-                                &dir.join(DIVERGED),
-                                serde_json::to_string_pretty(&diverged)?.as_bytes(),
-                            )?;
+                            dir.write_diverged(&diverged)?;
                             Outcome::Diverged(diverged)
                         }
                         Err(e) => {
@@ -501,27 +357,6 @@ pub fn run(
     Ok(results)
 }
 
-/// Reads the summary.json of a run folder of `model`.
-pub fn read_summary(dir: &Path, model: ModelKind) -> Result<RunSummary> {
-    let path = dir.join("summary.json");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let corrupt = || format!("{} is corrupt", path.display());
-    Ok(if model == ModelKind::Gpt {
-        RunSummary::Gpt(serde_json::from_str(&text).with_context(corrupt)?)
-    } else {
-        RunSummary::Classifier(serde_json::from_str(&text).with_context(corrupt)?)
-    })
-}
-
-/// Reads a run folder's diverged.json.
-pub fn read_diverged(dir: &Path) -> Result<Diverged> {
-    let path = dir.join(DIVERGED);
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))
-}
-
 /// Writes `sweep.csv` atomically: `run`, `status`, the keys (each run's effective value), the
 /// summary (empty for a diverged run).
 pub fn write_csv(path: &Path, keys: &[String], results: &[SweepResult]) -> Result<()> {
@@ -529,15 +364,11 @@ pub fn write_csv(path: &Path, keys: &[String], results: &[SweepResult]) -> Resul
     let gpt = results
         .first()
         .is_some_and(|r| r.run.config.model == ModelKind::Gpt);
-    let columns: &[&str] = if gpt {
-        &GPT_SUMMARY_COLUMNS
-    } else {
-        &SUMMARY_COLUMNS
-    };
+    let columns = RunSummary::columns(gpt);
     let header: Vec<&str> = ["run", "status"]
         .into_iter()
         .chain(keys.iter().map(String::as_str))
-        .chain(columns.iter().copied())
+        .chain(columns.iter().map(String::as_str))
         .collect();
     csv.write_record(&header)?;
     for r in results {
@@ -548,7 +379,7 @@ pub fn write_csv(path: &Path, keys: &[String], results: &[SweepResult]) -> Resul
                 .map(|k| config.get(k).map(display_value).unwrap_or_default()),
         );
         match r.outcome.summary() {
-            Some(summary) => row.extend(summary.csv_cells()?),
+            Some(summary) => row.extend(summary.cells()),
             None => row.extend(columns.iter().map(|_| String::new())),
         }
         csv.write_record(&row)?;
@@ -565,7 +396,7 @@ pub fn default_out(name: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::OptimKind;
+    use crate::config::OptimKind;
 
     #[test]
     fn grids_expand_to_the_product_of_their_lists() {
@@ -691,15 +522,16 @@ lambda = 0.01
     fn a_changed_config_is_refused_and_a_finished_run_is_recognised() {
         let dir = std::env::temp_dir().join(format!("pdecay-sweep-state-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        let run = RunDir::new(&dir);
         let config = TrainConfig::default();
-        assert_eq!(run_state(&dir, &config).unwrap(), RunState::New);
+        assert_eq!(run_state(&run, &config).unwrap(), RunState::New);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("config.toml"), toml::to_string(&config).unwrap()).unwrap();
-        assert_eq!(run_state(&dir, &config).unwrap(), RunState::Started);
+        assert_eq!(run_state(&run, &config).unwrap(), RunState::Started);
         std::fs::write(dir.join("summary.json"), "{}").unwrap();
-        assert_eq!(run_state(&dir, &config).unwrap(), RunState::Finished);
+        assert_eq!(run_state(&run, &config).unwrap(), RunState::Finished);
         let other = TrainConfig { p: 0.5, ..config };
-        let message = run_state(&dir, &other).unwrap_err().to_string();
+        let message = run_state(&run, &other).unwrap_err().to_string();
         assert!(message.contains("other settings"), "{message}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

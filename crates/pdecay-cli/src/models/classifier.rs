@@ -1,31 +1,12 @@
 //! The image classifiers: the MLP and the 2023 blog's CNN.
 
+use super::ModelKind;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use pdecay_burn::max_pool_2x2;
-use serde::{Deserialize, Serialize};
-
-/// Which network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelKind {
-    /// Multi-layer perceptron 784-300-100-10 with ReLU (hidden sizes configurable).
-    Mlp,
-    /// conv3x3(32)-pool-conv3x3(64)-pool-dense128-dropout0.2-dense10 (421,642 parameters).
-    Cnn,
-    /// Character-level GPT (nanoGPT) on a UTF-8 text file (`--data FILE`).
-    Gpt,
-}
-
-impl ModelKind {
-    /// Whether this is one of the image classifiers (MLP, CNN).
-    pub fn is_classifier(self) -> bool {
-        self != Self::Gpt
-    }
-}
 
 /// A multi-layer perceptron on flattened images.
 #[derive(Module, Debug)]

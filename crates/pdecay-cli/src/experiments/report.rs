@@ -15,17 +15,18 @@ use pdecay::factor::suppression_scale;
 use pdecay::sparsity::TensorSparsity;
 use pdecay_burn::{NamedValues, parameter_values};
 
-use crate::checkpoint;
-use crate::gpt::Gpt;
-use crate::gpt_train::{GptEval, read_vocab};
-use crate::model_file::IMAGE_SIDE;
-use crate::models::{Classifier, ModelKind};
-use crate::plots::{
-    Curve, Heatmap, LayerBar, LayerSparsity, Magnitudes, RunPoint, Score, ScoreVsSparsity,
-    TrainingCurves, WeightDistribution, compact_number, save,
+use super::plots::{
+    Curve, Figure, Heatmap, LayerBar, LayerSparsity, Magnitudes, ScoreVsSparsity, TrainingCurves,
+    WeightDistribution, save,
 };
-use crate::sweep::{Outcome, RunSummary, read_diverged, read_summary};
-use crate::train::{EpochMetrics, OptimKind, TrainConfig, write_atomic};
+use super::score::{RunPoint, Score};
+use crate::config::optim::variant_words;
+use crate::config::{OptimKind, TrainConfig};
+use crate::data::mnist::IMAGE_SIDE;
+use crate::models::{Classifier, Gpt, ModelKind};
+use crate::run::{
+    Diverged, EpochMetrics, GptEval, Outcome, RunDir, RunSummary, Unit, write_atomic,
+};
 
 /// What a report's runs are: image classifiers (scored by test accuracy, per epoch) or GPTs
 /// (scored by validation loss, per evaluation).
@@ -57,9 +58,14 @@ impl Task {
 
     /// The unit of training time on the x axes.
     fn x_axis(self) -> &'static str {
+        self.unit().word()
+    }
+
+    /// What the runs count.
+    fn unit(self) -> Unit {
         match self {
-            Self::Classifier => "epoch",
-            Self::Gpt => "iteration",
+            Self::Classifier => Unit::Epoch,
+            Self::Gpt => Unit::Iteration,
         }
     }
 
@@ -177,44 +183,18 @@ impl RunRecord {
     }
 
     fn read(dir: &Path) -> Result<Self> {
-        let config_path = dir.join("config.toml");
-        let text = std::fs::read_to_string(&config_path)
-            .with_context(|| format!("reading {}", config_path.display()))?;
-        let config: TrainConfig = toml::from_str(&text)
-            .with_context(|| format!("{} is not a valid run config", config_path.display()))?;
-        let outcome = if dir.join("summary.json").exists() {
-            Some(Outcome::Finished(read_summary(dir, config.model)?))
-        } else if dir.join("diverged.json").exists() {
-            Some(Outcome::Diverged(read_diverged(dir)?))
+        let run = RunDir::new(dir);
+        let config = run.read_config()?;
+        let outcome = run.outcome(config.model)?;
+        let evals = if config.model == ModelKind::Gpt {
+            let evals: Vec<GptEval> = run.read_metrics()?;
+            evals.into_iter().map(Eval::from).collect()
         } else {
-            None
-        };
-        let metrics_path = dir.join("metrics.jsonl");
-        let gpt = config.model == ModelKind::Gpt;
-        let evals = match std::fs::read_to_string(&metrics_path) {
-            // a run still training may be halfway through appending its last line
-            Ok(text) => text
-                .split_inclusive('\n')
-                .filter(|line| line.ends_with('\n'))
-                .enumerate()
-                .map(|(i, line)| {
-                    let parsed = if gpt {
-                        serde_json::from_str::<GptEval>(line).map(Eval::from)
-                    } else {
-                        serde_json::from_str::<EpochMetrics>(line).map(Eval::from)
-                    };
-                    parsed.with_context(|| {
-                        format!("{} line {} is corrupt", metrics_path.display(), i + 1)
-                    })
-                })
-                .collect::<Result<_>>()?,
-            Err(_) => Vec::new(),
+            let evals: Vec<EpochMetrics> = run.read_metrics()?;
+            evals.into_iter().map(Eval::from).collect()
         };
         Ok(Self {
-            name: dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| dir.display().to_string()),
+            name: run.name(),
             dir: dir.to_path_buf(),
             config,
             outcome,
@@ -232,14 +212,14 @@ pub fn load_runs(path: &Path) -> Result<Vec<RunRecord>> {
             path.display()
         );
     }
-    if path.join("config.toml").exists() {
+    if RunDir::new(path).holds_run() {
         return Ok(vec![RunRecord::read(path)?]);
     }
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(path)
         .with_context(|| format!("listing {}", path.display()))?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.join("config.toml").exists())
+        .filter(|p| RunDir::new(p).holds_run())
         .collect();
     dirs.sort();
     let csv_path = path.join("sweep.csv");
@@ -283,23 +263,6 @@ pub fn load_runs(path: &Path) -> Result<Vec<RunRecord>> {
     Ok(runs)
 }
 
-/// The optimizer as the report names it.
-pub fn optim_label(optim: OptimKind) -> &'static str {
-    match optim {
-        OptimKind::Padam => "pAdam",
-        OptimKind::Psgd => "pSGD",
-        OptimKind::Adamw => "AdamW",
-        OptimKind::Adam => "Adam",
-        OptimKind::AdamL1 => "Adam + L1",
-        OptimKind::NaiveLp => "naive Lp",
-        OptimKind::Gmp => "magnitude pruning",
-    }
-}
-
-fn uses_pwd(optim: OptimKind) -> bool {
-    matches!(optim, OptimKind::Padam | OptimKind::Psgd)
-}
-
 /// What the runs of one report differ in besides the optimizer's settings: an lr sweep, or
 /// repeats with other seeds. Each run's description then names it (other differences, such as
 /// iterations or batch size, are left to the run's name and config.toml).
@@ -333,17 +296,7 @@ impl Varying {
 
 /// The settings that matter for the run's optimizer, in words, then what `varying` names.
 fn settings(c: &TrainConfig, varying: Varying) -> String {
-    let optimizer = match c.optim {
-        OptimKind::Padam | OptimKind::Psgd => {
-            format!("p {}, lambda {:e}{}", c.p, c.lambda, variant_words(c))
-        }
-        OptimKind::NaiveLp => format!("p {}, lambda {:e}", c.p, c.lambda),
-        OptimKind::Adamw => format!("weight_decay {:e}", c.lambda),
-        OptimKind::AdamL1 => format!("lambda {:e}", c.lambda),
-        OptimKind::Adam => String::new(),
-        OptimKind::Gmp => format!("target {}%", compact_number(100.0 * c.gmp_final_sparsity)),
-    };
-    let words = optimizer + &varying.words(c);
+    let words = c.optim.settings_words(c) + &varying.words(c);
     match words.strip_prefix(", ") {
         Some(rest) => rest.to_string(),
         None if words.is_empty() => "-".to_string(),
@@ -351,39 +304,10 @@ fn settings(c: &TrainConfig, varying: Varying) -> String {
     }
 }
 
-/// pWD's variants that a run turns on, as `, p from 2, elastic net 1e-4, ...` (empty for plain
-/// pWD).
-fn variant_words(c: &TrainConfig) -> String {
-    let mut words = String::new();
-    if let Some(p0) = c.p_start {
-        words += &format!(", p from {p0}");
-    }
-    if c.lambda2 > 0.0 {
-        words += &format!(", elastic net {:e}", c.lambda2);
-    }
-    if let Some(rate) = c.s_dynamics {
-        words += &format!(", s-dynamics {rate:e}");
-    }
-    if let Some(share) = c.lambda_release {
-        words += &format!(
-            ", lambda released over the last {:.0}% to x{}",
-            100.0 * share,
-            c.lambda_release_ratio
-        );
-    }
-    if c.late {
-        words += ", late";
-    }
-    if c.structured {
-        words += ", structured";
-    }
-    words
-}
-
 fn label(run: &RunRecord, varying: Varying) -> String {
     format!(
         "{} ({})",
-        optim_label(run.config.optim),
+        run.config.optim.label(),
         settings(&run.config, varying)
     )
 }
@@ -430,7 +354,7 @@ fn select<'a>(finished: &[&'a RunRecord], score: Score) -> Option<Selection<'a>>
         finished
             .iter()
             .copied()
-            .filter(|r| uses_pwd(r.config.optim))
+            .filter(|r| r.config.optim.uses_pwd())
     };
     let within = |r: &&RunRecord| {
         adamw
@@ -447,21 +371,20 @@ fn select<'a>(finished: &[&'a RunRecord], score: Score) -> Option<Selection<'a>>
 /// The decayed weights of a run's last checkpoint.
 fn decayed_weights(run: &RunRecord) -> Result<Vec<f32>> {
     // the last checkpoint's values, if there is one, for either kind of model
-    fn saved<M: Module>(dir: &Path, model: M) -> Result<Option<Vec<NamedValues>>> {
-        Ok(checkpoint::load_model(dir, model)
-            .with_context(|| format!("loading the checkpoint of {}", dir.display()))?
+    fn saved<M: Module>(dir: &RunDir, model: M) -> Result<Option<Vec<NamedValues>>> {
+        Ok(dir
+            .load_model(model)
+            .with_context(|| format!("loading the checkpoint of {}", dir.path().display()))?
             .map(|(m, _)| parameter_values(&m)))
     }
     let device = Device::flex();
+    let dir = RunDir::new(&run.dir);
     let parameters = if Task::of(&run.config) == Task::Gpt {
-        let vocab = read_vocab(&run.dir)?;
-        saved(
-            &run.dir,
-            Gpt::new(&run.config.gpt.model(vocab.len()), &device),
-        )?
+        let vocab = dir.read_vocab()?;
+        saved(&dir, Gpt::new(&run.config.gpt.model(vocab.len()), &device))?
     } else {
         let model = Classifier::new(run.config.model, IMAGE_SIDE, run.config.widths(), &device);
-        saved(&run.dir, model)?
+        saved(&dir, model)?
     };
     let Some(parameters) = parameters else {
         bail!(
@@ -501,7 +424,7 @@ fn legend_label(run: &RunRecord, varying: Varying) -> String {
     let named = if run.name.contains("optim=") {
         run.name.clone()
     } else {
-        format!("{} ({})", run.name, optim_label(run.config.optim))
+        format!("{} ({})", run.name, run.config.optim.label())
     };
     if named.chars().count() <= LEGEND_CHARS {
         named
@@ -580,12 +503,9 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
     let runs = load_runs(path)?;
     let task = Task::of(&runs[0].config);
     let score = task.score();
-    let plot_dir = path.join("plots");
-    std::fs::create_dir_all(&plot_dir)
-        .with_context(|| format!("cannot create {}", plot_dir.display()))?;
+    let mut figures = Figures::new(path.join("plots"))?;
     let finished: Vec<&RunRecord> = runs.iter().filter(|r| r.summary().is_some()).collect();
     let mut md = String::new();
-    let mut stems: Vec<&str> = Vec::new();
     let title = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -610,12 +530,7 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
     write_run_table(&mut md, &runs, task, varying)?;
     let Some(selection) = select(&finished, score) else {
         writeln!(md, "No run has finished yet: no plots.")?;
-        let markdown = path.join("report.md");
-        write_atomic(&markdown, md.as_bytes())?;
-        return Ok(ReportFiles {
-            markdown,
-            plots: Vec::new(),
-        });
+        return figures.finish(path, &md);
     };
     write_findings(&mut md, &runs, &finished, &selection, task, varying)?;
     writeln!(md, "## Plots\n")?;
@@ -624,7 +539,7 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
     let points = finished
         .iter()
         .map(|r| RunPoint {
-            group: optim_label(r.config.optim).to_string(),
+            group: r.config.optim.label().to_string(),
             sparsity: 100.0 * r.sparsity(),
             score: r.score().unwrap_or(f64::NAN),
         })
@@ -635,10 +550,9 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         reference: selection.adamw.and_then(RunRecord::score),
         threshold: first.threshold,
     };
-    save(&figure, &plot_dir, "accuracy_vs_sparsity")?;
-    stems.push("accuracy_vs_sparsity");
-    figure_md(
+    figures.add(
         &mut md,
+        &figure,
         "accuracy_vs_sparsity",
         &format!("{} against sparsity", score.title),
         "One point per run; the black line joins the runs no other run beats in both score and sparsity.",
@@ -675,10 +589,9 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
                 unit: "",
                 decimals,
             };
-            save(&figure, &plot_dir, stem)?;
-            stems.push(stem);
-            figure_md(
+            figures.add(
                 &mut md,
+                &figure,
                 stem,
                 title,
                 "The phase diagram: one cell per (p, lambda), the mean over runs (e.g. seeds) with those values.",
@@ -693,7 +606,7 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         finished
             .iter()
             .copied()
-            .filter(|r| uses_pwd(r.config.optim)),
+            .filter(|r| r.config.optim.uses_pwd()),
     );
     for run in std::iter::once(selection.featured).chain(sparsest_pwd) {
         if shown.iter().all(|r| r.name != run.name) {
@@ -705,10 +618,9 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         x_axis: task.x_axis(),
         held_out: task.held_out(),
     };
-    save(&figure, &plot_dir, "curves")?;
-    stems.push("curves");
-    figure_md(
+    figures.add(
         &mut md,
+        &figure,
         "curves",
         &format!("Accuracy, loss and sparsity against {}", task.x_axis()),
         &format!(
@@ -730,7 +642,9 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         ));
     }
     let featured = &selection.featured.config;
-    let scale = uses_pwd(featured.optim)
+    let scale = featured
+        .optim
+        .uses_pwd()
         .then(|| suppression_scale(featured.p, featured.lambda))
         .flatten()
         .map(|s| {
@@ -746,10 +660,9 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         runs: magnitudes,
         scale,
     };
-    save(&figure, &plot_dir, "weights")?;
-    stems.push("weights");
-    figure_md(
+    figures.add(
         &mut md,
+        &figure,
         "weights",
         "Distribution of |w|",
         "Histogram of log10|w| over the decayed weights of the final checkpoint, and its cumulative share (exact zeros included at the left edge). The dashed line marks pWD's suppression scale: weights below it are driven to zero.",
@@ -773,10 +686,9 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
                 })
                 .collect(),
         };
-        save(&figure, &plot_dir, "layers")?;
-        stems.push("layers");
-        figure_md(
+        figures.add(
             &mut md,
+            &figure,
             "layers",
             "Sparsity per tensor",
             &format!(
@@ -790,21 +702,12 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         )?;
     }
 
-    let markdown = path.join("report.md");
-    write_atomic(&markdown, md.as_bytes())?;
-    let plots = stems
-        .iter()
-        .flat_map(|s| ["png", "svg"].map(|ext| plot_dir.join(format!("{s}.{ext}"))))
-        .collect();
-    Ok(ReportFiles { markdown, plots })
+    figures.finish(path, &md)
 }
 
-/// Where a run diverged: the epoch and step, or the GPT's iteration (its step).
-fn diverged_words(task: Task, d: &crate::train::Diverged) -> String {
-    match task {
-        Task::Classifier => format!("diverged at epoch {}, step {}", d.epoch, d.step),
-        Task::Gpt => format!("diverged at iteration {}", d.epoch),
-    }
+/// Where a run diverged: the epoch and step, or the GPT's iteration.
+fn diverged_words(task: Task, d: &Diverged) -> String {
+    format!("diverged at {}", d.at_for(task == Task::Gpt))
 }
 
 /// The model, data and schedule of a run, in one sentence (the peak lr left to each run's
@@ -865,7 +768,7 @@ fn write_run_table(
         let head = format!(
             "| {} | {} | {} |",
             r.name,
-            optim_label(r.config.optim),
+            r.config.optim.label(),
             settings(&r.config, varying)
         );
         match &r.outcome {
@@ -951,13 +854,13 @@ fn write_findings(
                 writeln!(
                     md,
                     "  - {}: at best {:.1}% sparse within {} ({}).",
-                    optim_label(optim),
+                    optim.label(),
                     100.0 * best.sparsity(),
                     score.tolerance_words,
                     settings(&best.config, varying)
                 )?;
             } else if any {
-                writeln!(md, "  - {}: no run within {tolerance}.", optim_label(optim))?;
+                writeln!(md, "  - {}: no run within {tolerance}.", optim.label())?;
             }
         }
     }
@@ -1013,12 +916,51 @@ fn write_findings(
     Ok(())
 }
 
-fn figure_md(md: &mut String, stem: &str, title: &str, caption: &str) -> Result<()> {
-    writeln!(
-        md,
-        "### {title}\n\n![{title}](plots/{stem}.png)\n\n{caption} ([SVG](plots/{stem}.svg))\n"
-    )?;
-    Ok(())
+/// The report's figures: each saved as PNG and SVG in `plots/`, with its section in
+/// report.md.
+struct Figures {
+    dir: PathBuf,
+    files: Vec<PathBuf>,
+}
+
+impl Figures {
+    fn new(dir: PathBuf) -> Result<Self> {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self {
+            dir,
+            files: Vec::new(),
+        })
+    }
+
+    /// Saves `figure` as `plots/STEM.{png,svg}` and adds its section to `md`.
+    fn add(
+        &mut self,
+        md: &mut String,
+        figure: &impl Figure,
+        stem: &str,
+        title: &str,
+        caption: &str,
+    ) -> Result<()> {
+        save(figure, &self.dir, stem)?;
+        self.files
+            .extend(["png", "svg"].map(|ext| self.dir.join(format!("{stem}.{ext}"))));
+        writeln!(
+            md,
+            "### {title}\n\n![{title}](plots/{stem}.png)\n\n{caption} ([SVG](plots/{stem}.svg))\n"
+        )?;
+        Ok(())
+    }
+
+    /// Writes `path/report.md`.
+    fn finish(self, path: &Path, md: &str) -> Result<ReportFiles> {
+        let markdown = path.join("report.md");
+        write_atomic(&markdown, md.as_bytes())?;
+        Ok(ReportFiles {
+            markdown,
+            plots: self.files,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
     Linear, LinearConfig,
 };
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use pdecay_burn::{causal_softmax, gelu};
 use serde::{Deserialize, Serialize};
 
@@ -183,6 +183,16 @@ impl Gpt {
                 .expand([batch, width, vocab]),
         )
     }
+}
+
+/// A `[batch, block]` tensor of token ids.
+pub fn tokens_tensor(
+    values: Vec<i64>,
+    batch: usize,
+    block: usize,
+    device: &Device,
+) -> Tensor<2, Int> {
+    Tensor::from_data(TensorData::new(values, [batch, block]), device)
 }
 
 #[cfg(test)]

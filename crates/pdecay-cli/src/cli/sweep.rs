@@ -7,11 +7,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, ensure};
 use clap::Args;
 
-use crate::cli_train::{BarProgress, load_run_data, set_threads};
-use crate::device::DeviceSpec;
-use crate::gpt_train::GptEval;
-use crate::sweep::{self, Outcome, PlannedRun, RunState, RunSummary, SweepProgress};
-use crate::train::{EpochMetrics, PlainProgress, Progress, TrainConfig};
+use super::device::DeviceSpec;
+use super::progress::{BarProgress, set_threads};
+use crate::config::TrainConfig;
+use crate::experiments::sweep::{self, PlannedRun, SweepProgress};
+use crate::run::{Outcome, RunState, RunSummary};
+use crate::train::{PlainProgress, Progress};
 
 /// Flags of `pdecay sweep`.
 #[derive(Args, Debug)]
@@ -94,14 +95,20 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
     let mut progress: Box<dyn SweepProgress> = if std::io::stdout().is_terminal() {
         Box::new(BarSweep::new(plan.runs.len()))
     } else {
-        Box::new(PlainSweep(QuietStart(PlainProgress)))
+        Box::new(PlainSweep(PlainProgress::quiet()))
     };
     let devices = if plan.is_gpt() {
         vec![args.device.single()?]
     } else {
         args.device.devices()?
     };
-    let results = sweep::run(&plan, &out, &devices, &load_run_data, progress.as_mut())?;
+    let results = sweep::run(
+        &plan,
+        &out,
+        &devices,
+        &TrainConfig::load_data,
+        progress.as_mut(),
+    )?;
     println!(
         "\n{:<48} {:>9} {:>9} {:>17}",
         "run",
@@ -126,10 +133,9 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                 s.nonzero_params(),
                 s.total_params()
             ),
-            Outcome::Diverged(d) => println!(
-                "{:<48} diverged at epoch {}, step {}",
-                r.run.name, d.epoch, d.step
-            ),
+            Outcome::Diverged(d) => {
+                println!("{:<48} diverged at {}", r.run.name, d.at_for(plan.is_gpt()))
+            }
         }
     }
     println!(
@@ -149,21 +155,8 @@ fn state_word(state: RunState) -> &'static str {
     }
 }
 
-/// Forwards everything but the list of decayed tensors (the same for every run).
-struct QuietStart<P>(P);
-
-impl<P: Progress> Progress for QuietStart<P> {
-    fn step(&mut self, epoch: usize, done: usize, total: usize, loss: f64) {
-        self.0.step(epoch, done, total, loss);
-    }
-
-    fn epoch(&mut self, config: &TrainConfig, metrics: &EpochMetrics) {
-        self.0.epoch(config, metrics);
-    }
-}
-
-/// Plain lines: one per run, one per epoch.
-struct PlainSweep(QuietStart<PlainProgress>);
+/// Plain lines: one per run, one per evaluation.
+struct PlainSweep(PlainProgress);
 
 impl SweepProgress for PlainSweep {
     fn run(&mut self, index: usize, total: usize, run: &PlannedRun, state: RunState) {
@@ -177,10 +170,6 @@ impl SweepProgress for PlainSweep {
 
     fn training(&mut self) -> &mut dyn Progress {
         &mut self.0
-    }
-
-    fn evaluation(&mut self, config: &TrainConfig, eval: &GptEval) {
-        println!("{}", eval.line(config.gpt.iters));
     }
 }
 
@@ -221,10 +210,6 @@ impl SweepProgress for BarSweep {
 
     fn training(&mut self) -> &mut dyn Progress {
         &mut self.training
-    }
-
-    fn evaluation(&mut self, config: &TrainConfig, eval: &GptEval) {
-        self.runs.println(eval.line(config.gpt.iters));
     }
 
     fn finish(&mut self) {

@@ -6,8 +6,8 @@ use anyhow::Result;
 use burn::tensor::{Device, Tensor, TensorData};
 use pdecay::csr::{Csr, transpose};
 
+use super::model_file::{Format, ModelFile, Stored};
 use crate::data::mnist::ImageSet;
-use crate::model_file::{Format, ModelFile, Stored};
 use crate::models::{Classifier, ModelKind};
 
 /// One layer of the sparse MLP: `y = relu?(W·x + b)`.
@@ -166,7 +166,7 @@ impl SparseCnn {
             conv2: layer("Cnn.conv2"),
             dense: layer("Cnn.dense"),
             output: layer("Cnn.output"),
-            side: crate::model_file::IMAGE_SIDE,
+            side: crate::data::mnist::IMAGE_SIDE,
         }
     }
 
@@ -296,8 +296,8 @@ pub fn accuracy(engine: &Engine, images: &ImageSet, stats: (f64, f64)) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model_file::IMAGE_SIDE;
-    use crate::train::TrainConfig;
+    use crate::config::TrainConfig;
+    use crate::data::mnist::IMAGE_SIDE;
 
     /// A randomly initialised model with 80% of each weight tensor zeroed.
     fn sparse_file(model: ModelKind) -> ModelFile {

@@ -15,20 +15,58 @@ use burn::tensor::Bytes;
 use pdecay_burn::SparseOptimizer;
 use serde::{Deserialize, Serialize};
 
-use crate::train::write_atomic;
+use super::atomic::write_atomic;
 
-/// Where a run stands; `checkpoint.json`. A GPT run counts iterations in `epoch` (one
-/// checkpoint per evaluation).
+/// Where a run stands; `checkpoint.json`. An image classifier checkpoints after each epoch, a
+/// GPT after each evaluation (its iterations are its steps).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunPosition {
-    /// Epochs completed.
-    pub epoch: usize,
+    /// Epochs completed (image classifiers; none for a GPT, whose older checkpoints repeat
+    /// the iteration here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<usize>,
     /// Optimizer steps completed.
     pub step: u64,
     /// Seconds spent in training steps so far (evaluation excluded).
     pub train_seconds: f64,
     /// Wall-clock seconds of the run so far, over all its sessions.
     pub wall_seconds: f64,
+}
+
+impl RunPosition {
+    /// The start of a run counted in `unit`s.
+    pub fn start(unit: Unit) -> Self {
+        Self {
+            epoch: (unit == Unit::Epoch).then_some(0),
+            step: 0,
+            train_seconds: 0.0,
+            wall_seconds: 0.0,
+        }
+    }
+
+    /// Epochs (image classifiers) or iterations (GPT) completed.
+    pub fn done(&self) -> usize {
+        self.epoch.unwrap_or(self.step as usize)
+    }
+}
+
+/// What a run counts: epochs (the image classifiers) or iterations (the GPT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Passes over the training set.
+    Epoch,
+    /// Optimizer steps.
+    Iteration,
+}
+
+impl Unit {
+    /// The word, e.g. for axis labels: `epoch` or `iteration`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Epoch => "epoch",
+            Self::Iteration => "iteration",
+        }
+    }
 }
 
 const POSITION: &str = "checkpoint.json";
@@ -41,7 +79,7 @@ fn optim_file(epoch: usize) -> String {
     format!("checkpoint-{epoch:05}.optim.bpk")
 }
 
-/// Writes the checkpoint of `position.epoch` and removes older ones.
+/// Writes the checkpoint of `position` and removes older ones.
 pub fn save<M: Module>(
     dir: &Path,
     model: &M,
@@ -53,19 +91,19 @@ pub fn save<M: Module>(
         .into_record()
         .into_bytes()
         .context("serialising the model")?;
-    write_atomic(&dir.join(model_file(position.epoch)), &model_bytes)?;
+    write_atomic(&dir.join(model_file(position.done())), &model_bytes)?;
     let optim_bytes = optim
         .to_record()
         .into_bytes()
         .context("serialising the optimizer state")?;
-    write_atomic(&dir.join(optim_file(position.epoch)), &optim_bytes)?;
+    write_atomic(&dir.join(optim_file(position.done())), &optim_bytes)?;
     write_atomic(
         &dir.join(POSITION),
         serde_json::to_string_pretty(position)?.as_bytes(),
     )?;
     for entry in std::fs::read_dir(dir)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let current = name == model_file(position.epoch) || name == optim_file(position.epoch);
+        let current = name == model_file(position.done()) || name == optim_file(position.done());
         if name.starts_with("checkpoint-") && name.ends_with(".bpk") && !current {
             std::fs::remove_file(entry.path())
                 .with_context(|| format!("removing old checkpoint {name}"))?;
@@ -84,7 +122,7 @@ pub fn load<M: Module>(
         return Ok(None);
     };
     let record =
-        OptimizerRecord::from_bytes(read_file(dir, &optim_file(position.epoch), &position)?)
+        OptimizerRecord::from_bytes(read_file(dir, &optim_file(position.done()), &position)?)
             .context("reading the optimizer checkpoint")?;
     Ok(Some((model, optim.load_record(record), position)))
 }
@@ -101,7 +139,7 @@ pub fn load_model<M: Module>(dir: &Path, model: M) -> Result<Option<(M, RunPosit
             .with_context(|| format!("reading {}", position_path.display()))?,
     )
     .with_context(|| format!("{} is corrupt", position_path.display()))?;
-    let record = ModuleRecord::from_bytes(read_file(dir, &model_file(position.epoch), &position)?)
+    let record = ModuleRecord::from_bytes(read_file(dir, &model_file(position.done()), &position)?)
         .context("reading the model checkpoint")?;
     match model.try_load_record(record) {
         Ok(model) => Ok(Some((model, position))),
@@ -115,8 +153,8 @@ fn read_file(dir: &Path, name: &str, position: &RunPosition) -> Result<Bytes> {
     let path = dir.join(name);
     let bytes = std::fs::read(&path).with_context(|| {
         format!(
-            "the checkpoint of epoch {} lacks {}",
-            position.epoch,
+            "checkpoint.json names the checkpoint after {} epochs or iterations, but {} is missing",
+            position.done(),
             path.display()
         )
     })?;

@@ -4,18 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use burn::tensor::Device;
 use clap::Args;
 
-use crate::checkpoint;
-use crate::cli_train::load_data;
-use crate::compact::compact;
-use crate::data::{ImageSplits, mnist};
-use crate::infer::{Engine, accuracy};
-use crate::model_file::{Format, IMAGE_SIDE, ModelFile};
+use crate::data::mnist::IMAGE_SIDE;
+use crate::data::{ImageSplits, load_images, mnist};
+use crate::deploy::compact::compact;
+use crate::deploy::infer::{Engine, accuracy};
+use crate::deploy::model_file::{Format, ModelFile};
 use crate::models::Classifier;
-use crate::train::TrainConfig;
+use crate::run::RunDir;
 
 /// Flags of `pdecay export`.
 #[derive(Args, Debug)]
@@ -71,15 +70,8 @@ pub struct BenchInferArgs {
 
 /// The run's config and the model of its last checkpoint, as a dense file.
 fn run_model(run: &Path, data: Option<&Path>) -> Result<(ModelFile, ImageSplits)> {
-    let config_path = run.join("config.toml");
-    let text = std::fs::read_to_string(&config_path).with_context(|| {
-        format!(
-            "{} is not a run folder (no readable config.toml)",
-            run.display()
-        )
-    })?;
-    let mut config: TrainConfig = toml::from_str(&text)
-        .with_context(|| format!("{} is not a valid run config", config_path.display()))?;
+    let dir = RunDir::new(run);
+    let mut config = dir.read_config()?;
     let model = Classifier::new(
         config.model,
         IMAGE_SIDE,
@@ -87,19 +79,19 @@ fn run_model(run: &Path, data: Option<&Path>) -> Result<(ModelFile, ImageSplits)
         // export and the sparse engines are CPU code
         &Device::flex(),
     );
-    let Some((model, position)) = checkpoint::load_model(run, model)? else {
+    let Some((model, position)) = dir.load_model(model)? else {
         bail!("{} has no checkpoint yet: train it first", run.display());
     };
     if let Some(dir) = data {
         config.data = Some(dir.display().to_string());
     }
-    let splits = load_data(&config)?;
+    let splits = load_images(config.data.as_deref())?;
     check_image_size(&splits)?;
     println!(
         "{}: {:?} after epoch {}, data {}",
         run.display(),
         config.model,
-        position.epoch,
+        position.done(),
         splits.source
     );
     let stats = splits.train.pixel_stats();

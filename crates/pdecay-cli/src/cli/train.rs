@@ -1,0 +1,331 @@
+//! `pdecay train`: flags and config files to a [`TrainConfig`], then the trainer.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use super::device::DeviceSpec;
+use super::progress::{for_stdout, set_threads};
+use crate::config::{
+    GptPreset, GptSettings, LrSchedule, OptimKind, TrainConfig, defaults, with_default,
+};
+use crate::data::{EMBEDDED, RunData};
+use crate::models::ModelKind;
+use crate::run::RunDir;
+use crate::train::{RunOptions, train_classifier, train_gpt};
+
+fn cpu() -> GptSettings {
+    GptPreset::Cpu.settings()
+}
+
+/// Flags of `pdecay train`. Each overrides the same key of `--config FILE`; unset keys take the
+/// file's value, else the default shown. A switch (`--late`) also takes `=false`, to turn off
+/// what a config file turns on.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TrainArgs {
+    /// A TOML file with any of the keys below (snake_case, e.g. `batch_size = 64`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Folder with the four (Fashion-)MNIST IDX files, gzip'd or not [default: $PDECAY_DATA,
+    /// then /usr/share/datasets/fashion-mnist]; for the GPT, a UTF-8 text file.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Train on the embedded Fashion-MNIST subset (5,500 train / 1,000 test images).
+    #[arg(long, conflicts_with = "data")]
+    pub embedded: bool,
+    /// Run folder [default: runs/<model>-<optim>-<timestamp>].
+    #[arg(long, conflicts_with = "resume")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this folder from its last checkpoint (its config.toml is used;
+    /// flags that contradict it are an error).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    /// Stop once this many epochs (GPT: iterations) are done (resumable with --resume).
+    #[arg(long, value_name = "N")]
+    pub stop_after: Option<usize>,
+    /// Network.
+    #[arg(long, value_enum, help = with_default("Network", "mlp"))]
+    pub model: Option<ModelKind>,
+    /// MLP hidden widths, comma-separated.
+    #[arg(long, value_delimiter = ',', help = with_default("MLP hidden widths, comma-separated", widths(&defaults::HIDDEN)))]
+    pub hidden: Option<Vec<usize>>,
+    /// Optimizer.
+    #[arg(long, value_enum, help = with_default("Optimizer", "padam"))]
+    pub optim: Option<OptimKind>,
+    /// pWD's norm p (the authors' reference code's default).
+    #[arg(long, help = with_default("pWD's norm p (the authors' reference code's)", defaults::P))]
+    pub p: Option<f64>,
+    /// pWD's strength lambda; AdamW's weight_decay; L1's strength.
+    #[arg(long = "lambda", help = with_default("pWD's strength lambda; AdamW's weight_decay; L1's strength (the authors' reference code's)", defaults::LAMBDA))]
+    pub lambda: Option<f64>,
+    /// Peak learning rate.
+    #[arg(long, help = with_default("Peak learning rate", defaults::LR))]
+    pub lr: Option<f64>,
+    /// Epochs (image classifiers).
+    #[arg(long, help = with_default("Epochs (image classifiers)", defaults::EPOCHS))]
+    pub epochs: Option<usize>,
+    /// Images (GPT: sequences) per step.
+    #[arg(long, help = format!("Images (GPT: sequences) per step [default: {}; GPT: {}]", defaults::BATCH_SIZE, cpu().batch_size))]
+    pub batch_size: Option<usize>,
+    /// Warm-up epochs, may be fractional (image classifiers).
+    #[arg(long, help = with_default("Warm-up epochs, may be fractional (image classifiers)", defaults::WARMUP_EPOCHS))]
+    pub warmup_epochs: Option<f64>,
+    /// Final lr / peak lr.
+    #[arg(long, help = format!("Final lr / peak lr [default: {} (the paper's cosine to lr/100); GPT: {} (nanoGPT's)]", defaults::MIN_LR_RATIO, cpu().min_lr_ratio))]
+    pub min_lr_ratio: Option<f64>,
+    /// Learning-rate schedule after warm-up (image classifiers).
+    #[arg(long, value_enum, help = with_default("Learning-rate schedule after warm-up (image classifiers)", "cosine"))]
+    pub schedule: Option<LrSchedule>,
+    /// Seed.
+    #[arg(long, help = with_default("Seed", defaults::SEED))]
+    pub seed: Option<u64>,
+    /// pWD variant: factor from the post-step weight.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub late: Option<bool>,
+    /// pWD variant: elastic-net L2 strength.
+    #[arg(long, help = with_default("pWD variant: elastic-net L2 strength", defaults::LAMBDA2))]
+    pub lambda2: Option<f64>,
+    /// pWD variant: p starts here and moves to --p over the first half of training.
+    #[arg(long)]
+    pub p_start: Option<f64>,
+    /// pWD variant: s-dynamics with this rate of s.
+    #[arg(long)]
+    pub s_dynamics: Option<f64>,
+    /// pWD variant: over this last share of training lambda falls (half cosine) to
+    /// lambda x --lambda-release-ratio; exact zeros stay zero.
+    #[arg(long)]
+    pub lambda_release: Option<f64>,
+    /// End of the lambda release as a share of lambda, in (0, 1].
+    #[arg(long, help = with_default("End of the lambda release as a share of lambda, in (0, 1]", defaults::LAMBDA_RELEASE_RATIO))]
+    pub lambda_release_ratio: Option<f64>,
+    /// pWD variant: structured (group) decay of whole neurons and channels.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub structured: Option<bool>,
+    /// Magnitude pruning (--optim gmp): final sparsity.
+    #[arg(long, help = with_default("Magnitude pruning (--optim gmp): final sparsity", defaults::GMP_FINAL_SPARSITY))]
+    pub gmp_final_sparsity: Option<f64>,
+    /// Magnitude pruning: share of training after which the sparsity stays at its target.
+    #[arg(long, help = with_default("Magnitude pruning: share of training after which the sparsity stays at its target", defaults::GMP_END_FRACTION))]
+    pub gmp_end_fraction: Option<f64>,
+    /// Magnitude pruning: steps between mask updates.
+    #[arg(long, help = with_default("Magnitude pruning: steps between mask updates", defaults::GMP_FREQUENCY))]
+    pub gmp_frequency: Option<u64>,
+    /// Augment the training images: random shifts of up to ±2 pixels and horizontal flips.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub augment: Option<bool>,
+    /// CPU threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Where to compute: cpu, or cuda / cuda:N (a build with the `cuda` feature)
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// GPT sizes: a preset, each size below overriding it.
+    #[arg(long, value_enum, help = format!("GPT sizes: cpu ({}) or paper ({}) [default: cpu]. Each size below overrides it", cpu().words(), GptPreset::Paper.settings().words()))]
+    pub preset: Option<GptPreset>,
+    /// GPT: transformer blocks.
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// GPT: attention heads.
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// GPT: embedding width.
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// GPT: context length.
+    #[arg(long)]
+    pub block_size: Option<usize>,
+    /// GPT: optimizer steps.
+    #[arg(long)]
+    pub iters: Option<usize>,
+    /// GPT: steps between evaluations and checkpoints.
+    #[arg(long, help = with_default("GPT: steps between evaluations and checkpoints", cpu().eval_interval))]
+    pub eval_interval: Option<usize>,
+    /// GPT: batches per split in an evaluation.
+    #[arg(long, help = with_default("GPT: batches per split in an evaluation", cpu().eval_batches))]
+    pub eval_batches: Option<usize>,
+    /// GPT: dropout probability.
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// GPT: biases in Linear and LayerNorm layers [default: none, as nanoGPT].
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub bias: Option<bool>,
+}
+
+/// `300,100`.
+fn widths(w: &[usize]) -> String {
+    w.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+}
+
+impl TrainArgs {
+    /// The config: the file (if any), then the flags on top. With `--resume`, the run's own
+    /// config.toml is the file, and flags must agree with it.
+    pub fn config(&self) -> Result<TrainConfig> {
+        if let Some(dir) = &self.resume {
+            anyhow::ensure!(
+                self.config.is_none(),
+                "--resume uses the run's own config.toml; drop --config"
+            );
+            let saved = RunDir::new(dir)
+                .read_config()
+                .with_context(|| format!("--resume {}: not a run folder", dir.display()))?;
+            let wanted = self.apply_flags(saved.clone())?;
+            if wanted != saved {
+                let (a, b) = (saved.to_toml()?, wanted.to_toml()?);
+                let changed: Vec<&str> =
+                    b.lines().filter(|l| !a.lines().any(|x| x == *l)).collect();
+                anyhow::bail!(
+                    "--resume {}: the flags change the run's config ({}); a run resumes with the config it started with",
+                    dir.display(),
+                    changed.join(", ")
+                );
+            }
+            return Ok(saved);
+        }
+        let c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                TrainConfig::from_toml(&text, &path.display().to_string())?
+            }
+            None => TrainConfig::default(),
+        };
+        let c = self.apply_flags(c)?;
+        c.refuse_unused_keys()?;
+        Ok(c)
+    }
+
+    fn apply_flags(&self, mut c: TrainConfig) -> Result<TrainConfig> {
+        macro_rules! set {
+            ($target:expr; $($field:ident),*) => {$( if let Some(v) = self.$field.clone() { $target.$field = v; } )*};
+        }
+        set!(c; model, hidden, optim, p, lambda, lr, epochs, warmup_epochs, schedule, seed,
+            lambda2, lambda_release_ratio, gmp_final_sparsity, gmp_end_fraction, gmp_frequency,
+            late, augment, structured);
+        for (flag, key) in [
+            (self.p_start, &mut c.p_start),
+            (self.s_dynamics, &mut c.s_dynamics),
+            (self.lambda_release, &mut c.lambda_release),
+        ] {
+            if flag.is_some() {
+                *key = flag;
+            }
+        }
+        if self.embedded {
+            c.data = Some(EMBEDDED.into());
+        } else if let Some(dir) = &self.data {
+            // absolute, so a resumed run finds the data from any working directory
+            let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+            c.data = Some(dir.display().to_string());
+        }
+        if c.model == ModelKind::Gpt {
+            if let Some(preset) = self.preset {
+                c.gpt = preset.settings();
+            }
+            // the GPT's batch size and final lr ratio are its own (`[gpt]`)
+            set!(c.gpt; layers, heads, width, block_size, batch_size, min_lr_ratio, iters,
+                eval_interval, eval_batches, dropout, bias);
+        } else {
+            set!(c; batch_size, min_lr_ratio);
+            let gpt_flags = [
+                self.preset.is_some(),
+                self.layers.is_some(),
+                self.heads.is_some(),
+                self.width.is_some(),
+                self.block_size.is_some(),
+                self.iters.is_some(),
+                self.eval_interval.is_some(),
+                self.eval_batches.is_some(),
+                self.dropout.is_some(),
+                self.bias.is_some(),
+            ];
+            anyhow::ensure!(
+                !gpt_flags.contains(&true),
+                "--preset, --iters and the other GPT sizes go with --model gpt"
+            );
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// `pdecay train`.
+pub fn run_train(args: &TrainArgs) -> Result<()> {
+    let config = args.config()?;
+    set_threads(args.threads)?;
+    // a missing GPU fails before any data is read
+    let (device, replicas) = if config.model == ModelKind::Gpt {
+        (args.device.single()?, Vec::new())
+    } else {
+        args.device.split()?
+    };
+    let data = config.load_data()?;
+    let (out, resume) = match &args.resume {
+        Some(dir) => (RunDir::new(dir), true),
+        None => (
+            args.out
+                .clone()
+                .map_or_else(|| RunDir::default_for(&config), RunDir::new),
+            false,
+        ),
+    };
+    let into = out.path().display().to_string();
+    let options = RunOptions {
+        out: Some(out),
+        resume,
+        stop_after: args.stop_after,
+        device,
+        replicas,
+    };
+    let mut progress = for_stdout();
+    match &data {
+        RunData::Images(data) => {
+            println!(
+                "training {:?} with {:?} on {} ({} train / {} test images) into {into}",
+                config.model,
+                config.optim,
+                data.source,
+                data.train.len(),
+                data.test.len(),
+            );
+            let summary = train_classifier(&config, data, &options, progress.as_mut())?;
+            println!(
+                "final test accuracy {:.2}%, sparsity {:.1}% ({} of {} parameters non-zero), {:.0} samples/s",
+                100.0 * summary.final_test_accuracy,
+                100.0 * summary.sparsity,
+                summary.nonzero_params,
+                summary.total_params,
+                summary.samples_per_second
+            );
+        }
+        RunData::Text(text) => {
+            let g = &config.gpt;
+            println!(
+                "training a GPT ({} layers, {} heads, width {}, block {}, vocabulary {}) with {:?} on {} ({} train / {} validation characters), {} iterations of batch {}, into {into}",
+                g.layers,
+                g.heads,
+                g.width,
+                g.block_size,
+                text.vocab.len(),
+                config.optim,
+                text.source,
+                text.train.len(),
+                text.val.len(),
+                g.iters,
+                g.batch_size,
+            );
+            let summary = train_gpt(&config, text, &options, progress.as_mut())?;
+            println!(
+                "final val loss {:.4} (best {:.4} at iteration {}), sparsity {:.1}% ({} of {} parameters non-zero), {:.1} ms per iteration",
+                summary.final_val_loss,
+                summary.best_val_loss,
+                summary.best_iter,
+                100.0 * summary.sparsity,
+                summary.nonzero_params,
+                summary.total_params,
+                1e3 * summary.seconds_per_iter
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,346 @@
+//! A run's settings: `config.toml` holds exactly one [`TrainConfig`].
+//!
+//! The file is flat (`p = 0.8`, `lambda = 1e-3`, a `[gpt]` table for the GPT's sizes) and keeps
+//! serde's `deny_unknown_fields`, so a typo is an error naming the key. Each concern reads its
+//! part: [`OptimKind`] builds the optimizer, [`LrSchedule`] the image classifiers' lr schedule,
+//! [`GptSettings`] the GPT's sizes and schedule. Every default is one constant in [`defaults`]:
+//! the `Default` impl, the flags' help and the docs read it.
+
+pub mod gpt;
+pub mod optim;
+
+use anyhow::{Context, Result, ensure};
+use pdecay::Schedule;
+use serde::{Deserialize, Serialize};
+
+use crate::models::{Cnn, ModelKind};
+
+pub use gpt::{GPT_THRESHOLD, GptPreset, GptSettings};
+pub use optim::OptimKind;
+
+/// The default of every top-level key of [`TrainConfig`] (the GPT's are [`GptPreset::Cpu`]).
+pub mod defaults {
+    use super::{LrSchedule, ModelKind, OptimKind};
+
+    /// The network.
+    pub const MODEL: ModelKind = ModelKind::Mlp;
+    /// LeNet-300-100.
+    pub const HIDDEN: [usize; 2] = [300, 100];
+    /// The optimizer.
+    pub const OPTIM: OptimKind = OptimKind::Padam;
+    /// pWD's p, as in the authors' reference code.
+    pub const P: f64 = 0.8;
+    /// pWD's lambda, as in the authors' reference code.
+    pub const LAMBDA: f64 = 1e-3;
+    /// Peak learning rate.
+    pub const LR: f64 = 1e-3;
+    /// Passes over the training set.
+    pub const EPOCHS: usize = 10;
+    /// Images per step.
+    pub const BATCH_SIZE: usize = 128;
+    /// Linear warm-up, in epochs.
+    pub const WARMUP_EPOCHS: f64 = 1.0;
+    /// Cosine to lr/100, the paper's.
+    pub const MIN_LR_RATIO: f64 = 0.01;
+    /// The lr schedule after the warm-up.
+    pub const SCHEDULE: LrSchedule = LrSchedule::Cosine;
+    /// Seed of initialisation, shuffling and dropout.
+    pub const SEED: u64 = 0;
+    /// Elastic-net L2 strength (off).
+    pub const LAMBDA2: f64 = 0.0;
+    /// λ at the end of a release, as a share of λ.
+    pub const LAMBDA_RELEASE_RATIO: f64 = 0.01;
+    /// Magnitude pruning's final sparsity.
+    pub const GMP_FINAL_SPARSITY: f64 = 0.9;
+    /// Magnitude pruning ends after this share of training.
+    pub const GMP_END_FRACTION: f64 = 0.75;
+    /// Steps between magnitude pruning's mask updates.
+    pub const GMP_FREQUENCY: u64 = 100;
+    /// |w| below this counts as zero, the paper's.
+    pub const THRESHOLD: f64 = pdecay::sparsity::DEFAULT_THRESHOLD;
+}
+
+/// `text [default: value]`: a flag's help with its default read from [`defaults`].
+pub fn with_default(text: &str, default: impl std::fmt::Display) -> String {
+    format!("{text} [default: {default}]")
+}
+
+/// The learning-rate schedule of the image classifiers after the warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// Cosine from lr to lr·min_lr_ratio (the paper's).
+    Cosine,
+    /// Geometric from lr to lr·min_lr_ratio (the 2023 blog's).
+    Geometric,
+    /// Constant lr.
+    Constant,
+}
+
+/// Every setting of a training run; `config.toml` holds exactly this.
+///
+/// The top-level schedule keys (`epochs`, `batch_size`, `warmup_epochs`, `min_lr_ratio`,
+/// `schedule`, `augment`) are the image classifiers'; the GPT's are in [`GptSettings`], and a
+/// new GPT run that sets the classifiers' keys is refused ([`TrainConfig::refuse_unused_keys`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// The network ([`defaults::MODEL`]).
+    pub model: ModelKind,
+    /// Hidden layer widths of the MLP ([`defaults::HIDDEN`]).
+    pub hidden: Vec<usize>,
+    /// The CNN's conv channels and dense units ([`Cnn::WIDTHS`], the 2023 blog's).
+    pub cnn_widths: Vec<usize>,
+    /// The optimizer ([`defaults::OPTIM`]).
+    pub optim: OptimKind,
+    /// pWD's norm, also the naive Lp penalty's ([`defaults::P`]).
+    pub p: f64,
+    /// The strength of the optimizer's decay; what it is depends on the optimizer
+    /// ([`OptimKind::lambda_meaning`]) ([`defaults::LAMBDA`]).
+    pub lambda: f64,
+    /// Peak learning rate ([`defaults::LR`]).
+    pub lr: f64,
+    /// Passes over the training set ([`defaults::EPOCHS`]).
+    pub epochs: usize,
+    /// Images per step ([`defaults::BATCH_SIZE`]).
+    pub batch_size: usize,
+    /// Linear warm-up from 0, in epochs, may be fractional ([`defaults::WARMUP_EPOCHS`]).
+    pub warmup_epochs: f64,
+    /// Final lr as a share of the peak ([`defaults::MIN_LR_RATIO`]).
+    pub min_lr_ratio: f64,
+    /// The lr schedule after the warm-up ([`defaults::SCHEDULE`]).
+    pub schedule: LrSchedule,
+    /// Seed of initialisation, shuffling and dropout ([`defaults::SEED`]).
+    pub seed: u64,
+    /// pWD variant: factor from the post-step weight.
+    pub late: bool,
+    /// pWD variant: elastic-net L2 strength ([`defaults::LAMBDA2`]).
+    pub lambda2: f64,
+    /// pWD variant: p starts here and moves linearly to `p` over the first half of training.
+    pub p_start: Option<f64>,
+    /// pWD variant: s-dynamics with this rate of s.
+    pub s_dynamics: Option<f64>,
+    /// pWD variant, λ release: over this last share of training λ falls along a half cosine to
+    /// `lambda · lambda_release_ratio`. For p < 2, while λ > 0, a weight that is exactly zero
+    /// gets the factor 0 and stays zero, so the surviving weights shed the penalty's shrinkage
+    /// and the sparsity pattern holds. pAdam and pSGD only.
+    pub lambda_release: Option<f64>,
+    /// λ at the end of a release, as a share of `lambda` ([`defaults::LAMBDA_RELEASE_RATIO`];
+    /// must stay > 0, since at λ = 0 pWD is off and the zeros would grow back).
+    pub lambda_release_ratio: f64,
+    /// pWD variant: structured (whole neurons and channels).
+    pub structured: bool,
+    /// Magnitude pruning: final sparsity ([`defaults::GMP_FINAL_SPARSITY`]).
+    pub gmp_final_sparsity: f64,
+    /// Magnitude pruning: share of training when pruning ends ([`defaults::GMP_END_FRACTION`]).
+    pub gmp_end_fraction: f64,
+    /// Magnitude pruning: steps between mask updates ([`defaults::GMP_FREQUENCY`]).
+    pub gmp_frequency: u64,
+    /// |w| below this counts as zero ([`defaults::THRESHOLD`]).
+    pub threshold: f64,
+    /// Random shifts of up to ±2 pixels and horizontal flips of the training images.
+    pub augment: bool,
+    /// The data: `"embedded"` for the embedded subset, a folder of IDX files, or unset for
+    /// `$PDECAY_DATA`, then /usr/share/datasets/fashion-mnist; for the GPT, a UTF-8 text file.
+    pub data: Option<String>,
+    /// The GPT's sizes and schedule (`[gpt]`; used when `model = "gpt"`).
+    pub gpt: GptSettings,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: defaults::MODEL,
+            hidden: defaults::HIDDEN.to_vec(),
+            cnn_widths: Cnn::WIDTHS.to_vec(),
+            optim: defaults::OPTIM,
+            p: defaults::P,
+            lambda: defaults::LAMBDA,
+            lr: defaults::LR,
+            epochs: defaults::EPOCHS,
+            batch_size: defaults::BATCH_SIZE,
+            warmup_epochs: defaults::WARMUP_EPOCHS,
+            min_lr_ratio: defaults::MIN_LR_RATIO,
+            schedule: defaults::SCHEDULE,
+            seed: defaults::SEED,
+            late: false,
+            lambda2: defaults::LAMBDA2,
+            p_start: None,
+            s_dynamics: None,
+            lambda_release: None,
+            lambda_release_ratio: defaults::LAMBDA_RELEASE_RATIO,
+            structured: false,
+            gmp_final_sparsity: defaults::GMP_FINAL_SPARSITY,
+            gmp_end_fraction: defaults::GMP_END_FRACTION,
+            gmp_frequency: defaults::GMP_FREQUENCY,
+            threshold: defaults::THRESHOLD,
+            augment: false,
+            data: None,
+            gpt: GptSettings::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a config.toml; unknown keys and wrong types are errors naming the key and `source`.
+    pub fn from_toml(text: &str, source: &str) -> Result<Self> {
+        toml::from_str(text).with_context(|| format!("invalid config file {source}"))
+    }
+
+    /// The config as config.toml holds it.
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+
+    /// The widths of the configured model: `hidden` for the MLP, `cnn_widths` for the CNN.
+    pub fn widths(&self) -> &[usize] {
+        match self.model {
+            ModelKind::Mlp | ModelKind::Gpt => &self.hidden,
+            ModelKind::Cnn => &self.cnn_widths,
+        }
+    }
+
+    /// Checks the settings that the optimizer constructors do not.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.epochs >= 1,
+            "epochs must be at least 1, got {}",
+            self.epochs
+        );
+        ensure!(
+            self.batch_size >= 1,
+            "batch_size must be at least 1, got {}",
+            self.batch_size
+        );
+        ensure!(
+            self.lr.is_finite() && self.lr > 0.0,
+            "lr must be a finite number > 0, got {}",
+            self.lr
+        );
+        ensure!(
+            self.warmup_epochs.is_finite()
+                && self.warmup_epochs >= 0.0
+                && self.warmup_epochs <= self.epochs as f64,
+            "warmup_epochs must lie in [0, epochs = {}], got {}",
+            self.epochs,
+            self.warmup_epochs
+        );
+        ensure!(
+            self.threshold.is_finite() && self.threshold >= 0.0,
+            "threshold must be a finite number >= 0, got {}",
+            self.threshold
+        );
+        ensure!(
+            self.hidden.iter().all(|&h| h > 0),
+            "hidden widths must be at least 1, got {:?}",
+            self.hidden
+        );
+        ensure!(
+            self.cnn_widths.len() == 3 && self.cnn_widths.iter().all(|&w| w > 0),
+            "cnn_widths must be three widths >= 1 (conv channels, conv channels, dense units), got {:?}",
+            self.cnn_widths
+        );
+        if let Some(share) = self.lambda_release {
+            ensure!(
+                self.optim.uses_pwd(),
+                "lambda_release is a pWD variant: it needs --optim padam or psgd, got {:?}",
+                self.optim
+            );
+            ensure!(
+                share.is_finite() && share > 0.0 && share <= 1.0,
+                "lambda_release is the share of training over which lambda falls; it must lie in (0, 1], got {share}"
+            );
+            ensure!(
+                self.lambda_release_ratio.is_finite()
+                    && self.lambda_release_ratio > 0.0
+                    && self.lambda_release_ratio <= 1.0,
+                "lambda_release_ratio must lie in (0, 1] (at 0 pWD switches off and the zeroed weights grow back), got {}",
+                self.lambda_release_ratio
+            );
+        }
+        if self.model == ModelKind::Gpt {
+            self.gpt.validate()?;
+        }
+        // Builds the optimizer once so a bad p, lambda, ... fails before any data is loaded.
+        self.optimizer(1)?;
+        Ok(())
+    }
+
+    /// For a new run: a GPT config must not set the image classifiers' schedule keys, which the
+    /// GPT does not read (its own are in `[gpt]`). Not checked on resume, so run folders written
+    /// before this check keep resuming.
+    pub fn refuse_unused_keys(&self) -> Result<()> {
+        if self.model != ModelKind::Gpt {
+            return Ok(());
+        }
+        let image = TrainConfig::default();
+        let unused = [
+            ("epochs", self.epochs != image.epochs, "gpt.iters"),
+            (
+                "batch_size",
+                self.batch_size != image.batch_size,
+                "gpt.batch_size",
+            ),
+            (
+                "warmup_epochs",
+                self.warmup_epochs != image.warmup_epochs,
+                "gpt.warmup_iters",
+            ),
+            (
+                "min_lr_ratio",
+                self.min_lr_ratio != image.min_lr_ratio,
+                "gpt.min_lr_ratio",
+            ),
+            (
+                "schedule",
+                self.schedule != image.schedule,
+                "the GPT's cosine",
+            ),
+            ("augment", self.augment != image.augment, "nothing"),
+        ];
+        for (key, set, instead) in unused {
+            ensure!(
+                !set,
+                "`{key}` is an image classifier's setting and the GPT does not read it; set {instead} instead (in a config file: under [gpt])"
+            );
+        }
+        Ok(())
+    }
+
+    /// The data the run names: its images, or for a GPT its text.
+    pub fn load_data(&self) -> Result<crate::data::RunData> {
+        use crate::data::{RunData, load_images, load_text};
+        Ok(if self.model == ModelKind::Gpt {
+            RunData::Text(load_text(self.data.as_deref(), self.gpt.block_size)?)
+        } else {
+            RunData::Images(load_images(self.data.as_deref())?)
+        })
+    }
+
+    /// The image classifiers' lr schedule over `steps_per_epoch · epochs` steps.
+    pub fn lr_schedule(&self, steps_per_epoch: usize) -> Result<Schedule> {
+        let total = (self.epochs * steps_per_epoch) as u64;
+        let warmup = (self.warmup_epochs * steps_per_epoch as f64).round() as u64;
+        let after = total.saturating_sub(warmup).max(1);
+        let end = self.lr * self.min_lr_ratio;
+        let then = match self.schedule {
+            LrSchedule::Cosine => Schedule::cosine(self.lr, end, after)?,
+            LrSchedule::Geometric => Schedule::geometric(self.lr, end, after)
+                .context("the geometric schedule needs min_lr_ratio > 0")?,
+            LrSchedule::Constant => Schedule::constant(self.lr)?,
+        };
+        pdecay::validate::check_unit_interval("min_lr_ratio", self.min_lr_ratio)?;
+        Ok(Schedule::warmup(0.0, warmup, then)?)
+    }
+
+    /// The run's optimizer over `total_steps` steps (Adam's beta2 is the GPT's `gpt.beta2`
+    /// for a GPT, PyTorch's 0.999 otherwise).
+    pub fn optimizer(&self, total_steps: u64) -> Result<pdecay_burn::SparseOptimizer> {
+        let beta2 = if self.model == ModelKind::Gpt {
+            self.gpt.beta2
+        } else {
+            0.999
+        };
+        self.optim.build(self, total_steps, beta2)
+    }
+}

@@ -1,0 +1,6 @@
+//! Deployment: a run's model as a safetensors file (dense, sparse CSR, or compacted), and the
+//! sparse CPU inference engines that run it.
+
+pub mod compact;
+pub mod infer;
+pub mod model_file;

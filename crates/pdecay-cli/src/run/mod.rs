@@ -1,0 +1,287 @@
+//! The run folder: one type, [`RunDir`], owns every file a run writes and how it is read back.
+//!
+//! | file | written | holds |
+//! |---|---|---|
+//! | `config.toml` | at the start | the [`TrainConfig`], everything needed to rerun the run |
+//! | `metrics.jsonl` | after each evaluation | one [`Evaluation`] per line |
+//! | `checkpoint.json`, `checkpoint-N.*.bpk` | after each evaluation | model, optimizer, position |
+//! | `vocab.json` | at the start (GPT) | the characters |
+//! | `summary.json` | at the end | the [`RunSummary`]: the run finished |
+//! | `diverged.json` | when the loss or weights became NaN/Inf | the [`Diverged`] record |
+//!
+//! Every file is written atomically ([`write_atomic`]); a crash leaves the previous version.
+
+pub mod atomic;
+pub mod checkpoint;
+pub mod records;
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use pdecay_burn::SparseOptimizer;
+use serde::Serialize;
+
+use crate::config::TrainConfig;
+use crate::data::text::Vocabulary;
+use crate::models::ModelKind;
+
+pub use atomic::write_atomic;
+pub use checkpoint::{RunPosition, Unit};
+pub use records::{
+    ClassifierSummary, Diverged, EpochMetrics, Evaluation, GptEval, GptSummary, Outcome,
+    RunSummary, StepAt,
+};
+
+const CONFIG: &str = "config.toml";
+const METRICS: &str = "metrics.jsonl";
+const SUMMARY: &str = "summary.json";
+const DIVERGED: &str = "diverged.json";
+const VOCAB: &str = "vocab.json";
+
+/// What a run folder holds already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// No folder (or one without config.toml).
+    New,
+    /// Started, not finished: resumable from its last checkpoint.
+    Started,
+    /// summary.json written.
+    Finished,
+    /// The loss became NaN or infinite (diverged.json written).
+    Diverged,
+}
+
+/// A run folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    dir: PathBuf,
+}
+
+impl RunDir {
+    /// The run folder at `dir` (which need not exist yet).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The default folder of a new run: `runs/<model>-<optim>-<unix seconds>`.
+    pub fn default_for(config: &TrainConfig) -> Self {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let word = |v: serde_json::Result<serde_json::Value>| {
+            v.ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        };
+        let optim = word(serde_json::to_value(config.optim));
+        let model = word(serde_json::to_value(config.model));
+        Self::new(PathBuf::from("runs").join(format!("{model}-{optim}-{stamp}")))
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The folder's name (its path when it has none).
+    pub fn name(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.dir.display().to_string())
+    }
+
+    /// Whether a run was started here (config.toml exists).
+    pub fn holds_run(&self) -> bool {
+        self.dir.join(CONFIG).exists()
+    }
+
+    /// The run's config.toml.
+    pub fn read_config(&self) -> Result<TrainConfig> {
+        let path = self.dir.join(CONFIG);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "{} is not a run folder (no readable {CONFIG})",
+                self.dir.display()
+            )
+        })?;
+        toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid run config", path.display()))
+    }
+
+    /// Makes the folder of a new run with its config.toml and an empty metrics.jsonl (open for
+    /// appending); refuses a folder that holds a run already.
+    pub fn create(&self, config: &TrainConfig) -> Result<File> {
+        if self.holds_run() {
+            bail!(
+                "{} already holds a run ({CONFIG} exists); choose another --out, or delete the folder to start over",
+                self.dir.display()
+            );
+        }
+        std::fs::create_dir_all(&self.dir).with_context(|| {
+            format!(
+                "cannot create run folder {} (is --out writable?)",
+                self.dir.display()
+            )
+        })?;
+        write_atomic(&self.dir.join(CONFIG), config.to_toml()?.as_bytes())?;
+        File::create(self.dir.join(METRICS)).with_context(|| format!("creating {METRICS}"))
+    }
+
+    /// Where the run stands, from the files it wrote.
+    pub fn state(&self) -> RunState {
+        if !self.holds_run() {
+            RunState::New
+        } else if self.dir.join(SUMMARY).exists() {
+            RunState::Finished
+        } else if self.dir.join(DIVERGED).exists() {
+            RunState::Diverged
+        } else {
+            RunState::Started
+        }
+    }
+
+    /// How the run ended (`None` while it runs or was stopped); `gpt` says which summary.
+    pub fn outcome(&self, model: ModelKind) -> Result<Option<Outcome>> {
+        Ok(match self.state() {
+            RunState::Finished => Some(Outcome::Finished(self.read_summary(model)?)),
+            RunState::Diverged => Some(Outcome::Diverged(self.read_json(DIVERGED)?)),
+            RunState::New | RunState::Started => None,
+        })
+    }
+
+    /// summary.json of a finished run of `model`.
+    pub fn read_summary(&self, model: ModelKind) -> Result<RunSummary> {
+        Ok(if model == ModelKind::Gpt {
+            RunSummary::Gpt(self.read_json(SUMMARY)?)
+        } else {
+            RunSummary::Classifier(self.read_json(SUMMARY)?)
+        })
+    }
+
+    /// Marks the run finished.
+    pub fn write_summary(&self, summary: &impl Serialize) -> Result<()> {
+        write_atomic(
+            &self.dir.join(SUMMARY),
+            serde_json::to_string_pretty(summary)?.as_bytes(),
+        )
+    }
+
+    /// Marks the run diverged.
+    pub fn write_diverged(&self, diverged: &Diverged) -> Result<()> {
+        write_atomic(
+            &self.dir.join(DIVERGED),
+            serde_json::to_string_pretty(diverged)?.as_bytes(),
+        )
+    }
+
+    /// A GPT run's vocabulary.
+    pub fn read_vocab(&self) -> Result<Vocabulary> {
+        let path = self.dir.join(VOCAB);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "{} has no {VOCAB}: is it a GPT run folder?",
+                self.dir.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))
+    }
+
+    /// Writes a GPT run's vocabulary.
+    pub fn write_vocab(&self, vocab: &Vocabulary) -> Result<()> {
+        write_atomic(
+            &self.dir.join(VOCAB),
+            serde_json::to_string(vocab)?.as_bytes(),
+        )
+    }
+
+    /// The complete lines of metrics.jsonl (a run still training may be halfway through
+    /// appending its last one); none if there is no file yet.
+    pub fn read_metrics<T: Evaluation>(&self) -> Result<Vec<T>> {
+        let path = self.dir.join(METRICS);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(Vec::new());
+        };
+        text.split_inclusive('\n')
+            .filter(|line| line.ends_with('\n'))
+            .enumerate()
+            .map(|(i, line)| {
+                serde_json::from_str(line)
+                    .with_context(|| format!("{} line {} is corrupt", path.display(), i + 1))
+            })
+            .collect()
+    }
+
+    /// For a resumed run: the metrics lines up to `done` epochs or iterations (the last
+    /// checkpoint's); the lines after it are dropped from the file, which is returned open for
+    /// appending.
+    pub fn resume_metrics<T: Evaluation>(&self, done: usize) -> Result<(Vec<T>, File)> {
+        let path = self.dir.join(METRICS);
+        let mut kept = Vec::new();
+        if path.exists() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            for (i, line) in text.lines().enumerate() {
+                let m: T = serde_json::from_str(line)
+                    .with_context(|| format!("{} line {} is corrupt", path.display(), i + 1))?;
+                if m.done() <= done {
+                    kept.push(m);
+                }
+            }
+            let mut body = String::new();
+            for m in &kept {
+                body.push_str(&serde_json::to_string(m)?);
+                body.push('\n');
+            }
+            write_atomic(&path, body.as_bytes())?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {METRICS}"))?;
+        Ok((kept, file))
+    }
+
+    /// Appends one metrics line to `file` (from [`RunDir::create`] or [`RunDir::resume_metrics`])
+    /// and writes the checkpoint that goes with it.
+    pub fn record<M: Module>(
+        &self,
+        file: &mut File,
+        line: &impl Evaluation,
+        model: &M,
+        optim: &SparseOptimizer,
+        position: &RunPosition,
+    ) -> Result<()> {
+        writeln!(file, "{}", serde_json::to_string(line)?)
+            .with_context(|| format!("writing {METRICS}"))?;
+        file.flush()?;
+        checkpoint::save(&self.dir, model, optim, position)
+    }
+
+    /// The last checkpoint loaded into `model` and `optim`; `None` if there is none yet.
+    pub fn load_checkpoint<M: Module>(
+        &self,
+        model: M,
+        optim: SparseOptimizer,
+    ) -> Result<Option<(M, SparseOptimizer, RunPosition)>> {
+        checkpoint::load(&self.dir, model, optim)
+    }
+
+    /// The model of the last checkpoint, loaded into `model` (built for the run's config);
+    /// `None` if there is no checkpoint yet.
+    pub fn load_model<M: Module>(&self, model: M) -> Result<Option<(M, RunPosition)>> {
+        checkpoint::load_model(&self.dir, model)
+    }
+
+    fn read_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T> {
+        let path = self.dir.join(name);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))
+    }
+}

@@ -1,0 +1,297 @@
+//! The image classifiers' part of the loop: an epoch is one shuffled pass over the training
+//! images in batches (split over the data-parallel replicas when there are several), evaluated
+//! on the test set after it.
+
+use anyhow::{Result, ensure};
+use burn::module::Module;
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
+use burn::optim::GradientsParams;
+use burn::tensor::Device;
+use pdecay::Schedule;
+use pdecay::sparsity::SparsityReport;
+use pdecay_burn::SparseOptimizer;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use super::parallel::{Replica, all_reduce, replicate, shard_gradients, shards, step_replicas};
+use super::{Progress, RunOptions, Trainer, run_loop, step_or_diverge, unit_seed};
+use crate::config::TrainConfig;
+use crate::data::ImageSplits;
+use crate::models::Classifier;
+use crate::run::{ClassifierSummary, Diverged, EpochMetrics, RunPosition, StepAt, Unit};
+
+/// Trains the image classifier of `config` on `data`, writing the run folder of `options` if
+/// given.
+pub fn train_classifier(
+    config: &TrainConfig,
+    data: &ImageSplits,
+    options: &RunOptions,
+    progress: &mut dyn Progress,
+) -> Result<ClassifierSummary> {
+    config.validate()?;
+    ensure!(
+        config.model.is_classifier(),
+        "the GPT trains on text: use train::train_gpt"
+    );
+    ensure!(
+        data.train.rows == data.train.cols,
+        "images must be square, got {}x{}",
+        data.train.rows,
+        data.train.cols
+    );
+    let steps_per_epoch = data.train.len().div_ceil(config.batch_size);
+    let optim = config.optimizer((steps_per_epoch * config.epochs) as u64)?;
+    let device = options.device.clone().autodiff();
+    device.seed(config.seed);
+    let model = Classifier::new(config.model, data.train.rows, config.widths(), &device);
+    let replica_devices = options
+        .replicas
+        .iter()
+        .map(|d| d.clone().autodiff())
+        .collect();
+    let mut trainer = ClassifierTrainer {
+        config,
+        data,
+        stats: data.train.pixel_stats(),
+        schedule: config.lr_schedule(steps_per_epoch)?,
+        steps_per_epoch,
+        loss_fn: CrossEntropyLossConfig::new().init(&device),
+        device,
+        replica_devices,
+        others: Vec::new(),
+        indices: (0..data.train.len()).collect(),
+        loss_sum: 0.0,
+        lr: 0.0,
+    };
+    run_loop(
+        &mut trainer,
+        config,
+        options,
+        (model, optim),
+        |_| Ok(()),
+        progress,
+    )
+}
+
+struct ClassifierTrainer<'a> {
+    config: &'a TrainConfig,
+    data: &'a ImageSplits,
+    stats: (f64, f64),
+    schedule: Schedule,
+    steps_per_epoch: usize,
+    loss_fn: CrossEntropyLoss,
+    /// The first replica's autodiff device.
+    device: Device,
+    /// The other replicas' autodiff devices.
+    replica_devices: Vec<Device>,
+    others: Vec<Replica<Classifier>>,
+    indices: Vec<usize>,
+    /// The epoch's summed loss, and the lr of its last step.
+    loss_sum: f64,
+    lr: f64,
+}
+
+impl Trainer for ClassifierTrainer<'_> {
+    type Model = Classifier;
+    type Eval = EpochMetrics;
+    type Summary = ClassifierSummary;
+    const UNIT: Unit = Unit::Epoch;
+
+    fn length(&self) -> usize {
+        self.config.epochs
+    }
+
+    fn period_end(&self, done: usize, _last: usize) -> usize {
+        done + 1
+    }
+
+    fn begin(&mut self, model: &Classifier, optim: &SparseOptimizer) {
+        self.others = replicate(model, optim, &self.replica_devices);
+    }
+
+    fn train_period(
+        &mut self,
+        mut model: Classifier,
+        optim: &mut SparseOptimizer,
+        _done: usize,
+        epoch: usize,
+        step: &mut u64,
+        progress: &mut dyn Progress,
+    ) -> Result<Classifier> {
+        let (config, data, stats) = (self.config, self.data, self.stats);
+        let seed = unit_seed(config.seed, epoch);
+        self.indices.sort_unstable();
+        let mut rng = StdRng::seed_from_u64(seed);
+        self.indices.shuffle(&mut rng);
+        let all_devices: Vec<Device> = std::iter::once(self.device.clone())
+            .chain(self.replica_devices.iter().cloned())
+            .collect();
+        // each replica its own dropout stream: with one seed, row i of every shard would get
+        // the same mask (replica 0 keeps the run's seed, so one device is unchanged)
+        for (k, d) in all_devices.iter().enumerate() {
+            d.seed(seed.wrapping_add((k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        }
+        self.loss_sum = 0.0;
+        for (done, batch) in self.indices.chunks(config.batch_size).enumerate() {
+            let at = StepAt::Epoch { epoch, step: *step };
+            let diverged =
+                |value: f64| Diverged::new(at, format!("the training loss became {value}"));
+            self.lr = self.schedule.value(*step);
+            let lr = self.lr;
+            // one device keeps its own branch: augmentation drawn straight from the epoch's
+            // rng, so runs (and resumes) stay bit-identical with runs made before replicas
+            let loss_value = if self.others.is_empty() {
+                let augment = config.augment.then_some(&mut rng);
+                let (x, y) = data
+                    .train
+                    .augmented_batch(batch, stats, &self.device, augment);
+                let loss = self.loss_fn.forward(model.forward(x), y);
+                let loss_value = loss.clone().into_scalar::<f32>() as f64;
+                if !loss_value.is_finite() {
+                    return Err(diverged(loss_value).into());
+                }
+                self.loss_sum += loss_value * batch.len() as f64;
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = step_or_diverge(optim, lr, model, grads, at)?;
+                loss_value
+            } else {
+                let parts = shards(batch.len(), all_devices.len());
+                // one augmentation seed per shard, drawn here: the draws do not depend on how
+                // the threads interleave
+                let seeds: Vec<u64> = parts.iter().map(|_| rng.random()).collect();
+                let whole = batch.len() as f64;
+                let loss_fn = &self.loss_fn;
+                let (loss_value, grads) =
+                    shard_gradients(&model, &self.device, &self.others, |m, d, s| {
+                        let shard = &batch[parts[s].clone()];
+                        if shard.is_empty() {
+                            return None;
+                        }
+                        let mut shard_rng = StdRng::seed_from_u64(seeds[s]);
+                        let augment = config.augment.then_some(&mut shard_rng);
+                        let (x, y) = data.train.augmented_batch(shard, stats, d, augment);
+                        // weighted by the shard's share: the sum is the whole batch's mean loss
+                        Some(
+                            loss_fn
+                                .forward(m.forward(x), y)
+                                .mul_scalar(shard.len() as f64 / whole),
+                        )
+                    });
+                if !loss_value.is_finite() {
+                    return Err(diverged(loss_value).into());
+                }
+                self.loss_sum += loss_value * whole;
+                let mut reduced = all_reduce(&model, grads, &all_devices).into_iter();
+                let grads = reduced.next().expect("one copy per device");
+                model = step_or_diverge(optim, lr, model, grads, at)?;
+                step_replicas(&mut self.others, reduced, lr, at)?;
+                loss_value
+            };
+            *step += 1;
+            progress.step(
+                Unit::Epoch,
+                epoch,
+                done + 1,
+                self.steps_per_epoch,
+                loss_value,
+            );
+        }
+        Ok(model)
+    }
+
+    fn evaluate(
+        &mut self,
+        model: &Classifier,
+        optim: &SparseOptimizer,
+        epoch: usize,
+        step: u64,
+        seconds: f64,
+    ) -> EpochMetrics {
+        let (test_loss, test_accuracy) = evaluate(
+            &model.valid(),
+            self.data,
+            self.stats,
+            &self.device.clone().inner(),
+        );
+        let report = optim.sparsity_report(model, self.config.threshold, false);
+        EpochMetrics {
+            epoch,
+            step,
+            lr: self.lr,
+            train_loss: self.loss_sum / self.data.train.len() as f64,
+            test_loss,
+            test_accuracy,
+            sparsity: report.decayed().sparsity(),
+            sparsity_exact_zero: report.decayed().exact_zero_sparsity(),
+            sparsity_all_params: report.all().sparsity(),
+            layers: report.tensors.clone(),
+            seconds,
+        }
+    }
+
+    fn summarize(
+        &self,
+        history: &[EpochMetrics],
+        sparsity: &SparsityReport,
+        position: &RunPosition,
+        wall_seconds: f64,
+    ) -> ClassifierSummary {
+        let last = history.last().expect("at least one epoch");
+        let best = history
+            .iter()
+            .max_by(|a, b| {
+                a.test_accuracy
+                    .total_cmp(&b.test_accuracy)
+                    .then(b.epoch.cmp(&a.epoch))
+            })
+            .expect("at least one epoch");
+        let epochs = position.done();
+        ClassifierSummary {
+            final_test_accuracy: last.test_accuracy,
+            best_test_accuracy: best.test_accuracy,
+            best_epoch: best.epoch,
+            final_test_loss: last.test_loss,
+            sparsity: last.sparsity,
+            sparsity_exact_zero: last.sparsity_exact_zero,
+            sparsity_all_params: last.sparsity_all_params,
+            nonzero_params: sparsity.all().nonzero(),
+            total_params: sparsity.all().params,
+            decayed_params: sparsity.decayed().params,
+            epochs,
+            wall_seconds,
+            samples_per_second: (self.data.train.len() * epochs) as f64 / position.train_seconds,
+        }
+    }
+}
+
+const EVAL_BATCH: usize = 1000;
+
+/// Test loss and accuracy of `model` (no autodiff, no dropout).
+fn evaluate(
+    model: &Classifier,
+    data: &ImageSplits,
+    stats: (f64, f64),
+    device: &Device,
+) -> (f64, f64) {
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let (mut loss_sum, mut correct) = (0.0, 0usize);
+    let n = data.test.len();
+    let indices: Vec<usize> = (0..n).collect();
+    for chunk in indices.chunks(EVAL_BATCH) {
+        let (x, y) = data.test.batch(chunk, stats, device);
+        let logits = model.forward(x);
+        loss_sum += loss_fn
+            .forward(logits.clone(), y.clone())
+            .into_scalar::<f32>() as f64
+            * chunk.len() as f64;
+        correct += logits
+            .argmax(1)
+            .squeeze_dim::<1>(1)
+            .equal(y)
+            .int()
+            .sum()
+            .into_scalar::<i64>() as usize;
+    }
+    (loss_sum / n as f64, correct as f64 / n as f64)
+}
