@@ -182,9 +182,10 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Reads a config.toml; unknown keys and wrong types are errors naming the key and `source`.
+    /// Reads a config file (a run's config.toml, or one given to `--config`); unknown keys and
+    /// wrong types are errors naming the key and `source`.
     pub fn from_toml(text: &str, source: &str) -> Result<Self> {
-        toml::from_str(text).with_context(|| format!("invalid config file {source}"))
+        toml::from_str(text).with_context(|| format!("{source} is not a valid config file"))
     }
 
     /// The config as config.toml holds it.

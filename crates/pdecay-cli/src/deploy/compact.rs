@@ -293,8 +293,8 @@ mod tests {
 
     #[test]
     fn dead_cnn_channels_and_units_go_and_the_logits_stay() {
-        use crate::deploy::infer::Engine;
         use crate::data::mnist::IMAGE_SIDE;
+        use crate::deploy::infer::Engine;
         use crate::models::Classifier;
         use burn::tensor::Device;
 

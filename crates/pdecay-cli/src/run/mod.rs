@@ -109,8 +109,7 @@ impl RunDir {
                 self.dir.display()
             )
         })?;
-        toml::from_str(&text)
-            .with_context(|| format!("{} is not a valid run config", path.display()))
+        TrainConfig::from_toml(&text, &path.display().to_string())
     }
 
     /// Makes the folder of a new run with its config.toml and an empty metrics.jsonl (open for
