@@ -31,36 +31,19 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod attention;
-pub mod baselines;
-pub mod clip;
-mod flex_kernels;
-pub mod gelu;
-pub mod optimizers;
-pub mod padam;
-pub mod pnorm;
-pub mod pool;
-pub mod rule;
-pub mod sparse_optimizer;
-pub mod state;
+mod flex;
+mod ops;
+mod optim;
 
-pub use attention::causal_softmax;
-pub use baselines::{DecoupledL2, L1Prox, MagnitudePruning, MagnitudePruningConfig, NaiveLp};
-pub use clip::clip_grad_norm;
-pub use gelu::gelu;
-pub use optimizers::{
-    PWeightDecay, adam_gmp, adam_l1, adam_naive_lp, adam_no_decay, adam_pytorch, adamw_pytorch,
-    burn_adamw_pytorch, padagrad, padam, padam_with, prmsprop, psgd, sgd_pytorch,
+pub use ops::{causal_softmax, gelu, max_pool_2x2};
+pub use optim::{
+    DEFAULT_MIN_RANK, DecayRule, DecaySummary, DecaysTensors, Decoupled, DecoupledL2,
+    DecoupledState, Kernel, L1Prox, MagnitudePruning, MagnitudePruningConfig, Mode, NaiveLp,
+    NamedValues, NoDecay, PAdam, PNorm, PNormConfig, PWeightDecay, Reference, SparseOptimizer,
+    StepContext, StepError, adam_gmp, adam_l1, adam_naive_lp, adam_no_decay, adam_pytorch,
+    adamw_pytorch, burn_adamw_pytorch, clip_grad_norm, first_non_finite, padagrad, padam,
+    padam_with, parameter_values, prmsprop, psgd, sgd_pytorch, sparsity_report,
 };
-pub use padam::PAdam;
-pub use pnorm::{Kernel, Mode, PNorm, PNormConfig, Reference};
-pub use pool::max_pool_2x2;
-pub use rule::{DEFAULT_MIN_RANK, DecayRule, DecaysTensors, Decoupled, NoDecay, StepContext};
-pub use sparse_optimizer::{
-    DecaySummary, NamedValues, SparseOptimizer, StepError, first_non_finite, parameter_values,
-    sparsity_report,
-};
-pub use state::DecoupledState;
 
 pub use burn;
 pub use pdecay;

@@ -2,18 +2,14 @@
 //! model file, and the measurements that show it.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use anyhow::{Result, bail, ensure};
-use burn::tensor::Device;
+use anyhow::{Result, ensure};
 use clap::Args;
 
-use crate::data::mnist::IMAGE_SIDE;
-use crate::data::{ImageSplits, load_images, mnist};
+use crate::data::{ImageSplits, mnist};
 use crate::deploy::compact::compact;
-use crate::deploy::infer::{Engine, accuracy};
-use crate::deploy::model_file::{Format, ModelFile};
-use crate::models::Classifier;
+use crate::deploy::infer::{Engine, accuracy, latencies, max_logit_difference};
+use crate::deploy::model_file::{Format, ModelFile, check_image_size};
 use crate::run::RunDir;
 
 /// Flags of `pdecay export`.
@@ -68,46 +64,17 @@ pub struct BenchInferArgs {
     pub repeats: usize,
 }
 
-/// The run's config and the model of its last checkpoint, as a dense file.
+/// The dense model file of a run folder's last checkpoint, and the run's data.
 fn run_model(run: &Path, data: Option<&Path>) -> Result<(ModelFile, ImageSplits)> {
-    let dir = RunDir::new(run);
-    let mut config = dir.read_config()?;
-    let model = Classifier::new(
-        config.model,
-        IMAGE_SIDE,
-        config.widths(),
-        // export and the sparse engines are CPU code
-        &Device::flex(),
-    );
-    let Some((model, position)) = dir.load_model(model)? else {
-        bail!("{} has no checkpoint yet: train it first", run.display());
-    };
-    if let Some(dir) = data {
-        config.data = Some(dir.display().to_string());
-    }
-    let splits = load_images(config.data.as_deref())?;
-    check_image_size(&splits)?;
+    let from = ModelFile::from_run(&RunDir::new(run), data)?;
     println!(
         "{}: {:?} after epoch {}, data {}",
         run.display(),
-        config.model,
-        position.done(),
-        splits.source
+        from.file.config.model,
+        from.epochs,
+        from.splits.source
     );
-    let stats = splits.train.pixel_stats();
-    let file = ModelFile::from_model(&model, &config, Format::Dense, config.threshold, stats);
-    Ok((file, splits))
-}
-
-/// Model files hold 28×28 classifiers (Fashion-MNIST, MNIST): other images are refused.
-fn check_image_size(splits: &ImageSplits) -> Result<()> {
-    let (rows, cols) = (splits.test.rows, splits.test.cols);
-    ensure!(
-        rows == IMAGE_SIDE && cols == IMAGE_SIDE,
-        "the images in {} are {rows}x{cols}; model files hold classifiers of {IMAGE_SIDE}x{IMAGE_SIDE} images (Fashion-MNIST, MNIST)",
-        splits.source
-    );
-    Ok(())
+    Ok((from.file, from.splits))
 }
 
 fn kib(bytes: usize) -> String {
@@ -139,20 +106,6 @@ pub fn run_export(args: &ExportArgs) -> Result<()> {
         100.0 * file.sparsity()
     );
     Ok(())
-}
-
-/// The largest |difference| between two engines' logits over the test set.
-fn max_logit_difference(a: &Engine, b: &Engine, splits: &ImageSplits, stats: (f64, f64)) -> f64 {
-    let indices: Vec<usize> = (0..splits.test.len()).collect();
-    let mut worst = 0.0f64;
-    for chunk in indices.chunks(500) {
-        let x = splits.test.normalized(chunk, stats);
-        let (la, lb) = (a.logits(&x, chunk.len()), b.logits(&x, chunk.len()));
-        for (p, q) in la.iter().zip(&lb) {
-            worst = worst.max((p - q).abs() as f64);
-        }
-    }
-    worst
 }
 
 /// `pdecay compact`.
@@ -205,11 +158,6 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// `pdecay bench-infer`.
 pub fn run_bench_infer(args: &BenchInferArgs) -> Result<()> {
     ensure!(args.repeats >= 1, "--repeats must be at least 1");
@@ -229,35 +177,7 @@ pub fn run_bench_infer(args: &BenchInferArgs) -> Result<()> {
         .iter()
         .map(|(_, f)| Engine::new(f))
         .collect::<Result<Vec<_>>>()?;
-    let pixels = IMAGE_SIDE * IMAGE_SIDE;
-    // deterministic inputs in the normalised range; latency does not depend on the values
-    let input: Vec<f32> = (0..64 * pixels)
-        .map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0)
-        .collect();
-    let mut latency = vec![[0.0f64; 2]; engines.len()];
-    for (b, batch) in [1usize, 64].into_iter().enumerate() {
-        let x = &input[..batch * pixels];
-        for e in &engines {
-            e.logits(x, batch); // warm-up: allocations, thread pool
-        }
-        let repeats = if batch == 1 {
-            args.repeats
-        } else {
-            (args.repeats / 4).max(1)
-        };
-        let mut times = vec![Vec::with_capacity(repeats); engines.len()];
-        // alternate the engines so drift in machine load hits all alike
-        for _ in 0..repeats {
-            for (k, e) in engines.iter().enumerate() {
-                let start = Instant::now();
-                std::hint::black_box(e.logits(x, batch));
-                times[k].push(start.elapsed().as_secs_f64());
-            }
-        }
-        for (k, t) in times.into_iter().enumerate() {
-            latency[k][b] = median(t);
-        }
-    }
+    let latency = latencies(&engines, args.repeats);
     println!(
         "\n{:<8} {:>12} {:>11} {:>10} {:>14} {:>15}",
         "format", "file size", "parameters", "non-zero", "batch 1", "batch 64"

@@ -329,3 +329,94 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+
+    fn config(flags: &[&str]) -> Result<TrainConfig> {
+        let all = std::iter::once("train").chain(flags.iter().copied());
+        Flags::try_parse_from(all)?.args.config()
+    }
+
+    #[test]
+    fn a_switch_set_false_turns_off_what_a_config_file_turns_on() {
+        let file = std::env::temp_dir().join(format!("pdecay-switch-{}.toml", std::process::id()));
+        std::fs::write(&file, "late = true\naugment = true\nstructured = true\n").unwrap();
+        let path = file.to_str().unwrap();
+        let from_file = config(&["--config", path]).unwrap();
+        assert!(from_file.late && from_file.augment && from_file.structured);
+        let off = config(&["--config", path, "--late=false", "--augment=false"]).unwrap();
+        assert!(!off.late && !off.augment && off.structured);
+        let on = config(&["--late", "--structured"]).unwrap();
+        assert!(on.late && on.structured && !on.augment);
+        std::fs::remove_file(&file).unwrap();
+    }
+
+    #[test]
+    fn a_gpts_batch_size_and_final_lr_ratio_flags_set_its_own_keys() {
+        let c = config(&[
+            "--model",
+            "gpt",
+            "--batch-size",
+            "8",
+            "--min-lr-ratio",
+            "0.2",
+        ])
+        .unwrap();
+        assert_eq!((c.gpt.batch_size, c.gpt.min_lr_ratio), (8, 0.2));
+        // the image classifiers' keys stay at their defaults (the GPT does not read them)
+        assert_eq!(c.batch_size, defaults::BATCH_SIZE);
+        assert_eq!(c.min_lr_ratio, defaults::MIN_LR_RATIO);
+        let mlp = config(&["--batch-size", "8", "--min-lr-ratio", "0.2"]).unwrap();
+        assert_eq!((mlp.batch_size, mlp.min_lr_ratio), (8, 0.2));
+        assert_eq!(mlp.gpt, GptSettings::default());
+    }
+
+    #[test]
+    fn keys_the_model_does_not_read_are_refused() {
+        for (flags, words) in [
+            (
+                &["--model", "gpt", "--epochs", "5"][..],
+                ["`epochs`", "gpt.iters"],
+            ),
+            (
+                &["--model", "gpt", "--warmup-epochs", "0.5"][..],
+                ["`warmup_epochs`", "gpt.warmup_iters"],
+            ),
+            (&["--model", "gpt", "--augment"][..], ["`augment`", "GPT"]),
+            (&["--dropout", "0.1"][..], ["GPT sizes", "--model gpt"]),
+            (&["--bias"][..], ["GPT sizes", "--model gpt"]),
+        ] {
+            let message = config(flags).unwrap_err().to_string();
+            for word in words {
+                assert!(message.contains(word), "{flags:?}: {message}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_help_shows_the_defaults_the_config_uses() {
+        let help = <Flags as clap::CommandFactory>::command()
+            .render_help()
+            .to_string();
+        let d = TrainConfig::default();
+        for expected in [
+            format!("Peak learning rate [default: {}]", d.lr),
+            format!("[default: {}]", d.p),
+            format!("[default: {}]", d.lambda),
+            format!("[default: {}; GPT: {}]", d.batch_size, d.gpt.batch_size),
+            format!("[default: {}]", d.gpt.eval_interval),
+            format!("[default: {}]", widths(&d.hidden)),
+        ] {
+            assert!(help.contains(&expected), "{expected} not in {help}");
+        }
+    }
+}

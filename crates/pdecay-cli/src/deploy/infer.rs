@@ -7,7 +7,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 use pdecay::csr::{Csr, transpose};
 
 use super::model_file::{Format, ModelFile, Stored};
-use crate::data::mnist::ImageSet;
+use std::time::Instant;
+
+use crate::data::ImageSplits;
+use crate::data::mnist::{IMAGE_SIDE, ImageSet};
 use crate::models::{Classifier, ModelKind};
 
 /// One layer of the sparse MLP: `y = relu?(W·x + b)`.
@@ -291,6 +294,61 @@ pub fn accuracy(engine: &Engine, images: &ImageSet, stats: (f64, f64)) -> f64 {
         }
     }
     correct as f64 / images.len().max(1) as f64
+}
+
+/// The largest |difference| between two engines' logits over the test set.
+pub fn max_logit_difference(
+    a: &Engine,
+    b: &Engine,
+    splits: &ImageSplits,
+    stats: (f64, f64),
+) -> f64 {
+    let indices: Vec<usize> = (0..splits.test.len()).collect();
+    let mut worst = 0.0f64;
+    for chunk in indices.chunks(500) {
+        let x = splits.test.normalized(chunk, stats);
+        let (la, lb) = (a.logits(&x, chunk.len()), b.logits(&x, chunk.len()));
+        for (p, q) in la.iter().zip(&lb) {
+            worst = worst.max((p - q).abs() as f64);
+        }
+    }
+    worst
+}
+
+/// The median latency in seconds of each engine at batch 1 and batch 64, over `repeats`
+/// (batch 1) and `repeats / 4` (batch 64) runs that alternate the engines, so that drift in the
+/// machine's load hits all alike.
+pub fn latencies(engines: &[Engine], repeats: usize) -> Vec<[f64; 2]> {
+    let pixels = IMAGE_SIDE * IMAGE_SIDE;
+    // deterministic inputs in the normalised range; latency does not depend on the values
+    let input: Vec<f32> = (0..64 * pixels)
+        .map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0)
+        .collect();
+    let mut latency = vec![[0.0f64; 2]; engines.len()];
+    for (b, batch) in [1usize, 64].into_iter().enumerate() {
+        let x = &input[..batch * pixels];
+        for e in engines {
+            e.logits(x, batch); // warm-up: allocations, thread pool
+        }
+        let repeats = if batch == 1 {
+            repeats
+        } else {
+            (repeats / 4).max(1)
+        };
+        let mut times = vec![Vec::with_capacity(repeats); engines.len()];
+        for _ in 0..repeats {
+            for (k, e) in engines.iter().enumerate() {
+                let start = Instant::now();
+                std::hint::black_box(e.logits(x, batch));
+                times[k].push(start.elapsed().as_secs_f64());
+            }
+        }
+        for (k, mut t) in times.into_iter().enumerate() {
+            t.sort_by(f64::total_cmp);
+            latency[k][b] = t[t.len() / 2];
+        }
+    }
+    latency
 }
 
 #[cfg(test)]

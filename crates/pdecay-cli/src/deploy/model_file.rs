@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::data::mnist::IMAGE_SIDE;
+use crate::data::{ImageSplits, load_images};
 use crate::models::{Classifier, ModelKind};
-use crate::run::write_atomic;
+use crate::run::{RunDir, write_atomic};
 
 /// The version written into every file; files of other versions are refused.
 pub const FORMAT_VERSION: &str = "1";
@@ -408,6 +409,60 @@ impl ModelFile {
             None => Ok(model),
         }
     }
+}
+
+/// A run folder's last checkpoint as a dense model file, with the run's data (for the input
+/// normalisation and the test set).
+pub struct RunModel {
+    /// The model, dense.
+    pub file: ModelFile,
+    /// The run's images (or those of the `data` override).
+    pub splits: ImageSplits,
+    /// Epochs trained up to the checkpoint.
+    pub epochs: usize,
+}
+
+impl ModelFile {
+    /// The model of `run`'s last checkpoint as a dense file; `data` replaces the run's data.
+    pub fn from_run(run: &RunDir, data: Option<&Path>) -> Result<RunModel> {
+        let mut config = run.read_config()?;
+        ensure!(
+            config.model.is_classifier(),
+            "{} is a GPT run; export, compact, eval and bench-infer take image classifier runs (MLP, CNN)",
+            run.path().display()
+        );
+        // export and the sparse engines are CPU code
+        let model = Classifier::new(config.model, IMAGE_SIDE, config.widths(), &Device::flex());
+        let Some((model, position)) = run.load_model(model)? else {
+            bail!(
+                "{} has no checkpoint yet: train it first",
+                run.path().display()
+            );
+        };
+        if let Some(dir) = data {
+            config.data = Some(dir.display().to_string());
+        }
+        let splits = load_images(config.data.as_deref())?;
+        check_image_size(&splits)?;
+        let stats = splits.train.pixel_stats();
+        let file = ModelFile::from_model(&model, &config, Format::Dense, config.threshold, stats);
+        Ok(RunModel {
+            file,
+            splits,
+            epochs: position.done(),
+        })
+    }
+}
+
+/// Model files hold 28×28 classifiers (Fashion-MNIST, MNIST): other images are refused.
+pub fn check_image_size(splits: &ImageSplits) -> Result<()> {
+    let (rows, cols) = (splits.test.rows, splits.test.cols);
+    ensure!(
+        rows == IMAGE_SIDE && cols == IMAGE_SIDE,
+        "the images in {} are {rows}x{cols}; model files hold classifiers of {IMAGE_SIDE}x{IMAGE_SIDE} images (Fashion-MNIST, MNIST)",
+        splits.source
+    );
+    Ok(())
 }
 
 /// The largest model a file may describe (a bound against damaged headers).

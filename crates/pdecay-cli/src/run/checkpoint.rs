@@ -160,3 +160,26 @@ fn read_file(dir: &Path, name: &str, position: &RunPosition) -> Result<Bytes> {
     })?;
     Ok(Bytes::from_bytes_vec(bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_position_counts_epochs_or_iterations() {
+        let mut image = RunPosition::start(Unit::Epoch);
+        (image.epoch, image.step) = (Some(3), 129);
+        assert_eq!(image.done(), 3);
+        let mut gpt = RunPosition::start(Unit::Iteration);
+        gpt.step = 250;
+        assert_eq!(gpt.done(), 250);
+        let text = serde_json::to_string(&gpt).unwrap();
+        assert!(!text.contains("epoch"), "{text}");
+        // a GPT's checkpoint.json from before repeats the iteration as `epoch`
+        let old: RunPosition = serde_json::from_str(
+            r#"{"epoch": 15, "step": 15, "train_seconds": 1.0, "wall_seconds": 2.0}"#,
+        )
+        .unwrap();
+        assert_eq!(old.done(), 15);
+    }
+}

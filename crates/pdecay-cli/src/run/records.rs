@@ -347,3 +347,76 @@ impl Outcome {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_csv_columns_are_the_summarys_fields_in_order() {
+        for (gpt, value) in [
+            (false, serde_json::to_value(ClassifierSummary::default())),
+            (true, serde_json::to_value(GptSummary::default())),
+        ] {
+            let columns = RunSummary::columns(gpt);
+            let mut fields: Vec<String> = value
+                .unwrap()
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+            let mut sorted = columns.clone();
+            sorted.sort();
+            fields.sort();
+            assert_eq!(sorted, fields);
+            let first = if gpt {
+                "final_val_loss"
+            } else {
+                "final_test_accuracy"
+            };
+            assert_eq!(columns[0], first);
+        }
+        let summary = RunSummary::Gpt(GptSummary {
+            best_iter: 250,
+            sparsity: 0.5,
+            ..GptSummary::default()
+        });
+        let cells = summary.cells();
+        let columns = RunSummary::columns(true);
+        assert_eq!(cells.len(), columns.len());
+        assert!(cells.iter().all(|c| c != "null"), "{cells:?}");
+        let at = |name: &str| &cells[columns.iter().position(|c| c == name).unwrap()];
+        assert_eq!(
+            (at("best_iter").as_str(), at("sparsity").as_str()),
+            ("250", "0.5")
+        );
+    }
+
+    #[test]
+    fn a_divergence_names_the_epoch_and_step_or_the_iteration() {
+        let image = Diverged::new(StepAt::Epoch { epoch: 2, step: 57 }, "NaN".into());
+        assert!(
+            image
+                .to_string()
+                .starts_with("the run diverged at epoch 2, step 57: NaN")
+        );
+        let json = serde_json::to_value(&image).unwrap();
+        assert_eq!(
+            (json["epoch"].as_u64(), json["step"].as_u64()),
+            (Some(2), Some(57))
+        );
+
+        let gpt = Diverged::new(StepAt::Iteration(7), "NaN".into());
+        assert!(
+            gpt.to_string()
+                .starts_with("the run diverged at iteration 7: NaN")
+        );
+        assert!(serde_json::to_value(&gpt).unwrap().get("epoch").is_none());
+        // a GPT's diverged.json from before repeats the iteration as `epoch`
+        let old: Diverged =
+            serde_json::from_str(r#"{"epoch": 7, "step": 7, "reason": "NaN"}"#).unwrap();
+        assert_eq!(old.at_for(true), StepAt::Iteration(7));
+        assert_eq!(old.at_for(false), StepAt::Epoch { epoch: 7, step: 7 });
+    }
+}

@@ -84,8 +84,7 @@ impl Trainer for GptTrainer<'_> {
     }
 
     fn period_end(&self, done: usize, last: usize) -> usize {
-        let next_eval = (done / self.s.eval_interval + 1) * self.s.eval_interval;
-        next_eval.min(last)
+        next_evaluation(done, self.s.eval_interval, last)
     }
 
     fn train_period(
@@ -193,6 +192,12 @@ impl Trainer for GptTrainer<'_> {
     }
 }
 
+/// The iteration of the next evaluation after `done`: the next multiple of `interval`, or
+/// `last` (the end of the run, or where it stops) if that comes first.
+fn next_evaluation(done: usize, interval: usize, last: usize) -> usize {
+    ((done / interval + 1) * interval).min(last)
+}
+
 /// Mean loss and next-character accuracy of `model` on `eval_batches` seeded windows of
 /// `tokens`.
 fn evaluate(
@@ -222,4 +227,20 @@ fn evaluate(
         count += n;
     }
     (loss / s.eval_batches as f64, correct as f64 / count as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evaluations_come_every_interval_and_at_the_last_iteration() {
+        assert_eq!(next_evaluation(0, 250, 2000), 250);
+        assert_eq!(next_evaluation(250, 250, 2000), 500);
+        assert_eq!(next_evaluation(1750, 250, 2000), 2000);
+        // a stop between evaluations, and a run resumed from it
+        assert_eq!(next_evaluation(0, 250, 100), 100);
+        assert_eq!(next_evaluation(100, 250, 2000), 250);
+        assert_eq!(next_evaluation(1990, 250, 1995), 1995);
+    }
 }

@@ -26,7 +26,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, DType, Tensor, TensorData};
 use pdecay::kernel::exp;
 
-use crate::flex_kernels::{CHUNK, in_chunks, on_flex, sole_contiguous};
+use crate::flex::{CHUNK, in_chunks, on_flex, sole_contiguous};
 
 /// Causal softmax as a backend operation, over the last two dimensions (`[.., T, S]`: row `t`
 /// sees columns `0..=t`).
@@ -248,7 +248,7 @@ pub fn causal_softmax(scores: Tensor<4>, scale: f64) -> Tensor<4> {
         scale.is_finite() && scale > 0.0,
         "causal_softmax: scale must be a finite number > 0, got {scale}"
     );
-    if on_flex(&scores.device()) {
+    if on_flex(&scores.device(), true) {
         Tensor::from_dispatch(<Dispatch as CausalSoftmax>::causal_softmax(
             scores.into_dispatch(),
             scale as f32,

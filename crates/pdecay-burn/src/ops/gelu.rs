@@ -25,7 +25,7 @@ use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{DType, Tensor, TensorData};
 use pdecay::kernel::exp;
 
-use crate::flex_kernels::{CHUNK, in_chunks, on_flex, sole_contiguous};
+use crate::flex::{CHUNK, in_chunks, on_flex, sole_contiguous};
 use std::f32::consts::FRAC_1_SQRT_2;
 
 /// The exact GELU as a backend operation.
@@ -164,7 +164,7 @@ impl<B: Backend + FastGelu, C: CheckpointStrategy> FastGelu for Autodiff<B, C> {
 /// flex CPU backend (with or without autodiff) and by burn elsewhere. Values and gradients lie
 /// within 1e-6·max(1, |burn's value|) of burn's.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if on_flex(&x.device()) {
+    if on_flex(&x.device(), true) {
         Tensor::from_dispatch(<Dispatch as FastGelu>::fast_gelu(x.into_dispatch()))
     } else {
         burn::tensor::activation::gelu(x)

@@ -11,9 +11,10 @@ use burn::optim::{Adam, AdamState, AdaptiveMomentumState, LearningRate, Optimize
 use burn::tensor::{DType, Device, Tensor};
 use pdecay::kernel::{AdamStep, adam_pwd_in_place};
 
-use crate::pnorm::PNorm;
-use crate::rule::{DecaysTensors, Decoupled};
-use crate::state::DecoupledState;
+use super::pnorm::PNorm;
+use super::rule::{DecaysTensors, Decoupled};
+use super::state::DecoupledState;
+use crate::flex::on_flex;
 
 /// Adam + pWD, fused on CPU. Build it with [`crate::padam`] or [`crate::padam_with`].
 #[derive(Clone)]
@@ -56,7 +57,7 @@ impl PAdam {
         self.composite.decays_rank(D)
             && self.composite.rule().fusable()
             && tensor.dtype() == DType::F32
-            && tensor.device() == Device::flex()
+            && on_flex(&tensor.device(), false)
     }
 }
 

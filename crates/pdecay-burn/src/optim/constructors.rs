@@ -12,10 +12,10 @@ use burn::optim::{
 };
 use pdecay::validate::ValidationError;
 
-use crate::baselines::{DecoupledL2, L1Prox, MagnitudePruning, MagnitudePruningConfig, NaiveLp};
-use crate::padam::PAdam;
-use crate::pnorm::{PNorm, PNormConfig};
-use crate::rule::{Decoupled, NoDecay};
+use super::baselines::{DecoupledL2, L1Prox, MagnitudePruning, MagnitudePruningConfig, NaiveLp};
+use super::padam::PAdam;
+use super::pnorm::{PNorm, PNormConfig};
+use super::rule::{Decoupled, NoDecay};
 
 /// pWD around the base optimizer `O`.
 pub type PWeightDecay<O> = Decoupled<O, PNorm>;

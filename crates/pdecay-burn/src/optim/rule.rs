@@ -9,7 +9,7 @@
 use burn::optim::{LearningRate, Optimizer};
 use burn::tensor::{Device, Tensor};
 
-use crate::state::DecoupledState;
+use super::state::DecoupledState;
 
 /// What a rule sees of one parameter at one step.
 pub struct StepContext<const D: usize> {

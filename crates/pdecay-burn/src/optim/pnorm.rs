@@ -18,7 +18,8 @@ use pdecay::factor::{DecayCoefficients, S_MAX, S_MIN, SDynamics};
 use pdecay::kernel::{apply_decay_in_place, apply_late_decay_in_place};
 use pdecay::validate::{ValidationError, check_non_negative, check_p};
 
-use crate::rule::{DecayRule, StepContext};
+use super::rule::{DecayRule, StepContext};
+use crate::flex::on_flex;
 
 /// Which weight the factor is computed from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -275,7 +276,8 @@ impl PNorm {
         c: &DecayCoefficients,
     ) -> Tensor<D> {
         let device = stepped.device();
-        if self.kernel == Kernel::Auto && is_host_device(&device) && stepped.dtype() == DType::F32 {
+        // on flex the weights live in host memory, where the slice kernel runs without copies
+        if self.kernel == Kernel::Auto && on_flex(&device, false) && stepped.dtype() == DType::F32 {
             return fused_host(stepped, before, self.reference, c, &device);
         }
         let reference = self.reference(before, &stepped);
@@ -289,12 +291,6 @@ impl PNorm {
             Reference::AfterStep => stepped.clone(),
         }
     }
-}
-
-/// Whether tensors on `device` live in host memory, where the slice kernel runs without copies
-/// across a bus.
-fn is_host_device(device: &Device) -> bool {
-    *device == Device::flex()
 }
 
 /// The fused path: one pass of `pdecay::kernel` over the stepped weights' host buffer.

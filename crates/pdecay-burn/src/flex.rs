@@ -1,5 +1,6 @@
-//! What the flex backend extensions (pool, GELU, causal softmax) share: the device test, owned
-//! contiguous buffers, and splitting a slice loop across rayon's pool.
+//! The flex CPU backend, where the fast paths run: the one device test that the optimizers'
+//! fused kernels and the ops' extensions share, owned contiguous buffers, and splitting a slice
+//! loop across rayon's pool.
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Device;
@@ -9,9 +10,11 @@ use rayon::prelude::*;
 /// on one thread.
 pub(crate) const CHUNK: usize = 1 << 14;
 
-/// Whether `device` is flex, with or without autodiff: where the extensions' fast loops run.
-pub(crate) fn on_flex(device: &Device) -> bool {
-    *device == Device::flex() || *device == Device::flex().autodiff()
+/// Whether `device` is the flex CPU backend: the plain one, or with `autodiff` also flex
+/// wrapped in autodiff (the ops' extensions record their own backward; the optimizers step the
+/// inner, plain tensors).
+pub(crate) fn on_flex(device: &Device, autodiff: bool) -> bool {
+    *device == Device::flex() || (autodiff && *device == Device::flex().autodiff())
 }
 
 /// A contiguous copy-on-need of `tensor`, owning its buffer alone when nobody else holds it (so

@@ -14,7 +14,7 @@ use pdecay::validate::{
     ValidationError, check_non_negative, check_p, check_steps, check_unit_interval,
 };
 
-use crate::rule::{DecayRule, StepContext};
+use super::rule::{DecayRule, StepContext};
 
 /// AdamW's decoupled L2 decay: `w_t = w_step - η·wd·w_{t-1}`; around Adam this is AdamW
 /// (`w_{t-1}·(1 - η·wd) - η·u`), PyTorch's update up to float rounding order.

@@ -24,7 +24,7 @@ use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::flex_kernels::on_flex;
+use crate::flex::on_flex;
 
 const KERNEL: [usize; 2] = [2, 2];
 const STRIDE: [usize; 2] = [2, 2];
@@ -179,7 +179,7 @@ impl<B: Backend + MaxPool2x2, C: CheckpointStrategy> MaxPool2x2 for Autodiff<B, 
 /// 2x2 max pooling with stride 2 of `[B, C, H, W]`: burn's `MaxPool2d([2, 2])`, computed by the
 /// fast kernel on the flex CPU backend (with or without autodiff) and by burn elsewhere.
 pub fn max_pool_2x2(x: Tensor<4>) -> Tensor<4> {
-    if on_flex(&x.device()) {
+    if on_flex(&x.device(), true) {
         Tensor::from_dispatch(<Dispatch as MaxPool2x2>::max_pool_2x2(x.into_dispatch()))
     } else {
         burn::tensor::module::max_pool2d(x, MaxPoolOptions::new(KERNEL))

@@ -8,7 +8,7 @@ use burn::tensor::Tensor;
 use pdecay::sparsity::{SparsityReport, TensorSparsity};
 use thiserror::Error;
 
-use crate::rule::DecaysTensors;
+use super::rule::DecaysTensors;
 
 /// What went wrong in a step.
 #[derive(Debug, Clone, PartialEq, Error)]
