@@ -5,7 +5,7 @@ object with samples per second.
     python bench/torch_ref.py --model mlp|cnn|gpt --optim adamw|padam --steps N \
         [--threads T] [--images DIR] [--text FILE] [--device cpu|cuda] [--preset cpu|paper]
 
-Models (as crates/pdecay-cli/src/models.rs and gpt.rs):
+Models (as crates/pdecay-cli/src/models/classifier.rs and gpt.rs):
 - mlp: 784-300-100-10, ReLU, batch 128;
 - cnn: conv3x3(32, same)-ReLU-pool2-conv3x3(64, same)-ReLU-pool2-dense128-ReLU-dropout0.2-dense10,
   batch 128 (421,642 parameters);

@@ -3,22 +3,9 @@
 //! when it trains straight through, and report.
 
 mod common;
-use common::{json, ok, path, tempdir};
+use common::{json, metrics_without_time, ok, path, tempdir};
 
 use std::path::Path;
-
-/// `metrics.jsonl` without the wall-clock times.
-fn metrics(file: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(file)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("seconds");
-            v
-        })
-        .collect()
-}
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -51,12 +38,12 @@ fn run_folders_of_version_0_1_resume_bit_identically_and_report() {
             .unwrap()
             .replace("TEXT_FILE", path(&text));
         std::fs::write(&config, with_data).unwrap();
-        let before = metrics(&run.join("metrics.jsonl"));
+        let before = metrics_without_time(&run);
         assert_eq!(before.len(), 1, "{name}: the fixture stopped halfway");
 
         ok(&["train", "--resume", path(&run)]);
-        let straight = metrics(&fixture(&format!("{name}-straight-metrics.jsonl")));
-        let resumed = metrics(&run.join("metrics.jsonl"));
+        let straight = metrics_without_time(&fixture(&format!("{name}-straight")));
+        let resumed = metrics_without_time(&run);
         assert_eq!(straight.len(), 2, "{name}");
         assert_eq!(
             resumed, straight,

@@ -1,42 +1,12 @@
 //! End-to-end tests of `pdecay train` through the real binary, on the embedded subset.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::{fails as assert_fails, json, metrics_without_time, pdecay, stderr, tempdir};
 
-fn pdecay(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pdecay"))
-        .args(args)
-        .env_remove("PDECAY_DATA")
-        .output()
-        .expect("the pdecay binary runs")
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pdecay-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
+use std::path::Path;
 
 fn summary(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Runs `args`, which must fail with a message containing every one of `needles`; returns it.
-fn assert_fails(args: &[&str], needles: &[&str]) -> String {
-    let out = pdecay(args);
-    let err = stderr(&out);
-    assert!(!out.status.success(), "{args:?} should fail");
-    for needle in needles {
-        assert!(
-            err.contains(needle),
-            "{args:?}: expected {needle:?} in: {err}"
-        );
-    }
-    err
+    json(&dir.join("summary.json"))
 }
 
 #[test]
@@ -258,18 +228,6 @@ fn checkpoint_weights(dir: &Path) -> Vec<Vec<f32>> {
     model.visit(&mut collect);
     assert!(!collect.0.is_empty());
     collect.0
-}
-
-fn metrics_without_time(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("seconds");
-            v
-        })
-        .collect()
 }
 
 /// Trains `epochs` epochs straight, and `epochs - 1` then `--resume`; both must end identical.

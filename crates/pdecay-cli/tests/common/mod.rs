@@ -26,10 +26,15 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs `args`, which must fail with a message containing every one of `needles`.
-pub fn fails(args: &[&str], needles: &[&str]) {
+/// A command's stderr.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs `args`, which must fail with a message containing every one of `needles`; returns it.
+pub fn fails(args: &[&str], needles: &[&str]) -> String {
     let out = pdecay(args);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(!out.status.success(), "{args:?} should fail");
     for needle in needles {
         assert!(
@@ -37,6 +42,7 @@ pub fn fails(args: &[&str], needles: &[&str]) {
             "{args:?}: expected {needle:?} in {err}"
         );
     }
+    err
 }
 
 /// An empty scratch folder unique to this test process.
@@ -98,4 +104,17 @@ pub fn assert_real_svg(path: &Path) {
         .sum::<usize>();
     // the smallest figure, a 2 x 2 heatmap, has 4 cells and its axes
     assert!(shapes >= 8, "{} draws only {shapes} shapes", path.display());
+}
+
+/// The lines of `DIR/metrics.jsonl` without their wall-clock `seconds`.
+pub fn metrics_without_time(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        })
+        .collect()
 }
