@@ -45,13 +45,13 @@ pub struct TrainArgs {
     #[arg(long, value_name = "N")]
     pub stop_after: Option<usize>,
     /// Network.
-    #[arg(long, value_enum, help = with_default("Network", "mlp"))]
+    #[arg(long, value_enum, help = with_default("Network", name(defaults::MODEL)))]
     pub model: Option<ModelKind>,
     /// MLP hidden widths, comma-separated.
     #[arg(long, value_delimiter = ',', help = with_default("MLP hidden widths, comma-separated", widths(&defaults::HIDDEN)))]
     pub hidden: Option<Vec<usize>>,
     /// Optimizer.
-    #[arg(long, value_enum, help = with_default("Optimizer", "padam"))]
+    #[arg(long, value_enum, help = with_default("Optimizer", name(defaults::OPTIM)))]
     pub optim: Option<OptimKind>,
     /// pWD's norm p (the authors' reference code's default).
     #[arg(long, help = with_default("pWD's norm p (the authors' reference code's)", defaults::P))]
@@ -75,7 +75,7 @@ pub struct TrainArgs {
     #[arg(long, help = format!("Final lr / peak lr [default: {} (the paper's cosine to lr/100); GPT: {} (nanoGPT's)]", defaults::MIN_LR_RATIO, cpu().min_lr_ratio))]
     pub min_lr_ratio: Option<f64>,
     /// Learning-rate schedule after warm-up (image classifiers).
-    #[arg(long, value_enum, help = with_default("Learning-rate schedule after warm-up (image classifiers)", "cosine"))]
+    #[arg(long, value_enum, help = with_default("Learning-rate schedule after warm-up (image classifiers)", name(defaults::SCHEDULE)))]
     pub schedule: Option<LrSchedule>,
     /// Seed.
     #[arg(long, help = with_default("Seed", defaults::SEED))]
@@ -150,6 +150,14 @@ pub struct TrainArgs {
     /// GPT: biases in Linear and LayerNorm layers [default: none, as nanoGPT].
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub bias: Option<bool>,
+}
+
+/// A value as its flag spells it: `mlp`, `adam-l1`.
+fn name(value: impl clap::ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
 }
 
 /// `300,100`.
@@ -415,6 +423,8 @@ mod tests {
             format!("[default: {}; GPT: {}]", d.batch_size, d.gpt.batch_size),
             format!("[default: {}]", d.gpt.eval_interval),
             format!("[default: {}]", widths(&d.hidden)),
+            "Optimizer [default: padam]".to_string(),
+            "Network [default: mlp]".to_string(),
         ] {
             assert!(help.contains(&expected), "{expected} not in {help}");
         }

@@ -95,8 +95,9 @@ pub struct TrainConfig {
     pub optim: OptimKind,
     /// pWD's norm, also the naive Lp penalty's ([`defaults::P`]).
     pub p: f64,
-    /// The strength of the optimizer's decay; what it is depends on the optimizer
-    /// ([`OptimKind::lambda_meaning`]) ([`defaults::LAMBDA`]).
+    /// The strength of the optimizer's decay ([`defaults::LAMBDA`]): pWD's λ for pAdam and
+    /// pSGD, PyTorch's weight_decay for AdamW, the L1 or naive Lp penalty's strength; unused by
+    /// Adam and magnitude pruning.
     pub lambda: f64,
     /// Peak learning rate ([`defaults::LR`]).
     pub lr: f64,

@@ -61,15 +61,10 @@ impl OptimKind {
         matches!(self, Self::Padam | Self::Psgd)
     }
 
-    /// What the config's `lambda` is for this optimizer.
-    pub fn lambda_meaning(self) -> &'static str {
-        match self {
-            Self::Padam | Self::Psgd => "pWD's strength lambda",
-            Self::Adamw => "PyTorch's weight_decay",
-            Self::AdamL1 => "the L1 strength",
-            Self::NaiveLp => "the Lp penalty's strength",
-            Self::Adam | Self::Gmp => "unused",
-        }
+    /// Whether this optimizer makes weights sparse (all but AdamW and Adam): the methods a
+    /// report compares with AdamW.
+    pub fn sparsifies(self) -> bool {
+        !matches!(self, Self::Adamw | Self::Adam)
     }
 
     /// This optimizer with `config`'s settings over `total_steps` steps; Adam's beta2 is

@@ -841,13 +841,7 @@ fn write_findings(
             )?,
             None => writeln!(md, "- No run came within {tolerance}.")?,
         }
-        for optim in [
-            OptimKind::Padam,
-            OptimKind::Psgd,
-            OptimKind::AdamL1,
-            OptimKind::NaiveLp,
-            OptimKind::Gmp,
-        ] {
+        for optim in OptimKind::ALL.into_iter().filter(|o| o.sparsifies()) {
             let best = sparsest(within.iter().copied().filter(|r| r.config.optim == optim));
             let any = finished.iter().any(|r| r.config.optim == optim);
             if let Some(best) = best {
