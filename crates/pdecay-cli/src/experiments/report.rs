@@ -503,14 +503,13 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
     let runs = load_runs(path)?;
     let task = Task::of(&runs[0].config);
     let score = task.score();
-    let mut figures = Figures::new(path.join("plots"))?;
+    let mut report = Report::new(path)?;
     let finished: Vec<&RunRecord> = runs.iter().filter(|r| r.summary().is_some()).collect();
-    let mut md = String::new();
     let title = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string());
-    writeln!(md, "# pdecay report: {title}\n")?;
+    writeln!(report.md, "# pdecay report: {title}\n")?;
     let diverged = runs
         .iter()
         .filter(|r| matches!(r.outcome, Some(Outcome::Diverged(_))))
@@ -518,7 +517,7 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
     let first = &runs[0].config;
     let varying = Varying::of(&runs);
     writeln!(
-        md,
+        report.md,
         "{} run(s): {} finished, {} diverged, {} unfinished. {} Sparsity: share of decayed weights (rank >= 2) with |w| < {:e}.\n",
         runs.len(),
         finished.len(),
@@ -527,16 +526,42 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         training_words(first, varying.lr),
         first.threshold,
     )?;
-    write_run_table(&mut md, &runs, task, varying)?;
+    write_run_table(&mut report.md, &runs, task, varying)?;
     let Some(selection) = select(&finished, score) else {
-        writeln!(md, "No run has finished yet: no plots.")?;
-        return figures.finish(path, &md);
+        writeln!(report.md, "No run has finished yet: no plots.")?;
+        return report.finish();
     };
-    write_findings(&mut md, &runs, &finished, &selection, task, varying)?;
-    writeln!(md, "## Plots\n")?;
+    write_findings(&mut report.md, &runs, &finished, &selection, task, varying)?;
+    writeln!(report.md, "## Plots\n")?;
 
-    // 1. the score against sparsity
-    let points = finished
+    let data = FigureData {
+        task,
+        finished: &finished,
+        selection: &selection,
+        varying,
+    };
+    score_figure(&mut report, &data, first.threshold)?;
+    phase_figures(&mut report, &data)?;
+    let shown = shown_runs(&data);
+    curves_figure(&mut report, &data, &shown)?;
+    weights_figure(&mut report, &data, &shown)?;
+    layers_figure(&mut report, &data)?;
+    report.finish()
+}
+
+/// What the figures of a report share.
+struct FigureData<'a> {
+    task: Task,
+    finished: &'a [&'a RunRecord],
+    selection: &'a Selection<'a>,
+    varying: Varying,
+}
+
+/// Plot 1: the score against sparsity, one point per finished run.
+fn score_figure(report: &mut Report, c: &FigureData, threshold: f64) -> Result<()> {
+    let score = c.task.score();
+    let points = c
+        .finished
         .iter()
         .map(|r| RunPoint {
             group: r.config.optim.label().to_string(),
@@ -547,23 +572,27 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
     let figure = ScoreVsSparsity {
         score,
         points,
-        reference: selection.adamw.and_then(RunRecord::score),
-        threshold: first.threshold,
+        reference: c.selection.adamw.and_then(RunRecord::score),
+        threshold,
     };
-    figures.add(
-        &mut md,
+    report.figure(
         &figure,
         "accuracy_vs_sparsity",
         &format!("{} against sparsity", score.title),
         "One point per run; the black line joins the runs no other run beats in both score and sparsity.",
     )?;
 
-    // 2. the phase diagram, for a grid over both p and lambda (a single row is the table's
-    // list again, and plotters cannot lay out one segment)
-    let scores = phase_grid(&finished, final_score);
+    Ok(())
+}
+
+/// Plots 2 and 3: the phase diagram of pAdam's score and sparsity over p and lambda, for a
+/// grid over both (a single row is the table's list again, and plotters cannot lay out one
+/// segment).
+fn phase_figures(report: &mut Report, c: &FigureData) -> Result<()> {
+    let scores = phase_grid(c.finished, final_score);
     if scores.ps.len() >= 2 && scores.lambdas.len() >= 2 {
-        let sparsity = phase_grid(&finished, |s| 100.0 * s.sparsity());
-        let (score_decimals, score_title) = match task {
+        let sparsity = phase_grid(c.finished, |s| 100.0 * s.sparsity());
+        let (score_decimals, score_title) = match c.task {
             Task::Classifier => (2, "pAdam: test accuracy (%) over p and lambda"),
             Task::Gpt => (3, "pAdam: validation loss over p and lambda"),
         };
@@ -589,8 +618,7 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
                 unit: "",
                 decimals,
             };
-            figures.add(
-                &mut md,
+            report.figure(
                 &figure,
                 stem,
                 title,
@@ -599,27 +627,36 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         }
     }
 
-    // 3. training curves
-    // AdamW, the featured run and the sparsest pWD run, each once
-    let mut shown: Vec<&RunRecord> = selection.adamw.into_iter().collect();
+    Ok(())
+}
+
+/// The runs whose curves and weights are drawn: AdamW, the featured run and the sparsest pWD
+/// run, each once.
+fn shown_runs<'a>(c: &FigureData<'a>) -> Vec<&'a RunRecord> {
+    let mut shown: Vec<&RunRecord> = c.selection.adamw.into_iter().collect();
     let sparsest_pwd = sparsest(
-        finished
+        c.finished
             .iter()
             .copied()
             .filter(|r| r.config.optim.uses_pwd()),
     );
-    for run in std::iter::once(selection.featured).chain(sparsest_pwd) {
+    for run in std::iter::once(c.selection.featured).chain(sparsest_pwd) {
         if shown.iter().all(|r| r.name != run.name) {
             shown.push(run);
         }
     }
+    shown
+}
+
+/// Plot 4: accuracy, loss and sparsity against epochs or iterations.
+fn curves_figure(report: &mut Report, c: &FigureData, shown: &[&RunRecord]) -> Result<()> {
+    let (task, varying) = (c.task, c.varying);
     let figure = TrainingCurves {
         curves: shown.iter().map(|r| curve(r, varying)).collect(),
         x_axis: task.x_axis(),
         held_out: task.held_out(),
     };
-    figures.add(
-        &mut md,
+    report.figure(
         &figure,
         "curves",
         &format!("Accuracy, loss and sparsity against {}", task.x_axis()),
@@ -633,15 +670,19 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         ),
     )?;
 
-    // 4. distribution of |w|
+    Ok(())
+}
+
+/// Plot 5: the distribution of |w| of the shown runs' decayed weights.
+fn weights_figure(report: &mut Report, c: &FigureData, shown: &[&RunRecord]) -> Result<()> {
     let mut magnitudes = Vec::new();
-    for r in &shown {
+    for r in shown {
         magnitudes.push(Magnitudes::new(
-            legend_label(r, varying),
+            legend_label(r, c.varying),
             &decayed_weights(r)?,
         ));
     }
-    let featured = &selection.featured.config;
+    let featured = &c.selection.featured.config;
     let scale = featured
         .optim
         .uses_pwd()
@@ -660,15 +701,19 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         runs: magnitudes,
         scale,
     };
-    figures.add(
-        &mut md,
+    report.figure(
         &figure,
         "weights",
         "Distribution of |w|",
         "Histogram of log10|w| over the decayed weights of the final checkpoint, and its cumulative share (exact zeros included at the left edge). The dashed line marks pWD's suppression scale: weights below it are driven to zero.",
     )?;
 
-    // 5. per-layer sparsity
+    Ok(())
+}
+
+/// Plot 6: the featured run's sparsity per tensor.
+fn layers_figure(report: &mut Report, c: &FigureData) -> Result<()> {
+    let (selection, task, varying) = (c.selection, c.task, c.varying);
     if let Some(last) = selection.featured.evals.last() {
         let figure = LayerSparsity {
             title: format!(
@@ -686,8 +731,7 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
                 })
                 .collect(),
         };
-        figures.add(
-            &mut md,
+        report.figure(
             &figure,
             "layers",
             "Sparsity per tensor",
@@ -702,7 +746,7 @@ pub fn write_report(path: &Path) -> Result<ReportFiles> {
         )?;
     }
 
-    figures.finish(path, &md)
+    Ok(())
 }
 
 /// Where a run diverged: the epoch and step, or the GPT's iteration.
@@ -910,46 +954,49 @@ fn write_findings(
     Ok(())
 }
 
-/// The report's figures: each saved as PNG and SVG in `plots/`, with its section in
-/// report.md.
-struct Figures {
-    dir: PathBuf,
+/// A report being written: report.md's text, and its figures, each saved as PNG and SVG in
+/// `plots/`.
+struct Report {
+    path: PathBuf,
+    md: String,
     files: Vec<PathBuf>,
 }
 
-impl Figures {
-    fn new(dir: PathBuf) -> Result<Self> {
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+impl Report {
+    fn new(path: &Path) -> Result<Self> {
+        let plots = path.join("plots");
+        std::fs::create_dir_all(&plots)
+            .with_context(|| format!("cannot create {}", plots.display()))?;
         Ok(Self {
-            dir,
+            path: path.to_path_buf(),
+            md: String::new(),
             files: Vec::new(),
         })
     }
 
-    /// Saves `figure` as `plots/STEM.{png,svg}` and adds its section to `md`.
-    fn add(
+    /// Saves `figure` as `plots/STEM.{png,svg}` and adds its section.
+    fn figure(
         &mut self,
-        md: &mut String,
         figure: &impl Figure,
         stem: &str,
         title: &str,
         caption: &str,
     ) -> Result<()> {
-        save(figure, &self.dir, stem)?;
+        let dir = self.path.join("plots");
+        save(figure, &dir, stem)?;
         self.files
-            .extend(["png", "svg"].map(|ext| self.dir.join(format!("{stem}.{ext}"))));
+            .extend(["png", "svg"].map(|ext| dir.join(format!("{stem}.{ext}"))));
         writeln!(
-            md,
+            self.md,
             "### {title}\n\n![{title}](plots/{stem}.png)\n\n{caption} ([SVG](plots/{stem}.svg))\n"
         )?;
         Ok(())
     }
 
-    /// Writes `path/report.md`.
-    fn finish(self, path: &Path, md: &str) -> Result<ReportFiles> {
-        let markdown = path.join("report.md");
-        write_atomic(&markdown, md.as_bytes())?;
+    /// Writes `PATH/report.md`.
+    fn finish(self) -> Result<ReportFiles> {
+        let markdown = self.path.join("report.md");
+        write_atomic(&markdown, self.md.as_bytes())?;
         Ok(ReportFiles {
             markdown,
             plots: self.files,
