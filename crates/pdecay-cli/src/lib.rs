@@ -5,12 +5,13 @@
 //!   cli/          clap flags -> calls (train, sample, sweep, report, export, ...); progress bars
 //!    |
 //!    +--> experiments/   the demos, sweeps, reports: scores, plots, report.md
-//!    +--> deploy/        model files (dense, CSR, compact), sparse inference
 //!    |        |
-//!    v        v
+//!    |        v
 //!   train/        one loop skeleton; the classifier and GPT steps plugged in; data parallel
 //!    |
-//!    v
+//!    |   deploy/  model files (dense, CSR, compact), sparse inference (below cli, beside
+//!    |      |     experiments and train, which it does not import)
+//!    v      v
 //!   run/          the run folder: every file name, config/metrics/summary/checkpoint I/O,
 //!    |            atomic writes, the run's state
 //!    v

@@ -31,7 +31,7 @@ use crate::flex::{CHUNK, in_chunks, on_flex, sole_contiguous};
 /// Causal softmax as a backend operation, over the last two dimensions (`[.., T, S]`: row `t`
 /// sees columns `0..=t`).
 #[backend_extension(Flex, Autodiff)]
-pub trait CausalSoftmax: Backend {
+pub(crate) trait CausalSoftmax: Backend {
     /// `softmax(scale·S + M)` along the last dimension, `M` being `-∞` above the diagonal.
     fn causal_softmax(scores: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
         generic_causal_softmax::<Self>(scores, scale)

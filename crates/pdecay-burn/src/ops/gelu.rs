@@ -30,7 +30,7 @@ use std::f32::consts::FRAC_1_SQRT_2;
 
 /// The exact GELU as a backend operation.
 #[backend_extension(Flex, Autodiff)]
-pub trait FastGelu: Backend {
+pub(crate) trait FastGelu: Backend {
     /// `x·Φ(x)`, elementwise.
     fn fast_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::gelu(x)

@@ -33,7 +33,7 @@ const DILATION: [usize; 2] = [1, 1];
 
 /// 2x2, stride-2 max pooling as a backend operation.
 #[backend_extension(Flex, Autodiff)]
-pub trait MaxPool2x2: Backend {
+pub(crate) trait MaxPool2x2: Backend {
     /// The pooled `[B, C, H/2, W/2]` and, for each output, the index of its maximum within its
     /// input plane (`row * W + col`, i64), as `max_pool2d_with_indices` gives them.
     fn max_pool_2x2_with_indices(x: FloatTensor<Self>) -> (FloatTensor<Self>, IntTensor<Self>) {

@@ -24,7 +24,7 @@ pub struct SampleArgs {
     /// Softmax temperature (lower: more conservative)
     #[arg(long, default_value_t = 0.8)]
     pub temperature: f64,
-    /// Draw only from the k most likely characters (0: all) [default: 200, nanoGPT's]
+    /// Draw only from the k most likely characters (0: all; the default is nanoGPT's)
     #[arg(long, default_value_t = 200)]
     pub top_k: usize,
     /// Seed of the draws

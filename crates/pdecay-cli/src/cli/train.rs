@@ -44,46 +44,33 @@ pub struct TrainArgs {
     /// Stop once this many epochs (GPT: iterations) are done (resumable with --resume).
     #[arg(long, value_name = "N")]
     pub stop_after: Option<usize>,
-    /// Network.
     #[arg(long, value_enum, help = with_default("Network", name(defaults::MODEL)))]
     pub model: Option<ModelKind>,
-    /// MLP hidden widths, comma-separated.
     #[arg(long, value_delimiter = ',', help = with_default("MLP hidden widths, comma-separated", widths(&defaults::HIDDEN)))]
     pub hidden: Option<Vec<usize>>,
-    /// Optimizer.
     #[arg(long, value_enum, help = with_default("Optimizer", name(defaults::OPTIM)))]
     pub optim: Option<OptimKind>,
-    /// pWD's norm p (the authors' reference code's default).
     #[arg(long, help = with_default("pWD's norm p (the authors' reference code's)", defaults::P))]
     pub p: Option<f64>,
-    /// pWD's strength lambda; AdamW's weight_decay; L1's strength.
     #[arg(long = "lambda", help = with_default("pWD's strength lambda; AdamW's weight_decay; L1's strength (the authors' reference code's)", defaults::LAMBDA))]
     pub lambda: Option<f64>,
-    /// Peak learning rate.
     #[arg(long, help = with_default("Peak learning rate", defaults::LR))]
     pub lr: Option<f64>,
-    /// Epochs (image classifiers).
     #[arg(long, help = with_default("Epochs (image classifiers)", defaults::EPOCHS))]
     pub epochs: Option<usize>,
-    /// Images (GPT: sequences) per step.
     #[arg(long, help = format!("Images (GPT: sequences) per step [default: {}; GPT: {}]", defaults::BATCH_SIZE, cpu().batch_size))]
     pub batch_size: Option<usize>,
-    /// Warm-up epochs, may be fractional (image classifiers).
     #[arg(long, help = with_default("Warm-up epochs, may be fractional (image classifiers)", defaults::WARMUP_EPOCHS))]
     pub warmup_epochs: Option<f64>,
-    /// Final lr / peak lr.
     #[arg(long, help = format!("Final lr / peak lr [default: {} (the paper's cosine to lr/100); GPT: {} (nanoGPT's)]", defaults::MIN_LR_RATIO, cpu().min_lr_ratio))]
     pub min_lr_ratio: Option<f64>,
-    /// Learning-rate schedule after warm-up (image classifiers).
     #[arg(long, value_enum, help = with_default("Learning-rate schedule after warm-up (image classifiers)", name(defaults::SCHEDULE)))]
     pub schedule: Option<LrSchedule>,
-    /// Seed.
     #[arg(long, help = with_default("Seed", defaults::SEED))]
     pub seed: Option<u64>,
     /// pWD variant: factor from the post-step weight.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub late: Option<bool>,
-    /// pWD variant: elastic-net L2 strength.
     #[arg(long, help = with_default("pWD variant: elastic-net L2 strength", defaults::LAMBDA2))]
     pub lambda2: Option<f64>,
     /// pWD variant: p starts here and moves to --p over the first half of training.
@@ -96,19 +83,15 @@ pub struct TrainArgs {
     /// lambda x --lambda-release-ratio; exact zeros stay zero.
     #[arg(long)]
     pub lambda_release: Option<f64>,
-    /// End of the lambda release as a share of lambda, in (0, 1].
     #[arg(long, help = with_default("End of the lambda release as a share of lambda, in (0, 1]", defaults::LAMBDA_RELEASE_RATIO))]
     pub lambda_release_ratio: Option<f64>,
     /// pWD variant: structured (group) decay of whole neurons and channels.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub structured: Option<bool>,
-    /// Magnitude pruning (--optim gmp): final sparsity.
     #[arg(long, help = with_default("Magnitude pruning (--optim gmp): final sparsity", defaults::GMP_FINAL_SPARSITY))]
     pub gmp_final_sparsity: Option<f64>,
-    /// Magnitude pruning: share of training after which the sparsity stays at its target.
     #[arg(long, help = with_default("Magnitude pruning: share of training after which the sparsity stays at its target", defaults::GMP_END_FRACTION))]
     pub gmp_end_fraction: Option<f64>,
-    /// Magnitude pruning: steps between mask updates.
     #[arg(long, help = with_default("Magnitude pruning: steps between mask updates", defaults::GMP_FREQUENCY))]
     pub gmp_frequency: Option<u64>,
     /// Augment the training images: random shifts of up to ±2 pixels and horizontal flips.
@@ -120,8 +103,7 @@ pub struct TrainArgs {
     /// Where to compute: cpu, or cuda / cuda:N (a build with the `cuda` feature)
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
-    /// GPT sizes: a preset, each size below overriding it.
-    #[arg(long, value_enum, help = format!("GPT sizes: cpu ({}) or paper ({}) [default: cpu]. Each size below overrides it", cpu().words(), GptPreset::Paper.settings().words()))]
+    #[arg(long, value_enum, help = format!("GPT sizes: cpu ({}) or paper ({}) [default: {}]. Each size below overrides it", cpu().words(), GptPreset::Paper.settings().words(), name(GptPreset::Cpu)))]
     pub preset: Option<GptPreset>,
     /// GPT: transformer blocks.
     #[arg(long)]
@@ -138,10 +120,8 @@ pub struct TrainArgs {
     /// GPT: optimizer steps.
     #[arg(long)]
     pub iters: Option<usize>,
-    /// GPT: steps between evaluations and checkpoints.
     #[arg(long, help = with_default("GPT: steps between evaluations and checkpoints", cpu().eval_interval))]
     pub eval_interval: Option<usize>,
-    /// GPT: batches per split in an evaluation.
     #[arg(long, help = with_default("GPT: batches per split in an evaluation", cpu().eval_batches))]
     pub eval_batches: Option<usize>,
     /// GPT: dropout probability.
@@ -176,7 +156,7 @@ impl TrainArgs {
             );
             let saved = RunDir::new(dir)
                 .read_config()
-                .with_context(|| format!("--resume {}: not a run folder", dir.display()))?;
+                .with_context(|| format!("--resume {}", dir.display()))?;
             let wanted = self.apply_flags(saved.clone())?;
             if wanted != saved {
                 let (a, b) = (saved.to_toml()?, wanted.to_toml()?);

@@ -278,9 +278,10 @@ impl TrainConfig {
         let image = TrainConfig::default();
         let unused = [
             ("epochs", self.epochs != image.epochs, "gpt.iters"),
+            // 0.1 wrote `--batch-size` for a GPT into both: the same value is no contradiction
             (
                 "batch_size",
-                self.batch_size != image.batch_size,
+                self.batch_size != image.batch_size && self.batch_size != self.gpt.batch_size,
                 "gpt.batch_size",
             ),
             (

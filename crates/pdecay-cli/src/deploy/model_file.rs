@@ -428,7 +428,7 @@ impl ModelFile {
         let mut config = run.read_config()?;
         ensure!(
             config.model.is_classifier(),
-            "{} is a GPT run; export, compact, eval and bench-infer take image classifier runs (MLP, CNN)",
+            "{} is a GPT run; export, compact and bench-infer take image classifier runs (MLP, CNN)",
             run.path().display()
         );
         // export and the sparse engines are CPU code

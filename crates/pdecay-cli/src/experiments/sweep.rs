@@ -193,6 +193,7 @@ pub fn parse(text: &str, source: &str) -> Result<SweepPlan> {
                 .with_context(|| format!("invalid settings in {place} of {source}"))?;
             config
                 .validate()
+                .and_then(|()| config.refuse_unused_keys())
                 .with_context(|| format!("invalid settings in {place} of {source}"))?;
             let name = keys
                 .iter()
@@ -306,9 +307,14 @@ pub fn run(
         let dir = RunDir::new(out.join(&planned.name));
         progress.run(i, plan.runs.len(), planned, state);
         let outcome = match state {
-            RunState::Finished | RunState::Diverged => dir
-                .outcome(planned.config.model)?
-                .expect("a finished or diverged run has an outcome"),
+            RunState::Finished | RunState::Diverged => {
+                dir.outcome(planned.config.model)?.with_context(|| {
+                    format!(
+                        "{} changed while the sweep read it: its summary.json or diverged.json is gone",
+                        dir.path().display()
+                    )
+                })?
+            }
             RunState::New | RunState::Started => {
                 let config = &planned.config;
                 let key = (config.data.clone(), config.gpt.block_size);
@@ -483,6 +489,11 @@ lambda = 0.01
                 vec!["mixes GPT", "grid 2", "s.toml"],
             ),
             ("p = 0.8 = 1", vec!["not a valid TOML"]),
+            // a GPT sweep over the image classifiers' epochs would train the same run twice
+            (
+                "model = \"gpt\"\nepochs = [1, 2]",
+                vec!["`epochs`", "gpt.iters", "grid 1"],
+            ),
             (
                 "lambda = [0.1, 0.2]\n[[grid]]\nlambda = 0.3",
                 vec!["`lambda`", "top level", "grid 1"],

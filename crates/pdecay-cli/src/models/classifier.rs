@@ -1,6 +1,6 @@
 //! The image classifiers: the MLP and the 2023 blog's CNN.
 
-use super::ModelKind;
+use super::kind::ModelKind;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};

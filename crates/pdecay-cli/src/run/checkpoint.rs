@@ -1,9 +1,11 @@
 //! Checkpoints: the model, the optimizer record (moments, step counts, s, masks) and the run's
-//! position, written after every epoch so `pdecay train --resume` continues bit-identically.
+//! position, written after every evaluation (each epoch of an image classifier, every
+//! `eval_interval` iterations of a GPT) so `pdecay train --resume` continues bit-identically.
 //!
 //! Every file is written atomically (temporary file, then rename). The model and optimizer
-//! files carry the epoch in their names and `checkpoint.json`, written last, names the epoch
-//! they belong to; a crash at any point leaves the previous complete checkpoint in force.
+//! files carry the epochs or iterations done in their names and `checkpoint.json`, written
+//! last, names the position they belong to; a crash at any point leaves the previous complete
+//! checkpoint in force.
 
 use std::path::Path;
 

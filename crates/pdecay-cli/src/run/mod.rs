@@ -144,7 +144,7 @@ impl RunDir {
         }
     }
 
-    /// How the run ended (`None` while it runs or was stopped); `gpt` says which summary.
+    /// How the run ended (`None` while it runs or was stopped); `model` says which summary.
     pub fn outcome(&self, model: ModelKind) -> Result<Option<Outcome>> {
         Ok(match self.state() {
             RunState::Finished => Some(Outcome::Finished(self.read_summary(model)?)),
@@ -198,13 +198,15 @@ impl RunDir {
         )
     }
 
-    /// The complete lines of metrics.jsonl (a run still training may be halfway through
-    /// appending its last one); none if there is no file yet.
+    /// The complete lines of metrics.jsonl: a torn last line (a run still appending it, or
+    /// killed while it did) is left out; none if there is no file yet.
     pub fn read_metrics<T: Evaluation>(&self) -> Result<Vec<T>> {
         let path = self.dir.join(METRICS);
-        let Ok(text) = std::fs::read_to_string(&path) else {
+        if !path.exists() {
             return Ok(Vec::new());
-        };
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         text.split_inclusive('\n')
             .filter(|line| line.ends_with('\n'))
             .enumerate()
@@ -216,21 +218,29 @@ impl RunDir {
     }
 
     /// For a resumed run: the metrics lines up to `done` epochs or iterations (the last
-    /// checkpoint's); the lines after it are dropped from the file, which is returned open for
-    /// appending.
+    /// checkpoint's). The lines after it, which the resumed run writes again, are dropped
+    /// unread (a torn or damaged one included), and the file is returned open for appending.
     pub fn resume_metrics<T: Evaluation>(&self, done: usize) -> Result<(Vec<T>, File)> {
         let path = self.dir.join(METRICS);
-        let mut kept = Vec::new();
+        let mut kept: Vec<T> = Vec::new();
         if path.exists() {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))?;
+            // the checkpoint's own line comes last (it is written before the checkpoint)
             for (i, line) in text.lines().enumerate() {
-                let m: T = serde_json::from_str(line)
-                    .with_context(|| format!("{} line {} is corrupt", path.display(), i + 1))?;
-                if m.done() <= done {
-                    kept.push(m);
+                if kept.last().map_or(done == 0, |m| m.done() >= done) {
+                    break;
                 }
+                let m: T = serde_json::from_str(line).with_context(|| {
+                    format!(
+                        "{} line {} is corrupt, before the checkpoint at {done}: restore the file from a copy, or start the run again",
+                        path.display(),
+                        i + 1
+                    )
+                })?;
+                kept.push(m);
             }
+            kept.retain(|m| m.done() <= done);
             let mut body = String::new();
             for m in &kept {
                 body.push_str(&serde_json::to_string(m)?);
@@ -282,5 +292,70 @@ impl RunDir {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+    struct Line {
+        epoch: usize,
+    }
+
+    impl Evaluation for Line {
+        fn done(&self) -> usize {
+            self.epoch
+        }
+        fn line(&self, _: usize) -> String {
+            String::new()
+        }
+        fn set_seconds(&mut self, _: f64) {}
+    }
+
+    fn run_with_metrics(name: &str, text: &str) -> RunDir {
+        let dir =
+            std::env::temp_dir().join(format!("pdecay-metrics-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(METRICS), text).unwrap();
+        RunDir::new(dir)
+    }
+
+    #[test]
+    fn a_resume_drops_the_lines_after_its_checkpoint_unread() {
+        // a torn line and a damaged one after the checkpoint at epoch 2 are written again anyway
+        for (name, tail) in [
+            ("torn", "{\"epoch\":3,\"st"),
+            ("damaged", "garbage\n{\"epoch\":4}\n"),
+        ] {
+            let run = run_with_metrics(name, &format!("{{\"epoch\":1}}\n{{\"epoch\":2}}\n{tail}"));
+            let (kept, _) = run.resume_metrics::<Line>(2).unwrap();
+            assert_eq!(kept, [Line { epoch: 1 }, Line { epoch: 2 }], "{name}");
+            let text = std::fs::read_to_string(run.path().join(METRICS)).unwrap();
+            assert_eq!(text, "{\"epoch\":1}\n{\"epoch\":2}\n", "{name}");
+            // and a report reads the complete lines only
+            let read: Vec<Line> = run.read_metrics().unwrap();
+            assert_eq!(read.len(), 2);
+            std::fs::remove_dir_all(run.path()).unwrap();
+        }
+        // no checkpoint yet: nothing is kept, nothing is parsed
+        let run = run_with_metrics("fresh", "garbage");
+        let (kept, _) = run.resume_metrics::<Line>(0).unwrap();
+        assert!(kept.is_empty());
+        std::fs::remove_dir_all(run.path()).unwrap();
+    }
+
+    #[test]
+    fn damage_before_the_checkpoint_is_an_error_that_says_how_to_repair() {
+        let run = run_with_metrics("before", "{\"epoch\":1}\ngarbage\n{\"epoch\":3}\n");
+        let message = format!("{:#}", run.resume_metrics::<Line>(3).unwrap_err());
+        assert!(message.contains("line 2 is corrupt"), "{message}");
+        assert!(message.contains("before the checkpoint"), "{message}");
+        // the file is left as it was
+        let text = std::fs::read_to_string(run.path().join(METRICS)).unwrap();
+        assert!(text.contains("garbage"));
+        std::fs::remove_dir_all(run.path()).unwrap();
     }
 }

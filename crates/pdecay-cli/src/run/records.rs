@@ -15,6 +15,9 @@ pub trait Evaluation: Serialize + DeserializeOwned + Clone {
     /// The one-line account that progress reporters print, out of `total` epochs or
     /// iterations.
     fn line(&self, total: usize) -> String;
+
+    /// Stamps the wall-clock seconds since the start of the run (over all its sessions).
+    fn set_seconds(&mut self, seconds: f64);
 }
 
 /// One line of `metrics.jsonl`, written after each epoch.
@@ -47,6 +50,10 @@ pub struct EpochMetrics {
 impl Evaluation for EpochMetrics {
     fn done(&self) -> usize {
         self.epoch
+    }
+
+    fn set_seconds(&mut self, seconds: f64) {
+        self.seconds = seconds;
     }
 
     fn line(&self, epochs: usize) -> String {
@@ -128,6 +135,10 @@ pub struct GptEval {
 impl Evaluation for GptEval {
     fn done(&self) -> usize {
         self.iter
+    }
+
+    fn set_seconds(&mut self, seconds: f64) {
+        self.seconds = seconds;
     }
 
     fn line(&self, iters: usize) -> String {

@@ -15,11 +15,13 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::parallel::{Replica, all_reduce, replicate, shard_gradients, shards, step_replicas};
-use super::{Progress, RunOptions, Trainer, run_loop, step_or_diverge, unit_seed};
+use super::skeleton::{
+    Progress, RunOptions, Trainer, finite_loss, run_loop, step_or_diverge, unit_seed,
+};
 use crate::config::TrainConfig;
 use crate::data::ImageSplits;
 use crate::models::Classifier;
-use crate::run::{ClassifierSummary, Diverged, EpochMetrics, RunPosition, StepAt, Unit};
+use crate::run::{ClassifierSummary, EpochMetrics, RunPosition, StepAt, Unit};
 
 /// Trains the image classifier of `config` on `data`, writing the run folder of `options` if
 /// given.
@@ -135,8 +137,6 @@ impl Trainer for ClassifierTrainer<'_> {
         self.loss_sum = 0.0;
         for (done, batch) in self.indices.chunks(config.batch_size).enumerate() {
             let at = StepAt::Epoch { epoch, step: *step };
-            let diverged =
-                |value: f64| Diverged::new(at, format!("the training loss became {value}"));
             self.lr = self.schedule.value(*step);
             let lr = self.lr;
             // one device keeps its own branch: augmentation drawn straight from the epoch's
@@ -147,10 +147,7 @@ impl Trainer for ClassifierTrainer<'_> {
                     .train
                     .augmented_batch(batch, stats, &self.device, augment);
                 let loss = self.loss_fn.forward(model.forward(x), y);
-                let loss_value = loss.clone().into_scalar::<f32>() as f64;
-                if !loss_value.is_finite() {
-                    return Err(diverged(loss_value).into());
-                }
+                let loss_value = finite_loss(loss.clone().into_scalar::<f32>() as f64, at)?;
                 self.loss_sum += loss_value * batch.len() as f64;
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 model = step_or_diverge(optim, lr, model, grads, at)?;
@@ -178,9 +175,7 @@ impl Trainer for ClassifierTrainer<'_> {
                                 .mul_scalar(shard.len() as f64 / whole),
                         )
                     });
-                if !loss_value.is_finite() {
-                    return Err(diverged(loss_value).into());
-                }
+                let loss_value = finite_loss(loss_value, at)?;
                 self.loss_sum += loss_value * whole;
                 let mut reduced = all_reduce(&model, grads, &all_devices).into_iter();
                 let grads = reduced.next().expect("one copy per device");
@@ -206,7 +201,6 @@ impl Trainer for ClassifierTrainer<'_> {
         optim: &SparseOptimizer,
         epoch: usize,
         step: u64,
-        seconds: f64,
     ) -> EpochMetrics {
         let (test_loss, test_accuracy) = evaluate(
             &model.valid(),
@@ -226,7 +220,7 @@ impl Trainer for ClassifierTrainer<'_> {
             sparsity_exact_zero: report.decayed().exact_zero_sparsity(),
             sparsity_all_params: report.all().sparsity(),
             layers: report.tensors.clone(),
-            seconds,
+            seconds: 0.0,
         }
     }
 

@@ -16,12 +16,14 @@ use pdecay_burn::{SparseOptimizer, clip_grad_norm};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use super::{Progress, RunOptions, Trainer, run_loop, step_or_diverge, unit_seed};
+use super::skeleton::{
+    Progress, RunOptions, Trainer, finite_loss, run_loop, step_or_diverge, unit_seed,
+};
 use crate::config::{GPT_THRESHOLD, GptSettings, TrainConfig};
 use crate::data::text::{TextData, random_windows};
 use crate::models::Gpt;
 use crate::models::gpt::tokens_tensor;
-use crate::run::{Diverged, GptEval, GptSummary, RunPosition, StepAt, Unit};
+use crate::run::{GptEval, GptSummary, RunPosition, StepAt, Unit};
 
 /// Trains the GPT of `config` on `text`, writing the run folder of `options` if given.
 pub fn train_gpt(
@@ -108,12 +110,8 @@ impl Trainer for GptTrainer<'_> {
                 .reshape([n, usize::MAX]);
             let targets = Tensor::<1, Int>::from_data(TensorData::new(y, [n]), &self.device);
             let loss = self.loss_fn.forward(logits, targets);
-            let loss_value = loss.clone().into_scalar::<f32>() as f64;
             let at = StepAt::Iteration(iter);
-            if !loss_value.is_finite() {
-                let reason = format!("the training loss became {loss_value}");
-                return Err(Diverged::new(at, reason).into());
-            }
+            let loss_value = finite_loss(loss.clone().into_scalar::<f32>() as f64, at)?;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             let grads = if s.grad_clip > 0.0 {
                 let (grads, norm) = clip_grad_norm(&model, grads, s.grad_clip);
@@ -136,7 +134,6 @@ impl Trainer for GptTrainer<'_> {
         optim: &SparseOptimizer,
         iter: usize,
         _step: u64,
-        seconds: f64,
     ) -> GptEval {
         let valid = model.valid();
         let inner = self.device.clone().inner();
@@ -157,7 +154,7 @@ impl Trainer for GptTrainer<'_> {
             sparsity_exact_zero: sparse.decayed().exact_zero_sparsity(),
             sparsity_all_params: sparse.all().sparsity(),
             layers: sparse.tensors.clone(),
-            seconds,
+            seconds: 0.0,
         }
     }
 

@@ -19,7 +19,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use pdecay_burn::SparseOptimizer;
 
-use super::step_or_diverge;
+use super::skeleton::step_or_diverge;
 use crate::run::StepAt;
 
 /// A copy of the model and optimizer on another device.
