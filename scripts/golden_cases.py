@@ -136,9 +136,11 @@ def pwd(w_step, w_ref, p, lr, lam, r):
     return out
 
 
-def simulate(case, r=f64, record=None):
+def simulate(case, r=f64, record=None, nudge=None):
     """Runs a case (a dict in the golden format, inputs only). Returns {step: (weight, bias)}
-    for the steps in `record` (default: the case's after_step keys) and the final state."""
+    for the steps in `record` (default: the case's after_step keys) and the final state.
+    `nudge(t)`, if given, is a relative perturbation: the weight after step t is multiplied by
+    (1 + nudge(t)) (the conditioning filter's perturbed runs; None for every golden run)."""
     n = len(case["weight_init"])
     nb = len(case["bias_init"])
     a = [r(x) for x in case["a"]]
@@ -171,6 +173,9 @@ def simulate(case, r=f64, record=None):
         if case["bias_decayed"]:
             b_step = pwd(b_step, bias if variant == "old" else b_step, case["p"], lr, case["lambda"], r)
         w, bias = w_step, b_step
+        if nudge is not None:
+            k = 1.0 + nudge(t)
+            w = [x * k for x in w]
         if not all(math.isfinite(x) for x in w + bias):
             raise FloatingPointError("%s: non-finite value at step %d" % (case["name"], t))
         if t in record:
