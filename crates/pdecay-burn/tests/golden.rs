@@ -7,7 +7,8 @@
 //! `PAdam_late` / SGD(momentum)+pWD on a separable quadratic. Each case runs through every path
 //! of the real burn optimizer (`SparseOptimizer` -> `ModuleOptimizer` -> `Decoupled<Adam|Sgd,
 //! PNorm>` with the slice kernel and with composite tensor ops, and the fused `PAdam`, on flex
-//! tensors with gradients from autodiff), and beside them a plain f32 implementation of the same
+//! tensors with gradients from autodiff; the two kernels once per instruction set the CPU has),
+//! and beside them a plain f32 implementation of the same
 //! formulas written here. Every path of every case runs even when one fails; at every recorded
 //! step each must be within an absolute 5e-5 of the golden values and within 2x the plain f32
 //! reference's deviation (a floor of 1e-6 keeps the first steps, where both are at the f32
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 use burn::module::{Module, Param, ParamGroup};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
+use pdecay_burn::pdecay::kernel::{SimdLevel, limit_simd};
 use pdecay_burn::{
     Decoupled, Kernel, NoDecay, PNormConfig, SparseOptimizer, adam_pytorch, padam_with, sgd_pytorch,
 };
@@ -320,6 +322,8 @@ fn golden_parity_with_the_authors_optimizers() {
     }
     files.sort();
     let device = Device::default().autodiff();
+    let levels = limit_simd(SimdLevel::Avx512);
+    println!("instruction sets of this CPU: {levels:?}");
     let mut failures = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
@@ -336,10 +340,23 @@ fn golden_parity_with_the_authors_optimizers() {
             "adam" => &[Path::Slice, Path::TensorOps, Path::Fused],
             _ => &[Path::Slice, Path::TensorOps],
         };
-        let runs: Vec<_> = paths
-            .iter()
-            .map(|&path| (path, deviations(&case, &run(&case, path, &device))))
-            .collect();
+        // the slice and fused kernels once per instruction set this CPU has; tensor ops once
+        let mut runs = Vec::new();
+        for &path in paths {
+            let levels = match path {
+                Path::TensorOps => vec![SimdLevel::Avx512],
+                Path::Slice | Path::Fused => levels.clone(),
+            };
+            for level in levels {
+                limit_simd(level);
+                let label = match path {
+                    Path::TensorOps => format!("{path:?}"),
+                    _ => format!("{path:?}/{level:?}"),
+                };
+                runs.push((label, deviations(&case, &run(&case, path, &device))));
+            }
+        }
+        limit_simd(SimdLevel::Avx512);
         println!(
             "golden {} ({} {}, p {}, lambda {}, {} steps): worst |diff| per recorded step, and / plain f32's",
             case.name,
@@ -354,10 +371,10 @@ fn golden_parity_with_the_authors_optimizers() {
             for (path, devs) in &runs {
                 let (dev, at) = &devs[step];
                 let ratio = dev.max(FLOOR) / plain.max(FLOOR);
-                line += &format!("  {path:?} {dev:.2e} ({ratio:.2}x)");
+                line += &format!("  {path} {dev:.2e} ({ratio:.2}x)");
                 if !(*dev <= TOLERANCE && ratio <= RATIO) {
                     failures.push(format!(
-                        "{} {path:?} step {step}: {at} (|diff| {dev:.2e}, tolerance {TOLERANCE:.0e}; {ratio:.2}x plain f32's {plain:.2e}, at most {RATIO}x)",
+                        "{} {path} step {step}: {at} (|diff| {dev:.2e}, tolerance {TOLERANCE:.0e}; {ratio:.2}x plain f32's {plain:.2e}, at most {RATIO}x)",
                         case.name
                     ));
                 }

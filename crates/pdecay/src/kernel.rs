@@ -136,31 +136,79 @@ impl Constants {
         }
     }
 
-    /// Whether the factor is the same for every weight (no Lp term, or p = 2).
-    fn constant_factor(&self) -> Option<f32> {
+    /// The denominator of the factor when it is the same for every weight (no Lp term, or
+    /// p = 2).
+    fn constant_denominator(&self) -> Option<f32> {
         if self.lp_strength == 0.0 {
-            Some(1.0 / self.one_plus_l2)
+            Some(self.one_plus_l2)
         } else if self.exponent == 0.0 {
-            Some(1.0 / (self.one_plus_l2 + self.lp_strength))
+            Some(self.one_plus_l2 + self.lp_strength)
         } else {
             None
         }
     }
 
-    /// `1 / (1 + η·λ₂ + p·η·λ·|r|^(p-2))`, or the constant factor. When `p·η·λ = 0` the power is
-    /// never multiplied in, so `0·inf` cannot occur. A true division, not an approximate
-    /// reciprocal.
+    /// `stepped / (1 + η·λ₂ + p·η·λ·|r|^(p-2))`: pWD applied to one weight. A true division
+    /// of the stepped weight, not a factor `1/(...)` multiplied in: one rounding instead of two,
+    /// which at small p is the difference between tracking the float64 trajectory as closely
+    /// as plain f32 arithmetic can and drifting 4x further (tests/golden.rs in pdecay-burn).
+    /// When `p·η·λ = 0` the power is never multiplied in, so `0·inf` cannot occur.
     #[inline(always)]
-    fn factor(&self, reference: f32) -> f32 {
-        match self.constant_factor() {
-            Some(f) => f,
-            None => 1.0 / (self.one_plus_l2 + self.lp_strength * pow_abs(reference, self.exponent)),
-        }
+    fn decay(&self, stepped: f32, reference: f32) -> f32 {
+        let denominator = match self.constant_denominator() {
+            Some(d) => d,
+            None => self.one_plus_l2 + self.lp_strength * pow_abs(reference, self.exponent),
+        };
+        stepped / denominator
     }
 }
 
-/// Defines `$name` running `$body` compiled for AVX-512F or AVX2 when the CPU has it, else for
-/// the baseline.
+/// The instruction sets the kernels are compiled for, narrowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SimdLevel {
+    /// Baseline x86-64 (SSE2), or any other architecture.
+    Baseline = 0,
+    /// AVX2.
+    Avx2 = 1,
+    /// AVX-512F.
+    Avx512 = 2,
+}
+
+/// The widest level the kernels may use (see [`limit_simd`]); the CPU's own limit applies too.
+static SIMD_LIMIT: std::sync::atomic::AtomicU8 =
+    std::sync::atomic::AtomicU8::new(SimdLevel::Avx512 as u8);
+
+/// Caps the instruction set every kernel of this process dispatches to at `level` (the CPU's
+/// own support still applies), so tests and benchmarks can run each compiled variant; returns
+/// the levels this CPU runs under that cap, narrowest first. The default is no cap.
+pub fn limit_simd(level: SimdLevel) -> Vec<SimdLevel> {
+    SIMD_LIMIT.store(level as u8, std::sync::atomic::Ordering::Relaxed);
+    [SimdLevel::Baseline, SimdLevel::Avx2, SimdLevel::Avx512]
+        .into_iter()
+        .filter(|&l| l <= level && simd_available(l))
+        .collect()
+}
+
+/// Whether this CPU has `level` and [`limit_simd`] allows it.
+#[doc(hidden)]
+pub fn simd_allowed(level: SimdLevel) -> bool {
+    level as u8 <= SIMD_LIMIT.load(std::sync::atomic::Ordering::Relaxed) && simd_available(level)
+}
+
+fn simd_available(level: SimdLevel) -> bool {
+    match level {
+        SimdLevel::Baseline => true,
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => false,
+    }
+}
+
+/// Defines `$name` running `$body` compiled for AVX-512F or AVX2 when the CPU has it (and
+/// [`limit_simd`] allows it), else for the baseline.
 #[macro_export]
 macro_rules! dispatched {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
@@ -170,6 +218,7 @@ macro_rules! dispatched {
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                use $crate::kernel::{SimdLevel, simd_allowed};
                 #[target_feature(enable = "avx512f")]
                 unsafe fn avx512($($arg: $ty),*) {
                     body($($arg),*)
@@ -178,12 +227,12 @@ macro_rules! dispatched {
                 unsafe fn avx2($($arg: $ty),*) {
                     body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU supports AVX-512F, checked just above.
+                if simd_allowed(SimdLevel::Avx512) {
+                    // SAFETY: the CPU supports AVX-512F, checked in `simd_allowed`.
                     return unsafe { avx512($($arg),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU supports AVX2, checked just above.
+                if simd_allowed(SimdLevel::Avx2) {
+                    // SAFETY: the CPU supports AVX2, checked in `simd_allowed`.
                     return unsafe { avx2($($arg),*) };
                 }
             }
@@ -193,10 +242,10 @@ macro_rules! dispatched {
 }
 
 dispatched! {
-    /// `stepped[i] = flush(stepped[i] · f(reference[i]))` over one chunk.
+    /// `stepped[i] = flush(stepped[i] / d(reference[i]))` over one chunk, `1/d` the factor.
     fn decay_chunk(stepped: &mut [f32], reference: &[f32], k: Constants) {
         for (w, &r) in stepped.iter_mut().zip(reference) {
-            *w = flush_subnormal(*w * k.factor(r));
+            *w = flush_subnormal(k.decay(*w, r));
         }
     }
 }
@@ -205,7 +254,7 @@ dispatched! {
     /// The `late` variant over one chunk: the factor from the stepped weight itself.
     fn late_decay_chunk(stepped: &mut [f32], k: Constants) {
         for w in stepped.iter_mut() {
-            *w = flush_subnormal(*w * k.factor(*w));
+            *w = flush_subnormal(k.decay(*w, *w));
         }
     }
 }
@@ -293,7 +342,7 @@ dispatched! {
             *m = *m * a.beta_1 + g * (1.0 - a.beta_1);
             *v = *v * a.beta_2 + g * g * (1.0 - a.beta_2);
             let stepped = *w - (*m * a.combined / (v.sqrt() + a.epsilon)) * a.lr;
-            *w = flush_subnormal(stepped * k.factor(*w));
+            *w = flush_subnormal(k.decay(stepped, *w));
         }
     }
 }
@@ -441,6 +490,57 @@ mod tests {
                     out[i]
                 );
             }
+        }
+    }
+
+    #[test]
+    fn the_stepped_weight_is_divided_once_not_multiplied_by_a_rounded_factor() {
+        // p = 2 makes the denominator one f32 constant: the result must be the correctly
+        // rounded quotient, which `w · (1/d)` misses for part of the inputs (two roundings)
+        let c = coef(2.0, 3e-3, 7e-3);
+        let d = (1.0 + c.l2_strength()) as f32 + c.lp_strength() as f32;
+        let stepped: Vec<f32> = (0..4096).map(|i| 0.1 + i as f32 * 1.37e-4).collect();
+        let mut out = stepped.clone();
+        apply_decay_in_place(&mut out, &stepped, &c);
+        let reciprocal = 1.0 / d;
+        let mut twice_rounded = 0;
+        for (w, got) in stepped.iter().zip(&out) {
+            assert_eq!(*got, w / d, "w = {w}");
+            twice_rounded += usize::from(w * reciprocal != w / d);
+        }
+        // the inputs do tell the two forms apart
+        assert!(twice_rounded > 20, "{twice_rounded}");
+        // and so does the general path, against the f64 quotient of the same f32 operands
+        let c = coef(0.3, 5e-3, 1e-3);
+        let reference: Vec<f32> = stepped.iter().map(|w| w * 0.01).collect();
+        let mut out = stepped.clone();
+        apply_decay_in_place(&mut out, &reference, &c);
+        for ((w, r), got) in stepped.iter().zip(&reference).zip(&out) {
+            let denominator = 1.0 + c.lp_strength() as f32 * pow_abs(*r, c.exponent() as f32);
+            assert_eq!(*got, w / denominator, "w = {w}, r = {r}");
+        }
+    }
+
+    #[test]
+    fn every_simd_level_gives_the_same_bits() {
+        let n = 1000;
+        let reference: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.37).sin() * 0.1).collect();
+        let stepped: Vec<f32> = reference.iter().map(|r| r * 0.99 + 1e-4).collect();
+        let c = coef(0.3, 0.01, 0.05);
+        let levels = limit_simd(SimdLevel::Avx512);
+        assert_eq!(levels[0], SimdLevel::Baseline);
+        let results: Vec<Vec<f32>> = levels
+            .iter()
+            .map(|&level| {
+                limit_simd(level);
+                let mut out = stepped.clone();
+                apply_decay_in_place(&mut out, &reference, &c);
+                out
+            })
+            .collect();
+        limit_simd(SimdLevel::Avx512);
+        for (level, out) in levels.iter().zip(&results) {
+            assert_eq!(out, &results[0], "{level:?}");
         }
     }
 

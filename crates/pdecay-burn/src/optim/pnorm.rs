@@ -260,8 +260,8 @@ impl DecayRule for PNorm {
                 let reference = self.reference(ctx.before, &stepped);
                 let s = aux.unwrap_or_else(|| reference.ones_like());
                 let s = s_dynamics_update(s, reference, &dynamics);
-                let factor = penalty_factor(s.clone(), &c);
-                (flush_subnormals(stepped * factor), Some(s))
+                let decayed = stepped / penalty_denominator(s.clone(), &c);
+                (flush_subnormals(decayed), Some(s))
             }
         }
     }
@@ -336,10 +336,11 @@ fn structured<const D: usize>(
     decay_by_magnitude(stepped, norms, c)
 }
 
-/// `stepped · 1/(1 + η·λ₂ + p·η·λ·m^(p-2))`, `m` a magnitude per weight or per group
-/// (broadcast). `m = 0` gives `m^(p-2) = inf` for p < 2 and a factor of exactly 0; when
-/// `p·η·λ = 0` or p = 2 the factor is a constant and the power is never taken, so `0·inf`
-/// never occurs.
+/// `stepped / (1 + η·λ₂ + p·η·λ·m^(p-2))`, `m` a magnitude per weight or per group
+/// (broadcast): a true division of the stepped weight, as the slice kernel does (one rounding,
+/// not a factor `1/(...)` multiplied in). `m = 0` gives `m^(p-2) = inf` for p < 2, a weight of
+/// exactly 0; when `p·η·λ = 0` or p = 2 the denominator is a constant and the power is never
+/// taken, so `0·inf` never occurs.
 fn decay_by_magnitude<const D: usize>(
     stepped: Tensor<D>,
     magnitude: Tensor<D>,
@@ -347,20 +348,19 @@ fn decay_by_magnitude<const D: usize>(
 ) -> Tensor<D> {
     let one_plus_l2 = 1.0 + c.l2_strength();
     if c.lp_strength() == 0.0 {
-        return stepped.mul_scalar(1.0 / one_plus_l2);
+        return stepped.div_scalar(one_plus_l2);
     }
     if c.exponent() == 0.0 {
-        return stepped.mul_scalar(1.0 / (one_plus_l2 + c.lp_strength()));
+        return stepped.div_scalar(one_plus_l2 + c.lp_strength());
     }
-    stepped * penalty_factor(magnitude.powf_scalar(c.exponent()), c)
+    stepped / penalty_denominator(magnitude.powf_scalar(c.exponent()), c)
 }
 
-/// `1 / (1 + η·λ₂ + p·η·λ·s)` per element of the penalty weight `s` (the tensor twin of
-/// [`pdecay::factor::s_decay_factor`]).
-fn penalty_factor<const D: usize>(s: Tensor<D>, c: &DecayCoefficients) -> Tensor<D> {
+/// `1 + η·λ₂ + p·η·λ·s` per element of the penalty weight `s`: the denominator of the factor
+/// (the tensor twin of [`pdecay::factor::s_decay_factor`]).
+fn penalty_denominator<const D: usize>(s: Tensor<D>, c: &DecayCoefficients) -> Tensor<D> {
     s.mul_scalar(c.lp_strength())
         .add_scalar(1.0 + c.l2_strength())
-        .recip()
 }
 
 /// One gradient step of s on `Λ_p(w, s)`, clamped to `[S_MIN, S_MAX]`
