@@ -2,7 +2,7 @@
 //! (embedded subset): the exported and compacted models keep the run's accuracy and outputs.
 
 mod common;
-use common::{ok, path, pdecay, tempdir};
+use common::{fails, ok, path, pdecay, tempdir};
 
 use std::path::Path;
 
@@ -195,5 +195,66 @@ fn bad_model_files_are_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
     let out = pdecay(&["export", path(&root), "--out", path(&garbage)]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a run folder"));
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn export_and_compact_never_overwrite_a_file_unasked_nor_write_into_a_run() {
+    let root = tempdir("deploy-out");
+    let run = root.join("run");
+    ok(&[
+        "train",
+        "--embedded",
+        "--hidden",
+        "8",
+        "--epochs",
+        "1",
+        "--out",
+        path(&run),
+    ]);
+    let checkpoint = run.join("checkpoint-00001.model.bpk");
+    let before = std::fs::read(&checkpoint).unwrap();
+    let config = std::fs::read(run.join("config.toml")).unwrap();
+    for command in ["export", "compact"] {
+        // the run's own files, with or without --force
+        for target in [
+            &checkpoint,
+            &run.join("config.toml"),
+            &run.join("new.safetensors"),
+        ] {
+            for force in [false, true] {
+                let mut args = vec![command, path(&run), "--out", path(target)];
+                if force {
+                    args.push("--force");
+                }
+                fails(&args, &["inside the run folder"]);
+            }
+        }
+        // an existing file elsewhere: only with --force
+        let other = root.join(format!("{command}.safetensors"));
+        std::fs::write(&other, b"keep me").unwrap();
+        fails(
+            &[command, path(&run), "--out", path(&other)],
+            &["exists", "--force"],
+        );
+        assert_eq!(std::fs::read(&other).unwrap(), b"keep me");
+        ok(&[command, path(&run), "--out", path(&other), "--force"]);
+        assert!(ModelFile::load(&other).is_ok(), "{command}");
+        // a folder
+        fails(
+            &[command, path(&run), "--out", path(&root)],
+            &["is a folder"],
+        );
+    }
+    assert_eq!(std::fs::read(&checkpoint).unwrap(), before);
+    assert_eq!(std::fs::read(run.join("config.toml")).unwrap(), config);
+    assert!(!run.join("new.safetensors").exists());
+    // and no temporary file was left anywhere
+    for dir in [&root, &run] {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(!name.ends_with(".tmp"), "{name} left in {}", dir.display());
+        }
+    }
     std::fs::remove_dir_all(&root).unwrap();
 }

@@ -9,7 +9,7 @@ use clap::Args;
 use crate::data::{ImageSplits, mnist};
 use crate::deploy::compact::compact;
 use crate::deploy::infer::{Engine, accuracy, latencies, max_logit_difference};
-use crate::deploy::model_file::{Format, ModelFile, check_image_size};
+use crate::deploy::model_file::{Format, ModelFile, check_destination, check_image_size};
 use crate::run::RunDir;
 
 /// Flags of `pdecay export`.
@@ -20,9 +20,12 @@ pub struct ExportArgs {
     /// dense: every tensor as is; sparse: weight matrices as CSR where that is smaller
     #[arg(long, value_enum, default_value_t = Format::Sparse)]
     pub format: Format,
-    /// The safetensors file to write
+    /// The safetensors file to write (not inside a run folder)
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace `--out` if it exists
+    #[arg(long)]
+    pub force: bool,
     /// Folder with the IDX files, for the input normalisation [default: the run's data]
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -33,9 +36,12 @@ pub struct ExportArgs {
 pub struct CompactArgs {
     /// The run folder
     pub run: PathBuf,
-    /// The safetensors file to write
+    /// The safetensors file to write (not inside a run folder)
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace `--out` if it exists
+    #[arg(long)]
+    pub force: bool,
     /// Folder with the IDX files [default: the run's data]
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -88,6 +94,7 @@ pub fn run_export(args: &ExportArgs) -> Result<()> {
         "--format compact is made by `pdecay compact RUN_DIR --out FILE`"
     );
     let (dense, _) = run_model(&args.run, args.data.as_deref())?;
+    check_destination(&args.out, args.force)?;
     let sparse = dense.with_format(Format::Sparse);
     let (dense_bytes, sparse_bytes) = (dense.to_bytes()?.len(), sparse.to_bytes()?.len());
     let file = if args.format == Format::Sparse {
@@ -111,6 +118,7 @@ pub fn run_export(args: &ExportArgs) -> Result<()> {
 /// `pdecay compact`.
 pub fn run_compact(args: &CompactArgs) -> Result<()> {
     let (dense, splits) = run_model(&args.run, args.data.as_deref())?;
+    check_destination(&args.out, args.force)?;
     let (compacted, report) = compact(&dense)?;
     let difference = max_logit_difference(
         &Engine::new(&dense)?,

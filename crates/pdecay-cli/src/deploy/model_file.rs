@@ -275,7 +275,7 @@ impl ModelFile {
                 ))
             })
             .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-        Ok(safetensors::serialize(views, Some(metadata))?)
+        canonical_header(safetensors::serialize(views, Some(metadata))?)
     }
 
     /// Writes the file atomically; returns its size in bytes.
@@ -454,6 +454,53 @@ impl ModelFile {
     }
 }
 
+/// The same safetensors bytes with the JSON header's keys sorted, so that a model gives the
+/// same file byte for byte every time: safetensors writes `__metadata__` from a `HashMap`,
+/// whose order changes from one run to the next. Sorting only reorders keys, so the header
+/// keeps its length and padding, and the tensors' data offsets stay valid.
+fn canonical_header(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let corrupt = || anyhow::anyhow!("safetensors wrote a header this reader cannot parse");
+    let length = u64::from_le_bytes(bytes.get(..8).ok_or_else(corrupt)?.try_into()?) as usize;
+    let header = bytes.get(8..8 + length).ok_or_else(corrupt)?;
+    // serde_json's map is a BTreeMap: parsing and writing back sorts every object's keys
+    let value: serde_json::Value = serde_json::from_slice(header).map_err(|_| corrupt())?;
+    let sorted = serde_json::to_string(&value)?;
+    ensure!(sorted.len() <= length, "the sorted header grew");
+    let mut padded = sorted.into_bytes();
+    padded.resize(length, b' ');
+    bytes[8..8 + length].copy_from_slice(&padded);
+    Ok(bytes)
+}
+
+/// Checks where `export` and `compact` write: never into a run folder (its checkpoint, config
+/// and metrics are pdecay's), never over a folder, and over an existing file only with `force`.
+pub fn check_destination(out: &Path, force: bool) -> Result<()> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let parent = std::fs::canonicalize(&parent).unwrap_or(parent);
+    if let Some(run) = parent.ancestors().find(|d| RunDir::new(d).holds_run()) {
+        bail!(
+            "--out {} lies inside the run folder {}, whose files are pdecay's; write the model file outside it",
+            out.display(),
+            run.display()
+        );
+    }
+    ensure!(
+        !out.is_dir(),
+        "--out {} is a folder; give the path of the file to write, e.g. {}",
+        out.display(),
+        out.join("model.safetensors").display()
+    );
+    ensure!(
+        force || !out.exists(),
+        "--out {} exists; pass --force to replace it, or choose another --out",
+        out.display()
+    );
+    Ok(())
+}
+
 /// Model files hold 28×28 classifiers (Fashion-MNIST, MNIST): other images are refused.
 pub fn check_image_size(splits: &ImageSplits) -> Result<()> {
     let (rows, cols) = (splits.test.rows, splits.test.cols);
@@ -612,6 +659,20 @@ mod tests {
             t.stored = Stored::Dense(values);
         }
         file
+    }
+
+    #[test]
+    fn a_model_gives_the_same_bytes_every_time() {
+        for format in [Format::Dense, Format::Sparse] {
+            let file = sparse_mlp().with_format(format);
+            let first = file.to_bytes().unwrap();
+            // the metadata's HashMap order changes with every map: ten tries tell
+            for _ in 0..10 {
+                assert!(file.to_bytes().unwrap() == first, "{format:?}");
+            }
+            let read = ModelFile::from_bytes(&first).unwrap();
+            assert_eq!(read, file);
+        }
     }
 
     #[test]

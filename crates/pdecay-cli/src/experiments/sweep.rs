@@ -34,7 +34,7 @@ use toml::{Table, Value};
 use crate::config::TrainConfig;
 use crate::data::RunData;
 use crate::models::ModelKind;
-use crate::run::{Diverged, Outcome, RunDir, RunState, RunSummary, write_atomic};
+use crate::run::{Diverged, Outcome, RunDir, RunState, RunSummary, lock_folder, write_atomic};
 use crate::train::{Progress, RunOptions, train_classifier, train_gpt};
 
 /// The sweep preset files, also examples of the format.
@@ -294,6 +294,8 @@ pub fn run(
         )
     })?;
     ensure!(!devices.is_empty(), "a sweep needs at least one device");
+    // one sweep at a time in a folder (each run folder has its own lock too)
+    let _lock = lock_folder(out)?;
     // Every folder is checked before anything trains: a changed sweep file fails at once.
     let states = plan
         .runs

@@ -9,10 +9,13 @@
 //! | `summary.json` | at the end | the [`RunSummary`]: the run finished |
 //! | `diverged.json` | when the loss or weights became NaN/Inf | the [`Diverged`] record |
 //!
-//! Every file is written atomically ([`write_atomic`]); a crash leaves the previous version.
+//! Every file is written atomically ([`write_atomic`]); a crash leaves the previous version. A
+//! process that trains into the folder holds its lock ([`RunDir::lock`]); a second one is
+//! refused with the first one's pid.
 
 pub mod atomic;
 pub mod checkpoint;
+pub mod lock;
 pub mod records;
 
 use std::fs::File;
@@ -30,6 +33,7 @@ use crate::models::ModelKind;
 
 pub use atomic::write_atomic;
 pub use checkpoint::{RunPosition, Unit};
+pub use lock::{FolderLock, lock_folder};
 pub use records::{
     ClassifierSummary, Diverged, EpochMetrics, Evaluation, GptEval, GptSummary, Outcome,
     RunSummary, StepAt,
@@ -112,8 +116,35 @@ impl RunDir {
         TrainConfig::from_toml(&text, &path.display().to_string())
     }
 
-    /// Makes the folder of a new run with its config.toml and an empty metrics.jsonl (open for
-    /// appending); refuses a folder that holds a run already.
+    /// Takes the folder for this process (making it if needed): its lock, held until the
+    /// returned value is dropped, and then the removal of temporary files that an earlier
+    /// process left when it was killed mid-write (no other process writes here now).
+    pub fn lock(&self) -> Result<FolderLock> {
+        std::fs::create_dir_all(&self.dir).with_context(|| {
+            format!(
+                "cannot create run folder {} (is --out writable?)",
+                self.dir.display()
+            )
+        })?;
+        let lock = lock_folder(&self.dir)?;
+        for entry in std::fs::read_dir(&self.dir)
+            .with_context(|| format!("listing {}", self.dir.display()))?
+            .flatten()
+        {
+            if atomic::is_temp_file(&entry.file_name().to_string_lossy()) {
+                std::fs::remove_file(entry.path()).with_context(|| {
+                    format!(
+                        "removing the stale temporary file {}",
+                        entry.path().display()
+                    )
+                })?;
+            }
+        }
+        Ok(lock)
+    }
+
+    /// Writes the config.toml and an empty metrics.jsonl (open for appending) of a new run into
+    /// the folder [`RunDir::lock`] made; refuses a folder that holds a run already.
     pub fn create(&self, config: &TrainConfig) -> Result<File> {
         if self.holds_run() {
             bail!(
@@ -121,12 +152,6 @@ impl RunDir {
                 self.dir.display()
             );
         }
-        std::fs::create_dir_all(&self.dir).with_context(|| {
-            format!(
-                "cannot create run folder {} (is --out writable?)",
-                self.dir.display()
-            )
-        })?;
         write_atomic(&self.dir.join(CONFIG), config.to_toml()?.as_bytes())?;
         File::create(self.dir.join(METRICS)).with_context(|| format!("creating {METRICS}"))
     }
@@ -218,14 +243,16 @@ impl RunDir {
     }
 
     /// For a resumed run: the metrics lines up to `done` epochs or iterations (the last
-    /// checkpoint's). The lines after it, which the resumed run writes again, are dropped
-    /// unread (a torn or damaged one included), and the file is returned open for appending.
+    /// checkpoint's), kept in the file byte for byte. The lines after it, which the resumed run
+    /// writes again, are dropped unread (a torn or damaged one included), and the file is
+    /// returned open for appending.
     pub fn resume_metrics<T: Evaluation>(&self, done: usize) -> Result<(Vec<T>, File)> {
         let path = self.dir.join(METRICS);
         let mut kept: Vec<T> = Vec::new();
         if path.exists() {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))?;
+            let mut body = String::new();
             // the checkpoint's own line comes last (it is written before the checkpoint)
             for (i, line) in text.lines().enumerate() {
                 if kept.last().map_or(done == 0, |m| m.done() >= done) {
@@ -238,12 +265,11 @@ impl RunDir {
                         i + 1
                     )
                 })?;
+                if m.done() > done {
+                    break;
+                }
                 kept.push(m);
-            }
-            kept.retain(|m| m.done() <= done);
-            let mut body = String::new();
-            for m in &kept {
-                body.push_str(&serde_json::to_string(m)?);
+                body.push_str(line);
                 body.push('\n');
             }
             write_atomic(&path, body.as_bytes())?;
@@ -345,6 +371,31 @@ mod tests {
         let (kept, _) = run.resume_metrics::<Line>(0).unwrap();
         assert!(kept.is_empty());
         std::fs::remove_dir_all(run.path()).unwrap();
+    }
+
+    #[test]
+    fn taking_a_run_folder_removes_the_temporary_files_a_killed_process_left() {
+        let run = run_with_metrics("stale", "");
+        let dir = run.path().to_path_buf();
+        for name in [
+            ".checkpoint.json.99999.tmp",
+            ".metrics.jsonl.12.tmp",
+            "notes.tmp",
+        ] {
+            std::fs::write(dir.join(name), "x").unwrap();
+        }
+        let lock = run.lock().unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [lock::LOCK_FILE, METRICS, "notes.tmp"]);
+        // while it is held, nobody else takes it
+        let message = RunDir::new(&dir).lock().unwrap_err().to_string();
+        assert!(message.contains("in use by"), "{message}");
+        drop(lock);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -187,6 +187,7 @@ pub(crate) fn run_loop<T: Trainer>(
     let mut position = RunPosition::start(T::UNIT);
     let mut history: Vec<T::Eval> = Vec::new();
     let mut metrics = None;
+    let _lock = options.out.as_ref().map(RunDir::lock).transpose()?;
     if let Some(run) = &options.out {
         if options.resume {
             if let Some(restored) = run.load_checkpoint(model.clone(), optim.clone())? {
