@@ -42,6 +42,30 @@ pub enum IdxError {
         /// The magic number found.
         found: u32,
     },
+    /// A header that announces more data than any image data set holds (a damaged file).
+    #[error(
+        "{path}: its header announces {dims:?} ({bytes} bytes), more than the {max} bytes pdecay reads from one IDX file; the file is damaged, download it again"
+    )]
+    Implausible {
+        /// The file.
+        path: PathBuf,
+        /// The dimensions the header announces.
+        dims: Vec<usize>,
+        /// Their product, saturated.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// More bytes than the header announces.
+    #[error(
+        "{path} holds more data than its header announces ({expected} bytes); the file is damaged or not what it seems, download it again"
+    )]
+    TrailingData {
+        /// The file.
+        path: PathBuf,
+        /// Bytes announced.
+        expected: usize,
+    },
     /// Fewer bytes than the header announces.
     #[error(
         "{path} is truncated: its header announces {expected} bytes of data, the file holds {found}; download it again"
@@ -65,44 +89,85 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
+/// The largest data one IDX file may announce: 2 GiB, beyond any (Fashion-, E-)MNIST file.
+pub const MAX_IDX_BYTES: usize = 1 << 31;
+
 /// Reads an IDX file of unsigned bytes with `rank` dimensions; gzip is detected by its magic
-/// bytes, not by the file name.
+/// bytes, not by the file name. The file is streamed: memory holds the announced data only,
+/// however the file lies.
 pub fn read_idx(path: &Path, rank: u8) -> Result<IdxArray, IdxError> {
-    let raw = std::fs::read(path).map_err(|source| IdxError::Io {
+    let io = |source| IdxError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    decode_idx(&raw, rank, path)
+    };
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+    let gzipped = std::io::BufRead::fill_buf(&mut file)
+        .map_err(io)?
+        .starts_with(&[0x1f, 0x8b]);
+    if gzipped {
+        decode_from(GzDecoder::new(file), true, rank, path)
+    } else {
+        decode_from(file, false, rank, path)
+    }
 }
 
 /// Decodes the bytes of an IDX file (gzip'd or not); `path` names it in errors.
 pub fn decode_idx(raw: &[u8], rank: u8, path: &Path) -> Result<IdxArray, IdxError> {
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        GzDecoder::new(raw)
-            .read_to_end(&mut out)
-            .map_err(|source| IdxError::Gzip {
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        decode_from(GzDecoder::new(raw), true, rank, path)
+    } else {
+        decode_from(raw, false, rank, path)
+    }
+}
+
+/// Reads into `buf` until it is full or the stream ends; the bytes read.
+fn fill(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match reader.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Decodes an IDX stream: the header, exactly the data it announces (checked against
+/// [`MAX_IDX_BYTES`] first), and nothing after it.
+fn decode_from(
+    mut reader: impl Read,
+    gzipped: bool,
+    rank: u8,
+    path: &Path,
+) -> Result<IdxArray, IdxError> {
+    let broken = |source| {
+        if gzipped {
+            IdxError::Gzip {
                 path: path.to_path_buf(),
                 source,
-            })?;
-        out
-    } else {
-        raw.to_vec()
+            }
+        } else {
+            IdxError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
     };
     let expected_magic = 0x0000_0800 | u32::from(rank);
     let header_len = 4 + 4 * rank as usize;
+    let mut header = vec![0u8; header_len];
+    let got = fill(&mut reader, &mut header).map_err(broken)?;
     let truncated = |found| IdxError::Truncated {
         path: path.to_path_buf(),
         expected: header_len,
         found,
     };
-    let magic = u32::from_be_bytes(
-        bytes
-            .get(..4)
-            .ok_or(truncated(bytes.len()))?
-            .try_into()
-            .unwrap(),
-    );
+    if got < 4 {
+        return Err(truncated(got));
+    }
+    let magic = u32::from_be_bytes(header[..4].try_into().unwrap());
     if magic != expected_magic {
         return Err(IdxError::Magic {
             path: path.to_path_buf(),
@@ -111,8 +176,10 @@ pub fn decode_idx(raw: &[u8], rank: u8, path: &Path) -> Result<IdxArray, IdxErro
             found: magic,
         });
     }
-    let header = bytes.get(4..header_len).ok_or(truncated(bytes.len()))?;
-    let dims: Vec<usize> = header
+    if got < header_len {
+        return Err(truncated(got));
+    }
+    let dims: Vec<usize> = header[4..]
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes(c.try_into().unwrap()) as usize)
         .collect();
@@ -120,7 +187,20 @@ pub fn decode_idx(raw: &[u8], rank: u8, path: &Path) -> Result<IdxArray, IdxErro
         .iter()
         .try_fold(1usize, |acc, d| acc.checked_mul(*d))
         .unwrap_or(usize::MAX);
-    let data = &bytes[header_len..];
+    if expected > MAX_IDX_BYTES {
+        return Err(IdxError::Implausible {
+            path: path.to_path_buf(),
+            dims,
+            bytes: expected,
+            max: MAX_IDX_BYTES,
+        });
+    }
+    // grows as the data arrives: a header that lies costs only the bytes really there
+    let mut data = Vec::new();
+    (&mut reader)
+        .take(expected as u64)
+        .read_to_end(&mut data)
+        .map_err(broken)?;
     if data.len() < expected {
         return Err(IdxError::Truncated {
             path: path.to_path_buf(),
@@ -128,10 +208,13 @@ pub fn decode_idx(raw: &[u8], rank: u8, path: &Path) -> Result<IdxArray, IdxErro
             found: data.len(),
         });
     }
-    Ok(IdxArray {
-        dims,
-        data: data[..expected].to_vec(),
-    })
+    if fill(&mut reader, &mut [0u8; 1]).map_err(broken)? > 0 {
+        return Err(IdxError::TrailingData {
+            path: path.to_path_buf(),
+            expected,
+        });
+    }
+    Ok(IdxArray { dims, data })
 }
 
 /// Encodes an IDX file of unsigned bytes (for tests and tools).
@@ -194,6 +277,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cannot read /nonexistent/idx"), "{err}");
+    }
+
+    #[test]
+    fn a_lying_header_is_refused_before_reading_and_trailing_data_after() {
+        let p = Path::new("images.gz");
+        // 268M images of 28x28 announced by a tiny file: refused from the header alone
+        let mut header = vec![0u8, 0, 8, 3];
+        for d in [268_000_000u32, 28, 28] {
+            header.extend(d.to_be_bytes());
+        }
+        for bytes in [header.clone(), gzip(&header)] {
+            let err = decode_idx(&bytes, 3, p).unwrap_err().to_string();
+            assert!(err.contains("more than the 2147483648 bytes"), "{err}");
+        }
+        // valid data followed by more (zeros, as a decompression bomb would add)
+        let mut labels = encode_idx(&[3], &[1, 2, 3]);
+        labels.extend([0u8; 4096]);
+        for bytes in [labels.clone(), gzip(&labels)] {
+            let err = decode_idx(&bytes, 1, p).unwrap_err().to_string();
+            assert!(err.contains("more data than its header announces"), "{err}");
+        }
+        // read from a file, streamed, the same
+        let file = std::env::temp_dir().join(format!("pdecay-idx-{}.gz", std::process::id()));
+        std::fs::write(&file, gzip(&labels)).unwrap();
+        let err = read_idx(&file, 1).unwrap_err().to_string();
+        assert!(err.contains("more data than its header announces"), "{err}");
+        std::fs::write(&file, gzip(&encode_idx(&[3], &[1, 2, 3]))).unwrap();
+        assert_eq!(read_idx(&file, 1).unwrap().data, [1, 2, 3]);
+        std::fs::remove_file(&file).unwrap();
     }
 
     proptest! {
