@@ -211,7 +211,8 @@ fn run(case: &Case, path: Path, device: &Device) -> Trajectory {
     recorded
 }
 
-/// The case's optimizer written out in plain f32, PyTorch's order of operations: Adam
+/// The case's optimizer written out in plain f32, the textbook order of operations (the
+/// bias corrections from f32 `powi`, `1 - β` in f32): Adam
 /// (`m ← β₁m + (1-β₁)g`, `v ← β₂v + (1-β₂)g²`, `w_step = w - (η/(1-β₁ᵗ))·m/(√v/√(1-β₂ᵗ) + ε)`)
 /// or SGD with momentum (`b ← μb + g`, `w_step = w - η·b`), then pWD
 /// `w ← w_step / (1 + p·η·λ·|w_ref|^(p-2))` with std's `powf`, results below the normal range

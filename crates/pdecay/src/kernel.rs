@@ -2,7 +2,7 @@
 //! pass.
 //!
 //! A framework adapter hands over the base optimizer's result (`stepped`, overwritten) and the
-//! weights before the step (`reference`); one loop computes each factor, multiplies, and flushes
+//! weights before the step (`reference`); one loop divides each by its factor's denominator, and flushes
 //! results below the f32 normal range to exact zero. Subnormal floats make CPU arithmetic up to
 //! 100x slower, and a weight that small is already dead under any p < 2, so the flush costs
 //! nothing in accuracy and keeps later steps fast.
@@ -259,7 +259,8 @@ dispatched! {
     }
 }
 
-/// Applies pWD in place: `stepped[i] = flush(stepped[i] · f(reference[i]))`, `f` as in
+/// Applies pWD in place: `stepped[i] = flush(stepped[i] · f(reference[i]))` (computed as one
+/// division of `stepped[i]`), `f` as in
 /// [`decay_factor`](crate::factor::decay_factor).
 ///
 /// `reference` holds the weights before the base step (the paper's pWD). Long slices are
@@ -353,6 +354,7 @@ dispatched! {
 /// m ← β₁·m + (1-β₁)·g          v ← β₂·v + (1-β₂)·g²
 /// w_step = w - η·m·c/(sqrt(v) + ε')
 /// w ← flush(w_step · f(w))     f as in `decay_factor`, from the weight before the step
+///                              (one division of w_step)
 /// ```
 ///
 /// The same arithmetic, in the same order, as burn's `Adam` followed by
@@ -510,7 +512,7 @@ mod tests {
         }
         // the inputs do tell the two forms apart
         assert!(twice_rounded > 20, "{twice_rounded}");
-        // and so does the general path, against the f64 quotient of the same f32 operands
+        // and so does the general path: the f32 quotient of the stepped weight and the denominator
         let c = coef(0.3, 5e-3, 1e-3);
         let reference: Vec<f32> = stepped.iter().map(|w| w * 0.01).collect();
         let mut out = stepped.clone();

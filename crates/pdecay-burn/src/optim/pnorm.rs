@@ -1,6 +1,7 @@
 //! pWD, the p-norm decoupled weight decay, as a [`DecayRule`].
 //!
-//! After the base step, every decayed weight is multiplied by
+//! After the base step, every decayed weight is multiplied by (computed as one division of the
+//! stepped weight by the denominator, the more accurate form)
 //!
 //! ```text
 //! f = 1 / (1 + η·λ₂ + p·η·λ·|w_ref|^(p-2))       (= X / (X·(1+η·λ₂) + p·η·λ), X = |w_ref|^(2-p))
@@ -315,7 +316,7 @@ fn fused_host<const D: usize>(
     Tensor::from_data(data, device)
 }
 
-/// `stepped · 1/(1 + η·λ₂ + p·η·λ·|reference|^(p-2))` in tensor ops.
+/// `stepped / (1 + η·λ₂ + p·η·λ·|reference|^(p-2))` in tensor ops.
 fn elementwise_tensor_ops<const D: usize>(
     stepped: Tensor<D>,
     reference: Tensor<D>,
@@ -347,7 +348,8 @@ fn decay_by_magnitude<const D: usize>(
     c: &DecayCoefficients,
 ) -> Tensor<D> {
     let one_plus_l2 = 1.0 + c.l2_strength();
-    if c.lp_strength() == 0.0 {
+    // in f32, as the tensors hold it: a strength that rounds to 0 must not meet an inf power
+    if c.lp_strength() as f32 == 0.0 {
         return stepped.div_scalar(one_plus_l2);
     }
     if c.exponent() == 0.0 {

@@ -480,7 +480,7 @@ pub fn check_destination(out: &Path, force: bool) -> Result<()> {
         _ => std::path::PathBuf::from("."),
     };
     let parent = std::fs::canonicalize(&parent).unwrap_or(parent);
-    if let Some(run) = parent.ancestors().find(|d| RunDir::new(d).holds_run()) {
+    if let Some(run) = parent.ancestors().find(|d| RunDir::new(d).is_written_run()) {
         bail!(
             "--out {} lies inside the run folder {}, whose files are pdecay's; write the model file outside it",
             out.display(),
@@ -659,6 +659,23 @@ mod tests {
             t.stored = Stored::Dense(values);
         }
         file
+    }
+
+    #[test]
+    fn a_folder_with_a_config_of_its_own_is_not_taken_for_a_run() {
+        let root = std::env::temp_dir().join(format!("pdecay-dest-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("models")).unwrap();
+        // a project folder with its own config.toml above --out
+        std::fs::write(root.join("config.toml"), "name = 'mine'").unwrap();
+        check_destination(&root.join("models/m.safetensors"), false).unwrap();
+        // a run folder pdecay wrote
+        std::fs::write(root.join("metrics.jsonl"), "").unwrap();
+        let message = check_destination(&root.join("models/m.safetensors"), true)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("inside the run folder"), "{message}");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

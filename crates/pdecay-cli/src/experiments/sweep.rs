@@ -296,6 +296,7 @@ pub fn run(
     ensure!(!devices.is_empty(), "a sweep needs at least one device");
     // one sweep at a time in a folder (each run folder has its own lock too)
     let _lock = lock_folder(out)?;
+    RunDir::remove_stale_temps(out)?;
     // Every folder is checked before anything trains: a changed sweep file fails at once.
     let states = plan
         .runs
@@ -343,6 +344,8 @@ pub fn run(
                     Ok(summary) => Outcome::Finished(summary),
                     Err(e) => match e.downcast::<Diverged>() {
                         Ok(diverged) => {
+                            // the run let go of its folder when it ended: take it again
+                            let _run = dir.lock()?;
                             dir.write_diverged(&diverged)?;
                             Outcome::Diverged(diverged)
                         }

@@ -71,7 +71,8 @@ impl Unit {
     }
 }
 
-const POSITION: &str = "checkpoint.json";
+/// The position file, written last.
+pub(crate) const POSITION: &str = "checkpoint.json";
 
 fn model_file(epoch: usize) -> String {
     format!("checkpoint-{epoch:05}.model.bpk")

@@ -104,6 +104,32 @@ impl RunDir {
         self.dir.join(CONFIG).exists()
     }
 
+    /// Whether this is a run folder pdecay wrote: config.toml beside metrics.jsonl or a
+    /// checkpoint (a project folder with a config.toml of its own is not one).
+    pub fn is_written_run(&self) -> bool {
+        self.holds_run()
+            && (self.dir.join(METRICS).exists() || self.dir.join(checkpoint::POSITION).exists())
+    }
+
+    /// Removes the temporary files of [`write_atomic`] that a killed process left in `dir`;
+    /// call it only while holding the folder's lock (nobody else writes there then).
+    pub fn remove_stale_temps(dir: &Path) -> Result<()> {
+        for entry in std::fs::read_dir(dir)
+            .with_context(|| format!("listing {}", dir.display()))?
+            .flatten()
+        {
+            if atomic::is_temp_file(&entry.file_name().to_string_lossy()) {
+                std::fs::remove_file(entry.path()).with_context(|| {
+                    format!(
+                        "removing the stale temporary file {}",
+                        entry.path().display()
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// The run's config.toml.
     pub fn read_config(&self) -> Result<TrainConfig> {
         let path = self.dir.join(CONFIG);
@@ -127,19 +153,7 @@ impl RunDir {
             )
         })?;
         let lock = lock_folder(&self.dir)?;
-        for entry in std::fs::read_dir(&self.dir)
-            .with_context(|| format!("listing {}", self.dir.display()))?
-            .flatten()
-        {
-            if atomic::is_temp_file(&entry.file_name().to_string_lossy()) {
-                std::fs::remove_file(entry.path()).with_context(|| {
-                    format!(
-                        "removing the stale temporary file {}",
-                        entry.path().display()
-                    )
-                })?;
-            }
-        }
+        Self::remove_stale_temps(&self.dir)?;
         Ok(lock)
     }
 
