@@ -20,15 +20,23 @@ pub struct ExportArgs {
     /// dense: every tensor as is; sparse: weight matrices as CSR where that is smaller
     #[arg(long, value_enum, default_value_t = Format::Sparse)]
     pub format: Format,
+    /// Where to write.
+    #[command(flatten)]
+    pub to: Destination,
+    /// Folder with the IDX files, for the input normalisation [default: the run's data]
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+/// The file `export` and `compact` write.
+#[derive(Args, Debug)]
+pub struct Destination {
     /// The safetensors file to write (not inside a run folder)
     #[arg(long)]
     pub out: PathBuf,
     /// Replace `--out` if it exists
     #[arg(long)]
     pub force: bool,
-    /// Folder with the IDX files, for the input normalisation [default: the run's data]
-    #[arg(long)]
-    pub data: Option<PathBuf>,
 }
 
 /// Flags of `pdecay compact`.
@@ -36,12 +44,9 @@ pub struct ExportArgs {
 pub struct CompactArgs {
     /// The run folder
     pub run: PathBuf,
-    /// The safetensors file to write (not inside a run folder)
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Replace `--out` if it exists
-    #[arg(long)]
-    pub force: bool,
+    /// Where to write.
+    #[command(flatten)]
+    pub to: Destination,
     /// Folder with the IDX files [default: the run's data]
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -94,7 +99,7 @@ pub fn run_export(args: &ExportArgs) -> Result<()> {
         "--format compact is made by `pdecay compact RUN_DIR --out FILE`"
     );
     let (dense, _) = run_model(&args.run, args.data.as_deref())?;
-    check_destination(&args.out, args.force)?;
+    check_destination(&args.to.out, args.to.force)?;
     let sparse = dense.with_format(Format::Sparse);
     let (dense_bytes, sparse_bytes) = (dense.to_bytes()?.len(), sparse.to_bytes()?.len());
     let file = if args.format == Format::Sparse {
@@ -102,10 +107,10 @@ pub fn run_export(args: &ExportArgs) -> Result<()> {
     } else {
         dense
     };
-    file.save(&args.out)?;
+    file.save(&args.to.out)?;
     println!(
         "wrote {} ({:?}); dense file {}, sparse file {} ({:.3} of dense); sparsity {:.1}%",
-        args.out.display(),
+        args.to.out.display(),
         args.format,
         kib(dense_bytes),
         kib(sparse_bytes),
@@ -118,7 +123,7 @@ pub fn run_export(args: &ExportArgs) -> Result<()> {
 /// `pdecay compact`.
 pub fn run_compact(args: &CompactArgs) -> Result<()> {
     let (dense, splits) = run_model(&args.run, args.data.as_deref())?;
-    check_destination(&args.out, args.force)?;
+    check_destination(&args.to.out, args.to.force)?;
     let (compacted, report) = compact(&dense)?;
     let difference = max_logit_difference(
         &Engine::new(&dense)?,
@@ -126,10 +131,10 @@ pub fn run_compact(args: &CompactArgs) -> Result<()> {
         &splits,
         dense.input_stats,
     );
-    let size = compacted.save(&args.out)?;
+    let size = compacted.save(&args.to.out)?;
     println!(
         "wrote {} ({}): layer widths {:?} -> {:?}, parameters {} -> {} ({:.3} of dense); max |logit difference| on the {} test images: {difference:.2e}",
-        args.out.display(),
+        args.to.out.display(),
         kib(size),
         report.widths_before,
         report.widths_after,
