@@ -1,7 +1,10 @@
 //! End-to-end tests of `pdecay train` through the real binary, on the embedded subset.
 
 mod common;
-use common::{fails as assert_fails, json, metrics_without_time, pdecay, stderr, tempdir};
+use common::{
+    checkpoint_weights, fails as assert_fails, json, metrics_without_time, pdecay, stderr, tempdir,
+    without_times,
+};
 
 use std::path::Path;
 
@@ -203,33 +206,6 @@ fn bad_inputs_are_clear_errors_and_never_overwrite_a_run() {
     );
 }
 
-/// Every weight of the run's last checkpoint, in module order.
-fn checkpoint_weights(dir: &Path) -> Vec<Vec<f32>> {
-    use burn::module::{Module, ModuleVisitor, Param};
-    use burn::tensor::{Device, Tensor};
-    use pdecay_cli::{config::TrainConfig, models::Classifier, run::RunDir};
-
-    struct Collect(Vec<Vec<f32>>);
-    impl ModuleVisitor for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0
-                .push(param.val().into_data().try_to_vec::<f32>().unwrap());
-        }
-    }
-    let config: TrainConfig =
-        toml::from_str(&std::fs::read_to_string(dir.join("config.toml")).unwrap()).unwrap();
-    let device = Device::default();
-    let model = Classifier::new(config.model, 28, config.widths(), &device);
-    let (model, _, _) = RunDir::new(dir)
-        .load_checkpoint(model, config.optimizer(1).unwrap())
-        .unwrap()
-        .unwrap();
-    let mut collect = Collect(Vec::new());
-    model.visit(&mut collect);
-    assert!(!collect.0.is_empty());
-    collect.0
-}
-
 /// Trains `epochs` epochs straight, and `epochs - 1` then `--resume`; both must end identical.
 fn assert_resume_matches(name: &str, epochs: usize, model_args: &[&str]) {
     let root = tempdir(name);
@@ -301,28 +277,6 @@ fn assert_resume_matches(name: &str, epochs: usize, model_args: &[&str]) {
             "{name}: {file}"
         );
     }
-}
-
-/// `text` without the values of its timing keys (`"seconds": 1.25` becomes `"seconds":`).
-fn without_times(text: &str) -> String {
-    let mut out = text.to_string();
-    for key in [
-        "\"seconds\":",
-        "\"wall_seconds\":",
-        "\"samples_per_second\":",
-    ] {
-        let mut kept = String::new();
-        let mut rest = out.as_str();
-        while let Some(at) = rest.find(key) {
-            kept.push_str(&rest[..at + key.len()]);
-            rest = &rest[at + key.len()..];
-            let end = rest.find([',', '}', '\n']).unwrap_or(rest.len());
-            rest = &rest[end..];
-        }
-        kept.push_str(rest);
-        out = kept;
-    }
-    out
 }
 
 #[test]

@@ -185,6 +185,8 @@ impl RunRecord {
     fn read(dir: &Path) -> Result<Self> {
         let run = RunDir::new(dir);
         let config = run.read_config()?;
+        // a report's figures read the checkpoint: a damaged one is named, not plotted
+        run.verify_checkpoint()?;
         let outcome = run.outcome(config.model)?;
         let evals = if config.model == ModelKind::Gpt {
             let evals: Vec<GptEval> = run.read_metrics()?;

@@ -6,7 +6,13 @@
 //! files carry the epochs or iterations done in their names and `checkpoint.json`, written
 //! last, names the position they belong to; a crash at any point leaves the previous complete
 //! checkpoint in force.
+//!
+//! `checkpoint.json` also records the SHA-256 of every file the checkpoint consists of (model,
+//! optimizer, and the run's config.toml and vocab.json, which say what the tensors mean): a
+//! file damaged or edited on disk afterwards is an error naming it, never a silently different
+//! run. Checkpoints written before the hashes existed load unverified.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -16,8 +22,10 @@ use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
 use pdecay_burn::SparseOptimizer;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::atomic::write_atomic;
+use super::{CONFIG, VOCAB};
 
 /// Where a run stands; `checkpoint.json`. An image classifier checkpoints after each epoch, a
 /// GPT after each evaluation (its iterations are its steps).
@@ -74,12 +82,33 @@ impl Unit {
 /// The position file, written last.
 pub(crate) const POSITION: &str = "checkpoint.json";
 
+/// `checkpoint.json`: the position and the SHA-256 (hex) of each file, by name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PositionFile {
+    #[serde(flatten)]
+    position: RunPosition,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    sha256: BTreeMap<String, String>,
+}
+
 fn model_file(epoch: usize) -> String {
     format!("checkpoint-{epoch:05}.model.bpk")
 }
 
 fn optim_file(epoch: usize) -> String {
     format!("checkpoint-{epoch:05}.optim.bpk")
+}
+
+fn is_checkpoint_file(name: &str) -> bool {
+    name.starts_with("checkpoint-") && name.ends_with(".bpk")
+}
+
+/// The SHA-256 of `bytes` in lowercase hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Writes the checkpoint of `position` and removes older ones.
@@ -89,30 +118,65 @@ pub fn save<M: Module>(
     optim: &SparseOptimizer,
     position: &RunPosition,
 ) -> Result<()> {
+    let mut sha256 = BTreeMap::new();
     let model_bytes = model
         .clone()
         .into_record()
         .into_bytes()
         .context("serialising the model")?;
-    write_atomic(&dir.join(model_file(position.done())), &model_bytes)?;
+    let model_name = model_file(position.done());
+    write_atomic(&dir.join(&model_name), &model_bytes)?;
+    sha256.insert(model_name, sha256_hex(&model_bytes));
     let optim_bytes = optim
         .to_record()
         .into_bytes()
         .context("serialising the optimizer state")?;
-    write_atomic(&dir.join(optim_file(position.done())), &optim_bytes)?;
+    let optim_name = optim_file(position.done());
+    write_atomic(&dir.join(&optim_name), &optim_bytes)?;
+    sha256.insert(optim_name, sha256_hex(&optim_bytes));
+    for name in [CONFIG, VOCAB] {
+        let path = dir.join(name);
+        if path.exists() {
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            sha256.insert(name.to_string(), sha256_hex(&bytes));
+        }
+    }
+    let file = PositionFile {
+        position: position.clone(),
+        sha256,
+    };
     write_atomic(
         &dir.join(POSITION),
-        serde_json::to_string_pretty(position)?.as_bytes(),
+        serde_json::to_string_pretty(&file)?.as_bytes(),
     )?;
     for entry in std::fs::read_dir(dir)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let current = name == model_file(position.done()) || name == optim_file(position.done());
-        if name.starts_with("checkpoint-") && name.ends_with(".bpk") && !current {
+        if is_checkpoint_file(&name) && !current {
             std::fs::remove_file(entry.path())
                 .with_context(|| format!("removing old checkpoint {name}"))?;
         }
     }
     Ok(())
+}
+
+/// The checkpoint files (`checkpoint-N.*.bpk`) in `dir` when it has no `checkpoint.json`,
+/// sorted: what a process killed while it wrote its first checkpoint leaves, or what is left
+/// when `checkpoint.json` was deleted. Empty when `checkpoint.json` exists.
+pub fn orphans(dir: &Path) -> Vec<String> {
+    if dir.join(POSITION).exists() {
+        return Vec::new();
+    }
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| is_checkpoint_file(name))
+        .collect();
+    names.sort();
+    names
 }
 
 /// The last checkpoint in `dir`, loaded into `model` and `optim`; `None` if there is none yet.
@@ -121,46 +185,91 @@ pub fn load<M: Module>(
     model: M,
     optim: SparseOptimizer,
 ) -> Result<Option<(M, SparseOptimizer, RunPosition)>> {
-    let Some((model, position)) = load_model(dir, model)? else {
+    let Some(file) = read_position(dir)? else {
         return Ok(None);
     };
-    let record =
-        OptimizerRecord::from_bytes(read_file(dir, &optim_file(position.done()), &position)?)
-            .context("reading the optimizer checkpoint")?;
-    Ok(Some((model, optim.load_record(record), position)))
+    let model = load_model_of(dir, model, &file)?;
+    let name = optim_file(file.position.done());
+    let record = OptimizerRecord::from_bytes(read_checked(dir, &name, &file)?)
+        .with_context(|| format!("reading the optimizer checkpoint {name}"))?;
+    Ok(Some((model, optim.load_record(record), file.position)))
 }
 
 /// The model of the last checkpoint in `dir`, loaded into `model` (built for the run's
 /// config); `None` if there is no checkpoint yet.
 pub fn load_model<M: Module>(dir: &Path, model: M) -> Result<Option<(M, RunPosition)>> {
-    let position_path = dir.join(POSITION);
-    if !position_path.exists() {
+    let Some(file) = read_position(dir)? else {
         return Ok(None);
-    }
-    let position: RunPosition = serde_json::from_str(
-        &std::fs::read_to_string(&position_path)
-            .with_context(|| format!("reading {}", position_path.display()))?,
-    )
-    .with_context(|| format!("{} is corrupt", position_path.display()))?;
-    let record = ModuleRecord::from_bytes(read_file(dir, &model_file(position.done()), &position)?)
-        .context("reading the model checkpoint")?;
-    match model.try_load_record(record) {
-        Ok(model) => Ok(Some((model, position))),
-        Err(e) => bail!(
-            "the model checkpoint does not fit this run's model ({e}); was the folder made with another --model or --hidden?"
-        ),
-    }
+    };
+    Ok(Some((load_model_of(dir, model, &file)?, file.position)))
 }
 
-fn read_file(dir: &Path, name: &str, position: &RunPosition) -> Result<Bytes> {
+/// Checks every file of the last checkpoint in `dir` against the hashes `checkpoint.json`
+/// recorded (nothing to check without a checkpoint).
+pub fn verify(dir: &Path) -> Result<()> {
+    if let Some(file) = read_position(dir)? {
+        let done = file.position.done();
+        for name in [model_file(done), optim_file(done)] {
+            read_checked(dir, &name, &file)?;
+        }
+    }
+    Ok(())
+}
+
+/// `checkpoint.json`, with the run's config.toml and vocab.json verified against it.
+fn read_position(dir: &Path) -> Result<Option<PositionFile>> {
+    let path = dir.join(POSITION);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let file: PositionFile = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("{} is corrupt", path.display()))?;
+    for name in [CONFIG, VOCAB] {
+        if file.sha256.contains_key(name) {
+            read_checked(dir, name, &file)?;
+        }
+    }
+    Ok(Some(file))
+}
+
+fn load_model_of<M: Module>(dir: &Path, model: M, file: &PositionFile) -> Result<M> {
+    let name = model_file(file.position.done());
+    let record = ModuleRecord::from_bytes(read_checked(dir, &name, file)?)
+        .with_context(|| format!("reading the model checkpoint {name}"))?;
+    model.try_load_record(record).map_err(|e| {
+        anyhow::anyhow!(
+            "{} does not fit the model that the run's {CONFIG} describes ({e}); were the run's files copied from different runs?",
+            dir.join(&name).display()
+        )
+    })
+}
+
+/// The bytes of the checkpoint's file `name`, checked against the SHA-256 recorded for it.
+fn read_checked(dir: &Path, name: &str, file: &PositionFile) -> Result<Bytes> {
     let path = dir.join(name);
     let bytes = std::fs::read(&path).with_context(|| {
         format!(
-            "checkpoint.json names the checkpoint after {} epochs or iterations, but {} is missing",
-            position.done(),
+            "{POSITION} names the checkpoint after {} epochs or iterations, but {} is missing",
+            file.position.done(),
             path.display()
         )
     })?;
+    if let Some(expected) = file.sha256.get(name) {
+        let found = sha256_hex(&bytes);
+        if &found != expected {
+            let what = if name == CONFIG || name == VOCAB {
+                "was edited or damaged after the run started (a run keeps the settings and vocabulary it started with)"
+            } else {
+                "was damaged after it was written (a disk or copy fault, or an edit)"
+            };
+            bail!(
+                "{} {what}: its SHA-256 is {found}, {POSITION} recorded {expected}. Restore the file from a copy, or start the run again in a new folder",
+                path.display()
+            );
+        }
+    }
     Ok(Bytes::from_bytes_vec(bytes))
 }
 

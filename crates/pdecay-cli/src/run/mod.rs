@@ -313,18 +313,65 @@ impl RunDir {
     }
 
     /// The last checkpoint loaded into `model` and `optim`; `None` if there is none yet.
+    ///
+    /// Checkpoint files without the `checkpoint.json` that names them are what a process
+    /// killed while it wrote the first checkpoint leaves: the run starts from the beginning,
+    /// with a warning. After more than one evaluation they mean `checkpoint.json` was lost,
+    /// and starting again would throw the checkpoint away: that is an error.
     pub fn load_checkpoint<M: Module>(
         &self,
         model: M,
         optim: SparseOptimizer,
     ) -> Result<Option<(M, SparseOptimizer, RunPosition)>> {
+        let orphans = checkpoint::orphans(&self.dir);
+        if !orphans.is_empty() {
+            let evaluations = self.complete_metrics_lines()?;
+            if evaluations > 1 {
+                bail!(self.orphans_message(&orphans, evaluations));
+            }
+            eprintln!(
+                "warning: {} has {} but no {}: the first checkpoint was not completed, so the run starts from the beginning",
+                self.dir.display(),
+                orphans.join(", "),
+                checkpoint::POSITION
+            );
+        }
         checkpoint::load(&self.dir, model, optim)
     }
 
     /// The model of the last checkpoint, loaded into `model` (built for the run's config);
     /// `None` if there is no checkpoint yet.
     pub fn load_model<M: Module>(&self, model: M) -> Result<Option<(M, RunPosition)>> {
+        let orphans = checkpoint::orphans(&self.dir);
+        if !orphans.is_empty() {
+            bail!(self.orphans_message(&orphans, self.complete_metrics_lines()?));
+        }
         checkpoint::load_model(&self.dir, model)
+    }
+
+    /// Checks the last checkpoint's files against the SHA-256 hashes it recorded: an error
+    /// names a damaged or edited file.
+    pub fn verify_checkpoint(&self) -> Result<()> {
+        checkpoint::verify(&self.dir)
+    }
+
+    fn orphans_message(&self, orphans: &[String], evaluations: usize) -> String {
+        format!(
+            "{} has {} and {evaluations} evaluations in {METRICS}, but no {}, which names the complete checkpoint: it was deleted or lost. Restore it from a copy; or, to train the run again from the beginning, delete the checkpoint-*.bpk files and resume",
+            self.dir.display(),
+            orphans.join(", "),
+            checkpoint::POSITION
+        )
+    }
+
+    /// How many complete lines metrics.jsonl has (0 without the file).
+    fn complete_metrics_lines(&self) -> Result<usize> {
+        let path = self.dir.join(METRICS);
+        if !path.exists() {
+            return Ok(0);
+        }
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(bytes.iter().filter(|&&b| b == b'\n').count())
     }
 
     fn read_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T> {

@@ -225,6 +225,9 @@ pub struct Diverged {
     pub step: u64,
     /// What became NaN or infinite.
     pub reason: String,
+    /// What of the run is left on disk, for the message (not in diverged.json).
+    #[serde(skip)]
+    pub kept: Option<String>,
 }
 
 impl Diverged {
@@ -235,11 +238,13 @@ impl Diverged {
                 epoch: Some(epoch),
                 step,
                 reason,
+                kept: None,
             },
             StepAt::Iteration(iter) => Self {
                 epoch: None,
                 step: iter as u64,
                 reason,
+                kept: None,
             },
         }
     }
@@ -260,10 +265,14 @@ impl std::fmt::Display for Diverged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "the run diverged at {}: {} (lower --lr or --lambda); the last good checkpoint is kept",
+            "the run diverged at {}: {} (lower --lr or --lambda)",
             self.at_for(self.epoch.is_none()),
             self.reason
-        )
+        )?;
+        match &self.kept {
+            Some(kept) => write!(f, "; {kept}"),
+            None => Ok(()),
+        }
     }
 }
 

@@ -106,6 +106,23 @@ pub fn step_or_diverge<M: Module>(
     }
 }
 
+/// A [`Diverged`] error told what of the run is on disk: the last checkpoint, after `done`
+/// units, or none yet (`saved`: the run writes a folder). Other errors pass unchanged.
+fn say_what_is_kept(error: anyhow::Error, saved: bool, done: usize, unit: Unit) -> anyhow::Error {
+    match error.downcast::<Diverged>() {
+        Ok(mut diverged) if saved => {
+            diverged.kept = Some(if done == 0 {
+                "no checkpoint had been written yet".to_string()
+            } else {
+                format!("the checkpoint after {done} {}s is kept", unit.word())
+            });
+            diverged.into()
+        }
+        Ok(diverged) => diverged.into(),
+        Err(other) => other,
+    }
+}
+
 /// The batch's loss value, or the run's [`Diverged`] outcome at `at` if it is NaN or infinite.
 pub(crate) fn finite_loss(loss: f64, at: StepAt) -> Result<f64> {
     if loss.is_finite() {
@@ -211,7 +228,9 @@ pub(crate) fn run_loop<T: Trainer>(
         let done = position.done();
         let end = trainer.period_end(done, last);
         let period = Instant::now();
-        model = trainer.train_period(model, &mut optim, done, end, &mut position.step, progress)?;
+        model = trainer
+            .train_period(model, &mut optim, done, end, &mut position.step, progress)
+            .map_err(|e| say_what_is_kept(e, options.out.is_some(), done, T::UNIT))?;
         position.train_seconds += period.elapsed().as_secs_f64();
         if T::UNIT == Unit::Epoch {
             position.epoch = Some(end);
