@@ -117,6 +117,14 @@ fn a_gpt_run_learns_resumes_bit_identically_and_samples_deterministically() {
         &["sample", path(&straight), "--prompt", "THE"],
         &["'T'", "vocabulary"],
     );
+    // an edited vocabulary once blamed `--model or --hidden`; now its hash names it
+    let vocab_file = straight.join("vocab.json");
+    let text = std::fs::read_to_string(&vocab_file).unwrap();
+    std::fs::write(&vocab_file, text.replacen("\"a\"", "\"A\"", 1)).unwrap();
+    fails(
+        &["sample", path(&straight)],
+        &["vocab.json was edited or damaged", "SHA-256"],
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 
@@ -287,6 +295,46 @@ fn bad_gpt_inputs_are_clear_errors() {
             "3",
         ],
         &["multiple of gpt.heads"],
+    );
+    // a model no machine holds is refused with its estimate, where allocating it aborted
+    fails(
+        &[
+            "train",
+            "--model",
+            "gpt",
+            "--data",
+            path(&file),
+            "--width",
+            "100000",
+            "--layers",
+            "100",
+            "--heads",
+            "1",
+            "--out",
+            path(&out),
+        ],
+        &["GiB to train", "--width"],
+    );
+    assert!(!out.exists(), "a refused run leaves no folder");
+    // a GPT sweep over the classifiers' epochs once trained the same run twice
+    let grid = root.join("epochs.toml");
+    std::fs::write(
+        &grid,
+        format!(
+            "model = \"gpt\"\ndata = {:?}\nepochs = [1, 2]\n",
+            path(&file)
+        ),
+    )
+    .unwrap();
+    fails(
+        &[
+            "sweep",
+            "--config",
+            path(&grid),
+            "--out",
+            path(&root.join("sweep")),
+        ],
+        &["`epochs`", "gpt.iters"],
     );
     fails(&["sample", path(&root)], &["not a run folder"]);
     // a GPU that this build cannot use fails first, before any data is read

@@ -320,3 +320,193 @@ fn resume_refuses_other_settings_and_non_run_folders() {
         &["not a run folder"],
     );
 }
+
+/// A data folder of `train` and `test` images of `side`x`side` pixels (all zero, label 0).
+fn image_folder(dir: &Path, train: usize, test: usize, side: usize) {
+    use pdecay_cli::data::idx::encode_idx;
+    std::fs::create_dir_all(dir).unwrap();
+    for (prefix, n) in [("train", train), ("t10k", test)] {
+        let images = encode_idx(&[n, side, side], &vec![0; n * side * side]);
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+        let labels = encode_idx(&[n], &vec![0; n]);
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+    }
+}
+
+#[test]
+fn a_run_that_would_train_nothing_or_ignore_a_setting_is_refused_before_it_starts() {
+    let root = tempdir("nothing-trained");
+    let out = root.join("run");
+    let with_out = |args: &[&str]| -> Vec<String> {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(["--out".to_string(), out.display().to_string()]);
+        all
+    };
+    let refused = |args: &[&str], words: &[&str]| {
+        let all = with_out(args);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let message = assert_fails(&all, words);
+        assert!(!out.exists(), "{args:?} left a run folder: {message}");
+    };
+    // item 8: nothing to train on, one short batch at warm-up lr 0, a pruning that never prunes
+    let empty = root.join("no-train-images");
+    image_folder(&empty, 0, 10, 28);
+    let empty = empty.display().to_string();
+    refused(
+        &["train", "--data", &empty, "--epochs", "1"],
+        &["no training images"],
+    );
+    refused(
+        &[
+            "train",
+            "--embedded",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "10000",
+        ],
+        &[
+            "batch_size 10000 is larger than the 5500 training images",
+            "--batch-size 5500",
+        ],
+    );
+    refused(
+        &[
+            "train",
+            "--embedded",
+            "--epochs",
+            "1",
+            "--optim",
+            "gmp",
+            "--gmp-frequency",
+            "500",
+        ],
+        &["would never prune", "at most 32"],
+    );
+    // item 9: settings the model or optimizer does not read, in flags and config files alike
+    for (args, words) in [
+        (
+            &["--optim", "adamw", "--p", "0.5"][..],
+            &["`p` (--p)", "--optim adamw"][..],
+        ),
+        (
+            &["--model", "cnn", "--hidden", "64"],
+            &["`hidden`", "--model cnn"],
+        ),
+        (
+            &["--optim", "adam", "--structured"],
+            &["`structured`", "pWD"],
+        ),
+        (
+            &["--optim", "adam", "--lambda", "0.1"],
+            &["`lambda`", "--optim adam"],
+        ),
+        (
+            &["--optim", "padam", "--gmp-frequency", "7"],
+            &["`gmp_frequency`", "magnitude pruning"],
+        ),
+        (
+            &["--lambda-release-ratio", "0.5"],
+            &["`lambda_release_ratio`", "--lambda-release"],
+        ),
+        (
+            &["--model", "gpt", "--hidden", "64"],
+            &["`hidden`", "--model gpt"],
+        ),
+    ] {
+        let mut all = vec!["train", "--embedded", "--epochs", "1"];
+        all.extend_from_slice(args);
+        refused(&all, words);
+    }
+    let file = root.join("adamw.toml");
+    std::fs::write(&file, "optim = \"adamw\"\np_start = 2.0\n").unwrap();
+    refused(
+        &["train", "--embedded", "--config", file.to_str().unwrap()],
+        &["`p_start`", "--optim adamw"],
+    );
+    let file = root.join("mlp.toml");
+    std::fs::write(&file, "epochs = 1\n[gpt]\nlayers = 2\n").unwrap();
+    refused(
+        &["train", "--embedded", "--config", file.to_str().unwrap()],
+        &["[gpt] table", "--model mlp"],
+    );
+    // item 10: images that are not 28x28, refused at train time (not at export)
+    let big = root.join("32x32");
+    image_folder(&big, 20, 10, 32);
+    refused(
+        &["train", "--data", big.to_str().unwrap(), "--epochs", "1"],
+        &["are 32x32", "28x28"],
+    );
+    // item 11: sizes no machine holds, refused with the estimate before anything is allocated
+    refused(
+        &[
+            "train",
+            "--embedded",
+            "--epochs",
+            "1",
+            "--hidden",
+            "100000000000",
+        ],
+        &["GiB to train", "--hidden"],
+    );
+    // item 12: absurd thread counts
+    refused(
+        &["train", "--embedded", "--threads", "100000"],
+        &["--threads 100000", "at most"],
+    );
+    // item 13: messages that named internals
+    for (args, words) in [
+        (&["--min-lr-ratio", "nan"][..], &["min_lr_ratio"][..]),
+        (&["--p-start", "nan"], &["p_start"]),
+        (&["--s-dynamics", "nan"], &["s_dynamics"]),
+        (
+            &["--optim", "gmp", "--gmp-final-sparsity", "2"],
+            &["gmp_final_sparsity"],
+        ),
+    ] {
+        let mut all = vec!["train", "--embedded", "--epochs", "1"];
+        all.extend_from_slice(args);
+        refused(&all, words);
+    }
+    let missing = root.join("no-such-folder");
+    refused(
+        &[
+            "train",
+            "--data",
+            missing.to_str().unwrap(),
+            "--epochs",
+            "1",
+        ],
+        &["no-such-folder does not exist"],
+    );
+    let said = String::from_utf8_lossy(
+        &std::process::Command::new(env!("CARGO_BIN_EXE_pdecay"))
+            .args(with_out(&["train", "--epochs", "1"]))
+            .env("PDECAY_DATA", "")
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+            .stderr,
+    )
+    .into_owned();
+    assert!(said.contains("$PDECAY_DATA (not set)"), "{said}");
+    // optimizers are named as their flags spell them, never by Rust variant ("Padam")
+    let trained = pdecay_cli_ok(&with_out(&[
+        "train",
+        "--embedded",
+        "--epochs",
+        "1",
+        "--hidden",
+        "8",
+    ]));
+    assert!(trained.contains("training the mlp with padam"), "{trained}");
+    assert!(
+        !trained.contains("Padam") && !trained.contains("Mlp"),
+        "{trained}"
+    );
+}
+
+fn pdecay_cli_ok(args: &[String]) -> String {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    common::ok(&args)
+}

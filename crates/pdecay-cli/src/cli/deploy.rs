@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, ensure};
 use clap::Args;
 
+use crate::data::check_image_size;
 use crate::data::{ImageSplits, mnist};
 use crate::deploy::compact::compact;
 use crate::deploy::infer::{Engine, accuracy, latencies, max_logit_difference};
-use crate::deploy::model_file::{Format, ModelFile, check_destination, check_image_size};
+use crate::deploy::model_file::{Format, ModelFile, check_destination};
 use crate::run::RunDir;
 
 /// Flags of `pdecay export`.
@@ -79,9 +80,9 @@ pub struct BenchInferArgs {
 fn run_model(run: &Path, data: Option<&Path>) -> Result<(ModelFile, ImageSplits)> {
     let from = ModelFile::from_run(&RunDir::new(run), data)?;
     println!(
-        "{}: {:?} after epoch {}, data {}",
+        "{}: {} after epoch {}, data {}",
         run.display(),
-        from.file.config.model,
+        crate::config::flag_name(from.file.config.model),
         from.epochs,
         from.splits.source
     );
@@ -109,9 +110,9 @@ pub fn run_export(args: &ExportArgs) -> Result<()> {
     };
     file.save(&args.to.out)?;
     println!(
-        "wrote {} ({:?}); dense file {}, sparse file {} ({:.3} of dense); sparsity {:.1}%",
+        "wrote {} ({}); dense file {}, sparse file {} ({:.3} of dense); sparsity {:.1}%",
         args.to.out.display(),
-        args.format,
+        crate::config::flag_name(args.format),
         kib(dense_bytes),
         kib(sparse_bytes),
         sparse_bytes as f64 / dense_bytes as f64,

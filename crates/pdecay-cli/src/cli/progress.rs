@@ -76,14 +76,49 @@ pub fn for_stdout() -> Box<dyn Progress> {
     }
 }
 
-/// Sets the size of rayon's global pool (the CPU threads of every kernel).
+/// More threads than this many per core are refused: they only compete for the cores (and
+/// starting 100,000 of them stalls the process before it prints anything).
+const MAX_THREADS_PER_CORE: usize = 4;
+
+/// Sets the size of rayon's global pool (the CPU threads of every kernel): at least 1, a
+/// warning above the machine's cores, an error above [`MAX_THREADS_PER_CORE`] times them.
 pub fn set_threads(threads: Option<usize>) -> Result<()> {
     if let Some(threads) = threads {
-        anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        check_threads(threads, cores)?;
+        if threads > cores {
+            eprintln!(
+                "warning: --threads {threads} is more than this machine's {cores} cores; the extra threads wait for a core"
+            );
+        }
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build_global()
             .context("setting the number of threads")?;
     }
     Ok(())
+}
+
+fn check_threads(threads: usize, cores: usize) -> Result<()> {
+    anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+    let most = MAX_THREADS_PER_CORE * cores;
+    anyhow::ensure!(
+        threads <= most,
+        "--threads {threads} is far more than this machine's {cores} cores: threads beyond the cores only compete for them. Use at most {most} (all cores: leave --threads out)"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_are_bounded_by_the_cores() {
+        assert!(check_threads(2, 2).is_ok());
+        assert!(check_threads(8, 2).is_ok());
+        let message = check_threads(100_000, 2).unwrap_err().to_string();
+        assert!(message.contains("at most 8"), "{message}");
+        assert!(check_threads(0, 2).is_err());
+    }
 }

@@ -1,5 +1,6 @@
 //! `pdecay sample`: text from a GPT run's last checkpoint.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -41,9 +42,9 @@ pub fn run_sample(args: &SampleArgs) -> Result<()> {
     let config = run.read_config()?;
     anyhow::ensure!(
         config.model == ModelKind::Gpt,
-        "{} is not a GPT run (model {:?})",
+        "{} is not a GPT run (it trains the {}); sample generates text from GPT runs",
         args.run.display(),
-        config.model
+        crate::config::flag_name(config.model)
     );
     let vocab = run.read_vocab()?;
     let device = args.device.single()?;
@@ -57,15 +58,27 @@ pub fn run_sample(args: &SampleArgs) -> Result<()> {
         top_k: args.top_k,
         seed: args.seed,
     };
-    println!(
-        "{}",
-        sample(
-            &model,
-            &vocab,
-            config.gpt.block_size,
-            &args.prompt,
-            &sampling
-        )?
-    );
+    // the prompt, then each character as it is drawn
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", args.prompt)?;
+    out.flush()?;
+    let mut failed = None;
+    let mut emit = |text: &str| {
+        if let Err(e) = write!(out, "{text}").and_then(|()| out.flush()) {
+            failed.get_or_insert(e);
+        }
+    };
+    sample(
+        &model,
+        &vocab,
+        config.gpt.block_size,
+        &args.prompt,
+        &sampling,
+        &mut emit,
+    )?;
+    if let Some(e) = failed {
+        return Err(anyhow::Error::new(e).context("writing the sample to stdout"));
+    }
+    writeln!(out)?;
     Ok(())
 }

@@ -8,7 +8,8 @@ use clap::Args;
 use super::device::DeviceSpec;
 use super::progress::{for_stdout, set_threads};
 use crate::config::{
-    GptPreset, GptSettings, LrSchedule, OptimKind, TrainConfig, defaults, with_default,
+    GptPreset, GptSettings, LrSchedule, OptimKind, TrainConfig, defaults, flag_name as name,
+    with_default,
 };
 use crate::data::{EMBEDDED, RunData};
 use crate::models::ModelKind;
@@ -132,14 +133,6 @@ pub struct TrainArgs {
     pub bias: Option<bool>,
 }
 
-/// A value as its flag spells it: `mlp`, `adam-l1`.
-fn name(value: impl clap::ValueEnum) -> String {
-    value
-        .to_possible_value()
-        .map(|v| v.get_name().to_string())
-        .unwrap_or_default()
-}
-
 /// `300,100`.
 fn widths(w: &[usize]) -> String {
     w.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
@@ -179,7 +172,7 @@ impl TrainArgs {
             None => TrainConfig::default(),
         };
         let c = self.apply_flags(c)?;
-        c.refuse_unused_keys()?;
+        c.refuse_inapplicable_keys()?;
         Ok(c)
     }
 
@@ -269,9 +262,9 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     match &data {
         RunData::Images(data) => {
             println!(
-                "training {:?} with {:?} on {} ({} train / {} test images) into {into}",
-                config.model,
-                config.optim,
+                "training the {} with {} on {} ({} train / {} test images) into {into}",
+                name(config.model),
+                name(config.optim),
                 data.source,
                 data.train.len(),
                 data.test.len(),
@@ -289,13 +282,13 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         RunData::Text(text) => {
             let g = &config.gpt;
             println!(
-                "training a GPT ({} layers, {} heads, width {}, block {}, vocabulary {}) with {:?} on {} ({} train / {} validation characters), {} iterations of batch {}, into {into}",
+                "training a GPT ({} layers, {} heads, width {}, block {}, vocabulary {}) with {} on {} ({} train / {} validation characters), {} iterations of batch {}, into {into}",
                 g.layers,
                 g.heads,
                 g.width,
                 g.block_size,
                 text.vocab.len(),
-                config.optim,
+                name(config.optim),
                 text.source,
                 text.train.len(),
                 text.val.len(),

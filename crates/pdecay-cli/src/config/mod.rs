@@ -65,6 +65,14 @@ pub fn with_default(text: &str, default: impl std::fmt::Display) -> String {
     format!("{text} [default: {default}]")
 }
 
+/// A value as its flag and config files spell it: `mlp`, `adam-l1`.
+pub fn flag_name(value: impl clap::ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
+}
+
 /// The learning-rate schedule of the image classifiers after the warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -81,7 +89,8 @@ pub enum LrSchedule {
 ///
 /// The top-level schedule keys (`epochs`, `batch_size`, `warmup_epochs`, `min_lr_ratio`,
 /// `schedule`, `augment`) are the image classifiers'; the GPT's are in [`GptSettings`], and a
-/// new GPT run that sets the classifiers' keys is refused ([`TrainConfig::refuse_unused_keys`]).
+/// new run that sets a key its model or optimizer does not read is refused
+/// ([`TrainConfig::refuse_inapplicable_keys`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -242,11 +251,26 @@ impl TrainConfig {
             "cnn_widths must be three widths >= 1 (conv channels, conv channels, dense units), got {:?}",
             self.cnn_widths
         );
+        // named by their keys here: the optimizer constructors would name their own fields
+        use pdecay::validate::{check_positive, check_unit_interval};
+        check_unit_interval("min_lr_ratio", self.min_lr_ratio)?;
+        if let Some(p0) = self.p_start {
+            check_positive("p_start", p0)?;
+        }
+        if let Some(rate) = self.s_dynamics {
+            check_positive("s_dynamics", rate)?;
+        }
+        check_unit_interval("gmp_final_sparsity", self.gmp_final_sparsity)?;
+        check_unit_interval("gmp_end_fraction", self.gmp_end_fraction)?;
+        ensure!(
+            self.gmp_frequency >= 1,
+            "gmp_frequency must be at least 1 step, got 0"
+        );
         if let Some(share) = self.lambda_release {
             ensure!(
                 self.optim.uses_pwd(),
-                "lambda_release is a pWD variant: it needs --optim padam or psgd, got {:?}",
-                self.optim
+                "lambda_release is a pWD variant: it needs --optim padam or psgd, got {}",
+                flag_name(self.optim)
             );
             ensure!(
                 share.is_finite() && share > 0.0 && share <= 1.0,
@@ -268,43 +292,137 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// For a new run: a GPT config must not set the image classifiers' schedule keys, which the
-    /// GPT does not read (its own are in `[gpt]`). Not checked on resume, so run folders written
-    /// before this check keep resuming.
-    pub fn refuse_unused_keys(&self) -> Result<()> {
-        if self.model != ModelKind::Gpt {
+    /// For a new run: every key set (to other than its default) must be one that the run's
+    /// model and optimizer read, so that no flag, config key or sweep axis is silently
+    /// ignored (`--optim adamw --p 0.5`, `--model cnn --hidden 64`, a GPT's `epochs`). Not
+    /// checked on resume, so run folders written before this check keep resuming.
+    pub fn refuse_inapplicable_keys(&self) -> Result<()> {
+        use ModelKind::{Cnn, Gpt, Mlp};
+        use OptimKind::{Adam, Gmp, NaiveLp, Padam, Psgd};
+        let d = TrainConfig::default();
+        let (model, optim) = (self.model, self.optim);
+        let pwd = optim.uses_pwd();
+        let gmp = optim == Gmp;
+        let by_pwd = "pWD (--optim padam or psgd)";
+        let by_gmp = "magnitude pruning (--optim gmp)";
+        let keys = [
+            (
+                "hidden",
+                self.hidden != d.hidden,
+                model == Mlp,
+                "the MLP (--model mlp)",
+            ),
+            (
+                "cnn_widths",
+                self.cnn_widths != d.cnn_widths,
+                model == Cnn,
+                "the CNN (--model cnn)",
+            ),
+            (
+                "gpt",
+                self.gpt != d.gpt,
+                model == Gpt,
+                "the GPT (--model gpt)",
+            ),
+            (
+                "p",
+                self.p != d.p,
+                matches!(optim, Padam | Psgd | NaiveLp),
+                "pWD and the naive Lp penalty (--optim padam, psgd or naive-lp)",
+            ),
+            (
+                "lambda",
+                self.lambda != d.lambda,
+                !matches!(optim, Adam | Gmp),
+                "every optimizer but adam and gmp",
+            ),
+            ("late", self.late, pwd, by_pwd),
+            ("lambda2", self.lambda2 != d.lambda2, pwd, by_pwd),
+            ("p_start", self.p_start.is_some(), pwd, by_pwd),
+            ("s_dynamics", self.s_dynamics.is_some(), pwd, by_pwd),
+            ("lambda_release", self.lambda_release.is_some(), pwd, by_pwd),
+            (
+                "lambda_release_ratio",
+                self.lambda_release_ratio != d.lambda_release_ratio,
+                pwd && self.lambda_release.is_some(),
+                "a lambda release (--lambda-release)",
+            ),
+            ("structured", self.structured, pwd, by_pwd),
+            (
+                "gmp_final_sparsity",
+                self.gmp_final_sparsity != d.gmp_final_sparsity,
+                gmp,
+                by_gmp,
+            ),
+            (
+                "gmp_end_fraction",
+                self.gmp_end_fraction != d.gmp_end_fraction,
+                gmp,
+                by_gmp,
+            ),
+            (
+                "gmp_frequency",
+                self.gmp_frequency != d.gmp_frequency,
+                gmp,
+                by_gmp,
+            ),
+        ];
+        for (key, set, read, readers) in keys {
+            let spelled = if key == "gpt" {
+                "the [gpt] table".to_string()
+            } else {
+                format!("`{key}` (--{})", key.replace('_', "-"))
+            };
+            ensure!(
+                !set || read,
+                "{spelled} is read only by {readers}; this run is --model {} --optim {}, which would ignore it: remove it",
+                flag_name(model),
+                flag_name(optim)
+            );
+        }
+        if model != Gpt {
             return Ok(());
         }
-        let image = TrainConfig::default();
         let unused = [
-            ("epochs", self.epochs != image.epochs, "gpt.iters"),
+            ("epochs", self.epochs != d.epochs, "gpt.iters"),
             // 0.1 wrote `--batch-size` for a GPT into both: the same value is no contradiction
             (
                 "batch_size",
-                self.batch_size != image.batch_size && self.batch_size != self.gpt.batch_size,
+                self.batch_size != d.batch_size && self.batch_size != self.gpt.batch_size,
                 "gpt.batch_size",
             ),
             (
                 "warmup_epochs",
-                self.warmup_epochs != image.warmup_epochs,
+                self.warmup_epochs != d.warmup_epochs,
                 "gpt.warmup_iters",
             ),
             (
                 "min_lr_ratio",
-                self.min_lr_ratio != image.min_lr_ratio,
+                self.min_lr_ratio != d.min_lr_ratio,
                 "gpt.min_lr_ratio",
             ),
-            (
-                "schedule",
-                self.schedule != image.schedule,
-                "the GPT's cosine",
-            ),
-            ("augment", self.augment != image.augment, "nothing"),
+            ("schedule", self.schedule != d.schedule, "the GPT's cosine"),
+            ("augment", self.augment != d.augment, "nothing"),
         ];
         for (key, set, instead) in unused {
             ensure!(
                 !set,
                 "`{key}` is an image classifier's setting and the GPT does not read it; set {instead} instead (in a config file: under [gpt])"
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks that a run of `total_steps` optimizer steps trains what its settings ask for:
+    /// magnitude pruning must reach a mask update before it ends.
+    pub fn check_run_length(&self, total_steps: u64) -> Result<()> {
+        if self.optim == OptimKind::Gmp {
+            let end = ((total_steps as f64) * self.gmp_end_fraction).round() as u64;
+            ensure!(
+                self.gmp_frequency <= end.max(1),
+                "magnitude pruning updates its mask every gmp_frequency = {} steps, but it ends at step {end} (gmp_end_fraction {} of the run's {total_steps} steps): it would never prune. Lower --gmp-frequency to at most {end}, or train longer",
+                self.gmp_frequency,
+                self.gmp_end_fraction,
             );
         }
         Ok(())

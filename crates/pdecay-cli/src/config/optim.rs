@@ -76,7 +76,7 @@ impl OptimKind {
         total_steps: u64,
         beta2: f64,
     ) -> Result<SparseOptimizer> {
-        let invalid = || format!("invalid settings for --optim {self:?}");
+        let invalid = || format!("invalid settings for --optim {}", super::flag_name(self));
         let adam = || adam_pytorch().with_beta_2(beta2 as f32).build();
         let optim = match self {
             Self::Padam => SparseOptimizer::new(

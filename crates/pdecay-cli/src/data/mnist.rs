@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -196,8 +196,36 @@ fn find_file(dir: &Path, prefix: &str, kind: &str) -> Result<PathBuf> {
     bail!("{} has no {base} or {base}.gz", dir.display())
 }
 
+/// pdecay's classifiers (and their model files) take 28×28 images (Fashion-MNIST, MNIST):
+/// other sizes, in either split, are refused, as is a split without images.
+pub fn check_image_size(splits: &ImageSplits) -> Result<()> {
+    for (split, images) in [("training", &splits.train), ("test", &splits.test)] {
+        let (rows, cols) = (images.rows, images.cols);
+        ensure!(
+            rows == IMAGE_SIDE && cols == IMAGE_SIDE,
+            "the {split} images in {} are {rows}x{cols}; pdecay's classifiers take {IMAGE_SIDE}x{IMAGE_SIDE} images (Fashion-MNIST, MNIST)",
+            splits.source
+        );
+        ensure!(
+            !images.is_empty(),
+            "{} has no {split} images: nothing to train on or to measure",
+            splits.source
+        );
+    }
+    Ok(())
+}
+
 /// Loads the four IDX files from `dir`.
 pub fn load_dir(dir: &Path) -> Result<ImageSplits> {
+    if !dir.exists() {
+        bail!("{} does not exist", dir.display());
+    }
+    if !dir.is_dir() {
+        bail!(
+            "{} is a file; give the folder that holds the four IDX files",
+            dir.display()
+        );
+    }
     let mut sets = Vec::new();
     for (what, prefix) in FILES {
         let images = read_idx(&find_file(dir, prefix, "images-idx3")?, 3)?;
@@ -282,11 +310,14 @@ pub fn resolve_image_data(explicit: Option<&Path>) -> Result<ImageSplits> {
         return load_dir(dir).with_context(|| format!("loading --data {}", dir.display()));
     }
     let mut searched = Vec::new();
-    if let Some(dir) = std::env::var_os("PDECAY_DATA") {
-        let dir = PathBuf::from(dir);
-        return load_dir(&dir).with_context(|| format!("loading $PDECAY_DATA={}", dir.display()));
-    } else {
-        searched.push("$PDECAY_DATA (not set)".to_string());
+    // set but empty (`PDECAY_DATA= pdecay train`) counts as not set
+    match std::env::var_os("PDECAY_DATA").filter(|d| !d.is_empty()) {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            return load_dir(&dir)
+                .with_context(|| format!("loading $PDECAY_DATA={}", dir.display()));
+        }
+        None => searched.push("$PDECAY_DATA (not set)".to_string()),
     }
     let system = Path::new(SYSTEM_DIR);
     if system.is_dir() {

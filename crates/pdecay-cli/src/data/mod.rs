@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-pub use mnist::ImageSplits;
+pub use mnist::{ImageSplits, check_image_size};
 pub use text::TextData;
 
 /// The value of `data` that selects the embedded Fashion-MNIST subset.

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::data::mnist::IMAGE_SIDE;
-use crate::data::{ImageSplits, load_images};
+use crate::data::{ImageSplits, check_image_size, load_images};
 use crate::models::{Classifier, ModelKind};
 use crate::run::{RunDir, write_atomic};
 
@@ -501,17 +501,6 @@ pub fn check_destination(out: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// Model files hold 28×28 classifiers (Fashion-MNIST, MNIST): other images are refused.
-pub fn check_image_size(splits: &ImageSplits) -> Result<()> {
-    let (rows, cols) = (splits.test.rows, splits.test.cols);
-    ensure!(
-        rows == IMAGE_SIDE && cols == IMAGE_SIDE,
-        "the images in {} are {rows}x{cols}; model files hold classifiers of {IMAGE_SIDE}x{IMAGE_SIDE} images (Fashion-MNIST, MNIST)",
-        splits.source
-    );
-    Ok(())
-}
-
 /// The largest model a file may describe (a bound against damaged headers).
 const MAX_PARAMS: u128 = 100_000_000;
 
@@ -568,11 +557,18 @@ fn read_f32(file: &SafeTensors, name: &str) -> Result<Vec<f32>> {
         "tensor {name} is {:?}, expected F32",
         view.dtype()
     );
-    Ok(view
+    let values: Vec<f32> = view
         .data()
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
+        .collect();
+    // a NaN weight once gave 10% accuracy without a word
+    let bad = values.iter().filter(|v| !v.is_finite()).count();
+    ensure!(
+        bad == 0,
+        "tensor {name} holds {bad} NaN or infinite values: the file is damaged, or its weights diverged"
+    );
+    Ok(values)
 }
 
 fn read_i32(file: &SafeTensors, name: &str) -> Result<Vec<u32>> {
@@ -764,6 +760,13 @@ mod tests {
         )
         .unwrap();
         assert!(error(&plain).contains("format_version"));
+
+        let mut poisoned = sparse_mlp();
+        if let Stored::Dense(values) = &mut poisoned.tensors[1].stored {
+            values[0] = f32::NAN;
+        }
+        let message = error(&poisoned.to_bytes().unwrap());
+        assert!(message.contains("1 NaN or infinite values"), "{message}");
     }
 
     proptest! {

@@ -766,14 +766,14 @@ fn training_words(c: &TrainConfig, lr_varies: bool) -> String {
     };
     match Task::of(c) {
         Task::Classifier => format!(
-            "Model {:?}, data {}, {} epochs, batch {}, {lr} ({:?} schedule, {} warm-up epochs).",
-            c.model,
+            "Model {}, data {}, {} epochs, batch {}, {lr} ({} schedule, {} warm-up epochs).",
+            crate::config::flag_name(c.model),
             c.data
                 .as_deref()
                 .unwrap_or("the default Fashion-MNIST location"),
             c.epochs,
             c.batch_size,
-            c.schedule,
+            crate::config::flag_name(c.schedule),
             c.warmup_epochs,
         ),
         Task::Gpt => {

@@ -23,7 +23,7 @@
 //! columns. A GPT sweep sets `model = "gpt"` and `data` (the text file) at the top level; its
 //! sizes go in a `[gpt]` table, fixed for the whole sweep or per grid.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -72,6 +72,10 @@ impl SweepPlan {
             .is_some_and(|r| r.config.model == ModelKind::Gpt)
     }
 }
+
+/// The most runs one sweep file may plan: a grid beyond it (a typo'd range, one list too many)
+/// is refused with its size before anything is expanded.
+pub const MAX_RUNS: u128 = 10_000;
 
 /// Keys whose value is itself a list (swept only with a list of lists).
 fn list_valued(key: &str) -> bool {
@@ -169,11 +173,40 @@ pub fn parse(text: &str, source: &str) -> Result<SweepPlan> {
         Some(_) => bail!("`grid` in {source} must be written as [[grid]] tables, at least one"),
     };
     let top = Grid::from_table(table, "the top level", source)?;
+    // each top-level value alone, so that an error there is not reported in a grid
+    let top_values = top.fixed.iter().chain(
+        top.axes
+            .iter()
+            .flat_map(|(key, values)| values.iter().map(move |v| (key, v))),
+    );
+    for (key, value) in top_values {
+        let alone = Table::from_iter([(key.clone(), value.clone())]);
+        TrainConfig::deserialize(Value::Table(alone))
+            .with_context(|| format!("invalid settings at the top level of {source}"))?;
+    }
+    let grids = grids
+        .into_iter()
+        .enumerate()
+        .map(|(i, grid)| Grid::from_table(grid, &format!("grid {}", i + 1), source))
+        .collect::<Result<Vec<_>>>()?;
+    let size = |axes: &[(String, Vec<Value>)]| {
+        axes.iter().fold(1u128, |n, (_, values)| {
+            n.saturating_mul(values.len() as u128)
+        })
+    };
+    let total = grids
+        .iter()
+        .map(|g| size(&top.axes).saturating_mul(size(&g.axes)))
+        .fold(0u128, u128::saturating_add);
+    ensure!(
+        total <= MAX_RUNS,
+        "{source} asks for {total} runs, more than a sweep may plan ({MAX_RUNS}): sweep fewer values, or split it into several files"
+    );
     let mut keys: Vec<String> = top.axes.iter().map(|(k, _)| k.clone()).collect();
     let mut runs: Vec<PlannedRun> = Vec::new();
+    let mut names: HashSet<String> = HashSet::new();
     for (i, grid) in grids.into_iter().enumerate() {
         let place = format!("grid {}", i + 1);
-        let grid = Grid::from_table(grid, &place, source)?;
         if let Some(key) = grid.keys().find(|k| top.axes.iter().any(|(a, _)| a == *k)) {
             bail!(
                 "`{key}` is swept at the top level of {source} and also set in {place}: set it in one place"
@@ -193,7 +226,7 @@ pub fn parse(text: &str, source: &str) -> Result<SweepPlan> {
                 .with_context(|| format!("invalid settings in {place} of {source}"))?;
             config
                 .validate()
-                .and_then(|()| config.refuse_unused_keys())
+                .and_then(|()| config.refuse_inapplicable_keys())
                 .with_context(|| format!("invalid settings in {place} of {source}"))?;
             let name = keys
                 .iter()
@@ -202,10 +235,9 @@ pub fn parse(text: &str, source: &str) -> Result<SweepPlan> {
                 .collect::<Vec<_>>()
                 .join("_");
             let name = sanitize(if name.is_empty() { "run" } else { &name });
-            if let Some(other) = runs.iter().find(|r| r.name == name) {
+            if !names.insert(name.clone()) {
                 bail!(
-                    "{source} lists the run `{}` twice ({place} repeats it); remove the duplicate",
-                    other.name
+                    "{source} lists the run `{name}` twice ({place} repeats it); remove the duplicate"
                 );
             }
             if let Some(first) = runs.first() {
@@ -442,15 +474,47 @@ lambda = 0.01
     }
 
     #[test]
+    fn an_absurd_grid_is_refused_with_its_size_before_it_is_expanded() {
+        // six axes of ten values: a million runs, once expanded (quadratically) for a minute
+        let axes: String = ["lr", "lambda", "p", "seed", "lambda2", "threshold"]
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let values: Vec<String> = (1..=10)
+                    .map(|v| {
+                        if *key == "seed" {
+                            v.to_string()
+                        } else {
+                            format!("{}.0e-{i}", v)
+                        }
+                    })
+                    .collect();
+                format!("{key} = [{}]\n", values.join(", "))
+            })
+            .collect();
+        let message = format!("{:#}", parse(&axes, "big.toml").unwrap_err());
+        assert!(message.contains("asks for 1000000 runs"), "{message}");
+        assert!(message.contains(&MAX_RUNS.to_string()), "{message}");
+    }
+
+    #[test]
+    fn a_bad_top_level_key_is_reported_at_the_top_level() {
+        let message = format!(
+            "{:#}",
+            parse("bogus = 1\n[[grid]]\noptim = \"adamw\"\n", "s.toml").unwrap_err()
+        );
+        assert!(message.contains("at the top level of s.toml"), "{message}");
+        assert!(message.contains("bogus"), "{message}");
+        assert!(!message.contains("grid 1"), "{message}");
+    }
+
+    #[test]
     fn hidden_is_fixed_by_a_list_and_swept_by_a_list_of_lists() {
-        let widths = parse(
-            "model = \"cnn\"\ncnn_widths = [16, 32, 64]\nhidden = []",
-            "t",
-        )
-        .unwrap();
+        let widths = parse("model = \"cnn\"\ncnn_widths = [16, 32, 64]", "t").unwrap();
         assert_eq!(widths.runs.len(), 1);
         assert_eq!(widths.runs[0].config.cnn_widths, [16, 32, 64]);
-        assert!(widths.runs[0].config.hidden.is_empty());
+        let linear = parse("hidden = []", "t").unwrap();
+        assert!(linear.runs[0].config.hidden.is_empty());
         let fixed = parse("hidden = [64, 32]\nlr = [1e-3, 2e-3]", "t").unwrap();
         assert_eq!(fixed.runs.len(), 2);
         assert_eq!(fixed.runs[0].config.hidden, [64, 32]);

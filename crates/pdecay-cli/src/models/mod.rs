@@ -4,8 +4,10 @@
 pub mod classifier;
 pub mod gpt;
 pub mod kind;
+pub mod memory;
 pub mod sampling;
 
 pub use classifier::{Classifier, Cnn, Mlp};
 pub use gpt::{Gpt, GptConfig};
 pub use kind::ModelKind;
+pub use memory::MemoryNeed;

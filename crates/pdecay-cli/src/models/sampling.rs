@@ -21,13 +21,15 @@ pub struct Sampling {
     pub seed: u64,
 }
 
-/// `prompt` continued by `sampling.tokens` characters drawn from `model`.
+/// `prompt` continued by `sampling.tokens` characters drawn from `model`; `emit` gets each
+/// character as soon as it is drawn (to stream it).
 pub fn sample(
     model: &Gpt,
     vocab: &Vocabulary,
     block_size: usize,
     prompt: &str,
     sampling: &Sampling,
+    emit: &mut dyn FnMut(&str),
 ) -> Result<String> {
     use rand::Rng;
     ensure!(
@@ -81,6 +83,7 @@ pub fn sample(
             draw -= w;
         }
         context.push(chosen as u32);
+        emit(&vocab.decode(&[chosen as u32]));
     }
     let generated: Vec<u32> = context[context.len() - sampling.tokens..].to_vec();
     Ok(format!("{prompt}{}", vocab.decode(&generated)))

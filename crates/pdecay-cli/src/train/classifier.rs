@@ -16,11 +16,12 @@ use rand::{Rng, SeedableRng};
 
 use super::parallel::{Replica, all_reduce, replicate, shard_gradients, shards, step_replicas};
 use super::skeleton::{
-    Progress, RunOptions, Trainer, finite_loss, run_loop, step_or_diverge, unit_seed,
+    Progress, RunOptions, Trainer, check_memory, finite_loss, run_loop, step_or_diverge, unit_seed,
 };
 use crate::config::TrainConfig;
-use crate::data::ImageSplits;
-use crate::models::Classifier;
+use crate::data::mnist::IMAGE_SIDE;
+use crate::data::{ImageSplits, check_image_size};
+use crate::models::{Classifier, memory};
 use crate::run::{ClassifierSummary, EpochMetrics, RunPosition, StepAt, Unit};
 
 /// Trains the image classifier of `config` on `data`, writing the run folder of `options` if
@@ -36,13 +37,19 @@ pub fn train_classifier(
         config.model.is_classifier(),
         "the GPT trains on text: use train::train_gpt"
     );
+    check_image_size(data)?;
     ensure!(
-        data.train.rows == data.train.cols,
-        "images must be square, got {}x{}",
-        data.train.rows,
-        data.train.cols
+        config.batch_size <= data.train.len(),
+        "batch_size {} is larger than the {} training images of {}: every epoch would be one short batch. Use --batch-size {} or less",
+        config.batch_size,
+        data.train.len(),
+        data.source,
+        data.train.len()
     );
     let steps_per_epoch = data.train.len().div_ceil(config.batch_size);
+    config.check_run_length((steps_per_epoch * config.epochs) as u64)?;
+    let need = memory::classifier(config.model, IMAGE_SIDE, config.widths(), config.batch_size);
+    check_memory(need, "--hidden (the CNN: cnn_widths) or --batch-size")?;
     let optim = config.optimizer((steps_per_epoch * config.epochs) as u64)?;
     let device = options.device.clone().autodiff();
     device.seed(config.seed);

@@ -17,12 +17,12 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::skeleton::{
-    Progress, RunOptions, Trainer, finite_loss, run_loop, step_or_diverge, unit_seed,
+    Progress, RunOptions, Trainer, check_memory, finite_loss, run_loop, step_or_diverge, unit_seed,
 };
 use crate::config::{GPT_THRESHOLD, GptSettings, TrainConfig};
 use crate::data::text::{TextData, random_windows};
-use crate::models::Gpt;
 use crate::models::gpt::tokens_tensor;
+use crate::models::{Gpt, memory};
 use crate::run::{GptEval, GptSummary, RunPosition, StepAt, Unit};
 
 /// Trains the GPT of `config` on `text`, writing the run folder of `options` if given.
@@ -38,6 +38,11 @@ pub fn train_gpt(
         "data-parallel training is built for the image classifiers, not yet for the GPT: give one device"
     );
     let s = &config.gpt;
+    config.check_run_length(s.iters as u64)?;
+    check_memory(
+        memory::gpt(&s.model(text.vocab.len()), s.batch_size),
+        "--width, --layers, --block-size or --batch-size",
+    )?;
     let device = options.device.clone().autodiff();
     device.seed(config.seed);
     let model = Gpt::new(&s.model(text.vocab.len()), &device);

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, bail, ensure};
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::Device;
@@ -11,6 +11,7 @@ use pdecay::sparsity::SparsityReport;
 use pdecay_burn::{DecaySummary, SparseOptimizer, StepError};
 use serde::Serialize;
 
+use crate::models::MemoryNeed;
 use crate::run::{Diverged, Evaluation, RunDir, RunPosition, StepAt, Unit};
 
 /// Where a run writes, how far it goes and where it computes.
@@ -121,6 +122,32 @@ fn say_what_is_kept(error: anyhow::Error, saved: bool, done: usize, unit: Unit) 
         Ok(diverged) => diverged.into(),
         Err(other) => other,
     }
+}
+
+/// Refuses a run whose estimated training memory exceeds this machine's (Linux: MemTotal in
+/// /proc/meminfo; elsewhere unchecked): where allocating it would abort the process, it is an
+/// error naming the estimate and the sizes to lower (`sizes`).
+pub(crate) fn check_memory(need: MemoryNeed, sizes: &str) -> Result<()> {
+    let Some(total) = machine_memory() else {
+        return Ok(());
+    };
+    let gib = |bytes: u128| bytes as f64 / (1u64 << 30) as f64;
+    ensure!(
+        need.bytes <= total,
+        "this run needs about {:.1} GiB to train ({} parameters and one batch's activations), more than this machine's {:.1} GiB: lower {sizes}",
+        gib(need.bytes),
+        need.params,
+        gib(total)
+    );
+    Ok(())
+}
+
+/// The machine's memory in bytes, if the system says.
+fn machine_memory() -> Option<u128> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// The batch's loss value, or the run's [`Diverged`] outcome at `at` if it is NaN or infinite.
