@@ -96,6 +96,28 @@ fn a_gpt_run_learns_resumes_bit_identically_and_samples_deterministically() {
         assert_eq!(again[key], summary[key], "{key}");
     }
 
+    // killed before its first checkpoint, and before it wrote vocab.json: the resume writes it
+    let early = root.join("early");
+    fails(
+        &[
+            &[
+                "train",
+                "--data",
+                path(&file),
+                "--out",
+                path(&early),
+                "--stop-after",
+                "0",
+            ][..],
+            &TINY,
+        ]
+        .concat(),
+        &["no iteration was trained"],
+    );
+    std::fs::remove_file(early.join("vocab.json")).unwrap();
+    ok(&["train", "--resume", path(&early)]);
+    assert_eq!(json(&early.join("vocab.json")), vocab);
+
     // sampling: deterministic for a seed, and starts with the prompt
     let sample = |seed: &str| {
         ok(&[

@@ -218,8 +218,9 @@ pub(crate) trait Trainer {
 }
 
 /// Trains `model` with `optim` as `trainer` says, writing the run folder of `options` if given:
-/// a fresh folder gets config.toml (and whatever `create` adds), a resumed one restores its
-/// last checkpoint and keeps the metrics lines up to it.
+/// a fresh folder gets config.toml (and whatever `create` adds, again on a resume before the
+/// first checkpoint), a resumed one restores its last checkpoint and keeps the metrics lines
+/// up to it.
 pub(crate) fn run_loop<T: Trainer>(
     trainer: &mut T,
     config: &crate::config::TrainConfig,
@@ -234,8 +235,10 @@ pub(crate) fn run_loop<T: Trainer>(
     let _lock = options.out.as_ref().map(RunDir::lock).transpose()?;
     if let Some(run) = &options.out {
         if options.resume {
-            if let Some(restored) = run.load_checkpoint(model.clone(), optim.clone())? {
-                (model, optim, position) = restored;
+            match run.load_checkpoint(model.clone(), optim.clone())? {
+                Some(restored) => (model, optim, position) = restored,
+                // killed before its first checkpoint, maybe before `create` wrote its files
+                None => create(run)?,
             }
             let (kept, file) = run.resume_metrics(position.done())?;
             history = kept;
