@@ -32,8 +32,13 @@
 //! ```
 
 mod flex;
+#[cfg(feature = "train")]
+mod metric;
 mod ops;
 mod optim;
+
+#[cfg(feature = "train")]
+pub use metric::{SparsityInput, SparsityMetric};
 
 pub use ops::{causal_softmax, gelu, max_pool_2x2};
 pub use optim::{
