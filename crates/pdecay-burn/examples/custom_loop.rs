@@ -3,7 +3,7 @@
 //! pWD decays every weight matrix (rank >= 2) with p = 0.8, λ = 5e-2; the output layer gets
 //! its own, gentler λ = 1e-3; the LayerNorm is given plain Adam (it is rank 1 and would not
 //! decay anyway: the group makes the choice visible), and the biases never decay. The lr warms
-//! up, then follows a cosine (`pdecay::Schedule`). At the end: test accuracy, every tensor's
+//! up, then follows a cosine (`pdecay::schedule::Schedule`). At the end: test accuracy, every tensor's
 //! sparsity, and how much of the first layer is left for the 8 inputs the task reads and for
 //! the 56 it does not.
 //!
@@ -19,7 +19,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use common::{CLASSES, FEATURES, Task, USED};
-use pdecay::Schedule;
+use pdecay::schedule::Schedule;
 use pdecay_burn::{PNormConfig, SparseOptimizer, adam_no_decay, padam};
 
 /// The user's network: Linear, LayerNorm, ReLU, Linear, ReLU, Linear.

@@ -31,6 +31,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod flex;
 #[cfg(feature = "train")]
 mod metric;
@@ -52,3 +54,8 @@ pub use optim::{
 
 pub use burn;
 pub use pdecay;
+
+/// The README's quick start, run as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -38,6 +38,18 @@ pub struct SparsityInput {
 impl SparsityInput {
     /// The tensors of rank >= 2 in `module` (what pWD decays unless told otherwise: weight
     /// matrices and kernels, not biases or norm gains), counted at `threshold`.
+    ///
+    /// ```
+    /// use burn::nn::{Linear, LinearConfig};
+    /// use burn::tensor::Device;
+    /// use pdecay_burn::SparsityInput;
+    ///
+    /// let layer: Linear = LinearConfig::new(4, 3).init(&Device::default());
+    /// let zeroed = Linear { weight: layer.weight.map(|w| w.zeros_like()), ..layer };
+    /// let input = SparsityInput::of(&zeroed, 1e-13);
+    /// // the 4 x 3 weight counts, the bias does not
+    /// assert_eq!((input.params, input.zeros, input.below_threshold), (12, 12, 12));
+    /// ```
     pub fn of<M: Module>(module: &M, threshold: f64) -> Self {
         let report = sparsity_report(module, threshold, false, |_, _, rank| {
             rank >= DEFAULT_MIN_RANK

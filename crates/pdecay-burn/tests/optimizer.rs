@@ -220,8 +220,8 @@ fn record_round_trip_resumes_bit_identically() {
         || SparseOptimizer::new(padam(&PNormConfig::new(0.8, 1e-2)).unwrap()),
         "pAdam",
     );
-    let scheduled =
-        PNormConfig::new(0.8, 1e-2).with_p_schedule(pdecay::Schedule::linear(2.0, 0.8, 8).unwrap());
+    let scheduled = PNormConfig::new(0.8, 1e-2)
+        .with_p_schedule(pdecay::schedule::Schedule::linear(2.0, 0.8, 8).unwrap());
     assert_resume_is_bit_identical(
         || SparseOptimizer::new(padam(&scheduled).unwrap()),
         "p-scheduling",
@@ -549,7 +549,7 @@ fn invalid_settings_are_rejected_before_training() {
     assert!(padam(&PNormConfig::new(0.8, -1e-3)).is_err());
     assert!(padam(&PNormConfig::new(0.8, 1e-3).with_lambda2(f64::NAN)).is_err());
     let bad_p = PNormConfig::new(0.8, 1e-3)
-        .with_p_schedule(pdecay::Schedule::linear(2.0, -0.5, 10).unwrap());
+        .with_p_schedule(pdecay::schedule::Schedule::linear(2.0, -0.5, 10).unwrap());
     let msg = padam(&bad_p).err().unwrap().to_string();
     assert!(msg.contains("p = -0.5"), "{msg}");
     assert!(padam(&PNormConfig::new(2.0, 1e-3).s_dynamics(0.1)).is_err());

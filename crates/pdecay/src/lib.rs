@@ -22,6 +22,8 @@
 //! assert!(f > 0.0 && f < 1.0);
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod csr;
 pub mod factor;
 pub mod kernel;
@@ -29,8 +31,7 @@ pub mod schedule;
 pub mod sparsity;
 pub mod validate;
 
-pub use factor::{DecayCoefficients, decay_factor, group_decay_factor, s_dynamics_step};
-pub use kernel::{AdamStep, adam_pwd_in_place, apply_decay_in_place, flush_subnormal};
-pub use schedule::Schedule;
-pub use sparsity::{DEFAULT_THRESHOLD, Log10Histogram, SparsityReport, TensorSparsity};
-pub use validate::ValidationError;
+/// The README's quick start, run as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

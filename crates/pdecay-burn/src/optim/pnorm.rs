@@ -14,9 +14,9 @@
 //! it). Results below the f32 normal range are flushed to exact 0.
 
 use burn::tensor::{DType, Device, Tensor};
-use pdecay::Schedule;
 use pdecay::factor::{DecayCoefficients, S_MAX, S_MIN, SDynamics};
 use pdecay::kernel::{apply_decay_in_place, apply_late_decay_in_place};
+use pdecay::schedule::Schedule;
 use pdecay::validate::{ValidationError, check_non_negative, check_p};
 
 use super::rule::{DecayRule, StepContext};

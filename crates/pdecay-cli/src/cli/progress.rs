@@ -81,7 +81,7 @@ pub fn for_stdout() -> Box<dyn Progress> {
 const MAX_THREADS_PER_CORE: usize = 4;
 
 /// Sets the size of rayon's global pool (the CPU threads of every kernel): at least 1, a
-/// warning above the machine's cores, an error above [`MAX_THREADS_PER_CORE`] times them.
+/// warning above the machine's cores, an error above `MAX_THREADS_PER_CORE` times them.
 pub fn set_threads(threads: Option<usize>) -> Result<()> {
     if let Some(threads) = threads {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

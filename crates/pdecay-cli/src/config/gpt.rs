@@ -2,7 +2,7 @@
 //! schedule. The defaults are the CPU preset ([`GptPreset::Cpu`]).
 
 use anyhow::{Result, ensure};
-use pdecay::Schedule;
+use pdecay::schedule::Schedule;
 use serde::{Deserialize, Serialize};
 
 use crate::models::GptConfig;

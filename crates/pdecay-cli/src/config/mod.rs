@@ -10,7 +10,7 @@ pub mod gpt;
 pub mod optim;
 
 use anyhow::{Context, Result, ensure};
-use pdecay::Schedule;
+use pdecay::schedule::Schedule;
 use serde::{Deserialize, Serialize};
 
 use crate::models::{Cnn, ModelKind};

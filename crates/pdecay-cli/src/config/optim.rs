@@ -2,7 +2,7 @@
 //! build it from a config, what its `lambda` means, its name and its settings in words.
 
 use anyhow::{Context, Result};
-use pdecay::Schedule;
+use pdecay::schedule::Schedule;
 use pdecay_burn::{
     Decoupled, DecoupledL2, MagnitudePruningConfig, NoDecay, PNormConfig, SparseOptimizer,
     adam_gmp, adam_l1, adam_naive_lp, adam_pytorch, padam_with, psgd,

@@ -12,7 +12,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use clap::Args;
-use pdecay::Schedule;
+use pdecay::schedule::Schedule;
 use pdecay::sparsity::DEFAULT_THRESHOLD;
 use pdecay_burn::{PNormConfig, SparseOptimizer, adam_no_decay, padam};
 

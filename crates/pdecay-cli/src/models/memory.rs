@@ -3,9 +3,9 @@
 //! 100000`) is refused with its estimate, where allocating it aborted the process.
 //!
 //! The estimate counts what dominates and rounds up: each parameter's copies while training
-//! ([`COPIES`]: the weights, their gradient, Adam's two moments, the pre-step weights pWD reads,
+//! (`COPIES`: the weights, their gradient, Adam's two moments, the pre-step weights pWD reads,
 //! one temporary) and the activations of one batch that the backward pass keeps
-//! ([`SAVED`] copies of every layer's output). It is meant to tell a run that fits from one
+//! (`SAVED` copies of every layer's output). It is meant to tell a run that fits from one
 //! that cannot, not to budget memory to the byte. Sizes are `u128` so that no product of
 //! absurd sizes overflows.
 

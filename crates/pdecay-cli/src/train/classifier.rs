@@ -7,7 +7,7 @@ use burn::module::Module;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::GradientsParams;
 use burn::tensor::Device;
-use pdecay::Schedule;
+use pdecay::schedule::Schedule;
 use pdecay::sparsity::SparsityReport;
 use pdecay_burn::SparseOptimizer;
 use rand::rngs::StdRng;

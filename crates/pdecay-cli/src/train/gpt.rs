@@ -10,7 +10,7 @@ use burn::module::Module;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use pdecay::Schedule;
+use pdecay::schedule::Schedule;
 use pdecay::sparsity::SparsityReport;
 use pdecay_burn::{SparseOptimizer, clip_grad_norm};
 use rand::SeedableRng;
