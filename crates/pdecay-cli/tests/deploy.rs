@@ -240,12 +240,29 @@ fn export_and_compact_never_overwrite_a_file_unasked_nor_write_into_a_run() {
         assert_eq!(std::fs::read(&other).unwrap(), b"keep me");
         ok(&[command, path(&run), "--out", path(&other), "--force"]);
         assert!(ModelFile::load(&other).is_ok(), "{command}");
-        // a folder
+        // a folder, a path that names one, a folder that does not exist (these named the
+        // temporary file instead)
         fails(
             &[command, path(&run), "--out", path(&root)],
             &["is a folder"],
         );
+        let slash = format!("{}/new-folder/", root.display());
+        fails(&[command, path(&run), "--out", &slash], &["ends with '/'"]);
+        let orphan = root.join("no").join("such").join("m.safetensors");
+        fails(
+            &[command, path(&run), "--out", path(&orphan)],
+            &["does not exist", "create it first"],
+        );
     }
+    fails(
+        &[
+            "bench-infer",
+            path(&run),
+            "--repeats",
+            "18446744073709551615",
+        ],
+        &["--repeats must lie in"],
+    );
     assert_eq!(std::fs::read(&checkpoint).unwrap(), before);
     assert_eq!(std::fs::read(run.join("config.toml")).unwrap(), config);
     assert!(!run.join("new.safetensors").exists());

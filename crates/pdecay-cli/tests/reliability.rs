@@ -152,53 +152,52 @@ fn a_damaged_or_edited_checkpoint_file_is_named_and_never_trained_on() {
 }
 
 #[test]
-fn a_lost_checkpoint_json_is_an_error_and_an_unfinished_first_checkpoint_a_warning() {
+fn a_lost_checkpoint_json_is_an_error_that_keeps_the_checkpoint() {
     let root = tempdir("lost-position");
-    let run = root.join("run");
-    assert!(
-        train(&["--stop-after", "2", "--out", path(&run)])
-            .status
-            .success()
-    );
-    std::fs::remove_file(run.join("checkpoint.json")).unwrap();
-    // it once started from scratch without a word, and then deleted the checkpoint
-    fails(
-        &["train", "--resume", path(&run)],
-        &[
-            "checkpoint-00002.model.bpk",
-            "no checkpoint.json",
-            "deleted or lost",
-        ],
-    );
-    assert!(run.join("checkpoint-00002.model.bpk").exists());
-    fails(
-        &[
-            "export",
-            path(&run),
-            "--out",
-            path(&root.join("m.safetensors")),
-        ],
-        &["no checkpoint.json"],
-    );
+    // it once started from scratch without a word (after the first epoch: with a wrong
+    // warning), and then replaced the checkpoint
+    for epochs in ["1", "2"] {
+        let run = root.join(format!("after-{epochs}"));
+        assert!(
+            train(&["--stop-after", epochs, "--out", path(&run)])
+                .status
+                .success()
+        );
+        std::fs::remove_file(run.join("checkpoint.json")).unwrap();
+        let model = format!("checkpoint-0000{epochs}.model.bpk");
+        let before = std::fs::read(run.join(&model)).unwrap();
+        fails(
+            &["train", "--resume", path(&run)],
+            &[&model, "no checkpoint.json", "deleted or lost"],
+        );
+        assert_eq!(std::fs::read(run.join(&model)).unwrap(), before);
+        fails(
+            &[
+                "export",
+                path(&run),
+                "--out",
+                path(&root.join("m.safetensors")),
+            ],
+            &["no checkpoint.json"],
+        );
+    }
 
-    // a kill while the first checkpoint was written: the run starts again, and says so
-    let first = root.join("first");
-    assert!(
-        train(&["--stop-after", "1", "--out", path(&first)])
-            .status
-            .success()
+    // a run folder has its checkpoint.json from the start (no checkpoint yet), so a kill
+    // mid-checkpoint never looks like a lost one
+    let fresh = root.join("fresh");
+    fails(
+        &[&RUN[..], &["--stop-after", "0", "--out", path(&fresh)]].concat(),
+        &["no epoch was trained"],
     );
-    std::fs::remove_file(first.join("checkpoint.json")).unwrap();
-    let out = pdecay(&["train", "--resume", path(&first)]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("warning") && stderr(&out).contains("starts from the beginning"),
-        "{}",
-        stderr(&out)
+    let position = common::json(&fresh.join("checkpoint.json"));
+    assert_eq!(
+        (position["epoch"].as_u64(), position["step"].as_u64()),
+        (Some(0), Some(0))
     );
+    ok(&["train", "--resume", path(&fresh)]);
     let reference = root.join("reference");
     assert!(train(&["--out", path(&reference)]).status.success());
-    assert_same_run(&reference, &first, "restarted");
+    assert_same_run(&reference, &fresh, "resumed before its first checkpoint");
 }
 
 #[test]
@@ -222,7 +221,7 @@ fn a_divergence_says_whether_a_checkpoint_is_kept() {
         ],
         &["diverged at epoch 1", "no checkpoint had been written yet"],
     );
-    assert!(!run.join("checkpoint.json").exists());
+    assert!(!run.join("checkpoint-00001.model.bpk").exists());
 }
 
 /// A pseudo-random sequence (an LCG), so the kill moments are the same on every run of the test.

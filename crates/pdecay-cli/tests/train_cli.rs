@@ -490,6 +490,74 @@ fn a_run_that_would_train_nothing_or_ignore_a_setting_is_refused_before_it_start
     )
     .into_owned();
     assert!(said.contains("$PDECAY_DATA (not set)"), "{said}");
+    // found by a hostile-input sweep: a count past any run, settings that cannot work
+    refused(
+        &["train", "--embedded", "--epochs", "18446744073709551615"],
+        &["more steps than a run can count"],
+    );
+    refused(
+        &[
+            "train",
+            "--embedded",
+            "--epochs",
+            "1",
+            "--optim",
+            "gmp",
+            "--gmp-end-fraction",
+            "0",
+        ],
+        &["gmp_end_fraction must be > 0"],
+    );
+    refused(
+        &[
+            "train",
+            "--embedded",
+            "--epochs",
+            "1",
+            "--schedule",
+            "geometric",
+            "--min-lr-ratio",
+            "0",
+        ],
+        &["geometric schedule needs min_lr_ratio > 0"],
+    );
+    // a p schedule from a huge p once reached p = 0 mid-run and panicked
+    let big_p = pdecay_cli_ok(&with_out(&[
+        "train",
+        "--embedded",
+        "--epochs",
+        "1",
+        "--hidden",
+        "8",
+        "--p-start",
+        "1.8e19",
+    ]));
+    assert!(big_p.contains("final test accuracy"), "{big_p}");
+    std::fs::remove_dir_all(&out).unwrap();
+    // a run that learned nothing says so
+    let all = with_out(&[
+        "train",
+        "--embedded",
+        "--epochs",
+        "1",
+        "--hidden",
+        "8",
+        "--lambda",
+        "1e30",
+    ]);
+    let dead = std::process::Command::new(env!("CARGO_BIN_EXE_pdecay"))
+        .args(&all)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(dead.status.success());
+    let said = stderr(&dead);
+    assert!(
+        said.contains("learned nothing") && said.contains("--lambda"),
+        "{said}"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+
     // optimizers are named as their flags spell them, never by Rust variant ("Padam")
     let trained = pdecay_cli_ok(&with_out(&[
         "train",

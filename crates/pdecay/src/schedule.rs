@@ -174,10 +174,10 @@ impl Schedule {
     pub fn value(&self, step: u64) -> f64 {
         match self {
             Self::Constant { value } => *value,
-            Self::Linear { from, to, steps } => from + (to - from) * progress(step, *steps),
+            Self::Linear { from, to, steps } => between(*from, *to, progress(step, *steps)),
             Self::Cosine { from, to, steps } => {
                 let t = progress(step, *steps);
-                to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+                between(*to, *from, 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
             }
             Self::Geometric { from, to, steps } => from * (to / from).powf(progress(step, *steps)),
             Self::StepDecay {
@@ -187,13 +187,21 @@ impl Schedule {
             } => value * gamma.powf((step / every) as f64),
             Self::Warmup { start, steps, then } => {
                 if step < *steps {
-                    start + (then.value(0) - start) * progress(step, *steps)
+                    between(*start, then.value(0), progress(step, *steps))
                 } else {
                     then.value(step - steps)
                 }
             }
         }
     }
+}
+
+/// `a` moved a share `t` in [0, 1] of the way to `b`, as `a·(1-t) + b·t`: each term keeps its
+/// sign, so the value never leaves [min(a, b), max(a, b)] (a p schedule stays > 0) and is `b`
+/// exactly at `t = 1`. The form `a + (b-a)·t` loses `b` when `a` is huge: from p = 1.8e19 to
+/// 0.8 it ended at p = 0, which pWD refuses mid-run.
+fn between(a: f64, b: f64, t: f64) -> f64 {
+    a * (1.0 - t) + b * t
 }
 
 /// `min(step / steps, 1)`.
@@ -213,6 +221,19 @@ fn check_finite(name: &'static str, value: f64) -> Result<f64, ValidationError> 
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn interpolation_stays_between_its_ends_and_ends_exactly() {
+        // from a huge start the form a + (b - a)·t ended at 0, and pWD refused p = 0 mid-run
+        let p = Schedule::linear(1.8e19, 0.8, 100).unwrap();
+        assert_eq!(p.value(100), 0.8);
+        assert!((0..=100).all(|s| p.value(s) >= 0.8), "{}", p.value(99));
+        let cosine = Schedule::cosine(1.8e19, 0.8, 100).unwrap();
+        assert_eq!(cosine.value(100), 0.8);
+        assert!((0..=100).all(|s| cosine.value(s) >= 0.8));
+        let warm = Schedule::warmup(1e20, 10, Schedule::constant(0.5).unwrap()).unwrap();
+        assert!((0..20).all(|s| warm.value(s) >= 0.5));
+    }
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() <= 1e-12 * b.abs().max(1.0)

@@ -159,10 +159,10 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     let engine = Engine::new(&file)?;
     let acc = accuracy(&engine, &splits.test, file.input_stats);
     println!(
-        "{} ({:?} {:?}, {} parameters, sparsity {:.1}%): test accuracy {:.2}% on {} images of {}",
+        "{} ({} {}, {} parameters, sparsity {:.1}%): test accuracy {:.2}% on {} images of {}",
         args.file.display(),
-        file.format,
-        file.config.model,
+        crate::config::flag_name(file.format),
+        crate::config::flag_name(file.config.model),
         file.params(),
         100.0 * file.sparsity(),
         100.0 * acc,
@@ -174,7 +174,11 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
 
 /// `pdecay bench-infer`.
 pub fn run_bench_infer(args: &BenchInferArgs) -> Result<()> {
-    ensure!(args.repeats >= 1, "--repeats must be at least 1");
+    ensure!(
+        (1..=1_000_000).contains(&args.repeats),
+        "--repeats must lie in 1..=1000000 (each is one timed pass of every engine), got {}",
+        args.repeats
+    );
     let base = if args.model.is_dir() {
         run_model(&args.model, None)?.0
     } else {

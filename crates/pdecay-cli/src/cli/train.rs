@@ -278,6 +278,16 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
                 summary.total_params,
                 summary.samples_per_second
             );
+            let chance = 1.0 / crate::data::mnist::CLASSES as f64;
+            warn_if_untrained(
+                summary.final_test_accuracy <= chance + 0.02,
+                summary.sparsity,
+                &format!(
+                    "the test accuracy, {:.1}%, is chance level ({:.0}%)",
+                    100.0 * summary.final_test_accuracy,
+                    100.0 * chance
+                ),
+            );
         }
         RunData::Text(text) => {
             let g = &config.gpt;
@@ -306,9 +316,39 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
                 summary.total_params,
                 1e3 * summary.seconds_per_iter
             );
+            let uniform = (text.vocab.len() as f64).ln();
+            warn_if_untrained(
+                summary.final_val_loss >= uniform - 0.01,
+                summary.sparsity,
+                &format!(
+                    "the validation loss, {:.3}, is a uniform guess's (ln {} = {uniform:.3})",
+                    summary.final_val_loss,
+                    text.vocab.len()
+                ),
+            );
         }
     }
     Ok(())
+}
+
+/// A finished run that learned nothing gets a loud warning: a loss that stayed finite but
+/// useless (an lr far too high), or every decayed weight zero (a lambda far too strong).
+fn warn_if_untrained(at_chance: bool, sparsity: f64, what: &str) {
+    if at_chance {
+        eprintln!(
+            "warning: {what}: the run learned nothing. Lower --lr{}",
+            if sparsity > 0.99 {
+                " or --lambda (every decayed weight is zero)"
+            } else {
+                ""
+            }
+        );
+    } else if sparsity >= 0.9999 {
+        eprintln!(
+            "warning: every decayed weight is zero ({:.2}% sparse): --lambda is too strong for this --lr",
+            100.0 * sparsity
+        );
+    }
 }
 
 #[cfg(test)]

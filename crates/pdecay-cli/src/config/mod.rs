@@ -263,6 +263,14 @@ impl TrainConfig {
         check_unit_interval("gmp_final_sparsity", self.gmp_final_sparsity)?;
         check_unit_interval("gmp_end_fraction", self.gmp_end_fraction)?;
         ensure!(
+            self.gmp_end_fraction > 0.0,
+            "gmp_end_fraction must be > 0: magnitude pruning reaches its target sparsity after that share of training, got 0"
+        );
+        ensure!(
+            self.schedule != LrSchedule::Geometric || self.min_lr_ratio > 0.0,
+            "the geometric schedule needs min_lr_ratio > 0 (it multiplies the lr down to lr x min_lr_ratio), got 0"
+        );
+        ensure!(
             self.gmp_frequency >= 1,
             "gmp_frequency must be at least 1 step, got 0"
         );
@@ -368,10 +376,10 @@ impl TrainConfig {
             ),
         ];
         for (key, set, read, readers) in keys {
-            let spelled = if key == "gpt" {
-                "the [gpt] table".to_string()
-            } else {
-                format!("`{key}` (--{})", key.replace('_', "-"))
+            let spelled = match key {
+                "gpt" => "the [gpt] table".to_string(),
+                "cnn_widths" => "`cnn_widths` (a config key)".to_string(),
+                _ => format!("`{key}` (--{})", key.replace('_', "-")),
             };
             ensure!(
                 !set || read,
@@ -401,13 +409,26 @@ impl TrainConfig {
                 self.min_lr_ratio != d.min_lr_ratio,
                 "gpt.min_lr_ratio",
             ),
-            ("schedule", self.schedule != d.schedule, "the GPT's cosine"),
-            ("augment", self.augment != d.augment, "nothing"),
+            (
+                "schedule",
+                self.schedule != d.schedule,
+                "the GPT always warms up, then follows a cosine: set gpt.warmup_iters and gpt.min_lr_ratio instead",
+            ),
+            (
+                "augment",
+                self.augment != d.augment,
+                "the GPT has no augmentation: remove it",
+            ),
         ];
         for (key, set, instead) in unused {
+            let instead = if instead.starts_with("gpt.") {
+                format!("set {instead} instead (in a config file: under [gpt])")
+            } else {
+                instead.to_string()
+            };
             ensure!(
                 !set,
-                "`{key}` is an image classifier's setting and the GPT does not read it; set {instead} instead (in a config file: under [gpt])"
+                "`{key}` is an image classifier's setting and the GPT does not read it; {instead}"
             );
         }
         Ok(())

@@ -475,10 +475,22 @@ fn canonical_header(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
 /// Checks where `export` and `compact` write: never into a run folder (its checkpoint, config
 /// and metrics are pdecay's), never over a folder, and over an existing file only with `force`.
 pub fn check_destination(out: &Path, force: bool) -> Result<()> {
+    ensure!(
+        !out.as_os_str().to_string_lossy().ends_with('/'),
+        "--out {} ends with '/', a folder; give the path of the file to write, e.g. {}",
+        out.display(),
+        out.join("model.safetensors").display()
+    );
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
+    ensure!(
+        parent.is_dir(),
+        "--out {}: the folder {} does not exist; create it first",
+        out.display(),
+        parent.display()
+    );
     let parent = std::fs::canonicalize(&parent).unwrap_or(parent);
     if let Some(run) = parent.ancestors().find(|d| RunDir::new(d).is_written_run()) {
         bail!(

@@ -205,6 +205,9 @@ fn fit(
     })
 }
 
+/// The most values (samples x features, both sets, and the weights) the demo allocates: 400 MB.
+const MAX_DEMO_VALUES: u128 = 100_000_000;
+
 /// Runs Adam and pAdam on the same problem; returns their results (Adam first).
 pub fn compare(args: &DemoArgs) -> Result<Vec<DemoResult>> {
     anyhow::ensure!(
@@ -221,6 +224,19 @@ pub fn compare(args: &DemoArgs) -> Result<Vec<DemoResult>> {
         args.lr.is_finite() && args.lr > 0.0,
         "--lr must be a finite number > 0, got {}",
         args.lr
+    );
+    anyhow::ensure!(
+        args.noise.is_finite() && args.noise >= 0.0,
+        "--noise (the label noise's standard deviation) must be a finite number >= 0, got {}",
+        args.noise
+    );
+    // two data sets of samples x features, and a weight of features per model
+    let values = (args.samples as u128 * 2 + 4).saturating_mul(args.features as u128);
+    anyhow::ensure!(
+        values <= MAX_DEMO_VALUES,
+        "--samples {} x --features {} is {values} values, more than the demo holds ({MAX_DEMO_VALUES}); it is a small demo: lower them",
+        args.samples,
+        args.features
     );
     let device = Device::flex().autodiff();
     let problem = make_problem(args, &device);
@@ -314,5 +330,39 @@ mod tests {
         };
         let msg = format!("{:#}", compare(&bad).unwrap_err());
         assert!(msg.contains("p = -1"), "{msg}");
+        // these panicked or aborted
+        for (bad, words) in [
+            (
+                DemoArgs {
+                    noise: f64::NAN,
+                    ..DemoArgs::default()
+                },
+                "--noise",
+            ),
+            (
+                DemoArgs {
+                    features: usize::MAX,
+                    ..DemoArgs::default()
+                },
+                "--features",
+            ),
+            (
+                DemoArgs {
+                    features: 100_000_000,
+                    ..DemoArgs::default()
+                },
+                "more than the demo holds",
+            ),
+            (
+                DemoArgs {
+                    samples: usize::MAX,
+                    ..DemoArgs::default()
+                },
+                "--samples",
+            ),
+        ] {
+            let msg = format!("{:#}", compare(&bad).unwrap_err());
+            assert!(msg.contains(words), "{msg}");
+        }
     }
 }

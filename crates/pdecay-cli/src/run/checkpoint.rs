@@ -111,6 +111,25 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Writes `checkpoint.json` of a run that has no checkpoint yet (position 0, the hash of its
+/// config.toml), so that from its creation on a run folder always has one: checkpoint files
+/// without it can only mean it was lost, never a process killed mid-checkpoint (it is
+/// replaced by an atomic rename, never absent).
+pub fn save_start(dir: &Path, unit: Unit) -> Result<()> {
+    let mut sha256 = BTreeMap::new();
+    let config = dir.join(CONFIG);
+    let bytes = std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?;
+    sha256.insert(CONFIG.to_string(), sha256_hex(&bytes));
+    let file = PositionFile {
+        position: RunPosition::start(unit),
+        sha256,
+    };
+    write_atomic(
+        &dir.join(POSITION),
+        serde_json::to_string_pretty(&file)?.as_bytes(),
+    )
+}
+
 /// Writes the checkpoint of `position` and removes older ones.
 pub fn save<M: Module>(
     dir: &Path,
@@ -162,8 +181,8 @@ pub fn save<M: Module>(
 }
 
 /// The checkpoint files (`checkpoint-N.*.bpk`) in `dir` when it has no `checkpoint.json`,
-/// sorted: what a process killed while it wrote its first checkpoint leaves, or what is left
-/// when `checkpoint.json` was deleted. Empty when `checkpoint.json` exists.
+/// sorted: what is left when `checkpoint.json` was deleted (or a run of pdecay 0.1 was killed
+/// while it wrote its first checkpoint). Empty when `checkpoint.json` exists.
 pub fn orphans(dir: &Path) -> Vec<String> {
     if dir.join(POSITION).exists() {
         return Vec::new();
@@ -216,7 +235,8 @@ pub fn verify(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `checkpoint.json`, with the run's config.toml and vocab.json verified against it.
+/// `checkpoint.json` of a checkpoint, with the run's config.toml and vocab.json verified
+/// against it; `None` without one (no file, or the start position of [`save_start`]).
 fn read_position(dir: &Path) -> Result<Option<PositionFile>> {
     let path = dir.join(POSITION);
     if !path.exists() {
@@ -231,7 +251,7 @@ fn read_position(dir: &Path) -> Result<Option<PositionFile>> {
             read_checked(dir, name, &file)?;
         }
     }
-    Ok(Some(file))
+    Ok((file.position.done() > 0).then_some(file))
 }
 
 fn load_model_of<M: Module>(dir: &Path, model: M, file: &PositionFile) -> Result<M> {

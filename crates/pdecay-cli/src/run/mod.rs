@@ -157,9 +157,10 @@ impl RunDir {
         Ok(lock)
     }
 
-    /// Writes the config.toml and an empty metrics.jsonl (open for appending) of a new run into
-    /// the folder [`RunDir::lock`] made; refuses a folder that holds a run already.
-    pub fn create(&self, config: &TrainConfig) -> Result<File> {
+    /// Writes the config.toml, an empty metrics.jsonl (open for appending) and the
+    /// `checkpoint.json` of no checkpoint yet of a new run counted in `unit`s into the folder
+    /// [`RunDir::lock`] made; refuses a folder that holds a run already.
+    pub fn create(&self, config: &TrainConfig, unit: Unit) -> Result<File> {
         if self.holds_run() {
             bail!(
                 "{} already holds a run ({CONFIG} exists); choose another --out, or delete the folder to start over",
@@ -167,7 +168,10 @@ impl RunDir {
             );
         }
         write_atomic(&self.dir.join(CONFIG), config.to_toml()?.as_bytes())?;
-        File::create(self.dir.join(METRICS)).with_context(|| format!("creating {METRICS}"))
+        let metrics =
+            File::create(self.dir.join(METRICS)).with_context(|| format!("creating {METRICS}"))?;
+        checkpoint::save_start(&self.dir, unit)?;
+        Ok(metrics)
     }
 
     /// Where the run stands, from the files it wrote.
@@ -220,12 +224,14 @@ impl RunDir {
     /// A GPT run's vocabulary.
     pub fn read_vocab(&self) -> Result<Vocabulary> {
         let path = self.dir.join(VOCAB);
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
+        if !path.exists() {
+            bail!(
                 "{} has no {VOCAB}: is it a GPT run folder?",
                 self.dir.display()
-            )
-        })?;
+            );
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{} is unreadable or not UTF-8", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))
     }
 
@@ -314,38 +320,22 @@ impl RunDir {
 
     /// The last checkpoint loaded into `model` and `optim`; `None` if there is none yet.
     ///
-    /// Checkpoint files without the `checkpoint.json` that names them are what a process
-    /// killed while it wrote the first checkpoint leaves: the run starts from the beginning,
-    /// with a warning. After more than one evaluation they mean `checkpoint.json` was lost,
-    /// and starting again would throw the checkpoint away: that is an error.
+    /// Checkpoint files without the `checkpoint.json` that names them mean it was lost (a
+    /// run folder has one from its creation on): starting again would throw the checkpoint
+    /// away, so that is an error.
     pub fn load_checkpoint<M: Module>(
         &self,
         model: M,
         optim: SparseOptimizer,
     ) -> Result<Option<(M, SparseOptimizer, RunPosition)>> {
-        let orphans = checkpoint::orphans(&self.dir);
-        if !orphans.is_empty() {
-            let evaluations = self.complete_metrics_lines()?;
-            if evaluations > 1 {
-                bail!(self.orphans_message(&orphans, evaluations));
-            }
-            eprintln!(
-                "warning: {} has {} but no {}: the first checkpoint was not completed, so the run starts from the beginning",
-                self.dir.display(),
-                orphans.join(", "),
-                checkpoint::POSITION
-            );
-        }
+        self.refuse_orphans()?;
         checkpoint::load(&self.dir, model, optim)
     }
 
     /// The model of the last checkpoint, loaded into `model` (built for the run's config);
     /// `None` if there is no checkpoint yet.
     pub fn load_model<M: Module>(&self, model: M) -> Result<Option<(M, RunPosition)>> {
-        let orphans = checkpoint::orphans(&self.dir);
-        if !orphans.is_empty() {
-            bail!(self.orphans_message(&orphans, self.complete_metrics_lines()?));
-        }
+        self.refuse_orphans()?;
         checkpoint::load_model(&self.dir, model)
     }
 
@@ -355,11 +345,16 @@ impl RunDir {
         checkpoint::verify(&self.dir)
     }
 
-    fn orphans_message(&self, orphans: &[String], evaluations: usize) -> String {
-        format!(
-            "{} has {} and {evaluations} evaluations in {METRICS}, but no {}, which names the complete checkpoint: it was deleted or lost. Restore it from a copy; or, to train the run again from the beginning, delete the checkpoint-*.bpk files and resume",
+    fn refuse_orphans(&self) -> Result<()> {
+        let orphans = checkpoint::orphans(&self.dir);
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "{} has {} and {} evaluations in {METRICS}, but no {}, which names the complete checkpoint: it was deleted or lost. Restore it from a copy; or, to train the run again from the beginning, delete the checkpoint-*.bpk files and resume",
             self.dir.display(),
             orphans.join(", "),
+            self.complete_metrics_lines()?,
             checkpoint::POSITION
         )
     }

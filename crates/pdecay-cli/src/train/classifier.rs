@@ -2,7 +2,7 @@
 //! images in batches (split over the data-parallel replicas when there are several), evaluated
 //! on the test set after it.
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use burn::module::Module;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::GradientsParams;
@@ -47,10 +47,19 @@ pub fn train_classifier(
         data.train.len()
     );
     let steps_per_epoch = data.train.len().div_ceil(config.batch_size);
-    config.check_run_length((steps_per_epoch * config.epochs) as u64)?;
+    let total_steps = steps_per_epoch
+        .checked_mul(config.epochs)
+        .and_then(|s| u64::try_from(s).ok())
+        .with_context(|| {
+            format!(
+                "--epochs {} of {steps_per_epoch} steps each is more steps than a run can count",
+                config.epochs
+            )
+        })?;
+    config.check_run_length(total_steps)?;
     let need = memory::classifier(config.model, IMAGE_SIDE, config.widths(), config.batch_size);
     check_memory(need, "--hidden (the CNN: cnn_widths) or --batch-size")?;
-    let optim = config.optimizer((steps_per_epoch * config.epochs) as u64)?;
+    let optim = config.optimizer(total_steps)?;
     let device = options.device.clone().autodiff();
     device.seed(config.seed);
     let model = Classifier::new(config.model, data.train.rows, config.widths(), &device);

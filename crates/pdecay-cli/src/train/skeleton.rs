@@ -244,7 +244,7 @@ pub(crate) fn run_loop<T: Trainer>(
             history = kept;
             metrics = Some(file);
         } else {
-            metrics = Some(run.create(config)?);
+            metrics = Some(run.create(config, T::UNIT)?);
             create(run)?;
         }
     }
