@@ -10,10 +10,36 @@ pub mod text;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result, ensure};
 
 pub use mnist::{ImageSplits, check_image_size};
 pub use text::TextData;
+
+/// The largest input file pdecay reads whole (a text, a model file): 2 GiB. Past it, a file is
+/// refused instead of read until memory runs out (`--data /dev/zero` once grew without end).
+pub const MAX_FILE_BYTES: u64 = 1 << 31;
+
+/// The bytes of the file at `path`, `what` it is for the messages; a file (or stream) longer
+/// than [`MAX_FILE_BYTES`] is an error, read no further than one byte past the bound.
+pub fn read_bounded(path: &Path, what: &str) -> Result<Vec<u8>> {
+    read_at_most(path, what, MAX_FILE_BYTES)
+}
+
+fn read_at_most(path: &Path, what: &str, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read the {what} {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read the {what} {}", path.display()))?;
+    ensure!(
+        bytes.len() as u64 <= limit,
+        "{} is longer than {limit} bytes, more than any {what} pdecay reads: is it the right file?",
+        path.display()
+    );
+    Ok(bytes)
+}
 
 /// The value of `data` that selects the embedded Fashion-MNIST subset.
 pub const EMBEDDED: &str = "embedded";
@@ -44,4 +70,21 @@ pub fn load_text(source: Option<&str>, block_size: usize) -> Result<TextData> {
         Some(path) => PathBuf::from(path),
     };
     TextData::load(&path, block_size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endless_file_is_refused_after_its_bound_not_read_forever() {
+        let message = read_at_most(Path::new("/dev/zero"), "text file", 1000)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("longer than 1000 bytes"), "{message}");
+        let dir = std::env::temp_dir().join(format!("pdecay-bounded-{}", std::process::id()));
+        std::fs::write(&dir, [7u8; 1000]).unwrap();
+        assert_eq!(read_at_most(&dir, "text file", 1000).unwrap().len(), 1000);
+        std::fs::remove_file(&dir).unwrap();
+    }
 }

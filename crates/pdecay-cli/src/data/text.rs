@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -94,8 +94,7 @@ impl TextData {
 
     /// Reads a UTF-8 text file.
     pub fn load(path: &Path, block_size: usize) -> Result<Self> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read the text file {}", path.display()))?;
+        let bytes = super::read_bounded(path, "text file")?;
         let text = match String::from_utf8(bytes) {
             Ok(text) => text,
             Err(e) => bail!(

@@ -287,8 +287,7 @@ impl ModelFile {
 
     /// Reads a file written by [`ModelFile::save`].
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = crate::data::read_bounded(path, "model file")?;
         Self::from_bytes(&bytes)
             .with_context(|| format!("{} is not a usable pdecay model file", path.display()))
     }
