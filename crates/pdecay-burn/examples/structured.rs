@@ -47,25 +47,13 @@ fn without_dead_neurons(
     model: &Mlp,
     device: &Device,
 ) -> Result<(Mlp, usize), Box<dyn std::error::Error>> {
-    let values = |t: Tensor<2>| t.into_data().try_to_vec::<f32>();
-    let w1 = values(model.hidden.weight.val())?;
-    let b1 = model
-        .hidden
-        .bias
-        .as_ref()
-        .unwrap()
-        .val()
-        .into_data()
-        .try_to_vec::<f32>()?;
-    let w2 = values(model.output.weight.val())?;
-    let mut b2 = model
-        .output
-        .bias
-        .as_ref()
-        .unwrap()
-        .val()
-        .into_data()
-        .try_to_vec::<f32>()?;
+    let weight = |l: &Linear| l.weight.val().into_data().try_to_vec::<f32>();
+    let bias = |l: &Linear| match &l.bias {
+        Some(b) => b.val().into_data().try_to_vec::<f32>(),
+        None => Ok(vec![0.0; l.weight.dims()[1]]),
+    };
+    let (w1, b1) = (weight(&model.hidden)?, bias(&model.hidden)?);
+    let (w2, mut b2) = (weight(&model.output)?, bias(&model.output)?);
     let width = b1.len();
     let alive: Vec<usize> = (0..width)
         .filter(|&j| (0..FEATURES).any(|i| w1[i * width + j] != 0.0))
