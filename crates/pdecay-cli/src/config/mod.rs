@@ -348,7 +348,7 @@ impl TrainConfig {
             ("lambda2", self.lambda2 != d.lambda2, pwd, by_pwd),
             ("p_start", self.p_start.is_some(), pwd, by_pwd),
             ("s_dynamics", self.s_dynamics.is_some(), pwd, by_pwd),
-            ("lambda_release", self.lambda_release.is_some(), pwd, by_pwd),
+            // lambda_release: validate() refuses it without pWD, on resume too
             (
                 "lambda_release_ratio",
                 self.lambda_release_ratio != d.lambda_release_ratio,

@@ -116,12 +116,26 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// without it can only mean it was lost, never a process killed mid-checkpoint (it is
 /// replaced by an atomic rename, never absent).
 pub fn save_start(dir: &Path, unit: Unit) -> Result<()> {
-    let mut sha256 = BTreeMap::new();
-    let config = dir.join(CONFIG);
-    let bytes = std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?;
-    sha256.insert(CONFIG.to_string(), sha256_hex(&bytes));
+    write_position(dir, &RunPosition::start(unit), BTreeMap::new())
+}
+
+/// Writes `checkpoint.json` naming `position`, with the hashes of its `files` and of the run's
+/// config.toml and vocab.json (those present).
+fn write_position(
+    dir: &Path,
+    position: &RunPosition,
+    mut sha256: BTreeMap<String, String>,
+) -> Result<()> {
+    for name in [CONFIG, VOCAB] {
+        let path = dir.join(name);
+        if path.exists() {
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            sha256.insert(name.to_string(), sha256_hex(&bytes));
+        }
+    }
     let file = PositionFile {
-        position: RunPosition::start(unit),
+        position: position.clone(),
         sha256,
     };
     write_atomic(
@@ -153,22 +167,7 @@ pub fn save<M: Module>(
     let optim_name = optim_file(position.done());
     write_atomic(&dir.join(&optim_name), &optim_bytes)?;
     sha256.insert(optim_name, sha256_hex(&optim_bytes));
-    for name in [CONFIG, VOCAB] {
-        let path = dir.join(name);
-        if path.exists() {
-            let bytes =
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            sha256.insert(name.to_string(), sha256_hex(&bytes));
-        }
-    }
-    let file = PositionFile {
-        position: position.clone(),
-        sha256,
-    };
-    write_atomic(
-        &dir.join(POSITION),
-        serde_json::to_string_pretty(&file)?.as_bytes(),
-    )?;
+    write_position(dir, position, sha256)?;
     for entry in std::fs::read_dir(dir)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let current = name == model_file(position.done()) || name == optim_file(position.done());
