@@ -389,6 +389,41 @@ pub fn adam_pwd_in_place(
     }
 }
 
+/// `(Φ(x), φ(x))`: the standard normal distribution function and density, from Abramowitz and
+/// Stegun's formula 7.1.26 for `erfc` (|error of Φ| <= 1.5e-7, absolute) and the branch-free
+/// [`exp`], so loops over it vectorise. Writing `Φ(-|x|)` as the formula's product (not
+/// `1 - erf`) avoids cancellation in the negative tail.
+#[inline(always)]
+pub fn normal_cdf_and_density(x: f32) -> (f32, f32) {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        0.254_829_6,
+        -0.284_496_72,
+        1.421_413_8,
+        -1.453_152_1,
+        1.061_405_4,
+    ];
+    const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+    let u = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let gaussian = exp(-u * u);
+    let t = 1.0 / (1.0 + P * u);
+    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
+    // Φ(-|x|) = erfc(|x|/√2) / 2
+    let lower_tail = 0.5 * poly * gaussian;
+    let cdf = if x >= 0.0 {
+        1.0 - lower_tail
+    } else {
+        lower_tail
+    };
+    (cdf, FRAC_1_SQRT_2PI * gaussian)
+}
+
+/// The exact GELU `x·Φ(x)` of one value, with [`normal_cdf_and_density`]'s `Φ`.
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    x * normal_cdf_and_density(x).0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,10 +23,9 @@ use burn::backend::ops::ActivationOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{DType, Tensor, TensorData};
-use pdecay::kernel::exp;
+use pdecay::kernel::normal_cdf_and_density;
 
 use crate::flex::{CHUNK, in_chunks, on_flex, sole_contiguous};
-use std::f32::consts::FRAC_1_SQRT_2;
 
 /// The exact GELU as a backend operation.
 #[backend_extension(Flex, Autodiff)]
@@ -40,32 +39,6 @@ pub(crate) trait FastGelu: Backend {
     fn fast_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::gelu_backward(x, grad)
     }
-}
-
-/// `(Φ(x), φ(x))`: the standard normal distribution function and density.
-#[inline(always)]
-fn normal_cdf_and_density(x: f32) -> (f32, f32) {
-    const P: f32 = 0.327_591_1;
-    const A: [f32; 5] = [
-        0.254_829_6,
-        -0.284_496_72,
-        1.421_413_8,
-        -1.453_152_1,
-        1.061_405_4,
-    ];
-    const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
-    let u = x.abs() * FRAC_1_SQRT_2;
-    let gaussian = exp(-u * u);
-    let t = 1.0 / (1.0 + P * u);
-    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    // Φ(-|x|) = erfc(|x|/√2) / 2
-    let lower_tail = 0.5 * poly * gaussian;
-    let cdf = if x >= 0.0 {
-        1.0 - lower_tail
-    } else {
-        lower_tail
-    };
-    (cdf, FRAC_1_SQRT_2PI * gaussian)
 }
 
 pdecay::dispatched! {

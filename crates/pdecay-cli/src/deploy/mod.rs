@@ -2,5 +2,8 @@
 //! sparse CPU inference engines that run it.
 
 pub mod compact;
+pub mod gpt_compact;
+pub mod gpt_file;
+pub mod gpt_infer;
 pub mod infer;
 pub mod model_file;

@@ -46,12 +46,23 @@ pub enum Format {
 }
 
 impl Format {
-    fn name(self) -> &'static str {
+    /// The name in files and flags.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Dense => "dense",
             Self::Sparse => "sparse",
             Self::Compact => "compact",
         }
+    }
+
+    /// The format called `name` in a file's `__metadata__`.
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "dense" => Self::Dense,
+            "sparse" => Self::Sparse,
+            "compact" => Self::Compact,
+            other => bail!("unknown format `{other}` in __metadata__"),
+        })
     }
 }
 
@@ -153,53 +164,16 @@ impl ModelFile {
     /// The same weights stored as `format`: `Dense` and `Compact` densify every tensor,
     /// `Sparse` stores each weight matrix as CSR when that is smaller.
     pub fn with_format(&self, format: Format) -> Self {
-        let tensors = self
-            .tensors
-            .iter()
-            .map(|t| {
-                let values = t.dense();
-                let stored = if format == Format::Sparse && is_weight(&t.shape) {
-                    let rows = t.shape[0];
-                    let csr = Csr::from_dense(
-                        &values,
-                        rows,
-                        values.len() / rows.max(1),
-                        self.threshold as f32,
-                    );
-                    if (csr.nnz() as f64) < SPARSE_BELOW_DENSITY * values.len() as f64 {
-                        Stored::Sparse(csr)
-                    } else {
-                        Stored::Dense(values)
-                    }
-                } else {
-                    Stored::Dense(values)
-                };
-                ModelTensor {
-                    name: t.name.clone(),
-                    shape: t.shape.clone(),
-                    stored,
-                }
-            })
-            .collect();
         Self {
             format,
-            tensors,
+            tensors: stored_as(&self.tensors, format, self.threshold),
             ..self.clone()
         }
     }
 
     /// Share of weight values (rank >= 2) with |w| below the threshold.
     pub fn sparsity(&self) -> f64 {
-        let (mut zero, mut total) = (0usize, 0usize);
-        for t in self.tensors.iter().filter(|t| is_weight(&t.shape)) {
-            total += t.params();
-            zero += t
-                .dense()
-                .iter()
-                .filter(|w| (w.abs() as f64) < self.threshold)
-                .count();
-        }
-        zero as f64 / total.max(1) as f64
+        weight_sparsity(&self.tensors, self.threshold)
     }
 
     /// Number of parameters (zeros included).
@@ -209,7 +183,7 @@ impl ModelFile {
 
     /// The safetensors bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let mut metadata = HashMap::from([
+        let metadata = HashMap::from([
             ("format_version".to_string(), FORMAT_VERSION.to_string()),
             ("format".to_string(), self.format.name().to_string()),
             (
@@ -227,55 +201,7 @@ impl ModelFile {
                 "weights [out, in] (PyTorch nn.Linear), conv [out, in, kh, kw]; sparse NAME as NAME.values, NAME.col_indices, NAME.row_offsets (CSR of [out, in*kh*kw]) with shape.NAME".to_string(),
             ),
         ]);
-        let mut arrays: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let i32_bytes = |v: &[u32]| {
-            v.iter()
-                .flat_map(|&x| (x as i32).to_le_bytes())
-                .collect::<Vec<u8>>()
-        };
-        for t in &self.tensors {
-            match &t.stored {
-                Stored::Dense(v) => {
-                    arrays.push((t.name.clone(), Dtype::F32, t.shape.clone(), f32_bytes(v)));
-                }
-                Stored::Sparse(csr) => {
-                    metadata.insert(
-                        format!("shape.{}", t.name),
-                        serde_json::to_string(&t.shape)?,
-                    );
-                    let nnz = csr.nnz();
-                    arrays.push((
-                        format!("{}.values", t.name),
-                        Dtype::F32,
-                        vec![nnz],
-                        f32_bytes(&csr.values),
-                    ));
-                    arrays.push((
-                        format!("{}.col_indices", t.name),
-                        Dtype::I32,
-                        vec![nnz],
-                        i32_bytes(&csr.col_indices),
-                    ));
-                    arrays.push((
-                        format!("{}.row_offsets", t.name),
-                        Dtype::I32,
-                        vec![csr.rows + 1],
-                        i32_bytes(&csr.row_offsets),
-                    ));
-                }
-            }
-        }
-        let views = arrays
-            .iter()
-            .map(|(name, dtype, shape, bytes)| {
-                Ok((
-                    name.as_str(),
-                    TensorView::new(*dtype, shape.clone(), bytes)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-        canonical_header(safetensors::serialize(views, Some(metadata))?)
+        tensors_to_bytes(&self.tensors, metadata)
     }
 
     /// Writes the file atomically; returns its size in bytes.
@@ -309,12 +235,7 @@ impl ModelFile {
             version == FORMAT_VERSION,
             "format version {version} is not supported (this pdecay reads version {FORMAT_VERSION})"
         );
-        let format = match get("format")?.as_str() {
-            "dense" => Format::Dense,
-            "sparse" => Format::Sparse,
-            "compact" => Format::Compact,
-            other => bail!("unknown format `{other}` in __metadata__"),
-        };
+        let format = Format::parse(get("format")?)?;
         let config: TrainConfig = toml::from_str(get("model_config")?)
             .context("the model_config in __metadata__ is invalid")?;
         let threshold: f64 = get("threshold")?
@@ -335,48 +256,7 @@ impl ModelFile {
             "the input_mean and input_std in __metadata__ are not a usable normalisation"
         );
         let expected = expected_tensors(&config)?;
-        let mut used = 0;
-        let mut tensors = Vec::new();
-        for (name, shape) in expected {
-            let stored = match meta.get(&format!("shape.{name}")) {
-                Some(stored_shape) => {
-                    let stored_shape: Vec<usize> = serde_json::from_str(stored_shape)
-                        .with_context(|| format!("shape.{name} in __metadata__ is not a shape"))?;
-                    ensure!(
-                        stored_shape == shape,
-                        "tensor {name} has shape {stored_shape:?}, the model needs {shape:?}: is the file from another model?"
-                    );
-                    used += 3;
-                    let values = read_f32(&file, &format!("{name}.values"))?;
-                    let cols = read_i32(&file, &format!("{name}.col_indices"))?;
-                    let offsets = read_i32(&file, &format!("{name}.row_offsets"))?;
-                    let rows = shape[0];
-                    let csr = Csr::new(rows, shape.iter().skip(1).product(), offsets, cols, values)
-                        .with_context(|| format!("the CSR arrays of {name} are inconsistent"))?;
-                    Stored::Sparse(csr)
-                }
-                None => {
-                    used += 1;
-                    let view = tensor(&file, &name)?;
-                    ensure!(
-                        view.shape() == shape.as_slice(),
-                        "tensor {name} has shape {:?}, the model needs {shape:?}: is the file from another model?",
-                        view.shape()
-                    );
-                    Stored::Dense(read_f32(&file, &name)?)
-                }
-            };
-            tensors.push(ModelTensor {
-                name,
-                shape,
-                stored,
-            });
-        }
-        ensure!(
-            used == file.len(),
-            "the file holds {} tensors that the model does not have: is it from another model?",
-            file.len() - used
-        );
+        let tensors = read_tensors(&file, &meta, expected)?;
         Ok(Self {
             format,
             config,
@@ -453,6 +333,122 @@ impl ModelFile {
     }
 }
 
+/// `tensors` stored as `format`: `Dense` and `Compact` densify every tensor, `Sparse` stores
+/// each weight matrix (rank >= 2) as CSR of its `[shape[0], rest]` view when that is smaller.
+pub(crate) fn stored_as(
+    tensors: &[ModelTensor],
+    format: Format,
+    threshold: f64,
+) -> Vec<ModelTensor> {
+    tensors
+        .iter()
+        .map(|t| {
+            let values = t.dense();
+            let stored = if format == Format::Sparse && is_weight(&t.shape) {
+                let rows = t.shape[0];
+                let csr =
+                    Csr::from_dense(&values, rows, values.len() / rows.max(1), threshold as f32);
+                if (csr.nnz() as f64) < SPARSE_BELOW_DENSITY * values.len() as f64 {
+                    Stored::Sparse(csr)
+                } else {
+                    Stored::Dense(values)
+                }
+            } else {
+                Stored::Dense(values)
+            };
+            ModelTensor {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                stored,
+            }
+        })
+        .collect()
+}
+
+/// Share of weight values (rank >= 2) of `tensors` with |w| below `threshold`.
+pub(crate) fn weight_sparsity(tensors: &[ModelTensor], threshold: f64) -> f64 {
+    let (mut zero, mut total) = (0usize, 0usize);
+    for t in tensors.iter().filter(|t| is_weight(&t.shape)) {
+        total += t.params();
+        zero += t
+            .dense()
+            .iter()
+            .filter(|w| (w.abs() as f64) < threshold)
+            .count();
+    }
+    zero as f64 / total.max(1) as f64
+}
+
+/// The model a pdecay model file holds (from its `model_config`), without reading the tensors.
+pub fn file_model_kind(bytes: &[u8]) -> Result<ModelKind> {
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .context("not a safetensors file (corrupt or truncated)")?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let config = meta.get("model_config").context(
+        "`model_config` is missing from __metadata__: not a file written by pdecay export or compact",
+    )?;
+    let config: TrainConfig =
+        toml::from_str(config).context("the model_config in __metadata__ is invalid")?;
+    Ok(config.model)
+}
+
+/// The safetensors bytes of `tensors` (CSR ones as their three arrays, with `shape.NAME` in
+/// `metadata`), the header's keys sorted.
+pub(crate) fn tensors_to_bytes(
+    tensors: &[ModelTensor],
+    mut metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let mut arrays: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let i32_bytes = |v: &[u32]| {
+        v.iter()
+            .flat_map(|&x| (x as i32).to_le_bytes())
+            .collect::<Vec<u8>>()
+    };
+    for t in tensors {
+        match &t.stored {
+            Stored::Dense(v) => {
+                arrays.push((t.name.clone(), Dtype::F32, t.shape.clone(), f32_bytes(v)));
+            }
+            Stored::Sparse(csr) => {
+                metadata.insert(
+                    format!("shape.{}", t.name),
+                    serde_json::to_string(&t.shape)?,
+                );
+                let nnz = csr.nnz();
+                arrays.push((
+                    format!("{}.values", t.name),
+                    Dtype::F32,
+                    vec![nnz],
+                    f32_bytes(&csr.values),
+                ));
+                arrays.push((
+                    format!("{}.col_indices", t.name),
+                    Dtype::I32,
+                    vec![nnz],
+                    i32_bytes(&csr.col_indices),
+                ));
+                arrays.push((
+                    format!("{}.row_offsets", t.name),
+                    Dtype::I32,
+                    vec![csr.rows + 1],
+                    i32_bytes(&csr.row_offsets),
+                ));
+            }
+        }
+    }
+    let views = arrays
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            Ok((
+                name.as_str(),
+                TensorView::new(*dtype, shape.clone(), bytes)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    canonical_header(safetensors::serialize(views, Some(metadata))?)
+}
+
 /// The same safetensors bytes with the JSON header's keys sorted, so that a model gives the
 /// same file byte for byte every time: safetensors writes `__metadata__` from a `HashMap`,
 /// whose order changes from one run to the next. Sorting only reorders keys, so the header
@@ -524,7 +520,7 @@ fn expected_tensors(config: &TrainConfig) -> Result<Vec<(String, Vec<usize>)>> {
     let widths: Vec<u128> = config.widths().iter().map(|&w| w as u128).collect();
     ensure!(
         config.model.is_classifier(),
-        "the model_config in __metadata__ is a GPT: model files hold the image classifiers"
+        "this is a GPT model file: test it with `pdecay eval FILE --data input.txt`, generate with `pdecay sample FILE`; the image commands take classifier files"
     );
     let params: u128 = match config.model {
         ModelKind::Mlp | ModelKind::Gpt => {
@@ -554,6 +550,58 @@ fn expected_tensors(config: &TrainConfig) -> Result<Vec<(String, Vec<usize>)>> {
             (p.name, shape)
         })
         .collect())
+}
+
+/// The tensors `expected` (`(name, shape)`, in order) from `file`, dense or as CSR (when
+/// `meta` holds `shape.NAME`); a missing, misshapen or extra tensor is an error.
+pub(crate) fn read_tensors(
+    file: &SafeTensors,
+    meta: &HashMap<String, String>,
+    expected: Vec<(String, Vec<usize>)>,
+) -> Result<Vec<ModelTensor>> {
+    let mut used = 0;
+    let mut tensors = Vec::new();
+    for (name, shape) in expected {
+        let stored = match meta.get(&format!("shape.{name}")) {
+            Some(stored_shape) => {
+                let stored_shape: Vec<usize> = serde_json::from_str(stored_shape)
+                    .with_context(|| format!("shape.{name} in __metadata__ is not a shape"))?;
+                ensure!(
+                    stored_shape == shape,
+                    "tensor {name} has shape {stored_shape:?}, the model needs {shape:?}: is the file from another model?"
+                );
+                used += 3;
+                let values = read_f32(file, &format!("{name}.values"))?;
+                let cols = read_i32(file, &format!("{name}.col_indices"))?;
+                let offsets = read_i32(file, &format!("{name}.row_offsets"))?;
+                let rows = shape[0];
+                let csr = Csr::new(rows, shape.iter().skip(1).product(), offsets, cols, values)
+                    .with_context(|| format!("the CSR arrays of {name} are inconsistent"))?;
+                Stored::Sparse(csr)
+            }
+            None => {
+                used += 1;
+                let view = tensor(file, &name)?;
+                ensure!(
+                    view.shape() == shape.as_slice(),
+                    "tensor {name} has shape {:?}, the model needs {shape:?}: is the file from another model?",
+                    view.shape()
+                );
+                Stored::Dense(read_f32(file, &name)?)
+            }
+        };
+        tensors.push(ModelTensor {
+            name,
+            shape,
+            stored,
+        });
+    }
+    ensure!(
+        used == file.len(),
+        "the file holds {} tensors that the model does not have: is it from another model?",
+        file.len() - used
+    );
+    Ok(tensors)
 }
 
 fn tensor<'a>(file: &'a SafeTensors, name: &str) -> Result<TensorView<'a>> {

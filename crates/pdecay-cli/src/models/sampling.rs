@@ -31,23 +31,8 @@ pub fn sample(
     sampling: &Sampling,
     emit: &mut dyn FnMut(&str),
 ) -> Result<String> {
-    use rand::Rng;
-    ensure!(
-        sampling.temperature > 0.0 && sampling.temperature.is_finite(),
-        "--temperature must be a finite number > 0, got {}",
-        sampling.temperature
-    );
-    let mut context: Vec<u32> = vocab.encode(prompt)?;
-    if context.is_empty() {
-        // nanoGPT starts from a newline; any character of the text will do otherwise
-        context.push(
-            vocab
-                .encode("\n")
-                .ok()
-                .and_then(|t| t.first().copied())
-                .unwrap_or(0),
-        );
-    }
+    check_temperature(sampling)?;
+    let mut context = prompt_tokens(vocab, prompt)?;
     let device = model.device();
     let mut rng = StdRng::seed_from_u64(sampling.seed);
     for _ in 0..sampling.tokens {
@@ -62,29 +47,63 @@ pub fn sample(
             .convert::<f32>()
             .try_to_vec::<f32>()
             .map_err(|e| anyhow::anyhow!("reading the logits: {e:?}"))?;
-        let mut scaled: Vec<(usize, f64)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i, l as f64 / sampling.temperature))
-            .collect();
-        if sampling.top_k > 0 && sampling.top_k < scaled.len() {
-            scaled.sort_by(|a, b| b.1.total_cmp(&a.1));
-            scaled.truncate(sampling.top_k);
-        }
-        let top = scaled.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
-        let weights: Vec<f64> = scaled.iter().map(|p| (p.1 - top).exp()).collect();
-        let mut draw = rng.random::<f64>() * weights.iter().sum::<f64>();
-        let mut chosen = scaled[scaled.len() - 1].0;
-        for (p, w) in scaled.iter().zip(&weights) {
-            if draw < *w {
-                chosen = p.0;
-                break;
-            }
-            draw -= w;
-        }
+        let chosen = draw(&logits, sampling, &mut rng);
         context.push(chosen as u32);
         emit(&vocab.decode(&[chosen as u32]));
     }
     let generated: Vec<u32> = context[context.len() - sampling.tokens..].to_vec();
     Ok(format!("{prompt}{}", vocab.decode(&generated)))
+}
+
+/// A token drawn from `softmax(logits / temperature)`, restricted to the `top_k` largest
+/// logits (all when 0): one uniform draw of `rng` walked along the cumulative weights.
+pub fn draw(logits: &[f32], sampling: &Sampling, rng: &mut StdRng) -> usize {
+    use rand::Rng;
+    let mut scaled: Vec<(usize, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i, l as f64 / sampling.temperature))
+        .collect();
+    if sampling.top_k > 0 && sampling.top_k < scaled.len() {
+        scaled.sort_by(|a, b| b.1.total_cmp(&a.1));
+        scaled.truncate(sampling.top_k);
+    }
+    let top = scaled.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    let weights: Vec<f64> = scaled.iter().map(|p| (p.1 - top).exp()).collect();
+    let mut draw = rng.random::<f64>() * weights.iter().sum::<f64>();
+    let mut chosen = scaled[scaled.len() - 1].0;
+    for (p, w) in scaled.iter().zip(&weights) {
+        if draw < *w {
+            chosen = p.0;
+            break;
+        }
+        draw -= w;
+    }
+    chosen
+}
+
+/// `sampling`'s temperature, checked: a finite number > 0.
+pub fn check_temperature(sampling: &Sampling) -> Result<()> {
+    ensure!(
+        sampling.temperature > 0.0 && sampling.temperature.is_finite(),
+        "--temperature must be a finite number > 0, got {}",
+        sampling.temperature
+    );
+    Ok(())
+}
+
+/// The tokens of `prompt`; an empty prompt starts from a newline as nanoGPT's does (or from
+/// token 0 when the text had none).
+pub fn prompt_tokens(vocab: &Vocabulary, prompt: &str) -> Result<Vec<u32>> {
+    let mut context: Vec<u32> = vocab.encode(prompt)?;
+    if context.is_empty() {
+        context.push(
+            vocab
+                .encode("\n")
+                .ok()
+                .and_then(|t| t.first().copied())
+                .unwrap_or(0),
+        );
+    }
+    Ok(context)
 }

@@ -1,0 +1,766 @@
+//! Decoding a GPT file one token at a time with a KV cache, its linear layers dense or on CSR.
+//!
+//! At batch 1 every linear layer is a matrix-vector product: the cost is reading the weights,
+//! which is where CSR pays (it reads the non-zeros only). Each step computes one position:
+//! the new token's query, key and value; its key and value join the cache, and attention reads
+//! every cached position (llm.c's and nanoGPT's arithmetic, in `[out, in]` row-major loops).
+//!
+//! **The window.** The model learned absolute positions 0..T (T = `block_size`), so when the
+//! context is full, sliding it by one token would move every cached position: no cache
+//! survives that, and nanoGPT's `generate` (crop to the last T tokens, recompute everything)
+//! pays a whole window per token. [`Decoder`] instead drops the oldest half of the window when
+//! it fills and recomputes the cache for the T/2 tokens it keeps: a token costs one position
+//! plus, amortised, one more (T/2 positions every T/2 tokens), and the model always sees at
+//! least T/2 tokens of context. A rolling cache would keep every token but hand the model
+//! positions it never trained on.
+
+use std::time::Instant;
+
+use anyhow::{Result, ensure};
+use pdecay::csr::Csr;
+use pdecay::kernel::gelu;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::gpt_file::GptFile;
+use crate::models::sampling::{Sampling, check_temperature, draw, prompt_tokens};
+
+/// Where the linear layers run on CSR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SparseMode {
+    /// A layer runs on CSR when that measured faster on its own shape and weights.
+    Auto,
+    /// Every linear layer on CSR.
+    On,
+    /// Every linear layer dense.
+    Off,
+}
+
+/// `a · b`, with eight partial sums (one accumulator would wait on each add's latency).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 8;
+    let mut partial = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for lane in 0..LANES {
+            partial[lane] += x[lane] * y[lane];
+        }
+    }
+    partial.iter().sum::<f32>() + tail
+}
+
+/// A linear layer's weights: `[out, in]` row-major, or CSR of it.
+enum Weights {
+    Dense(Vec<f32>),
+    Sparse(Csr),
+}
+
+/// `y = W·x + b`.
+struct Linear {
+    rows: usize,
+    cols: usize,
+    weights: Weights,
+    bias: Option<Vec<f32>>,
+}
+
+impl Linear {
+    fn new(w: &[f32], rows: usize, cols: usize, bias: Option<Vec<f32>>, csr: bool) -> Self {
+        let weights = if csr {
+            Weights::Sparse(Csr::from_dense(w, rows, cols, 0.0))
+        } else {
+            Weights::Dense(w.to_vec())
+        };
+        Self {
+            rows,
+            cols,
+            weights,
+            bias,
+        }
+    }
+
+    /// The layer on CSR or dense, whichever ran faster on this machine (median of alternated
+    /// timings of its own product); dense when more than half its weights are non-zero, where
+    /// CSR reads more bytes than the dense matrix.
+    fn fastest(w: &[f32], rows: usize, cols: usize, bias: Option<Vec<f32>>) -> Self {
+        let dense = Self::new(w, rows, cols, bias.clone(), false);
+        let nonzero = w.iter().filter(|v| **v != 0.0).count();
+        if 2 * nonzero > w.len() {
+            return dense;
+        }
+        let sparse = Self::new(w, rows, cols, bias, true);
+        let x: Vec<f32> = (0..cols)
+            .map(|i| ((i * 37) % 17) as f32 / 8.0 - 1.0)
+            .collect();
+        let mut y = vec![0.0; rows];
+        let mut times = [Vec::new(), Vec::new()];
+        for round in 0..41 {
+            for (k, layer) in [&dense, &sparse].into_iter().enumerate() {
+                let start = Instant::now();
+                for _ in 0..8 {
+                    layer.forward(std::hint::black_box(&x), &mut y);
+                }
+                if round > 0 {
+                    times[k].push(start.elapsed().as_secs_f64());
+                }
+            }
+        }
+        let median = |t: &mut Vec<f64>| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        };
+        let (d, s) = (median(&mut times[0]), median(&mut times[1]));
+        if s < d { sparse } else { dense }
+    }
+
+    fn forward(&self, x: &[f32], y: &mut [f32]) {
+        match &self.weights {
+            Weights::Sparse(csr) => csr.matvec(x, self.bias.as_deref(), y),
+            Weights::Dense(w) => {
+                for (r, out) in y.iter_mut().enumerate() {
+                    let b = self.bias.as_ref().map_or(0.0, |b| b[r]);
+                    *out = b + dot(&w[r * self.cols..(r + 1) * self.cols], x);
+                }
+            }
+        }
+    }
+
+    fn is_sparse(&self) -> bool {
+        matches!(self.weights, Weights::Sparse(_))
+    }
+}
+
+/// LayerNorm over the width, ε = 1e-5 (burn's and PyTorch's default).
+struct Norm {
+    gain: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+impl Norm {
+    fn forward(&self, x: &[f32]) -> Vec<f32> {
+        let n = x.len() as f32;
+        let mean = x.iter().sum::<f32>() / n;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let inv = 1.0 / (var + 1e-5).sqrt();
+        x.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                (v - mean) * inv * self.gain[i] + self.bias.as_ref().map_or(0.0, |b| b[i])
+            })
+            .collect()
+    }
+}
+
+struct Block {
+    ln_1: Norm,
+    /// `[3·heads·head, C]`: queries, keys, values of the kept heads.
+    c_attn: Linear,
+    heads: usize,
+    c_proj: Linear,
+    ln_2: Norm,
+    c_fc: Linear,
+    mlp_proj: Linear,
+}
+
+/// A GPT file ready to decode.
+pub struct GptEngine {
+    width: usize,
+    head: usize,
+    block_size: usize,
+    wte: Vec<f32>,
+    wpe: Vec<f32>,
+    blocks: Vec<Block>,
+    ln_f: Norm,
+    /// The output layer: the token embedding `[V, C]`.
+    lm_head: Linear,
+}
+
+/// Keys and values of the positions computed so far, per block `[positions, heads·head]`.
+pub struct KvCache {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn clear(&mut self) {
+        self.keys.iter_mut().for_each(Vec::clear);
+        self.values.iter_mut().for_each(Vec::clear);
+        self.len = 0;
+    }
+}
+
+impl GptEngine {
+    /// The engine for `file`, each linear layer on CSR or dense as `mode` says.
+    pub fn new(file: &GptFile, mode: SparseMode) -> Result<Self> {
+        let c = file.sizes();
+        let get = |name: &str| -> Result<Vec<f32>> {
+            Ok(file
+                .tensor(name)
+                .ok_or_else(|| anyhow::anyhow!("the GPT file lacks {name}"))?
+                .dense())
+        };
+        let bias = |name: &str| -> Result<Option<Vec<f32>>> {
+            if c.bias {
+                get(name).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let linear = |name: &str, rows: usize, cols: usize| -> Result<Linear> {
+            let (w, b) = (
+                get(&format!("{name}.weight"))?,
+                bias(&format!("{name}.bias"))?,
+            );
+            Ok(match mode {
+                SparseMode::Off => Linear::new(&w, rows, cols, b, false),
+                SparseMode::On => Linear::new(&w, rows, cols, b, true),
+                SparseMode::Auto => Linear::fastest(&w, rows, cols, b),
+            })
+        };
+        let norm = |name: &str| -> Result<Norm> {
+            Ok(Norm {
+                gain: get(&format!("{name}.weight"))?,
+                bias: bias(&format!("{name}.bias"))?,
+            })
+        };
+        let (w, head) = (c.width, c.width / c.heads);
+        let blocks = file
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(n, b)| {
+                let h = format!("transformer.h.{n}");
+                let kept = b.heads * head;
+                Ok(Block {
+                    ln_1: norm(&format!("{h}.ln_1"))?,
+                    c_attn: linear(&format!("{h}.attn.c_attn"), 3 * kept, w)?,
+                    heads: b.heads,
+                    c_proj: linear(&format!("{h}.attn.c_proj"), w, kept)?,
+                    ln_2: norm(&format!("{h}.ln_2"))?,
+                    c_fc: linear(&format!("{h}.mlp.c_fc"), b.hidden, w)?,
+                    mlp_proj: linear(&format!("{h}.mlp.c_proj"), w, b.hidden)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let wte = get("transformer.wte.weight")?;
+        let lm_head = match mode {
+            SparseMode::Off => Linear::new(&wte, c.vocab_size, w, None, false),
+            SparseMode::On => Linear::new(&wte, c.vocab_size, w, None, true),
+            SparseMode::Auto => Linear::fastest(&wte, c.vocab_size, w, None),
+        };
+        Ok(Self {
+            width: w,
+            head,
+            block_size: c.block_size,
+            wte,
+            wpe: get("transformer.wpe.weight")?,
+            blocks,
+            ln_f: norm("transformer.ln_f")?,
+            lm_head,
+        })
+    }
+
+    /// Longest context.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// `(linear layers on CSR, all linear layers)`, the output layer included.
+    pub fn sparse_layers(&self) -> (usize, usize) {
+        let mut layers: Vec<&Linear> = self
+            .blocks
+            .iter()
+            .flat_map(|b| [&b.c_attn, &b.c_proj, &b.c_fc, &b.mlp_proj])
+            .collect();
+        layers.push(&self.lm_head);
+        (
+            layers.iter().filter(|l| l.is_sparse()).count(),
+            layers.len(),
+        )
+    }
+
+    /// An empty cache.
+    pub fn cache(&self) -> KvCache {
+        KvCache {
+            keys: vec![Vec::new(); self.blocks.len()],
+            values: vec![Vec::new(); self.blocks.len()],
+            len: 0,
+        }
+    }
+
+    /// The logits after `token` at position `cache.len()`, whose key and value join `cache`.
+    ///
+    /// # Panics
+    /// When the cache already holds `block_size` positions or `token` is outside the
+    /// vocabulary ([`Decoder`] keeps both true).
+    pub fn step(&self, token: u32, cache: &mut KvCache) -> Vec<f32> {
+        let (w, t) = (self.width, cache.len);
+        assert!(t < self.block_size, "the cache is full");
+        let tok = token as usize;
+        let mut x: Vec<f32> = self.wte[tok * w..(tok + 1) * w]
+            .iter()
+            .zip(&self.wpe[t * w..(t + 1) * w])
+            .map(|(a, b)| a + b)
+            .collect();
+        let scale = 1.0 / (self.head as f32).sqrt();
+        for (l, block) in self.blocks.iter().enumerate() {
+            let kept = block.heads * self.head;
+            let mut qkv = vec![0.0; 3 * kept];
+            block.c_attn.forward(&block.ln_1.forward(&x), &mut qkv);
+            cache.keys[l].extend_from_slice(&qkv[kept..2 * kept]);
+            cache.values[l].extend_from_slice(&qkv[2 * kept..]);
+            let (keys, values) = (&cache.keys[l], &cache.values[l]);
+            let mut attended = vec![0.0; kept];
+            let mut scores = vec![0.0; t + 1];
+            for h in 0..block.heads {
+                let cols = h * self.head..(h + 1) * self.head;
+                let q = &qkv[cols.clone()];
+                for (s, score) in scores.iter_mut().enumerate() {
+                    *score = scale * dot(q, &keys[s * kept + cols.start..s * kept + cols.end]);
+                }
+                let top = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut total = 0.0;
+                for score in &mut scores {
+                    *score = (*score - top).exp();
+                    total += *score;
+                }
+                let out = &mut attended[cols.clone()];
+                for (s, weight) in scores.iter().enumerate() {
+                    let v = &values[s * kept + cols.start..s * kept + cols.end];
+                    for (o, v) in out.iter_mut().zip(v) {
+                        *o += weight / total * v;
+                    }
+                }
+            }
+            let mut y = vec![0.0; w];
+            block.c_proj.forward(&attended, &mut y);
+            x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
+            let mut hidden = vec![0.0; block.c_fc.rows];
+            block.c_fc.forward(&block.ln_2.forward(&x), &mut hidden);
+            hidden.iter_mut().for_each(|v| *v = gelu(*v));
+            block.mlp_proj.forward(&hidden, &mut y);
+            x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
+        }
+        cache.len += 1;
+        let mut logits = vec![0.0; self.lm_head.rows];
+        self.lm_head.forward(&self.ln_f.forward(&x), &mut logits);
+        logits
+    }
+
+    /// `(summed cross-entropy, correct next-token guesses, predictions)` of `tokens`, read in
+    /// consecutive windows of `block_size` predictions (each window from an empty context),
+    /// windows in parallel.
+    pub fn loss(&self, tokens: &[u32]) -> (f64, usize, usize) {
+        use rayon::prelude::*;
+        if tokens.len() < 2 {
+            return (0.0, 0, 0);
+        }
+        let predictions = tokens.len() - 1;
+        let starts: Vec<usize> = (0..predictions).step_by(self.block_size).collect();
+        starts
+            .par_iter()
+            .map(|&start| {
+                let end = (start + self.block_size).min(predictions);
+                let mut cache = self.cache();
+                let (mut loss, mut correct) = (0.0f64, 0usize);
+                for i in start..end {
+                    let logits = self.step(tokens[i], &mut cache);
+                    let target = tokens[i + 1] as usize;
+                    let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let log_sum = (logits.iter().map(|l| ((l - top) as f64).exp()).sum::<f64>())
+                        .ln()
+                        + top as f64;
+                    loss += log_sum - logits[target] as f64;
+                    let best = logits
+                        .iter()
+                        .enumerate()
+                        .max_by(|a, b| a.1.total_cmp(b.1))
+                        .map_or(0, |(k, _)| k);
+                    correct += usize::from(best == target);
+                }
+                (loss, correct, end - start)
+            })
+            .reduce(|| (0.0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+    }
+}
+
+/// Tokens in, next-token logits out, within the window policy of the module docs; with
+/// `cached` false every token recomputes its whole context (same logits, no cache).
+pub struct Decoder<'a> {
+    engine: &'a GptEngine,
+    cache: KvCache,
+    context: Vec<u32>,
+    cached: bool,
+}
+
+impl<'a> Decoder<'a> {
+    /// An empty context.
+    pub fn new(engine: &'a GptEngine, cached: bool) -> Self {
+        Self {
+            engine,
+            cache: engine.cache(),
+            context: Vec::new(),
+            cached,
+        }
+    }
+
+    /// The tokens the next logits are conditioned on.
+    pub fn context(&self) -> &[u32] {
+        &self.context
+    }
+
+    /// Appends `token`; the logits of the token after it.
+    pub fn push(&mut self, token: u32) -> Vec<f32> {
+        if self.context.len() == self.engine.block_size {
+            let keep = self.engine.block_size / 2;
+            self.context.drain(..self.context.len() - keep);
+            self.cache.clear();
+            if self.cached {
+                for &t in &self.context {
+                    self.engine.step(t, &mut self.cache);
+                }
+            }
+        }
+        if !self.cached {
+            self.cache.clear();
+            for &t in &self.context {
+                self.engine.step(t, &mut self.cache);
+            }
+        }
+        self.context.push(token);
+        self.engine.step(token, &mut self.cache)
+    }
+}
+
+/// Generated text and its speed.
+pub struct Generated {
+    /// The prompt and its continuation.
+    pub text: String,
+    /// Generated tokens per second (the prompt's processing excluded).
+    pub tokens_per_second: f64,
+}
+
+/// `prompt` continued by `sampling.tokens` characters, each passed to `emit` as it is drawn.
+pub fn generate(
+    engine: &GptEngine,
+    cached: bool,
+    file: &GptFile,
+    prompt: &str,
+    sampling: &Sampling,
+    emit: &mut dyn FnMut(&str),
+) -> Result<Generated> {
+    check_temperature(sampling)?;
+    let tokens = prompt_tokens(&file.vocab, prompt)?;
+    ensure!(!tokens.is_empty(), "the prompt has no tokens");
+    let mut decoder = Decoder::new(engine, cached);
+    let mut logits = Vec::new();
+    for &t in &tokens {
+        logits = decoder.push(t);
+    }
+    let mut rng = StdRng::seed_from_u64(sampling.seed);
+    let mut generated = Vec::with_capacity(sampling.tokens);
+    let start = Instant::now();
+    for k in 0..sampling.tokens {
+        let chosen = draw(&logits, sampling, &mut rng) as u32;
+        generated.push(chosen);
+        emit(&file.vocab.decode(&[chosen]));
+        if k + 1 < sampling.tokens {
+            logits = decoder.push(chosen);
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(Generated {
+        text: format!("{prompt}{}", file.vocab.decode(&generated)),
+        tokens_per_second: sampling.tokens as f64 / seconds.max(1e-12),
+    })
+}
+
+/// Seconds `engine` takes to decode `tokens` tokens after a full window of `window` (the
+/// window's own processing not timed): the steady state of generation, slides included.
+pub fn timed_decode(engine: &GptEngine, cached: bool, window: &[u32], tokens: usize) -> f64 {
+    let mut decoder = Decoder::new(engine, cached);
+    for &t in window {
+        decoder.push(t);
+    }
+    let start = Instant::now();
+    for k in 0..tokens {
+        std::hint::black_box(decoder.push(window[k % window.len()]));
+    }
+    start.elapsed().as_secs_f64()
+}
+
+/// Median tokens/s of each variant over `repeats` alternated runs, so that drift in the
+/// machine's load hits all alike; a variant returns the seconds it took for `tokens` tokens.
+pub fn alternated_rates(
+    variants: &mut [Box<dyn FnMut() -> f64 + '_>],
+    tokens: usize,
+    repeats: usize,
+) -> Vec<f64> {
+    let mut rates = vec![Vec::with_capacity(repeats); variants.len()];
+    for _ in 0..repeats {
+        for (k, run) in variants.iter_mut().enumerate() {
+            rates[k].push(tokens as f64 / run().max(1e-12));
+        }
+    }
+    rates
+        .into_iter()
+        .map(|mut r| {
+            r.sort_by(f64::total_cmp);
+            r[r.len() / 2]
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TrainConfig;
+    use crate::data::text::Vocabulary;
+    use crate::deploy::gpt_compact::compact_gpt;
+    use crate::deploy::model_file::{Format, ModelTensor, Stored};
+    use crate::models::gpt::tokens_tensor;
+    use crate::models::{Gpt, ModelKind};
+    use burn::module::{Module, ModuleMapper, Param};
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    fn config(bias: bool) -> TrainConfig {
+        let mut config = TrainConfig {
+            model: ModelKind::Gpt,
+            ..TrainConfig::default()
+        };
+        config.gpt.layers = 2;
+        config.gpt.heads = 4;
+        config.gpt.width = 16;
+        config.gpt.block_size = 8;
+        config.gpt.bias = bias;
+        config
+    }
+
+    /// Sets every float parameter to deterministic values with `zero_share` of the weight
+    /// matrices exactly 0 and biases and LayerNorm gains away from their init (so that a
+    /// missed bias or gain would show).
+    struct Scramble {
+        zero_share: f64,
+        seed: u64,
+    }
+
+    impl ModuleMapper for Scramble {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let dims = param.val().dims();
+            let n: usize = dims.iter().product();
+            let values: Vec<f32> = (0..n)
+                .map(|i| {
+                    self.seed = self
+                        .seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let u = (self.seed >> 11) as f64 / (1u64 << 53) as f64;
+                    let v = ((self.seed >> 7) % 1000) as f32 / 1000.0 - 0.5;
+                    if D >= 2 && u < self.zero_share {
+                        0.0
+                    } else if D == 1 {
+                        1.0 + v * 0.3 + (i % 3) as f32 * 0.01
+                    } else {
+                        v * 0.6
+                    }
+                })
+                .collect();
+            let device = param.val().device();
+            param.map(|_| Tensor::from_data(TensorData::new(values, dims), &device))
+        }
+    }
+
+    fn model(bias: bool, zero_share: f64) -> (Gpt, GptFile) {
+        let config = config(bias);
+        let vocab = Vocabulary::from_text("abcdefghij");
+        let gpt = Gpt::new(&config.gpt.model(vocab.len()), &Device::default()).map(&mut Scramble {
+            zero_share,
+            seed: 7,
+        });
+        let file = GptFile::from_model(&gpt, &config, &vocab, Format::Dense, 1e-13).unwrap();
+        (gpt, file)
+    }
+
+    /// burn's logits at every position of `tokens`, `[t][vocab]`.
+    fn burn_logits(gpt: &Gpt, tokens: &[u32]) -> Vec<Vec<f32>> {
+        let x: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let flat = gpt
+            .forward(tokens_tensor(x, 1, tokens.len(), &gpt.device()))
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        flat.chunks(flat.len() / tokens.len())
+            .map(<[f32]>::to_vec)
+            .collect()
+    }
+
+    fn worst(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max)
+    }
+
+    const TOKENS: [u32; 21] = [
+        1, 4, 0, 9, 2, 2, 7, 3, 8, 5, 6, 1, 0, 3, 9, 9, 4, 2, 7, 5, 1,
+    ];
+
+    #[test]
+    fn cached_decoding_gives_burns_logits_at_every_position_and_across_slides() {
+        for bias in [false, true] {
+            let (gpt, file) = model(bias, 0.6);
+            for format in [Format::Dense, Format::Sparse] {
+                // through the file's bytes, as export and sample see it
+                let read =
+                    GptFile::from_bytes(&file.with_format(format).to_bytes().unwrap()).unwrap();
+                for mode in [SparseMode::Off, SparseMode::On] {
+                    let engine = GptEngine::new(&read, mode).unwrap();
+                    for cached in [true, false] {
+                        let mut decoder = Decoder::new(&engine, cached);
+                        let mut slides = 0;
+                        for &t in &TOKENS {
+                            let before = decoder.context().len();
+                            let logits = decoder.push(t);
+                            slides += usize::from(decoder.context().len() <= before);
+                            // burn recomputes the whole context the decoder conditions on
+                            let reference = burn_logits(&gpt, decoder.context());
+                            let d = worst(&logits, reference.last().unwrap());
+                            assert!(
+                                d < 1e-4,
+                                "bias {bias} {format:?} {mode:?} cached {cached}: {d}"
+                            );
+                        }
+                        // block 8: slides at the 9th, 13th, 17th and 21st token
+                        assert_eq!(slides, 4);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_decoding_gives_the_same_text_as_dense() {
+        let (_, file) = model(false, 0.9);
+        let sampling = Sampling {
+            tokens: 200,
+            temperature: 0.8,
+            top_k: 0,
+            seed: 3,
+        };
+        let texts: Vec<String> = [SparseMode::Off, SparseMode::On, SparseMode::Auto]
+            .into_iter()
+            .flat_map(|mode| {
+                let engine = GptEngine::new(&file, mode).unwrap();
+                [true, false].map(|cached| {
+                    generate(&engine, cached, &file, "abc", &sampling, &mut |_| {})
+                        .unwrap()
+                        .text
+                })
+            })
+            .collect();
+        assert_eq!(texts[0].chars().count(), 203);
+        assert!(texts.iter().all(|t| *t == texts[0]), "{texts:?}");
+        let on = GptEngine::new(&file, SparseMode::On).unwrap();
+        assert_eq!(on.sparse_layers(), (9, 9));
+        assert_eq!(
+            GptEngine::new(&file, SparseMode::Off)
+                .unwrap()
+                .sparse_layers(),
+            (0, 9)
+        );
+    }
+
+    #[test]
+    fn the_loss_is_the_mean_cross_entropy_of_burns_logits() {
+        let (gpt, file) = model(true, 0.3);
+        let engine = GptEngine::new(&file, SparseMode::Auto).unwrap();
+        let (loss, correct, count) = engine.loss(&TOKENS);
+        assert_eq!(count, 20);
+        // windows of 8 predictions: tokens 0..8, 8..16, 16..20 from an empty context
+        let (mut expected, mut right) = (0.0f64, 0);
+        for start in [0usize, 8, 16] {
+            let end = (start + 8).min(20);
+            let logits = burn_logits(&gpt, &TOKENS[start..end]);
+            for (i, row) in logits.iter().enumerate() {
+                let target = TOKENS[start + i + 1] as usize;
+                let sum: f64 = row.iter().map(|l| (*l as f64).exp()).sum();
+                expected += sum.ln() - row[target] as f64;
+                let best = (0..row.len())
+                    .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                    .unwrap();
+                right += usize::from(best == target);
+            }
+        }
+        assert!((loss - expected).abs() < 1e-3, "{loss} vs {expected}");
+        assert_eq!(correct, right);
+    }
+
+    #[test]
+    fn compaction_removes_dead_heads_and_units_and_keeps_the_logits() {
+        for bias in [false, true] {
+            let (_, mut file) = model(bias, 0.2);
+            let c = file.sizes();
+            let (head, kept) = (c.width / c.heads, c.width);
+            let zero_rows = |t: &mut ModelTensor, rows: std::ops::Range<usize>| {
+                let cols = t.shape[1];
+                let mut v = t.dense();
+                rows.for_each(|r| v[r * cols..(r + 1) * cols].fill(0.0));
+                t.stored = Stored::Dense(v);
+            };
+            let zero_cols = |t: &mut ModelTensor, cols: std::ops::Range<usize>| {
+                let n = t.shape[1];
+                let mut v = t.dense();
+                for r in 0..t.shape[0] {
+                    cols.clone().for_each(|c| v[r * n + c] = 0.0);
+                }
+                t.stored = Stored::Dense(v);
+            };
+            let find = |file: &mut GptFile, name: &str| -> usize {
+                file.tensors.iter().position(|t| t.name == name).unwrap()
+            };
+            // block 0: head 1's values zero (a constant head), head 3's output columns zero;
+            // MLP units 0..10 read nothing, units 10..20 write nothing
+            let i = find(&mut file, "transformer.h.0.attn.c_attn.weight");
+            zero_rows(&mut file.tensors[i], 2 * kept + head..2 * kept + 2 * head);
+            let i = find(&mut file, "transformer.h.0.attn.c_proj.weight");
+            zero_cols(&mut file.tensors[i], 3 * head..4 * head);
+            let i = find(&mut file, "transformer.h.0.mlp.c_fc.weight");
+            zero_rows(&mut file.tensors[i], 0..10);
+            let i = find(&mut file, "transformer.h.0.mlp.c_proj.weight");
+            zero_cols(&mut file.tensors[i], 10..20);
+            let (compact, report) = compact_gpt(&file).unwrap();
+            assert_eq!(report.after[0].heads, 2, "bias {bias}");
+            // without a bias a zero c_fc row gives gelu(0) = 0: removable; with one it is folded
+            assert_eq!(report.after[0].hidden, 64 - 20, "bias {bias}");
+            assert_eq!(report.after[1], report.before[1]);
+            assert!(report.params_after < report.params_before);
+            let read = GptFile::from_bytes(&compact.to_bytes().unwrap()).unwrap();
+            assert_eq!(read, compact);
+            let (a, b) = (
+                GptEngine::new(&file, SparseMode::Off).unwrap(),
+                GptEngine::new(&read, SparseMode::Off).unwrap(),
+            );
+            let (mut da, mut db) = (Decoder::new(&a, true), Decoder::new(&b, true));
+            for &t in &TOKENS {
+                let d = worst(&da.push(t), &db.push(t));
+                assert!(d < 1e-5, "bias {bias}: {d}");
+            }
+        }
+    }
+}
