@@ -1,5 +1,5 @@
 //! Damaged real files against every reader pdecay has: IDX (gzip'd and raw), model files
-//! (dense, CSR and compact safetensors), CSR arrays, config and sweep TOML. A reader returns
+//! (dense, CSR and compact safetensors, image classifiers and GPTs), CSR arrays, config and sweep TOML. A reader returns
 //! a value or an error, never panics, and what it accepts is consistent (an IDX array holds
 //! what its header announces; a model file runs).
 //!
@@ -12,11 +12,15 @@ use burn::tensor::Device;
 use pdecay_cli::config::TrainConfig;
 use pdecay_cli::data::idx::read_idx;
 use pdecay_cli::data::mnist;
+use pdecay_cli::data::text::Vocabulary;
 use pdecay_cli::deploy::compact::compact;
+use pdecay_cli::deploy::gpt_compact::compact_gpt;
+use pdecay_cli::deploy::gpt_file::GptFile;
+use pdecay_cli::deploy::gpt_infer::{Decoder, GptEngine, SparseMode};
 use pdecay_cli::deploy::infer::Engine;
-use pdecay_cli::deploy::model_file::{Format, ModelFile};
+use pdecay_cli::deploy::model_file::{Format, ModelFile, Stored};
 use pdecay_cli::experiments::sweep;
-use pdecay_cli::models::{Classifier, ModelKind};
+use pdecay_cli::models::{Classifier, Gpt, ModelKind};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
@@ -186,6 +190,63 @@ fn damaged_model_files_are_errors_or_models_that_run() {
                     {
                         assert_eq!(engine.logits(&batch, 2).len(), 2 * 10);
                         assert_eq!(batch.len(), 2 * pixels);
+                    }
+                    Ok(())
+                })
+                .unwrap_or_else(|e| panic!("{name} ({kind}): {e}"));
+        }
+    }
+}
+
+/// A small GPT with about half its weights zero, dense, sparse and compacted.
+fn gpt_files() -> Vec<(String, Vec<u8>)> {
+    let mut config = TrainConfig {
+        model: ModelKind::Gpt,
+        ..TrainConfig::default()
+    };
+    (config.gpt.layers, config.gpt.heads, config.gpt.width) = (1, 2, 8);
+    config.gpt.block_size = 4;
+    config.gpt.bias = true;
+    let vocab = Vocabulary::from_text("abcde");
+    let model = Gpt::new(&config.gpt.model(vocab.len()), &Device::flex());
+    let mut dense = GptFile::from_model(&model, &config, &vocab, Format::Dense, 0.02).unwrap();
+    for t in dense.tensors.iter_mut().filter(|t| t.shape.len() == 2) {
+        let values = t
+            .dense()
+            .iter()
+            .map(|&v| if v.abs() < 0.02 { 0.0 } else { v })
+            .collect();
+        t.stored = Stored::Dense(values);
+    }
+    let (compacted, _) = compact_gpt(&dense).unwrap();
+    [
+        ("gpt dense", dense.clone()),
+        ("gpt sparse", dense.with_format(Format::Sparse)),
+        ("gpt compact", compacted),
+    ]
+    .into_iter()
+    .map(|(name, f)| (name.to_string(), f.to_bytes().unwrap()))
+    .collect()
+}
+
+#[test]
+fn damaged_gpt_files_are_errors_or_models_that_decode() {
+    for (name, bytes) in gpt_files() {
+        let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        for (kind, within) in [("header", header), ("anywhere", bytes.len())] {
+            runner()
+                .run(&damage(), |d| {
+                    let damaged = d.apply(&bytes, within);
+                    // an image reader given a damaged GPT file refuses it too
+                    assert!(ModelFile::from_bytes(&damaged).is_err());
+                    if let Ok(file) = GptFile::from_bytes(&damaged)
+                        && let Ok(engine) = GptEngine::new(&file, SparseMode::On)
+                    {
+                        let mut decoder = Decoder::new(&engine, true);
+                        let vocab = file.vocab.len() as u32;
+                        for t in 0..2 * file.config.gpt.block_size as u32 {
+                            assert_eq!(decoder.push(t % vocab).len(), vocab as usize);
+                        }
                     }
                     Ok(())
                 })

@@ -373,3 +373,183 @@ fn bad_gpt_inputs_are_clear_errors() {
     fails(&["demo", "--device", "gpu"], &["unknown device `gpu`"]);
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// The number after `key ` in a line of `text`.
+fn number_after(text: &str, key: &str) -> f64 {
+    let at = text
+        .find(key)
+        .unwrap_or_else(|| panic!("{key:?} not in {text}"))
+        + key.len();
+    text[at..]
+        .trim_start()
+        .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_gpt_is_exported_compacted_evaluated_and_sampled_from_its_files() {
+    let root = tempdir("gpt-deploy");
+    let text_file = root.join("text.txt");
+    std::fs::write(&text_file, text()).unwrap();
+    let run = root.join("run");
+    let mut args = vec!["train", "--data", path(&text_file), "--out", path(&run)];
+    args.extend_from_slice(&TINY);
+    args.extend_from_slice(&["--optim", "padam", "--lambda", "0.05", "--bias"]);
+    ok(&args);
+    let summary = json(&run.join("summary.json"));
+
+    let (dense, sparse, compact) = (
+        root.join("dense.safetensors"),
+        root.join("sparse.safetensors"),
+        root.join("compact.safetensors"),
+    );
+    let out = ok(&[
+        "export",
+        path(&run),
+        "--format",
+        "dense",
+        "--out",
+        path(&dense),
+    ]);
+    assert!(out.contains("nanoGPT names"), "{out}");
+    ok(&["export", path(&run), "--out", path(&sparse)]);
+    let out = ok(&["compact", path(&run), "--out", path(&compact)]);
+    assert!(out.contains("heads per block"), "{out}");
+    let difference = number_after(&out, "max |logit difference| over 48 decoded tokens:");
+    assert!(difference < 1e-5, "{out}");
+    // the exported file keeps nanoGPT's names and the sparsity the run reported
+    let bytes = std::fs::read(&dense).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8_lossy(&bytes[8..8 + header_len]).into_owned();
+    for name in [
+        "transformer.wte.weight",
+        "transformer.h.0.attn.c_attn.weight",
+        "transformer.h.0.attn.c_attn.bias",
+        "transformer.h.0.mlp.c_proj.weight",
+        "transformer.ln_f.bias",
+        "gpt_config",
+    ] {
+        assert!(header.contains(name), "{name} missing from {header}");
+    }
+    assert!(
+        !header.contains("\"lm_head.weight\":{"),
+        "the tied output layer is left out"
+    );
+
+    // every file gives the same validation loss on the training text's last 10%
+    let losses: Vec<f64> = [&dense, &sparse, &compact]
+        .iter()
+        .map(|f| {
+            let out = ok(&["eval", path(f), "--data", path(&text_file)]);
+            number_after(&out, "validation loss")
+        })
+        .collect();
+    for loss in &losses {
+        assert!((loss - losses[0]).abs() < 1e-4, "{losses:?}");
+    }
+    // the run's own estimate (seeded windows, chars with less context) is near it
+    let run_loss = summary["final_val_loss"].as_f64().unwrap();
+    assert!(
+        (losses[0] - run_loss).abs() < 0.3,
+        "{losses:?} vs {run_loss}"
+    );
+    assert!(losses[0] < 3.0);
+
+    // the same seed gives the same text from the run, each file, each path
+    let sample = |model: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            path(model),
+            "--prompt",
+            "the ",
+            "--tokens",
+            "50",
+            "--seed",
+            "5",
+        ];
+        args.extend_from_slice(extra);
+        ok(&args)
+    };
+    let reference = sample(&run, &[]);
+    assert_eq!(reference.trim_end().chars().count(), 54);
+    for (model, extra) in [
+        (&dense, &[][..]),
+        (&sparse, &["--sparse", "on"][..]),
+        (&sparse, &["--no-kv-cache"][..]),
+        (&compact, &["--sparse", "off"][..]),
+        (&run, &["--sparse", "on", "--no-kv-cache"][..]),
+    ] {
+        assert_eq!(sample(model, extra), reference, "{model:?} {extra:?}");
+    }
+
+    let out = ok(&["bench-infer", path(&sparse), "--repeats", "2"]);
+    for needle in [
+        "dense",
+        "sparse",
+        "compact",
+        "KV cache",
+        "burn, whole window",
+    ] {
+        assert!(out.contains(needle), "{needle} missing from {out}");
+    }
+
+    // what does not fit is said
+    fails(
+        &["eval", path(&dense)],
+        &["is a GPT file", "--data input.txt"],
+    );
+    fails(
+        &["eval", path(&dense), "--embedded"],
+        &["GPT file", "--data input.txt"],
+    );
+    fails(
+        &["eval", path(&dense), "--data", path(&root)],
+        &["is a folder"],
+    );
+    let other = root.join("other.txt");
+    std::fs::write(&other, "ABC DEF GHI. ".repeat(100)).unwrap();
+    fails(
+        &["eval", path(&dense), "--data", path(&other)],
+        &["vocabulary", "trained on"],
+    );
+    fails(
+        &[
+            "export",
+            path(&run),
+            "--out",
+            path(&root.join("x.safetensors")),
+            "--data",
+            path(&root),
+        ],
+        &["GPT run", "--data"],
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn an_image_model_file_given_to_sample_is_named() {
+    let root = tempdir("gpt-image-file");
+    let run = root.join("mlp");
+    ok(&[
+        "train",
+        "--data",
+        "embedded",
+        "--hidden",
+        "8",
+        "--epochs",
+        "1",
+        "--out",
+        path(&run),
+    ]);
+    let file = root.join("mlp.safetensors");
+    ok(&["export", path(&run), "--out", path(&file)]);
+    fails(
+        &["sample", path(&file)],
+        &["image classifier file", "pdecay eval"],
+    );
+    fails(&["sample", path(&run)], &["not a GPT run"]);
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -3,14 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use clap::Args;
 
+use super::gpt_deploy;
 use crate::data::check_image_size;
 use crate::data::{ImageSplits, mnist};
 use crate::deploy::compact::compact;
+use crate::deploy::gpt_file::GptFile;
 use crate::deploy::infer::{Engine, accuracy, latencies, max_logit_difference};
-use crate::deploy::model_file::{Format, ModelFile, check_destination};
+use crate::deploy::model_file::{Format, ModelFile, check_destination, file_model_kind};
+use crate::models::ModelKind;
 use crate::run::RunDir;
 
 /// Flags of `pdecay export`.
@@ -58,7 +61,8 @@ pub struct CompactArgs {
 pub struct EvalArgs {
     /// A file from pdecay export or pdecay compact
     pub file: PathBuf,
-    /// Folder with the IDX files [default: $PDECAY_DATA, then /usr/share/datasets/fashion-mnist]
+    /// Folder with the IDX files [default: $PDECAY_DATA, then /usr/share/datasets/fashion-mnist];
+    /// for a GPT file, the text it was trained on (its validation part is evaluated)
     #[arg(long, conflicts_with = "embedded")]
     pub data: Option<PathBuf>,
     /// Evaluate on the embedded subset's 1,000 test images
@@ -89,6 +93,30 @@ fn run_model(run: &Path, data: Option<&Path>) -> Result<(ModelFile, ImageSplits)
     Ok((from.file, from.splits))
 }
 
+/// Whether `run` is a GPT run folder (anything else goes on to the image commands' checks).
+fn is_gpt_run(run: &Path) -> bool {
+    RunDir::new(run)
+        .read_config()
+        .is_ok_and(|c| c.model == ModelKind::Gpt)
+}
+
+/// `--data` names the images of a classifier run; a GPT run's text is in its config.
+fn refuse_data_for_gpt(run: &Path, data: Option<&Path>) -> Result<()> {
+    ensure!(
+        data.is_none(),
+        "{} is a GPT run: --data (the image folder for the input normalisation) does not apply; drop it",
+        run.display()
+    );
+    Ok(())
+}
+
+/// A model file's bytes and whether it holds a GPT.
+fn read_model_file(path: &Path) -> Result<(Vec<u8>, bool)> {
+    let bytes = crate::data::read_bounded(path, "model file")?;
+    let gpt = file_model_kind(&bytes).is_ok_and(|k| k == ModelKind::Gpt);
+    Ok((bytes, gpt))
+}
+
 fn kib(bytes: usize) -> String {
     format!("{:.1} KiB", bytes as f64 / 1024.0)
 }
@@ -99,6 +127,10 @@ pub fn run_export(args: &ExportArgs) -> Result<()> {
         args.format != Format::Compact,
         "--format compact is made by `pdecay compact RUN_DIR --out FILE`"
     );
+    if is_gpt_run(&args.run) {
+        refuse_data_for_gpt(&args.run, args.data.as_deref())?;
+        return gpt_deploy::export(&args.run, args.format, &args.to);
+    }
     let (dense, _) = run_model(&args.run, args.data.as_deref())?;
     check_destination(&args.to.out, args.to.force)?;
     let sparse = dense.with_format(Format::Sparse);
@@ -123,6 +155,10 @@ pub fn run_export(args: &ExportArgs) -> Result<()> {
 
 /// `pdecay compact`.
 pub fn run_compact(args: &CompactArgs) -> Result<()> {
+    if is_gpt_run(&args.run) {
+        refuse_data_for_gpt(&args.run, args.data.as_deref())?;
+        return gpt_deploy::compact(&args.run, &args.to);
+    }
     let (dense, splits) = run_model(&args.run, args.data.as_deref())?;
     check_destination(&args.to.out, args.to.force)?;
     let (compacted, report) = compact(&dense)?;
@@ -149,7 +185,18 @@ pub fn run_compact(args: &CompactArgs) -> Result<()> {
 
 /// `pdecay eval`.
 pub fn run_eval(args: &EvalArgs) -> Result<()> {
-    let file = ModelFile::load(&args.file)?;
+    let (bytes, gpt) = read_model_file(&args.file)?;
+    let unusable = || format!("{} is not a usable pdecay model file", args.file.display());
+    if gpt {
+        ensure!(
+            !args.embedded,
+            "{} is a GPT file and --embedded is the image subset: give the training text with --data input.txt",
+            args.file.display()
+        );
+        let file = GptFile::from_bytes(&bytes).with_context(unusable)?;
+        return gpt_deploy::eval(&args.file, &file, args.data.as_deref());
+    }
+    let file = ModelFile::from_bytes(&bytes).with_context(unusable)?;
     let splits = if args.embedded {
         mnist::embedded()
     } else {
@@ -180,9 +227,18 @@ pub fn run_bench_infer(args: &BenchInferArgs) -> Result<()> {
         args.repeats
     );
     let base = if args.model.is_dir() {
+        if is_gpt_run(&args.model) {
+            return gpt_deploy::bench(&args.model, args.repeats);
+        }
         run_model(&args.model, None)?.0
     } else {
-        ModelFile::load(&args.model)?
+        let (bytes, gpt) = read_model_file(&args.model)?;
+        if gpt {
+            return gpt_deploy::bench(&args.model, args.repeats);
+        }
+        ModelFile::from_bytes(&bytes).with_context(|| {
+            format!("{} is not a usable pdecay model file", args.model.display())
+        })?
     };
     let dense = base.with_format(Format::Dense);
     let (compacted, _) = compact(&dense)?;

@@ -2,6 +2,7 @@
 
 pub mod deploy;
 pub mod device;
+pub mod gpt_deploy;
 pub mod progress;
 pub mod sample;
 pub mod sweep;
@@ -34,16 +35,20 @@ enum Command {
     Sweep(sweep::SweepArgs),
     /// Write report.md with tables and plots (PNG and SVG) for a run or a sweep folder.
     Report(ReportArgs),
-    /// Generate text from a GPT run's checkpoint.
+    /// Generate text from a GPT run's checkpoint or an exported GPT file (KV cache, CSR layers).
     Sample(sample::SampleArgs),
-    /// Export a run's model as safetensors, dense or sparse (CSR).
+    /// Export a run's model as safetensors, dense or sparse (CSR); GPTs with nanoGPT's names.
     Export(deploy::ExportArgs),
-    /// Remove dead neurons and channels: a smaller dense model with the same outputs.
+    /// Remove dead neurons and channels (GPT: MLP units and heads): same outputs, smaller.
     Compact(deploy::CompactArgs),
-    /// Test accuracy of an exported (dense, sparse or compact) model file.
+    /// Test accuracy of an exported (dense, sparse or compact) model file; a GPT's validation loss.
     Eval(deploy::EvalArgs),
-    /// File size, parameters and latency (batch 1 and 64) of dense, sparse and compact.
+    /// File size, parameters and latency (batch 1 and 64) of dense, sparse and compact; a GPT's
+    /// decode tokens/s with and without the KV cache.
     BenchInfer(deploy::BenchInferArgs),
+    /// A GPT's logits at every position of a text, as JSON (for bench/nanogpt_check.sh).
+    #[command(hide = true)]
+    Logits(gpt_deploy::LogitsArgs),
     /// pAdam vs Adam on a synthetic sparse linear-regression teacher: support recovery.
     LinearDemo(linear_demo::DemoArgs),
 }
@@ -88,6 +93,7 @@ impl Cli {
             Command::Compact(args) => deploy::run_compact(&args),
             Command::Eval(args) => deploy::run_eval(&args),
             Command::BenchInfer(args) => deploy::run_bench_infer(&args),
+            Command::Logits(args) => gpt_deploy::logits(&args),
             Command::LinearDemo(args) => linear_demo::run(&args),
         }
     }

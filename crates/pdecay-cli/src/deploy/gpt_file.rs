@@ -34,8 +34,8 @@ use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
 use super::model_file::{
-    FORMAT_VERSION, Format, ModelTensor, Stored, read_tensors, stored_as, tensors_to_bytes,
-    weight_sparsity,
+    FORMAT_VERSION, Format, ModelTensor, Stored, load_into, read_tensors, stored_as,
+    tensors_to_bytes, weight_sparsity,
 };
 use crate::config::TrainConfig;
 use crate::data::text::Vocabulary;
@@ -211,6 +211,29 @@ impl GptFile {
         };
         let file = Self::from_model(&model, &config, &vocab, Format::Dense, config.threshold)?;
         Ok((file, position))
+    }
+
+    /// The burn model with these weights (for files that keep every head and unit).
+    pub fn to_model(&self, device: &Device) -> Result<Gpt> {
+        ensure!(
+            self.format != Format::Compact,
+            "a compact GPT file has blocks of its own sizes; only pdecay's decoder runs it"
+        );
+        let model = Gpt::new(&self.sizes(), device);
+        let mut weights = HashMap::new();
+        for p in parameter_values(&model) {
+            let (name, transposed) = nanogpt_name(&p.name)
+                .with_context(|| format!("the GPT parameter {} has no nanoGPT name", p.name))?;
+            let t = self
+                .tensor(&name)
+                .with_context(|| format!("the GPT file lacks {name}"))?;
+            let values = match (transposed, t.shape.as_slice()) {
+                (true, [rows, cols]) => transpose(&t.dense(), *rows, *cols),
+                _ => t.dense(),
+            };
+            weights.insert(p.name, (p.shape, values));
+        }
+        load_into(model, weights, device)
     }
 
     /// The sizes of the model (the uncompacted ones: `blocks` says what each block kept).
@@ -464,6 +487,9 @@ mod tests {
             assert_eq!(read, file);
             assert_eq!(read.vocab, vocab);
         }
+        let back = dense.to_model(&Device::default()).unwrap();
+        let again = GptFile::from_model(&back, &config, &vocab, Format::Dense, 1e-13).unwrap();
+        assert_eq!(again, dense, "file -> burn -> file");
         let sparse = dense.with_format(Format::Sparse);
         // every matrix (20% dense) as CSR, LayerNorm gains and biases dense
         for t in &sparse.tensors {

@@ -269,24 +269,12 @@ impl ModelFile {
     /// The burn model with these weights (zeros where CSR dropped values).
     pub fn to_model(&self, device: &Device) -> Result<Classifier> {
         let model = Classifier::new(self.config.model, IMAGE_SIDE, self.config.widths(), device);
-        let mut loader = Loader {
-            path: Vec::new(),
-            weights: self
-                .tensors
-                .iter()
-                .map(|t| {
-                    let (shape, values) = reorient(&t.shape, t.dense());
-                    (t.name.clone(), (shape, values))
-                })
-                .collect(),
-            device: device.clone(),
-            error: None,
-        };
-        let model = model.map(&mut loader);
-        match loader.error {
-            Some(e) => bail!(e),
-            None => Ok(model),
-        }
+        let weights = self
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), reorient(&t.shape, t.dense())))
+            .collect();
+        load_into(model, weights, device)
     }
 }
 
@@ -644,6 +632,26 @@ fn read_i32(file: &SafeTensors, name: &str) -> Result<Vec<u32>> {
             u32::try_from(v).with_context(|| format!("tensor {name} holds the negative index {v}"))
         })
         .collect()
+}
+
+/// `model` with each float parameter replaced by `weights[path]` (burn's shape and layout);
+/// a parameter without weights, or with the wrong shape, is an error.
+pub(crate) fn load_into<M: Module>(
+    model: M,
+    weights: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    device: &Device,
+) -> Result<M> {
+    let mut loader = Loader {
+        path: Vec::new(),
+        weights,
+        device: device.clone(),
+        error: None,
+    };
+    let model = model.map(&mut loader);
+    match loader.error {
+        Some(e) => bail!(e),
+        None => Ok(model),
+    }
 }
 
 /// Replaces each float parameter by the values stored under its path.
