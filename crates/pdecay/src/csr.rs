@@ -169,29 +169,23 @@ impl Csr {
     pub fn matvec(&self, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
         assert_eq!(x.len(), self.cols, "CSR matvec: x has cols entries");
         assert_eq!(y.len(), self.rows, "CSR matvec: y has rows entries");
-        let row = |(r, out): (usize, &mut f32)| {
-            let range = self.row_range(r);
-            let (values, cols) = (&self.values[range.clone()], &self.col_indices[range]);
-            // eight partial sums: one accumulator would wait on each add's latency (4 cycles)
-            let mut partial = [0.0f32; LANES];
-            let (value_chunks, col_chunks) = (values.chunks_exact(LANES), cols.chunks_exact(LANES));
-            let (value_tail, col_tail) = (value_chunks.remainder(), col_chunks.remainder());
-            for (v, c) in value_chunks.zip(col_chunks) {
-                for lane in 0..LANES {
-                    partial[lane] += v[lane] * x[c[lane] as usize];
-                }
-            }
-            let mut acc = bias.map_or(0.0, |b| b[r]) + partial.iter().sum::<f32>();
-            for (v, c) in value_tail.iter().zip(col_tail) {
-                acc += v * x[*c as usize];
-            }
-            *out = acc;
-        };
         // below ~64K non-zeros a thread hand-off costs more than it saves
         if self.nnz() < 1 << 16 {
-            y.iter_mut().enumerate().for_each(row);
+            sparse_rows(
+                &self.values,
+                &self.col_indices,
+                &self.row_offsets,
+                x,
+                bias,
+                y,
+            );
         } else {
-            y.par_iter_mut().enumerate().with_min_len(64).for_each(row);
+            const ROWS: usize = 64;
+            y.par_chunks_mut(ROWS).enumerate().for_each(|(k, y)| {
+                let (first, bias) = (k * ROWS, bias.map(|b| &b[k * ROWS..k * ROWS + y.len()]));
+                let offsets = &self.row_offsets[first..=first + y.len()];
+                sparse_rows(&self.values, &self.col_indices, offsets, x, bias, y);
+            });
         }
     }
 
@@ -230,6 +224,39 @@ impl Csr {
                 .enumerate()
                 .with_min_len(8)
                 .for_each(row);
+        }
+    }
+}
+
+crate::dispatched! {
+    /// `y[r] = bias[r] + Σ values[k]·x[cols[k]]` over `k` in `offsets[r]..offsets[r + 1]`,
+    /// compiled for AVX-512 and AVX2 (chosen at run time, once per product: pWD's rows are
+    /// short, ~20 non-zeros, so a per-row call would cost about what the row does) and the
+    /// baseline, with `LANES` partial sums (one dependent chain would wait on each add).
+    fn sparse_rows(
+        values: &[f32],
+        cols: &[u32],
+        offsets: &[u32],
+        x: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32]
+    ) {
+        for (r, out) in y.iter_mut().enumerate() {
+            let range = offsets[r] as usize..offsets[r + 1] as usize;
+            let (values, cols) = (&values[range.clone()], &cols[range]);
+            let mut partial = [0.0f32; LANES];
+            let (value_chunks, col_chunks) = (values.chunks_exact(LANES), cols.chunks_exact(LANES));
+            let (value_tail, col_tail) = (value_chunks.remainder(), col_chunks.remainder());
+            for (v, c) in value_chunks.zip(col_chunks) {
+                for lane in 0..LANES {
+                    partial[lane] += v[lane] * x[c[lane] as usize];
+                }
+            }
+            let mut acc = bias.map_or(0.0, |b| b[r]) + partial.iter().sum::<f32>();
+            for (v, c) in value_tail.iter().zip(col_tail) {
+                acc += v * x[*c as usize];
+            }
+            *out = acc;
         }
     }
 }
