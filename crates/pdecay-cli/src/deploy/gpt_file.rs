@@ -34,7 +34,7 @@ use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
 use super::model_file::{
-    FORMAT_VERSION, Format, ModelTensor, Stored, load_into, read_tensors, stored_as,
+    FORMAT_VERSION, Format, ModelTensor, Stored, check_version, load_into, read_tensors, stored_as,
     tensors_to_bytes, weight_sparsity,
 };
 use crate::config::TrainConfig;
@@ -302,7 +302,7 @@ impl GptFile {
             ("sparsity".to_string(), self.sparsity().to_string()),
             (
                 "layout".to_string(),
-                "nanoGPT GPT.state_dict() names; Linear weights [out, in]; lm_head tied to transformer.wte.weight and left out; sparse NAME as NAME.values, NAME.col_indices, NAME.row_offsets (CSR of [out, in]) with shape.NAME".to_string(),
+                "nanoGPT GPT.state_dict() names; Linear weights [out, in]; lm_head tied to transformer.wte.weight and left out; sparse NAME as NAME.values (f32), NAME.col_indices (u16), NAME.row_offsets (i32) (CSR of [out, in]) with shape.NAME".to_string(),
             ),
         ]);
         tensors_to_bytes(&self.tensors, metadata)
@@ -335,10 +335,7 @@ impl GptFile {
             })
         };
         let version = get("format_version")?;
-        ensure!(
-            version == FORMAT_VERSION,
-            "format version {version} is not supported (this pdecay reads version {FORMAT_VERSION})"
-        );
+        check_version(version)?;
         let format = Format::parse(get("format")?)?;
         let config: TrainConfig = toml::from_str(get("model_config")?)
             .context("the model_config in __metadata__ is invalid")?;

@@ -4,8 +4,10 @@
 //! `[out, in]` orientation (burn keeps `nn.Linear` weights as `[in, out]`; they are transposed
 //! on the way out and back), conv kernels `[out, in, kh, kw]`, every value f32. In a sparse
 //! file a decayed tensor `NAME` whose density is below one half is stored as CSR of its
-//! `[out, in·kh·kw]` view: `NAME.values` (f32), `NAME.col_indices` and `NAME.row_offsets`
-//! (i32), with its shape in the metadata key `shape.NAME`; all other tensors stay dense.
+//! `[out, in·kh·kw]` view: `NAME.values` (f32), `NAME.col_indices` (u16 when every column
+//! index fits, as in every pdecay model; i32 otherwise and in version-1 files) and
+//! `NAME.row_offsets` (i32), with its shape in the metadata key `shape.NAME`; all other
+//! tensors stay dense.
 //! `__metadata__` also holds the format version, the format, the run's config (TOML), p,
 //! lambda, the threshold and the sparsity.
 
@@ -27,7 +29,17 @@ use crate::models::{Classifier, ModelKind};
 use crate::run::{RunDir, write_atomic};
 
 /// The version written into every file; files of other versions are refused.
-pub const FORMAT_VERSION: &str = "1";
+pub const FORMAT_VERSION: &str = "2";
+
+/// Checks a file's `format_version`: version 1 (CSR column indices always I32) and version 2
+/// (U16 where every column fits) are read.
+pub(crate) fn check_version(version: &str) -> Result<()> {
+    ensure!(
+        version == FORMAT_VERSION || version == "1",
+        "format version {version} is not supported (this pdecay reads versions 1 and {FORMAT_VERSION}): is the file from a newer pdecay?"
+    );
+    Ok(())
+}
 
 /// A tensor stored sparse only when that is smaller: CSR costs 8 bytes per non-zero (value and
 /// column) against 4 bytes per weight dense.
@@ -198,7 +210,7 @@ impl ModelFile {
             ("sparsity".to_string(), self.sparsity().to_string()),
             (
                 "layout".to_string(),
-                "weights [out, in] (PyTorch nn.Linear), conv [out, in, kh, kw]; sparse NAME as NAME.values, NAME.col_indices, NAME.row_offsets (CSR of [out, in*kh*kw]) with shape.NAME".to_string(),
+                "weights [out, in] (PyTorch nn.Linear), conv [out, in, kh, kw]; sparse NAME as NAME.values (f32), NAME.col_indices (u16, or i32 past 65536 columns), NAME.row_offsets (i32) (CSR of [out, in*kh*kw]) with shape.NAME".to_string(),
             ),
         ]);
         tensors_to_bytes(&self.tensors, metadata)
@@ -231,10 +243,7 @@ impl ModelFile {
             })
         };
         let version = get("format_version")?;
-        ensure!(
-            version == FORMAT_VERSION,
-            "format version {version} is not supported (this pdecay reads version {FORMAT_VERSION})"
-        );
+        check_version(version)?;
         let format = Format::parse(get("format")?)?;
         let config: TrainConfig = toml::from_str(get("model_config")?)
             .context("the model_config in __metadata__ is invalid")?;
@@ -410,12 +419,17 @@ pub(crate) fn tensors_to_bytes(
                     vec![nnz],
                     f32_bytes(&csr.values),
                 ));
-                arrays.push((
-                    format!("{}.col_indices", t.name),
-                    Dtype::I32,
-                    vec![nnz],
-                    i32_bytes(&csr.col_indices),
-                ));
+                // 2 bytes per index where every column fits: 6 bytes per non-zero, not 8
+                let (dtype, bytes) = if csr.cols <= 1 << 16 {
+                    let bytes = csr
+                        .col_indices
+                        .iter()
+                        .flat_map(|&c| (c as u16).to_le_bytes());
+                    (Dtype::U16, bytes.collect())
+                } else {
+                    (Dtype::I32, i32_bytes(&csr.col_indices))
+                };
+                arrays.push((format!("{}.col_indices", t.name), dtype, vec![nnz], bytes));
                 arrays.push((
                     format!("{}.row_offsets", t.name),
                     Dtype::I32,
@@ -560,7 +574,7 @@ pub(crate) fn read_tensors(
                 );
                 used += 3;
                 let values = read_f32(file, &format!("{name}.values"))?;
-                let cols = read_i32(file, &format!("{name}.col_indices"))?;
+                let cols = read_indices(file, &format!("{name}.col_indices"))?;
                 let offsets = read_i32(file, &format!("{name}.row_offsets"))?;
                 let rows = shape[0];
                 let csr = Csr::new(rows, shape.iter().skip(1).product(), offsets, cols, values)
@@ -616,6 +630,19 @@ fn read_f32(file: &SafeTensors, name: &str) -> Result<Vec<f32>> {
         "tensor {name} holds {bad} NaN or infinite values: the file is damaged, or its weights diverged"
     );
     Ok(values)
+}
+
+/// Column indices: U16 (version 2, where every column fits) or I32.
+fn read_indices(file: &SafeTensors, name: &str) -> Result<Vec<u32>> {
+    let view = tensor(file, name)?;
+    if view.dtype() == Dtype::U16 {
+        return Ok(view
+            .data()
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32)
+            .collect());
+    }
+    read_i32(file, name)
 }
 
 fn read_i32(file: &SafeTensors, name: &str) -> Result<Vec<u32>> {
@@ -834,6 +861,47 @@ mod tests {
         }
         let message = error(&poisoned.to_bytes().unwrap());
         assert!(message.contains("1 NaN or infinite values"), "{message}");
+    }
+
+    #[test]
+    fn column_indices_take_two_bytes_and_version_1_files_with_four_still_read() {
+        let file = sparse_mlp().with_format(Format::Sparse);
+        let bytes = file.to_bytes().unwrap();
+        let read = SafeTensors::deserialize(&bytes).unwrap();
+        let cols = read.tensor("Mlp.hidden.0.weight.col_indices").unwrap();
+        assert_eq!(cols.dtype(), Dtype::U16);
+        // the same file as version 1 wrote it: I32 column indices
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let mut meta = header.metadata().clone().unwrap();
+        meta.insert("format_version".into(), "1".into());
+        let arrays: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = read
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                if view.dtype() == Dtype::U16 {
+                    let wide = view
+                        .data()
+                        .chunks_exact(2)
+                        .flat_map(|b| (u16::from_le_bytes([b[0], b[1]]) as i32).to_le_bytes())
+                        .collect();
+                    (name, Dtype::I32, view.shape().to_vec(), wide)
+                } else {
+                    (
+                        name,
+                        view.dtype(),
+                        view.shape().to_vec(),
+                        view.data().to_vec(),
+                    )
+                }
+            })
+            .collect();
+        let views: Vec<(&str, TensorView)> = arrays
+            .iter()
+            .map(|(n, d, s, b)| (n.as_str(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        let old = safetensors::serialize(views, Some(meta)).unwrap();
+        assert!(old.len() > bytes.len());
+        assert_eq!(ModelFile::from_bytes(&old).unwrap(), file);
     }
 
     proptest! {
