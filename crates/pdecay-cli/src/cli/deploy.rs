@@ -12,7 +12,9 @@ use crate::data::{ImageSplits, mnist};
 use crate::deploy::compact::compact;
 use crate::deploy::gpt_file::GptFile;
 use crate::deploy::infer::{Engine, accuracy, latencies, max_logit_difference};
-use crate::deploy::model_file::{Format, ModelFile, check_destination, file_model_kind};
+use crate::deploy::model_file::{
+    Format, ModelFile, ModelTensor, check_destination, file_model_kind,
+};
 use crate::models::ModelKind;
 use crate::run::RunDir;
 
@@ -117,7 +119,8 @@ fn read_model_file(path: &Path) -> Result<(Vec<u8>, bool)> {
     Ok((bytes, gpt))
 }
 
-fn kib(bytes: usize) -> String {
+/// `bytes` in KiB, one decimal.
+pub(super) fn kib(bytes: usize) -> String {
     format!("{:.1} KiB", bytes as f64 / 1024.0)
 }
 
@@ -259,11 +262,7 @@ pub fn run_bench_infer(args: &BenchInferArgs) -> Result<()> {
     let dense_size = variants[0].1.to_bytes()?.len();
     for (k, (name, file)) in variants.iter().enumerate() {
         let size = file.to_bytes()?.len();
-        let nonzero: usize = file
-            .tensors
-            .iter()
-            .map(|t| t.dense().iter().filter(|w| **w != 0.0).count())
-            .sum();
+        let nonzero: usize = file.tensors.iter().map(ModelTensor::nonzero).sum();
         println!(
             "{:<8} {:>12} {:>11} {:>10} {:>8.1} us {:.2}x {:>8.1} us {:.2}x  (size {:.3}x)",
             name,

@@ -5,18 +5,14 @@ use std::path::Path;
 use anyhow::{Result, ensure};
 use burn::tensor::Device;
 
-use super::deploy::Destination;
+use super::deploy::{Destination, kib};
 use crate::data::text::TextData;
 use crate::deploy::gpt_compact::compact_gpt;
 use crate::deploy::gpt_file::GptFile;
 use crate::deploy::gpt_infer::{Decoder, GptEngine, SparseMode, alternated_rates, timed_decode};
-use crate::deploy::model_file::{Format, check_destination};
+use crate::deploy::model_file::{Format, ModelTensor, check_destination};
 use crate::models::gpt::tokens_tensor;
 use crate::run::RunDir;
-
-fn kib(bytes: usize) -> String {
-    format!("{:.1} KiB", bytes as f64 / 1024.0)
-}
 
 /// The dense GPT file of a run's last checkpoint, announced.
 pub fn gpt_run_file(run: &Path) -> Result<GptFile> {
@@ -260,11 +256,7 @@ pub fn bench(path: &Path, repeats: usize) -> Result<()> {
     let reference = rates[offset];
     for (k, ((name, file), engine)) in files.iter().zip(&engines).enumerate() {
         let size = file.to_bytes()?.len();
-        let nonzero: usize = file
-            .tensors
-            .iter()
-            .map(|t| t.dense().iter().filter(|w| **w != 0.0).count())
-            .sum();
+        let nonzero: usize = file.tensors.iter().map(ModelTensor::nonzero).sum();
         let (sparse_layers, layers) = engine.sparse_layers();
         let (plain, cached) = (rates[offset + 2 * k], rates[offset + 2 * k + 1]);
         println!(

@@ -30,11 +30,10 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::Device;
 use pdecay::csr::transpose;
 use pdecay_burn::parameter_values;
-use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
 use super::model_file::{
-    FORMAT_VERSION, Format, ModelTensor, Stored, check_version, load_into, read_tensors, stored_as,
+    FORMAT_VERSION, Format, Header, ModelTensor, Stored, load_into, read_tensors, stored_as,
     tensors_to_bytes, weight_sparsity,
 };
 use crate::config::TrainConfig;
@@ -324,21 +323,14 @@ impl GptFile {
 
     /// Parses safetensors bytes, checking every tensor against the model the config describes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let (_, header) = SafeTensors::read_metadata(bytes)
-            .context("not a safetensors file (corrupt or truncated)")?;
-        let file = SafeTensors::deserialize(bytes)
-            .context("not a safetensors file (corrupt or truncated)")?;
-        let meta = header.metadata().clone().unwrap_or_default();
-        let get = |key: &str| {
-            meta.get(key).with_context(|| {
-                format!("`{key}` is missing from __metadata__: not a GPT file written by pdecay export or compact")
-            })
-        };
-        let version = get("format_version")?;
-        check_version(version)?;
-        let format = Format::parse(get("format")?)?;
-        let config: TrainConfig = toml::from_str(get("model_config")?)
-            .context("the model_config in __metadata__ is invalid")?;
+        let Header {
+            file,
+            meta,
+            format,
+            config,
+            threshold,
+        } = Header::read(bytes)?;
+        let get = |key: &str| Header::get_in(&meta, key);
         config
             .validate()
             .context("the model_config in __metadata__ is invalid")?;
@@ -355,13 +347,6 @@ impl GptFile {
         ensure!(
             !vocab.is_empty() && vocab.chars.windows(2).all(|w| w[0] < w[1]),
             "the vocab in __metadata__ must list distinct characters in ascending order"
-        );
-        let threshold: f64 = get("threshold")?
-            .parse()
-            .context("the threshold in __metadata__ is not a number")?;
-        ensure!(
-            threshold.is_finite() && threshold >= 0.0,
-            "the threshold in __metadata__ ({threshold}) must be a finite number >= 0"
         );
         let blocks: Vec<BlockShape> = serde_json::from_str(get("blocks")?)
             .context("the blocks in __metadata__ are not a list of {heads, hidden}")?;

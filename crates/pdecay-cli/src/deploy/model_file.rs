@@ -111,6 +111,11 @@ impl ModelTensor {
     pub fn params(&self) -> usize {
         self.shape.iter().product()
     }
+
+    /// Number of values that are not exactly zero.
+    pub fn nonzero(&self) -> usize {
+        self.dense().iter().filter(|w| **w != 0.0).count()
+    }
 }
 
 /// A model as written to and read from a file.
@@ -232,28 +237,14 @@ impl ModelFile {
 
     /// Parses safetensors bytes, checking every tensor against the model its config describes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let (_, header) = SafeTensors::read_metadata(bytes)
-            .context("not a safetensors file (corrupt or truncated)")?;
-        let file = SafeTensors::deserialize(bytes)
-            .context("not a safetensors file (corrupt or truncated)")?;
-        let meta = header.metadata().clone().unwrap_or_default();
-        let get = |key: &str| {
-            meta.get(key).with_context(|| {
-                format!("`{key}` is missing from __metadata__: not a file written by pdecay export or compact")
-            })
-        };
-        let version = get("format_version")?;
-        check_version(version)?;
-        let format = Format::parse(get("format")?)?;
-        let config: TrainConfig = toml::from_str(get("model_config")?)
-            .context("the model_config in __metadata__ is invalid")?;
-        let threshold: f64 = get("threshold")?
-            .parse()
-            .context("the threshold in __metadata__ is not a number")?;
-        ensure!(
-            threshold.is_finite() && threshold >= 0.0,
-            "the threshold in __metadata__ ({threshold}) must be a finite number >= 0"
-        );
+        let Header {
+            file,
+            meta,
+            format,
+            config,
+            threshold,
+        } = Header::read(bytes)?;
+        let get = |key: &str| Header::get_in(&meta, key);
         let number = |key: &str| -> Result<f64> {
             get(key)?
                 .parse()
@@ -374,6 +365,56 @@ pub(crate) fn weight_sparsity(tensors: &[ModelTensor], threshold: f64) -> f64 {
             .count();
     }
     zero as f64 / total.max(1) as f64
+}
+
+/// What the header of every pdecay model file holds, read and checked.
+pub(crate) struct Header<'a> {
+    /// The tensors.
+    pub file: SafeTensors<'a>,
+    /// `__metadata__`.
+    pub meta: HashMap<String, String>,
+    /// `format`.
+    pub format: Format,
+    /// `model_config`, parsed (not yet validated).
+    pub config: TrainConfig,
+    /// `threshold`, a finite number >= 0.
+    pub threshold: f64,
+}
+
+impl<'a> Header<'a> {
+    /// The header of `bytes`; a missing or malformed key is an error naming it.
+    pub(crate) fn read(bytes: &'a [u8]) -> Result<Self> {
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .context("not a safetensors file (corrupt or truncated)")?;
+        let file = SafeTensors::deserialize(bytes)
+            .context("not a safetensors file (corrupt or truncated)")?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        check_version(Self::get_in(&meta, "format_version")?)?;
+        let format = Format::parse(Self::get_in(&meta, "format")?)?;
+        let config: TrainConfig = toml::from_str(Self::get_in(&meta, "model_config")?)
+            .context("the model_config in __metadata__ is invalid")?;
+        let threshold: f64 = Self::get_in(&meta, "threshold")?
+            .parse()
+            .context("the threshold in __metadata__ is not a number")?;
+        ensure!(
+            threshold.is_finite() && threshold >= 0.0,
+            "the threshold in __metadata__ ({threshold}) must be a finite number >= 0"
+        );
+        Ok(Self {
+            file,
+            meta,
+            format,
+            config,
+            threshold,
+        })
+    }
+
+    /// The metadata value of `key`.
+    pub(crate) fn get_in<'m>(meta: &'m HashMap<String, String>, key: &str) -> Result<&'m str> {
+        meta.get(key).map(String::as_str).with_context(|| {
+            format!("`{key}` is missing from __metadata__: not a file written by pdecay export or compact")
+        })
+    }
 }
 
 /// The model a pdecay model file holds (from its `model_config`), without reading the tensors.
