@@ -398,6 +398,10 @@ impl GptEngine {
     pub fn advance(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
         let (w, t0, n) = (self.width, cache.len, tokens.len());
         assert!(t0 + n <= self.block_size, "the context passes block_size");
+        if n == 0 {
+            // a window of one slides to nothing before its next token
+            return Vec::new();
+        }
         let mut x: Vec<f32> = Vec::with_capacity(n * w);
         for (i, &tok) in tokens.iter().enumerate() {
             let (tok, t) = (tok as usize, t0 + i);
@@ -673,7 +677,10 @@ mod tests {
     }
 
     fn model(bias: bool, zero_share: f64) -> (Gpt, GptFile) {
-        let config = config(bias);
+        model_with(config(bias), zero_share)
+    }
+
+    fn model_with(config: TrainConfig, zero_share: f64) -> (Gpt, GptFile) {
         let vocab = Vocabulary::from_text("abcdefghij");
         let gpt = Gpt::new(&config.gpt.model(vocab.len()), &Device::default()).map(&mut Scramble {
             zero_share,
@@ -736,6 +743,23 @@ mod tests {
                         assert_eq!(slides, 4);
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_window_of_one_token_decodes_each_token_alone() {
+        let mut c = config(false);
+        c.gpt.block_size = 1;
+        let (gpt, file) = model_with(c, 0.5);
+        for cached in [true, false] {
+            let engine = GptEngine::new(&file, SparseMode::Off).unwrap();
+            let mut decoder = Decoder::new(&engine, cached);
+            for &t in &TOKENS[..5] {
+                let logits = decoder.push(t);
+                assert_eq!(decoder.context(), [t]);
+                let d = worst(&logits, &burn_logits(&gpt, &[t])[0]);
+                assert!(d < 1e-4, "{d}");
             }
         }
     }
