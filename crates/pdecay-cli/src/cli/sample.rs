@@ -37,7 +37,7 @@ pub struct SampleArgs {
     /// Seed of the draws
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
-    /// Linear layers on CSR: auto (each layer where that measured faster), on, off
+    /// Linear layers on CSR: auto (when that decoded faster in a short timing here), on, off
     #[arg(long, value_enum, default_value_t = SparseMode::Auto)]
     pub sparse: SparseMode,
     /// Recompute the whole context for every token instead of keeping a KV cache (same text)

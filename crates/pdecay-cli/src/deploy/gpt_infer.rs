@@ -28,7 +28,9 @@ use crate::models::sampling::{Sampling, check_temperature, draw, prompt_tokens};
 /// Where the linear layers run on CSR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SparseMode {
-    /// A layer runs on CSR when that measured faster on its own shape and weights.
+    /// Every linear layer on CSR, or none: whichever decoded faster in a short alternated
+    /// timing of the whole model on this machine (a layer timed alone, its weights hot in
+    /// cache, misjudges decoding, where every layer's weights stream in once per token).
     Auto,
     /// Every linear layer on CSR.
     On,
@@ -132,40 +134,6 @@ impl Linear {
             weights,
             bias,
         }
-    }
-
-    /// The layer on CSR or dense, whichever ran faster on this machine (median of alternated
-    /// timings of its own product); dense when more than half its weights are non-zero, where
-    /// CSR reads more bytes than the dense matrix.
-    fn fastest(w: &[f32], rows: usize, cols: usize, bias: Option<Vec<f32>>) -> Self {
-        let dense = Self::new(w, rows, cols, bias.clone(), false);
-        let nonzero = w.iter().filter(|v| **v != 0.0).count();
-        if 2 * nonzero > w.len() {
-            return dense;
-        }
-        let sparse = Self::new(w, rows, cols, bias, true);
-        let x: Vec<f32> = (0..cols)
-            .map(|i| ((i * 37) % 17) as f32 / 8.0 - 1.0)
-            .collect();
-        let mut y = vec![0.0; rows];
-        let mut times = [Vec::new(), Vec::new()];
-        for round in 0..41 {
-            for (k, layer) in [&dense, &sparse].into_iter().enumerate() {
-                let start = Instant::now();
-                for _ in 0..8 {
-                    layer.forward(std::hint::black_box(&x), &mut y);
-                }
-                if round > 0 {
-                    times[k].push(start.elapsed().as_secs_f64());
-                }
-            }
-        }
-        let median = |t: &mut Vec<f64>| {
-            t.sort_by(f64::total_cmp);
-            t[t.len() / 2]
-        };
-        let (d, s) = (median(&mut times[0]), median(&mut times[1]));
-        if s < d { sparse } else { dense }
     }
 
     /// `Y = X·Wᵀ + b` for `n` rows of `X` (`[n, in]`); `Y` is `[n, out]`.
@@ -281,8 +249,38 @@ impl KvCache {
 }
 
 impl GptEngine {
-    /// The engine for `file`, each linear layer on CSR or dense as `mode` says.
+    /// The engine for `file`, its linear layers on CSR or dense as `mode` says.
     pub fn new(file: &GptFile, mode: SparseMode) -> Result<Self> {
+        match mode {
+            SparseMode::Off => Self::build(file, false),
+            SparseMode::On => Self::build(file, true),
+            // CSR reads more bytes than the dense matrix above one half density
+            SparseMode::Auto if file.sparsity() < 0.5 => Self::build(file, false),
+            SparseMode::Auto => {
+                let (dense, sparse) = (Self::build(file, false)?, Self::build(file, true)?);
+                let window: Vec<u32> = (0..dense.block_size as u32)
+                    .map(|i| i % file.vocab.len() as u32)
+                    .collect();
+                let tokens = dense.block_size.min(16);
+                let mut seconds = [Vec::new(), Vec::new()];
+                for _ in 0..5 {
+                    for (k, engine) in [&dense, &sparse].into_iter().enumerate() {
+                        seconds[k].push(timed_decode(engine, true, &window, tokens));
+                    }
+                }
+                for s in &mut seconds {
+                    s.sort_by(f64::total_cmp);
+                }
+                Ok(if seconds[1][2] < seconds[0][2] {
+                    sparse
+                } else {
+                    dense
+                })
+            }
+        }
+    }
+
+    fn build(file: &GptFile, csr: bool) -> Result<Self> {
         let c = file.sizes();
         let get = |name: &str| -> Result<Vec<f32>> {
             Ok(file
@@ -302,11 +300,7 @@ impl GptEngine {
                 get(&format!("{name}.weight"))?,
                 bias(&format!("{name}.bias"))?,
             );
-            Ok(match mode {
-                SparseMode::Off => Linear::new(&w, rows, cols, b, false),
-                SparseMode::On => Linear::new(&w, rows, cols, b, true),
-                SparseMode::Auto => Linear::fastest(&w, rows, cols, b),
-            })
+            Ok(Linear::new(&w, rows, cols, b, csr))
         };
         let norm = |name: &str| -> Result<Norm> {
             Ok(Norm {
@@ -334,11 +328,7 @@ impl GptEngine {
             })
             .collect::<Result<Vec<_>>>()?;
         let wte = get("transformer.wte.weight")?;
-        let lm_head = match mode {
-            SparseMode::Off => Linear::new(&wte, c.vocab_size, w, None, false),
-            SparseMode::On => Linear::new(&wte, c.vocab_size, w, None, true),
-            SparseMode::Auto => Linear::fastest(&wte, c.vocab_size, w, None),
-        };
+        let lm_head = Linear::new(&wte, c.vocab_size, w, None, csr);
         Ok(Self {
             width: w,
             head,
