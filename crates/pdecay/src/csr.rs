@@ -8,8 +8,9 @@
 //! The products are our own, measured against `sprs` (the well-kept Rust CSR crate) by
 //! `cargo bench -p pdecay --bench csr` on the MLP's 300 x 784 layer (2-core CI machine): the
 //! matrix-vector product (batch 1) keeps eight partial sums per row instead of one dependent
-//! chain and takes 0.22-0.73x of sprs's time at 2-20% density (measured before it gathered 16
-//! columns at a time on AVX-512, which made the GPT decoder's CSR layers 1.2x faster again); the batch product runs the
+//! chain and takes 0.22-0.73x of sprs's time at 2-20% density (measured before it read `x`
+//! through `x.get`, which let the compiler vectorise the gathers: 1.2x faster again in the GPT
+//! decoder; hand-written AVX-512 gathers measured slower than that); the batch product runs the
 //! inner loop over the batch (contiguous, vectorised) and is level with sprs on one thread
 //! (0.93-1.08x), splitting rows over rayon's pool once the work passes ~1M multiply-adds
 //! (0.65-0.93x at 20% density, batch 64), which sprs does not do for sparse x dense
@@ -185,7 +186,7 @@ impl Csr {
             y.par_chunks_mut(ROWS).enumerate().for_each(|(k, y)| {
                 let (first, bias) = (k * ROWS, bias.map(|b| &b[k * ROWS..k * ROWS + y.len()]));
                 let offsets = &self.row_offsets[first..=first + y.len()];
-                csr_rows(&self.values, &self.col_indices, offsets, x, bias, y);
+                sparse_rows(&self.values, &self.col_indices, offsets, x, bias, y);
             });
         }
     }
@@ -234,6 +235,8 @@ crate::dispatched! {
     /// compiled for AVX-512 and AVX2 (chosen at run time, once per product: pWD's rows are
     /// short, ~20 non-zeros, so a per-row call would cost about what the row does) and the
     /// baseline, with `LANES` partial sums (one dependent chain would wait on each add).
+    /// `x.get(c)` (0 outside `x`, which a valid matrix never reaches) keeps each gather free
+    /// of a panic branch, so the compiler vectorises it.
     fn sparse_rows(
         values: &[f32],
         cols: &[u32],
@@ -259,63 +262,6 @@ crate::dispatched! {
             }
             *out = acc;
         }
-    }
-}
-
-/// [`sparse_rows`], on AVX-512 with 16-lane gathers of `x`.
-fn csr_rows(
-    values: &[f32],
-    cols: &[u32],
-    offsets: &[u32],
-    x: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::kernel::simd_allowed(crate::kernel::SimdLevel::Avx512) {
-        // SAFETY: the CPU supports AVX-512F, checked just above.
-        return unsafe { gathered_rows(values, cols, offsets, x, bias, y) };
-    }
-    sparse_rows(values, cols, offsets, x, bias, y)
-}
-
-/// [`sparse_rows`] with each 16 non-zeros as one gather of `x`, one multiply-add. The gather
-/// is masked to the columns inside `x`, so a damaged index reads nothing (as `x.get` does in
-/// [`sparse_rows`]); the compiler does not vectorise the gather of that loop by itself.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn gathered_rows(
-    values: &[f32],
-    cols: &[u32],
-    offsets: &[u32],
-    x: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let inside = _mm512_set1_epi32(x.len().min(i32::MAX as usize) as i32);
-    for (r, out) in y.iter_mut().enumerate() {
-        let range = offsets[r] as usize..offsets[r + 1] as usize;
-        let (values, cols) = (&values[range.clone()], &cols[range]);
-        let (value_chunks, col_chunks) = (values.chunks_exact(16), cols.chunks_exact(16));
-        let (value_tail, col_tail) = (value_chunks.remainder(), col_chunks.remainder());
-        let mut acc = _mm512_setzero_ps();
-        for (v, c) in value_chunks.zip(col_chunks) {
-            // SAFETY: `v` and `c` hold 16 elements each (chunks_exact); the gather reads
-            // x[c[i]] only for lanes whose index is below x.len() (the mask).
-            unsafe {
-                let index = _mm512_loadu_epi32(c.as_ptr() as *const i32);
-                let mask = _mm512_cmplt_epu32_mask(index, inside);
-                let gathered =
-                    _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, index, x.as_ptr());
-                acc = _mm512_fmadd_ps(_mm512_loadu_ps(v.as_ptr()), gathered, acc);
-            }
-        }
-        let mut total = bias.map_or(0.0, |b| b[r]) + _mm512_reduce_add_ps(acc);
-        for (v, c) in value_tail.iter().zip(col_tail) {
-            total += v * x.get(*c as usize).copied().unwrap_or(0.0);
-        }
-        *out = total;
     }
 }
 
@@ -405,7 +351,7 @@ mod tests {
     }
 
     fn sparse_matrix() -> impl Strategy<Value = (usize, usize, Vec<f32>)> {
-        // up to 120 columns: rows of 16+ non-zeros take the 16-lane gathers on AVX-512
+        // up to 120 columns: rows of many 8-lane chunks as well as short ones
         (1usize..40, 1usize..120).prop_flat_map(|(r, c)| {
             let entry = prop_oneof![3 => Just(0.0f32), 1 => -2.0f32..2.0];
             (Just(r), Just(c), prop::collection::vec(entry, r * c))

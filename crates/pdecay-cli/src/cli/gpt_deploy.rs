@@ -9,7 +9,9 @@ use super::deploy::{Destination, kib};
 use crate::data::text::TextData;
 use crate::deploy::gpt_compact::compact_gpt;
 use crate::deploy::gpt_file::GptFile;
-use crate::deploy::gpt_infer::{Decoder, GptEngine, SparseMode, alternated_rates, timed_decode};
+use crate::deploy::gpt_infer::{
+    Decoder, GptEngine, SparseMode, alternated_rates, ensure_finite, timed_decode,
+};
 use crate::deploy::model_file::{Format, ModelTensor, check_destination};
 use crate::models::gpt::tokens_tensor;
 use crate::run::RunDir;
@@ -138,6 +140,11 @@ pub fn eval(path: &Path, file: &GptFile, data: Option<&Path>) -> Result<()> {
     );
     let engine = GptEngine::new(file, SparseMode::Auto)?;
     let (loss, correct, count) = engine.loss(&text.val);
+    ensure!(
+        loss.is_finite(),
+        "{}: the validation loss is not finite: the weights overflow; the file is damaged or the run diverged",
+        path.display()
+    );
     println!(
         "{} ({} gpt, {} parameters, sparsity {:.1}%): validation loss {:.4}, next-character accuracy {:.2}% over the {count} characters of {}'s validation part (windows of {})",
         path.display(),
@@ -178,6 +185,7 @@ pub fn logits(args: &LogitsArgs) -> Result<()> {
     let engine = GptEngine::new(&file, SparseMode::Off)?;
     let mut decoder = Decoder::new(&engine, true);
     let logits: Vec<Vec<f32>> = tokens.iter().map(|&t| decoder.push(t)).collect();
+    logits.iter().try_for_each(|l| ensure_finite(l))?;
     let json = serde_json::json!({ "tokens": tokens, "logits": logits });
     crate::run::write_atomic(&args.out, serde_json::to_string(&json)?.as_bytes())?;
     println!(

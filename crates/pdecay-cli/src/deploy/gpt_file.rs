@@ -216,7 +216,7 @@ impl GptFile {
     pub fn to_model(&self, device: &Device) -> Result<Gpt> {
         ensure!(
             self.format != Format::Compact,
-            "a compact GPT file has blocks of its own sizes; only pdecay's decoder runs it"
+            "a compact GPT file has blocks of its own sizes; only pdecay's CPU decoder runs it: use --device cpu"
         );
         let model = Gpt::new(&self.sizes(), device);
         let mut weights = HashMap::new();
@@ -351,6 +351,14 @@ impl GptFile {
         let blocks: Vec<BlockShape> = serde_json::from_str(get("blocks")?)
             .context("the blocks in __metadata__ are not a list of {heads, hidden}")?;
         let c = config.gpt.model(vocab.len());
+        // bounds before any product of the sizes, which a damaged header could overflow
+        ensure!(
+            c.width <= 1 << 20 && c.block_size <= 1 << 20 && c.layers <= 1 << 16,
+            "the model_config in __metadata__ describes a GPT of width {}, block {} and {} layers, beyond any pdecay file",
+            c.width,
+            c.block_size,
+            c.layers
+        );
         ensure!(
             blocks.len() == c.layers
                 && blocks

@@ -77,6 +77,9 @@ fn dense_rows(w: &[f32], x: &[f32], n: usize, bias: Option<&[f32]>, y: &mut [f32
         w.len() == rows * cols && x.len() == n * cols && y.len() == n * rows,
         "dense_rows: W is [out, in], X [n, in], Y [n, out]"
     );
+    if rows == 0 {
+        return; // a compacted block without heads or units
+    }
     match bias {
         Some(b) => y.chunks_mut(rows).for_each(|row| row.copy_from_slice(b)),
         None => y.fill(0.0),
@@ -123,9 +126,10 @@ struct Linear {
 }
 
 impl Linear {
-    fn new(w: &[f32], rows: usize, cols: usize, bias: Option<Vec<f32>>, csr: bool) -> Self {
-        let weights = if csr {
-            Weights::Sparse(Csr::from_dense(w, rows, cols, 0.0))
+    /// On CSR (dropping |w| below `threshold`, as sparse files do) or dense.
+    fn new(w: &[f32], rows: usize, cols: usize, bias: Option<Vec<f32>>, csr: Option<f32>) -> Self {
+        let weights = if let Some(threshold) = csr {
+            Weights::Sparse(Csr::from_dense(w, rows, cols, threshold))
         } else {
             Weights::Dense(w.to_vec())
         };
@@ -261,7 +265,8 @@ impl GptEngine {
                 let window: Vec<u32> = (0..dense.block_size as u32)
                     .map(|i| i % file.vocab.len() as u32)
                     .collect();
-                let tokens = dense.block_size.min(16);
+                // one slide period: the steady state's share of the window's recompute
+                let tokens = (dense.block_size / 2).max(1);
                 let mut seconds = [Vec::new(), Vec::new()];
                 for _ in 0..5 {
                     for (k, engine) in [&dense, &sparse].into_iter().enumerate() {
@@ -281,6 +286,7 @@ impl GptEngine {
     }
 
     fn build(file: &GptFile, csr: bool) -> Result<Self> {
+        let threshold = csr.then_some(file.threshold as f32);
         let c = file.sizes();
         let get = |name: &str| -> Result<Vec<f32>> {
             Ok(file
@@ -300,7 +306,7 @@ impl GptEngine {
                 get(&format!("{name}.weight"))?,
                 bias(&format!("{name}.bias"))?,
             );
-            Ok(Linear::new(&w, rows, cols, b, csr))
+            Ok(Linear::new(&w, rows, cols, b, threshold))
         };
         let norm = |name: &str| -> Result<Norm> {
             Ok(Norm {
@@ -328,7 +334,7 @@ impl GptEngine {
             })
             .collect::<Result<Vec<_>>>()?;
         let wte = get("transformer.wte.weight")?;
-        let lm_head = Linear::new(&wte, c.vocab_size, w, None, csr);
+        let lm_head = Linear::new(&wte, c.vocab_size, w, None, threshold);
         Ok(Self {
             width: w,
             head,
@@ -405,13 +411,15 @@ impl GptEngine {
         for (l, block) in self.blocks.iter().enumerate() {
             let kept = block.heads * self.head;
             let qkv = block.c_attn.forward_rows(&block.ln_1.rows(&x), n);
-            for row in qkv.chunks(3 * kept) {
+            // a block compacted to no heads adds c_proj's bias alone
+            let rows = if kept == 0 { 0 } else { n };
+            for row in qkv.chunks(3 * kept.max(1)).take(rows) {
                 cache.keys[l].extend_from_slice(&row[kept..2 * kept]);
                 cache.values[l].extend_from_slice(&row[2 * kept..]);
             }
             let (keys, values) = (&cache.keys[l], &cache.values[l]);
             let mut attended = vec![0.0; n * kept];
-            for (i, row) in qkv.chunks(3 * kept).enumerate() {
+            for (i, row) in qkv.chunks(3 * kept.max(1)).take(rows).enumerate() {
                 // position t0 + i sees positions 0..=t0 + i
                 let mut scores = vec![0.0; t0 + i + 1];
                 for h in 0..block.heads {
@@ -528,6 +536,16 @@ impl<'a> Decoder<'a> {
     }
 }
 
+/// Refuses logits that hold NaN or infinity: weights that load (every one finite) can still
+/// overflow, e.g. a damaged exponent of 3e38.
+pub fn ensure_finite(logits: &[f32]) -> Result<()> {
+    ensure!(
+        logits.iter().all(|l| l.is_finite()),
+        "the model produced non-finite logits (NaN or infinity): its weights overflow; the file is damaged or the run diverged"
+    );
+    Ok(())
+}
+
 /// Generated text and its speed.
 pub struct Generated {
     /// The prompt and its continuation.
@@ -557,6 +575,7 @@ pub fn generate(
     let mut generated = Vec::with_capacity(sampling.tokens);
     let start = Instant::now();
     for k in 0..sampling.tokens {
+        ensure_finite(&logits)?;
         let chosen = draw(&logits, sampling, &mut rng) as u32;
         generated.push(chosen);
         emit(&file.vocab.decode(&[chosen]));
@@ -732,6 +751,35 @@ mod tests {
                         // block 8: slides at the 9th, 13th, 17th and 21st token
                         assert_eq!(slides, 4);
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_block_compacted_to_no_heads_and_no_units_still_decodes() {
+        for bias in [false, true] {
+            let (_, mut file) = model(bias, 0.2);
+            // block 1's attention and MLP write nothing: every head and unit goes
+            for name in [
+                "transformer.h.1.attn.c_proj.weight",
+                "transformer.h.1.mlp.c_proj.weight",
+            ] {
+                let t = file.tensors.iter_mut().find(|t| t.name == name).unwrap();
+                t.stored = Stored::Dense(vec![0.0; t.params()]);
+            }
+            let (compact, report) = compact_gpt(&file).unwrap();
+            assert_eq!((report.after[1].heads, report.after[1].hidden), (0, 0));
+            let read = GptFile::from_bytes(&compact.to_bytes().unwrap()).unwrap();
+            for mode in [SparseMode::Off, SparseMode::On] {
+                let (a, b) = (
+                    GptEngine::new(&file, SparseMode::Off).unwrap(),
+                    GptEngine::new(&read, mode).unwrap(),
+                );
+                let (mut da, mut db) = (Decoder::new(&a, true), Decoder::new(&b, true));
+                for &t in &TOKENS {
+                    let d = worst(&da.push(t), &db.push(t));
+                    assert!(d < 1e-5, "bias {bias} {mode:?}: {d}");
                 }
             }
         }
