@@ -1,0 +1,351 @@
+//! The linear layer's product `Y = X·W` over the weight's non-zeros, forward and backward, for
+//! burn's flex CPU backend: sparse training.
+//!
+//! Under pWD with `p < 2` and `p·η·λ > 0` the factor at an exactly-zero weight is 0, so a zero
+//! stays zero whatever its gradient (`DESIGN.md`). The gradient of a dead weight is therefore
+//! never used, and a layer can run over its non-zeros only without changing the run: with `X`
+//! `[M, K]` and burn's `W` `[K, N]` (`Linear`'s `[d_input, d_output]`),
+//!
+//! - forward `Yᵀ = Wᵀ·Xᵀ`, a CSR of `Wᵀ` times the transposed batch,
+//! - backward `∂Xᵀ = W·∂Yᵀ` (a CSR of `W`) and `∂W = X ᵀ·∂Y` computed only at `W`'s
+//!   non-zeros (a sampled product, zero elsewhere).
+//!
+//! Each multiply-add of the dense products that touches a zero weight is skipped, so at
+//! density `d` the three products cost about `d` of theirs. The batch runs innermost, each
+//! stored weight scaling one contiguous row of the transposed input (`pdecay::csr`). The
+//! weight stays an ordinary dense tensor (checkpoints, optimizer state, export and resume are
+//! unchanged); the support is read from it at every call, so it is right however it shrinks.
+//! Only summation order differs from the dense product (`∂W` at the zeros aside).
+//!
+//! As a burn backend extension, like the other ops: flex gets these loops, autodiff a backward
+//! step, and [`sparse_linear`] is burn's own `X·W + b` on any other device.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use std::sync::Arc;
+
+use burn::backend::autodiff::Autodiff;
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, Flex, backend_extension};
+use burn::tensor::{DType, Tensor, TensorData};
+use pdecay::csr::{Csr, transpose};
+
+use crate::flex::on_flex;
+
+/// The product over the weight's non-zeros as a backend operation.
+#[backend_extension(Flex, Autodiff)]
+pub(crate) trait SparseMatmul: Backend {
+    /// `x·w` for `x` `[M, K]` and `w` `[K, N]`.
+    fn sparse_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(x, w)
+    }
+}
+
+/// `[rows, cols]` of a rank-2 tensor.
+fn matrix_dims(t: &FlexTensor) -> [usize; 2] {
+    let dims = t.layout().shape().to_vec();
+    [dims[0], dims[1]]
+}
+
+/// What the backward step needs of a forward product: `W`'s support (with its values) as a
+/// CSR of `Wᵀ`, and the transposed input `Xᵀ` `[K, M]`.
+#[derive(Debug, Clone)]
+struct Forward {
+    w_t: Arc<Csr>,
+    x_t: Arc<Vec<f32>>,
+    batch: usize,
+}
+
+/// `Yᵀ = Wᵀ·Xᵀ` over `W`'s non-zeros, and what its backward step needs.
+fn forward(x: &FlexTensor, w: &FlexTensor) -> (FlexTensor, Forward) {
+    let (x, w) = (x.to_contiguous(), w.to_contiguous());
+    let ([batch, inputs], [_, outputs]) = (matrix_dims(&x), matrix_dims(&w));
+    // one pass over W (row-major, sequential), then the transpose over the non-zeros only
+    let w_t = Csr::nonzeros(w.storage::<f32>(), inputs, outputs).transpose();
+    let x_t = transpose(x.storage::<f32>(), batch, inputs);
+    let mut y_t = vec![0.0f32; outputs * batch];
+    w_t.matmul_t(&x_t, batch, None, &mut y_t);
+    let y = transpose(&y_t, outputs, batch);
+    let saved = Forward {
+        w_t: Arc::new(w_t),
+        x_t: Arc::new(x_t),
+        batch,
+    };
+    (
+        FlexTensor::from_data(TensorData::new(y, [batch, outputs])),
+        saved,
+    )
+}
+
+/// `∂X = ∂Y·Wᵀ` (when asked) and `∂W = Xᵀ·∂Y` at `W`'s non-zeros, zero elsewhere.
+fn backward(
+    saved: &Forward,
+    grad: &FlexTensor,
+    with_x_grad: bool,
+) -> (Option<FlexTensor>, FlexTensor) {
+    let Forward { w_t, x_t, batch } = saved;
+    let (batch, outputs, inputs) = (*batch, w_t.rows, w_t.cols);
+    let grad_t = transpose(grad.to_contiguous().storage::<f32>(), batch, outputs);
+    let w = w_t.transpose();
+    let x_grad = with_x_grad.then(|| {
+        let mut x_grad_t = vec![0.0f32; inputs * batch];
+        w.matmul_t(&grad_t, batch, None, &mut x_grad_t);
+        let x_grad = transpose(&x_grad_t, inputs, batch);
+        FlexTensor::from_data(TensorData::new(x_grad, [batch, inputs]))
+    });
+    let mut at_support = vec![0.0f32; w.nnz()];
+    w.sampled_products_t(x_t, &grad_t, batch, &mut at_support);
+    let mut w_grad = vec![0.0f32; inputs * outputs];
+    for (row, dense_row) in w_grad.chunks_exact_mut(outputs).enumerate() {
+        let range = w.row_offsets[row] as usize..w.row_offsets[row + 1] as usize;
+        for (&c, &g) in w.col_indices[range.clone()].iter().zip(&at_support[range]) {
+            dense_row[c as usize] = g;
+        }
+    }
+    let w_grad = FlexTensor::from_data(TensorData::new(w_grad, [inputs, outputs]));
+    (x_grad, w_grad)
+}
+
+fn all_f32(tensors: &[&FlexTensor]) -> bool {
+    tensors.iter().all(|t| t.dtype() == DType::F32)
+}
+
+impl SparseMatmul for Flex {
+    fn sparse_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        if !all_f32(&[&x, &w]) {
+            return Self::float_matmul(x, w);
+        }
+        forward(&x, &w).0
+    }
+}
+
+/// The backward step, from the support and input saved by the forward product.
+#[derive(Debug)]
+struct SparseMatmulBackward;
+
+impl Backward<Flex, 2> for SparseMatmulBackward {
+    type State = Forward;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [x_parent, w_parent] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (x_grad, w_grad) = backward(&ops.state, &grad, x_parent.is_some());
+        if let (Some(node), Some(x_grad)) = (x_parent, x_grad) {
+            grads.register::<Flex>(node.id, x_grad);
+        }
+        if let Some(node) = w_parent {
+            grads.register::<Flex>(node.id, w_grad);
+        }
+    }
+}
+
+/// Only flex runs the sparse product (the dispatch reaches this impl for flex under autodiff;
+/// every other device takes burn's dense product in [`sparse_linear`]).
+impl<C: CheckpointStrategy> SparseMatmul for Autodiff<Flex, C> {
+    fn sparse_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        if !all_f32(&[x.primitive(), w.primitive()]) {
+            return Self::float_matmul(x, w);
+        }
+        match SparseMatmulBackward
+            .prepare::<C>([x.node(), w.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (output, saved) = forward(x.primitive(), w.primitive());
+                prep.finish(saved, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive(), w.primitive()).0),
+        }
+    }
+}
+
+/// `x·weight + bias` for `x` `[M, K]` and `weight` `[K, N]` (burn `Linear`'s layout), run over
+/// the weight's non-zeros on the flex CPU backend (with or without autodiff) and by burn's
+/// dense product elsewhere. Values and `∂x` are the dense product's up to summation order;
+/// `∂weight` is the dense one at the non-zeros and exactly zero at the zeros.
+pub fn sparse_linear(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
+    let product = if on_flex(&x.device(), true) {
+        Tensor::from_dispatch(<Dispatch as SparseMatmul>::sparse_matmul(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+        ))
+    } else {
+        x.matmul(weight)
+    };
+    match bias {
+        Some(bias) => product + bias.unsqueeze(),
+        None => product,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution};
+
+    /// A `[rows, cols]` weight with about `zeros` of its entries exactly zero, by a hash of the
+    /// position (deterministic; whole rows and columns are zeroed too when asked).
+    fn sparse_weight(
+        rows: usize,
+        cols: usize,
+        zeros: f64,
+        seed: u64,
+        device: &Device,
+    ) -> Tensor<2> {
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                let h = (i as u64 ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+                let u = h as f64 / (1u64 << 24) as f64;
+                if u < zeros {
+                    0.0
+                } else {
+                    (u as f32 - 0.5) * 2.0
+                }
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(values, [rows, cols]), device)
+    }
+
+    fn max_abs_diff(a: Tensor<2>, b: Tensor<2>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    /// Forward values, `∂x` and `∂w` of the sparse op against burn's dense `x·w + b`, the
+    /// dense `∂w` masked to the support; returns the largest difference seen.
+    fn check(batch: usize, inputs: usize, outputs: usize, zeros: f64, seed: u64) {
+        let device = Device::flex().autodiff();
+        let x = Tensor::<2>::random([batch, inputs], Distribution::Normal(0.0, 1.0), &device);
+        let w = sparse_weight(inputs, outputs, zeros, seed, &device);
+        let b = Tensor::<1>::random([outputs], Distribution::Normal(0.0, 1.0), &device);
+        // a fixed upstream gradient: the loss is Σ y ⊙ G
+        let g = Tensor::<2>::random([batch, outputs], Distribution::Normal(0.0, 1.0), &device);
+        let run = |sparse: bool| {
+            let (x, w, b) = (
+                x.clone().require_grad(),
+                w.clone().require_grad(),
+                b.clone().require_grad(),
+            );
+            let y = if sparse {
+                sparse_linear(x.clone(), w.clone(), Some(b.clone()))
+            } else {
+                x.clone().matmul(w.clone()) + b.clone().unsqueeze()
+            };
+            let grads = (y.clone() * g.clone()).sum().backward();
+            (
+                y.inner(),
+                x.grad(&grads).unwrap(),
+                w.grad(&grads).unwrap(),
+                b.grad(&grads).unwrap(),
+            )
+        };
+        let (y_s, dx_s, dw_s, db_s) = run(true);
+        let (y_d, dx_d, dw_d, db_d) = run(false);
+        let support = w.clone().inner().not_equal_elem(0.0);
+        let dw_d = dw_d.mask_fill(support.clone().bool_not(), 0.0);
+        // sums of K (or M) terms of magnitude ~1: f32 rounding of either order
+        let tolerance = 1e-5 * (inputs.max(batch) as f32).sqrt() * 4.0;
+        let shape = format!("{batch}x{inputs}->{outputs} at {zeros} zeros");
+        assert!(max_abs_diff(y_s, y_d) <= tolerance, "values, {shape}");
+        assert!(max_abs_diff(dx_s, dx_d) <= tolerance, "dx, {shape}");
+        assert!(max_abs_diff(dw_s.clone(), dw_d) <= tolerance, "dw, {shape}");
+        // the dead weights' gradient is exactly zero
+        let dead_grad = dw_s
+            .mask_fill(support, 0.0)
+            .abs()
+            .max()
+            .into_scalar::<f32>();
+        assert_eq!(dead_grad, 0.0, "dw at the zeros, {shape}");
+        assert!(
+            (db_s - db_d).abs().max().into_scalar::<f32>() <= tolerance,
+            "db, {shape}"
+        );
+    }
+
+    #[test]
+    fn values_and_gradients_match_the_dense_product() {
+        for (batch, inputs, outputs, zeros) in [
+            (1, 7, 3, 0.5),
+            (128, 784, 300, 0.9),
+            (65, 33, 17, 0.0),
+            (64, 100, 10, 1.0),
+            (3, 130, 1, 0.95),
+            (200, 20, 70, 0.7),
+        ] {
+            check(
+                batch,
+                inputs,
+                outputs,
+                zeros,
+                batch as u64 * 31 + inputs as u64,
+            );
+        }
+    }
+
+    #[test]
+    fn empty_rows_and_columns_and_a_shrinking_support() {
+        let device = Device::flex().autodiff();
+        // input row 1 and output column 2 entirely zero
+        let w = [
+            [1.0, -2.0, 0.0],
+            [0.0, 0.0, 0.0],
+            [0.5, 0.0, 0.0],
+            [0.0, 3.0, 0.0],
+        ];
+        let x = Tensor::<2>::from_data([[1.0, 2.0, 3.0, 4.0], [-1.0, 0.5, 0.0, 2.0]], &device);
+        let w0 = Tensor::<2>::from_data(w, &device).require_grad();
+        let y = sparse_linear(x.clone(), w0.clone(), None);
+        // y = x·w by hand: row 0 (1 + 1.5, -2 + 12, 0), row 1 (-1, 2 + 6, 0)
+        let expected = Tensor::<2>::from_data([[2.5, 10.0, 0.0], [-1.0, 8.0, 0.0]], &device);
+        assert_eq!(max_abs_diff(y.clone().inner(), expected.inner()), 0.0);
+        let grads = y.sum().backward();
+        // ∂w[k, n] = Σ_m x[m, k] at the support: column sums of x (0, 2.5, 3, 6) where w ≠ 0
+        let dw = w0.grad(&grads).unwrap();
+        let expected = [
+            [0.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0],
+            [3.0, 0.0, 0.0],
+            [0.0, 6.0, 0.0],
+        ];
+        assert_eq!(
+            dw.to_data().try_to_vec::<f32>().unwrap(),
+            expected.concat(),
+            "∂w is the column sum at the support, zero elsewhere"
+        );
+        // the same op on a weight that lost an entry: the new zero gets no gradient
+        let mut shrunk = w;
+        shrunk[3][1] = 0.0;
+        let w1 = Tensor::<2>::from_data(shrunk, &device).require_grad();
+        let grads = sparse_linear(x, w1.clone(), None).sum().backward();
+        let dw = w1
+            .grad(&grads)
+            .unwrap()
+            .to_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_eq!(dw[3 * 3 + 1], 0.0);
+        assert_eq!(dw[2 * 3], 3.0);
+    }
+
+    #[test]
+    fn a_fully_zero_layer_outputs_its_bias() {
+        let device = Device::flex();
+        let x = Tensor::<2>::random([5, 9], Distribution::Normal(0.0, 1.0), &device);
+        let w = Tensor::<2>::zeros([9, 4], &device);
+        let b = Tensor::<1>::from_data([1.0, 2.0, 3.0, 4.0], &device);
+        let y = sparse_linear(x, w, Some(b))
+            .to_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_eq!(y, [1.0, 2.0, 3.0, 4.0].repeat(5));
+    }
+}
