@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A short MLP run's flags (`--out` or `--resume` is added).
-const RUN: [&str; 10] = [
+/// A short MLP run's flags (`--out` or `--resume` is added): sparse training on, so that its
+/// plan is part of what must survive (`auto` times the products: two runs may choose apart).
+const RUN: [&str; 12] = [
     "train",
     "--embedded",
     "--epochs",
@@ -20,6 +21,8 @@ const RUN: [&str; 10] = [
     "0.1",
     "--seed",
     "5",
+    "--sparse-training",
+    "on",
 ];
 
 fn train(extra: &[&str]) -> std::process::Output {
@@ -320,7 +323,7 @@ fn a_sweep_killed_at_random_moments_ends_with_the_files_of_one_never_killed() {
     let grid = root.join("grid.toml");
     std::fs::write(
         &grid,
-        "data = \"embedded\"\nepochs = 2\nhidden = [64]\n[[grid]]\noptim = \"adamw\"\nlambda = 1e-2\n[[grid]]\noptim = \"padam\"\nlambda = [1e-2, 1e-1]\n",
+        "data = \"embedded\"\nepochs = 2\nhidden = [64]\nsparse_training = \"off\"\n[[grid]]\noptim = \"adamw\"\nlambda = 1e-2\n[[grid]]\noptim = \"padam\"\nlambda = [1e-2, 1e-1]\n",
     )
     .unwrap();
     let sweep = |out: &Path| -> Vec<String> {

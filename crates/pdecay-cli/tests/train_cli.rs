@@ -2,8 +2,8 @@
 
 mod common;
 use common::{
-    checkpoint_weights, fails as assert_fails, json, metrics_without_time, pdecay, stderr, tempdir,
-    without_times,
+    checkpoint_weights, fails as assert_fails, json, metrics_without_time, ok, path, pdecay,
+    stderr, tempdir, without_times,
 };
 
 use std::path::Path;
@@ -207,6 +207,8 @@ fn bad_inputs_are_clear_errors_and_never_overwrite_a_run() {
 }
 
 /// Trains `epochs` epochs straight, and `epochs - 1` then `--resume`; both must end identical.
+/// Sparse training is on (its plan is part of what resumes; `auto` would time the products and
+/// could choose differently in the two runs).
 fn assert_resume_matches(name: &str, epochs: usize, model_args: &[&str]) {
     let root = tempdir(name);
     let (straight, resumed) = (root.join("straight"), root.join("resumed"));
@@ -224,6 +226,8 @@ fn assert_resume_matches(name: &str, epochs: usize, model_args: &[&str]) {
         "2e-3",
         "--seed",
         "3",
+        "--sparse-training",
+        "on",
     ];
     common.extend_from_slice(model_args);
     let run = |extra: &[&str]| {
@@ -288,6 +292,95 @@ fn resumed_mlp_run_ends_bit_identical_to_one_that_never_stopped() {
 fn resumed_cnn_run_with_dropout_ends_bit_identical() {
     // dropout draws from burn's RNG, reseeded per epoch from the run's seed
     assert_resume_matches("resume-cnn", 2, &["--model", "cnn"]);
+}
+
+#[test]
+fn sparse_training_on_follows_the_dense_run_and_is_refused_where_zeros_move() {
+    let root = tempdir("sparse-training");
+    let run = |mode: &str| {
+        let dir = root.join(mode);
+        ok(&[
+            "train",
+            "--embedded",
+            "--epochs",
+            "2",
+            "--optim",
+            "padam",
+            "--lambda",
+            "0.1",
+            "--lr",
+            "2e-3",
+            "--seed",
+            "4",
+            "--sparse-training",
+            mode,
+            "--out",
+            path(&dir),
+        ]);
+        metrics_without_time(&dir)
+    };
+    let (on, off) = (run("on"), run("off"));
+    // every linear layer from the first step; none with off
+    let names = |m: &serde_json::Value| -> Vec<(String, u64)> {
+        m["sparse_layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["name"].as_str().unwrap().into(),
+                    l["since_step"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        names(&on[1]),
+        [
+            ("hidden.0".into(), 0),
+            ("hidden.1".into(), 0),
+            ("output".into(), 0)
+        ]
+    );
+    assert!(names(&off[1]).is_empty());
+    // the same run up to summation order: after 86 steps of Adam the two drift apart only by
+    // rounding, far less than the spread of two seeds (~1 pp accuracy on this subset)
+    for (a, b) in on.iter().zip(&off) {
+        let close = |key: &str, tolerance: f64| {
+            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!((x - y).abs() <= tolerance, "{key}: on {x} off {y}");
+        };
+        close("train_loss", 2e-3);
+        close("test_loss", 2e-3);
+        close("test_accuracy", 3e-3);
+        close("sparsity", 2e-3);
+        assert!(
+            a["step_seconds"].is_null(),
+            "removed by metrics_without_time"
+        );
+    }
+    for (args, said) in [
+        (
+            &["--optim", "adamw", "--lambda", "0.01"][..],
+            "--optim adamw lets a zero weight move again",
+        ),
+        (&["--late"][..], "the late variant"),
+        (&["--p", "2"][..], "p is 2"),
+    ] {
+        let mut all = vec![
+            "train",
+            "--embedded",
+            "--epochs",
+            "1",
+            "--sparse-training",
+            "on",
+        ];
+        all.extend_from_slice(args);
+        assert_fails(
+            &all,
+            &["sparse_training = on needs zeros that stay zero", said],
+        );
+    }
 }
 
 #[test]

@@ -306,6 +306,57 @@ impl Csr {
         }
     }
 
+    /// `Zᵀ = Wᵀ·Xᵀ` for a batch: `x_t` is `[rows, batch]`, `z_t` receives `[cols, batch]`
+    /// (the product with the transpose, without transposing the matrix). Each stored weight
+    /// adds its input row, scaled, into its column's output row; the input row of a matrix row
+    /// stays in registers ([`BATCH_BLOCK`] lanes at a time). Row chunks run on rayon's pool,
+    /// each into its own output, summed at the end.
+    ///
+    /// # Panics
+    /// If the slices' lengths do not match the shapes, or a column index is out of range.
+    pub fn transpose_matmul_t(&self, x_t: &[f32], batch: usize, z_t: &mut [f32]) {
+        assert_eq!(
+            x_t.len(),
+            self.rows * batch,
+            "CSR matmul: x_t is rows x batch"
+        );
+        assert_eq!(
+            z_t.len(),
+            self.cols * batch,
+            "CSR matmul: z_t is cols x batch"
+        );
+        z_t.fill(0.0);
+        if batch == 0 {
+            return;
+        }
+        let into = |rows: std::ops::Range<usize>, z_t: &mut [f32]| {
+            let offsets = &self.row_offsets[rows.start..=rows.end];
+            let x_t = &x_t[rows.start * batch..rows.end * batch];
+            scatter_rows(&self.values, &self.col_indices, offsets, x_t, batch, z_t);
+        };
+        // below ~1M multiply-adds a second output and its sum cost about what they save
+        if self.nnz() * batch < 1 << 20 || rayon::current_num_threads() == 1 {
+            into(0..self.rows, z_t);
+        } else {
+            let parts = rayon::current_num_threads().min(self.rows.max(1));
+            let per_part = self.rows.div_ceil(parts);
+            let partial: Vec<Vec<f32>> = (1..parts)
+                .into_par_iter()
+                .map(|p| {
+                    let mut part = vec![0.0f32; z_t.len()];
+                    into(p * per_part..((p + 1) * per_part).min(self.rows), &mut part);
+                    part
+                })
+                .collect();
+            into(0..per_part.min(self.rows), z_t);
+            for part in partial {
+                for (z, p) in z_t.iter_mut().zip(part) {
+                    *z += p;
+                }
+            }
+        }
+    }
+
     /// `out[k] = a_t[r]·b_t[c]` for each stored entry `k` at `(r, c)`: the product `A·Bᵀ`
     /// sampled at this matrix's support, with `a_t` `[rows, batch]` and `b_t` `[cols, batch]`
     /// row-major. Sparse training's weight gradient is this, `∂W = ∂Yᵀ·X` at `W`'s non-zeros.
@@ -383,12 +434,17 @@ crate::dispatched! {
         bias: Option<&[f32]>,
         y_t: &mut [f32]
     ) {
-        for (r, out) in y_t.chunks_exact_mut(batch).enumerate() {
+        // blocks outermost: one block of every input row (`cols × BATCH_BLOCK` floats) is the
+        // working set, where a whole row of blocks per output row would be `cols × batch`
+        let rows = offsets.len() - 1;
+        let row = |r: usize| {
             let range = offsets[r] as usize..offsets[r + 1] as usize;
-            let (values, cols) = (&values[range.clone()], &cols[range]);
-            let b = bias.map_or(0.0, |b| b[r]);
-            let mut start = 0;
-            while start + BATCH_BLOCK <= batch {
+            (&values[range.clone()], &cols[range], bias.map_or(0.0, |b| b[r]))
+        };
+        let mut start = 0;
+        while start + BATCH_BLOCK <= batch {
+            for r in 0..rows {
+                let (values, cols, b) = row(r);
                 let mut acc = [b; BATCH_BLOCK];
                 for (&w, &c) in values.iter().zip(cols) {
                     let at = c as usize * batch + start;
@@ -397,17 +453,61 @@ crate::dispatched! {
                         acc[lane] += w * x[lane];
                     }
                 }
-                out[start..start + BATCH_BLOCK].copy_from_slice(&acc);
-                start += BATCH_BLOCK;
+                y_t[r * batch + start..r * batch + start + BATCH_BLOCK].copy_from_slice(&acc);
             }
-            if start < batch {
-                let out = &mut out[start..];
-                let len = out.len();
+            start += BATCH_BLOCK;
+        }
+        if start < batch {
+            let len = batch - start;
+            for r in 0..rows {
+                let (values, cols, b) = row(r);
+                let out = &mut y_t[r * batch + start..(r + 1) * batch];
                 out.fill(b);
                 for (&w, &c) in values.iter().zip(cols) {
                     let at = c as usize * batch + start;
                     for (o, &x) in out.iter_mut().zip(&x_t[at..at + len]) {
                         *o += w * x;
+                    }
+                }
+            }
+        }
+    }
+}
+
+crate::dispatched! {
+    /// `z_t[cols[k], :] += values[k]·x_t[r, :]` over the rows `r` of this chunk (`x_t` holds
+    /// the chunk's rows, `offsets` index `values` and `cols` absolutely).
+    fn scatter_rows(
+        values: &[f32],
+        cols: &[u32],
+        offsets: &[u32],
+        x_t: &[f32],
+        batch: usize,
+        z_t: &mut [f32]
+    ) {
+        for r in 0..offsets.len() - 1 {
+            let range = offsets[r] as usize..offsets[r + 1] as usize;
+            let (values, cols) = (&values[range.clone()], &cols[range]);
+            let x_row = &x_t[r * batch..(r + 1) * batch];
+            let mut start = 0;
+            while start + BATCH_BLOCK <= batch {
+                let x: &[f32; BATCH_BLOCK] = x_row[start..start + BATCH_BLOCK].try_into().unwrap();
+                for (&w, &c) in values.iter().zip(cols) {
+                    let at = c as usize * batch + start;
+                    let z: &mut [f32; BATCH_BLOCK] =
+                        (&mut z_t[at..at + BATCH_BLOCK]).try_into().unwrap();
+                    for lane in 0..BATCH_BLOCK {
+                        z[lane] += w * x[lane];
+                    }
+                }
+                start += BATCH_BLOCK;
+            }
+            if start < batch {
+                let x = &x_row[start..];
+                for (&w, &c) in values.iter().zip(cols) {
+                    let at = c as usize * batch + start;
+                    for (z, &x) in z_t[at..at + x.len()].iter_mut().zip(x) {
+                        *z += w * x;
                     }
                 }
             }
@@ -487,19 +587,32 @@ crate::dispatched! {
 
 /// Transposes a row-major `rows × cols` matrix, in `TILE × TILE` tiles so that reads and
 /// writes both stay within a few cache lines (a plain loop writes with a stride of `rows`,
-/// missing the cache on every element of a large matrix).
+/// missing the cache on every element of a large matrix), bands of output rows split over
+/// rayon's pool once the matrix passes `2^16` elements.
 pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const TILE: usize = 16;
     assert_eq!(m.len(), rows * cols, "transpose: length is rows * cols");
     let mut t = vec![0.0; m.len()];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
+    if m.is_empty() {
+        return t;
+    }
+    // band `b` of the output is input columns `b·TILE..`, each output row `rows` long
+    let band = |(b, out): (usize, &mut [f32])| {
+        let c0 = b * TILE;
+        let width = out.len() / rows;
+        for r0 in (0..rows).step_by(TILE) {
             for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    t[c * rows + r] = m[r * cols + c];
+                let source = &m[r * cols + c0..r * cols + c0 + width];
+                for (c, &v) in source.iter().enumerate() {
+                    out[c * rows + r] = v;
                 }
             }
         }
+    };
+    if m.len() < 1 << 16 {
+        t.chunks_mut(TILE * rows).enumerate().for_each(band);
+    } else {
+        t.par_chunks_mut(TILE * rows).enumerate().for_each(band);
     }
     t
 }
@@ -586,6 +699,25 @@ mod tests {
     }
 
     #[test]
+    fn transpose_moves_every_entry() {
+        assert_eq!(
+            transpose(&[1., 2., 3., 4., 5., 6.], 2, 3),
+            [1., 4., 2., 5., 3., 6.]
+        );
+        // odd sizes past the parallel threshold: partial tiles and bands
+        for (rows, cols) in [(257, 301), (17, 5000), (1, 70_000)] {
+            let m: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let t = transpose(&m, rows, cols);
+            for r in (0..rows).step_by(7) {
+                for c in (0..cols).step_by(11) {
+                    assert_eq!(t[c * rows + r], m[r * cols + c], "{rows}x{cols} at {r},{c}");
+                }
+            }
+            assert_eq!(transpose(&t, cols, rows), m);
+        }
+    }
+
+    #[test]
     fn supports_of_a_known_matrix_are_as_worked_by_hand() {
         // [ 0    2  0 ]
         // [ NaN  0  5 ]   NaN is a non-zero: a diverged weight must not vanish from training
@@ -633,6 +765,14 @@ mod tests {
                 for b in 0..batch {
                     let want: f32 = (0..cols).map(|c| dense[r * cols + c] * x_t[c * batch + b]).sum();
                     prop_assert_eq!(y_t[r * batch + b], want);
+                }
+            }
+            let mut z_t = vec![f32::NAN; cols * batch];
+            csr.transpose_matmul_t(&a_t, batch, &mut z_t);
+            for c in 0..cols {
+                for b in 0..batch {
+                    let want: f32 = (0..rows).map(|r| dense[r * cols + c] * a_t[r * batch + b]).sum();
+                    prop_assert_eq!(z_t[c * batch + b], want);
                 }
             }
             let mut sampled = vec![0.0; csr.nnz()];

@@ -6,8 +6,9 @@
 //! never used, and a layer can run over its non-zeros only without changing the run: with `X`
 //! `[M, K]` and burn's `W` `[K, N]` (`Linear`'s `[d_input, d_output]`),
 //!
-//! - forward `Yᵀ = Wᵀ·Xᵀ`, a CSR of `Wᵀ` times the transposed batch,
-//! - backward `∂Xᵀ = W·∂Yᵀ` (a CSR of `W`) and `∂W = X ᵀ·∂Y` computed only at `W`'s
+//! - forward `Yᵀ = Wᵀ·Xᵀ`: each stored weight of a CSR of `W` adds its input row, scaled,
+//!   into its output row,
+//! - backward `∂Xᵀ = W·∂Yᵀ` (each output row summed over its stored weights) and `∂W = X ᵀ·∂Y` computed only at `W`'s
 //!   non-zeros (a sampled product, zero elsewhere).
 //!
 //! Each multiply-add of the dense products that touches a zero weight is skipped, so at
@@ -32,7 +33,7 @@ use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{DType, Tensor, TensorData};
-use pdecay::csr::{Csr, transpose};
+use pdecay::csr::Csr;
 
 use crate::flex::on_flex;
 
@@ -45,18 +46,24 @@ pub(crate) trait SparseMatmul: Backend {
     }
 }
 
+/// The contiguous transpose of a rank-2 tensor: flex's tiled strided copy (faster than a
+/// tiled scalar loop).
+fn transposed(t: &FlexTensor) -> FlexTensor {
+    t.transpose(0, 1).to_contiguous()
+}
+
 /// `[rows, cols]` of a rank-2 tensor.
 fn matrix_dims(t: &FlexTensor) -> [usize; 2] {
     let dims = t.layout().shape().to_vec();
     [dims[0], dims[1]]
 }
 
-/// What the backward step needs of a forward product: `W`'s support (with its values) as a
-/// CSR of `Wᵀ`, and the transposed input `Xᵀ` `[K, M]`.
+/// What the backward step needs of a forward product: `W`'s support with its values (a CSR
+/// of `W`, read once per call in one sequential pass), and the transposed input `Xᵀ` `[K, M]`.
 #[derive(Debug, Clone)]
 struct Forward {
-    w_t: Arc<Csr>,
-    x_t: Arc<Vec<f32>>,
+    w: Arc<Csr>,
+    x_t: Arc<FlexTensor>,
     batch: usize,
 }
 
@@ -64,21 +71,20 @@ struct Forward {
 fn forward(x: &FlexTensor, w: &FlexTensor) -> (FlexTensor, Forward) {
     let (x, w) = (x.to_contiguous(), w.to_contiguous());
     let ([batch, inputs], [_, outputs]) = (matrix_dims(&x), matrix_dims(&w));
-    // one pass over W (row-major, sequential), then the transpose over the non-zeros only
-    let w_t = Csr::nonzeros(w.storage::<f32>(), inputs, outputs).transpose();
-    let x_t = transpose(x.storage::<f32>(), batch, inputs);
+    let support = Csr::nonzeros(w.storage::<f32>(), inputs, outputs);
+    let x_t = transposed(&x);
     let mut y_t = vec![0.0f32; outputs * batch];
-    w_t.matmul_t(&x_t, batch, None, &mut y_t);
-    let y = transpose(&y_t, outputs, batch);
+    support.transpose_matmul_t(x_t.storage::<f32>(), batch, &mut y_t);
+    let y = transposed(&FlexTensor::from_data(TensorData::new(
+        y_t,
+        [outputs, batch],
+    )));
     let saved = Forward {
-        w_t: Arc::new(w_t),
+        w: Arc::new(support),
         x_t: Arc::new(x_t),
         batch,
     };
-    (
-        FlexTensor::from_data(TensorData::new(y, [batch, outputs])),
-        saved,
-    )
+    (y, saved)
 }
 
 /// `∂X = ∂Y·Wᵀ` (when asked) and `∂W = Xᵀ·∂Y` at `W`'s non-zeros, zero elsewhere.
@@ -87,18 +93,20 @@ fn backward(
     grad: &FlexTensor,
     with_x_grad: bool,
 ) -> (Option<FlexTensor>, FlexTensor) {
-    let Forward { w_t, x_t, batch } = saved;
-    let (batch, outputs, inputs) = (*batch, w_t.rows, w_t.cols);
-    let grad_t = transpose(grad.to_contiguous().storage::<f32>(), batch, outputs);
-    let w = w_t.transpose();
+    let Forward { w, x_t, batch } = saved;
+    let (batch, inputs, outputs) = (*batch, w.rows, w.cols);
+    let grad_t = transposed(grad);
+    let grad_t = grad_t.storage::<f32>();
     let x_grad = with_x_grad.then(|| {
         let mut x_grad_t = vec![0.0f32; inputs * batch];
-        w.matmul_t(&grad_t, batch, None, &mut x_grad_t);
-        let x_grad = transpose(&x_grad_t, inputs, batch);
-        FlexTensor::from_data(TensorData::new(x_grad, [batch, inputs]))
+        w.matmul_t(grad_t, batch, None, &mut x_grad_t);
+        transposed(&FlexTensor::from_data(TensorData::new(
+            x_grad_t,
+            [inputs, batch],
+        )))
     });
     let mut at_support = vec![0.0f32; w.nnz()];
-    w.sampled_products_t(x_t, &grad_t, batch, &mut at_support);
+    w.sampled_products_t(x_t.storage::<f32>(), grad_t, batch, &mut at_support);
     let mut w_grad = vec![0.0f32; inputs * outputs];
     for (row, dense_row) in w_grad.chunks_exact_mut(outputs).enumerate() {
         let range = w.row_offsets[row] as usize..w.row_offsets[row + 1] as usize;

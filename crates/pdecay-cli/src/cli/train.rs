@@ -8,8 +8,8 @@ use clap::Args;
 use super::device::DeviceSpec;
 use super::progress::{for_stdout, set_threads};
 use crate::config::{
-    GptPreset, GptSettings, LrSchedule, OptimKind, TrainConfig, defaults, flag_name as name,
-    with_default,
+    GptPreset, GptSettings, LrSchedule, OptimKind, SparseTraining, TrainConfig, defaults,
+    flag_name as name, with_default,
 };
 use crate::data::{EMBEDDED, RunData};
 use crate::models::ModelKind;
@@ -69,6 +69,8 @@ pub struct TrainArgs {
     pub schedule: Option<LrSchedule>,
     #[arg(long, help = with_default("Seed", defaults::SEED))]
     pub seed: Option<u64>,
+    #[arg(long, value_enum, help = with_default("Train linear layers over their weights' non-zeros where zeros stay zero (pWD, p < 2): auto where it measures faster, on, off", name(defaults::SPARSE_TRAINING)))]
+    pub sparse_training: Option<SparseTraining>,
     /// pWD variant: factor from the post-step weight.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub late: Option<bool>,
@@ -182,7 +184,7 @@ impl TrainArgs {
         }
         set!(c; model, hidden, optim, p, lambda, lr, epochs, warmup_epochs, schedule, seed,
             lambda2, lambda_release_ratio, gmp_final_sparsity, gmp_end_fraction, gmp_frequency,
-            late, augment, structured);
+            late, augment, structured, sparse_training);
         for (flag, key) in [
             (self.p_start, &mut c.p_start),
             (self.s_dynamics, &mut c.s_dynamics),

@@ -58,6 +58,8 @@ pub mod defaults {
     pub const GMP_FREQUENCY: u64 = 100;
     /// |w| below this counts as zero, the paper's.
     pub const THRESHOLD: f64 = pdecay::sparsity::DEFAULT_THRESHOLD;
+    /// Linear layers move to the sparse product where it measures faster.
+    pub const SPARSE_TRAINING: super::SparseTraining = super::SparseTraining::Auto;
 }
 
 /// `text [default: value]`: a flag's help with its default read from [`defaults`].
@@ -83,6 +85,25 @@ pub enum LrSchedule {
     Geometric,
     /// Constant lr.
     Constant,
+}
+
+/// Whether linear layers train over their weights' non-zeros only (`pdecay_burn::sparse_linear`).
+/// That leaves the run unchanged (up to summation order) only where an exactly-zero weight
+/// stays zero whatever its gradient: pWD (pAdam, pSGD) with p < 2 and λ > 0, the plain factor
+/// (not `late`, structured, s-dynamics or elastic net).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SparseTraining {
+    /// A layer moves to the sparse product, for the rest of the run, at the first epoch end
+    /// where zeros are absorbing, it is mostly zero and the sparse product measures faster on
+    /// its shapes (timed there, alternated with the dense one). Dense where zeros are not
+    /// absorbing. Two runs agree up to summation order only (their timings may differ).
+    Auto,
+    /// Every linear layer on the sparse product from the first step (or epoch end) where zeros
+    /// are absorbing; an error for an optimizer whose zeros are not.
+    On,
+    /// Dense products throughout.
+    Off,
 }
 
 /// Every setting of a training run; `config.toml` holds exactly this.
@@ -153,6 +174,8 @@ pub struct TrainConfig {
     /// The data: `"embedded"` for the embedded subset, a folder of IDX files, or unset for
     /// `$PDECAY_DATA`, then /usr/share/datasets/fashion-mnist; for the GPT, a UTF-8 text file.
     pub data: Option<String>,
+    /// Sparse training of the image classifiers' linear layers ([`defaults::SPARSE_TRAINING`]).
+    pub sparse_training: SparseTraining,
     /// The GPT's sizes and schedule (`[gpt]`; used when `model = "gpt"`).
     pub gpt: GptSettings,
 }
@@ -186,6 +209,7 @@ impl Default for TrainConfig {
             threshold: defaults::THRESHOLD,
             augment: false,
             data: None,
+            sparse_training: defaults::SPARSE_TRAINING,
             gpt: GptSettings::default(),
         }
     }
@@ -208,6 +232,57 @@ impl TrainConfig {
         match self.model {
             ModelKind::Mlp | ModelKind::Gpt => &self.hidden,
             ModelKind::Cnn => &self.cnn_widths,
+        }
+    }
+
+    /// The first step from which an exactly-zero decayed weight stays zero for the rest of a
+    /// run of `total_steps` (pWD's factor at `w = 0` is 0 for p < 2 and p·lr·λ > 0), or why
+    /// no such step exists. With `p_start`, p falls linearly over the first half: zeros are
+    /// absorbing once p < 2. A λ release keeps λ > 0 (its ratio is > 0).
+    pub fn zeros_absorbing_from(&self, total_steps: u64) -> Result<u64, String> {
+        let optim = flag_name(self.optim);
+        if !self.optim.uses_pwd() {
+            return Err(format!(
+                "--optim {optim} lets a zero weight move again (only pWD, padam or psgd, keeps it at zero)"
+            ));
+        }
+        let variant = [
+            (
+                self.late,
+                "the late variant computes its factor after the step",
+            ),
+            (
+                self.structured,
+                "structured decay zeroes groups, not single weights",
+            ),
+            (self.s_dynamics.is_some(), "s-dynamics changes the factor"),
+            (
+                self.lambda2 > 0.0,
+                "the elastic-net term changes the factor",
+            ),
+        ];
+        if let Some((_, why)) = variant.iter().find(|(on, _)| *on) {
+            return Err((*why).to_string());
+        }
+        // NaN fails the comparisons as a too-small value would
+        if self.lambda.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+            return Err(format!("lambda is {}: pWD is off", self.lambda));
+        }
+        if self.p.partial_cmp(&2.0) != Some(std::cmp::Ordering::Less) {
+            return Err(format!(
+                "p is {}: for p >= 2 a zero weight's factor is not 0",
+                self.p
+            ));
+        }
+        match self.p_start {
+            Some(p0) if p0 >= 2.0 => {
+                // p(s) = p0 + (p - p0)·s/h, h = total/2 (the schedule pnorm builds): the first
+                // s with p(s) < 2 - 1e-3, a margin so that the f32 p the kernel sees is < 2 too
+                let half = (total_steps / 2).max(1) as f64;
+                let s = ((p0 - 2.0 + 1e-3) / (p0 - self.p) * half).floor() as u64 + 1;
+                Ok(s)
+            }
+            _ => Ok(0),
         }
     }
 
@@ -294,6 +369,17 @@ impl TrainConfig {
         }
         if self.model == ModelKind::Gpt {
             self.gpt.validate()?;
+            ensure!(
+                self.sparse_training != SparseTraining::On,
+                "sparse_training = on is for the image classifiers' linear layers; the GPT trains dense (use auto or off)"
+            );
+        }
+        if self.sparse_training == SparseTraining::On
+            && let Err(why) = self.zeros_absorbing_from(1)
+        {
+            anyhow::bail!(
+                "sparse_training = on needs zeros that stay zero, and {why}: use --sparse-training auto (dense where it cannot help) or off"
+            );
         }
         // Builds the optimizer once so a bad p, lambda, ... fails before any data is loaded.
         self.optimizer(1)?;
@@ -418,6 +504,11 @@ impl TrainConfig {
                 "augment",
                 self.augment != d.augment,
                 "the GPT has no augmentation: remove it",
+            ),
+            (
+                "sparse_training",
+                self.sparse_training != d.sparse_training,
+                "the GPT trains dense (sparse training is the image classifiers'): remove it",
             ),
         ];
         for (key, set, instead) in unused {

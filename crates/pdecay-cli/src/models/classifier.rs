@@ -6,7 +6,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
-use pdecay_burn::max_pool_2x2;
+use pdecay_burn::{max_pool_2x2, sparse_linear};
 
 /// A multi-layer perceptron on flattened images.
 #[derive(Module, Debug)]
@@ -35,11 +35,30 @@ impl Mlp {
 
     /// Logits for a `[batch, inputs]` input.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.forward_with(x, &[])
+    }
+
+    /// [`Mlp::forward`] with the linear layers whose entry of `sparse` is true (in
+    /// [`Classifier::linear_layers`]' order; missing entries are false) run over their
+    /// weights' non-zeros.
+    pub fn forward_with(&self, x: Tensor<2>, sparse: &[bool]) -> Tensor<2> {
+        let on = |i: usize| sparse.get(i).copied().unwrap_or(false);
         let x = self
             .hidden
             .iter()
-            .fold(x, |x, layer| relu(layer.forward(x)));
-        self.output.forward(x)
+            .enumerate()
+            .fold(x, |x, (i, layer)| relu(linear(layer, x, on(i))));
+        linear(&self.output, x, on(self.hidden.len()))
+    }
+}
+
+/// `layer`'s output, over its weight's non-zeros when `sparse` (sparse training: the same values
+/// up to summation order, no gradient for the zero weights).
+fn linear(layer: &Linear, x: Tensor<2>, sparse: bool) -> Tensor<2> {
+    if sparse {
+        sparse_linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+    } else {
+        layer.forward(x)
     }
 }
 
@@ -79,6 +98,13 @@ impl Cnn {
 
     /// Logits for a `[batch, side·side]` input.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.forward_with(x, &[])
+    }
+
+    /// [`Cnn::forward`] with its dense layers (`dense`, `output`) run over their weights'
+    /// non-zeros where `sparse` says (see [`Mlp::forward_with`]).
+    pub fn forward_with(&self, x: Tensor<2>, sparse: &[bool]) -> Tensor<2> {
+        let on = |i: usize| sparse.get(i).copied().unwrap_or(false);
         let [batch, pixels] = x.dims();
         let side = (pixels as f64).sqrt() as usize;
         let x = x.reshape([batch, 1, side, side]);
@@ -86,8 +112,8 @@ impl Cnn {
         let x = max_pool_2x2(relu(self.conv1.forward(x)));
         let x = max_pool_2x2(relu(self.conv2.forward(x)));
         let x = x.flatten::<2>(1, 3);
-        let x = self.dropout.forward(relu(self.dense.forward(x)));
-        self.output.forward(x)
+        let x = self.dropout.forward(relu(linear(&self.dense, x, on(0))));
+        linear(&self.output, x, on(1))
     }
 }
 
@@ -120,9 +146,34 @@ impl Classifier {
 
     /// Logits for a `[batch, pixels]` input.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.forward_with(x, &[])
+    }
+
+    /// Logits with the linear layers marked in `sparse` (in [`Classifier::linear_layers`]'
+    /// order) run over their weights' non-zeros.
+    pub fn forward_with(&self, x: Tensor<2>, sparse: &[bool]) -> Tensor<2> {
         match self {
-            Self::Mlp(m) => m.forward(x),
-            Self::Cnn(m) => m.forward(x),
+            Self::Mlp(m) => m.forward_with(x, sparse),
+            Self::Cnn(m) => m.forward_with(x, sparse),
+        }
+    }
+
+    /// The linear layers that sparse training can run over their non-zeros, in forward order,
+    /// named as in the model's parameter paths (`hidden.0`, `output`; the CNN's `dense`,
+    /// `output`).
+    pub fn linear_layers(&self) -> Vec<(String, &Linear)> {
+        match self {
+            Self::Mlp(m) => m
+                .hidden
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (format!("hidden.{i}"), l))
+                .chain([("output".to_string(), &m.output)])
+                .collect(),
+            Self::Cnn(m) => vec![
+                ("dense".to_string(), &m.dense),
+                ("output".to_string(), &m.output),
+            ],
         }
     }
 }

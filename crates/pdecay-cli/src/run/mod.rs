@@ -36,7 +36,7 @@ pub use checkpoint::{RunPosition, Unit};
 pub use lock::{FolderLock, lock_folder};
 pub use records::{
     ClassifierSummary, Diverged, EpochMetrics, Evaluation, GptEval, GptSummary, Outcome,
-    RunSummary, StepAt,
+    RunSummary, SparseLayer, StepAt,
 };
 
 const CONFIG: &str = "config.toml";

@@ -20,6 +20,15 @@ pub trait Evaluation: Serialize + DeserializeOwned + Clone {
     fn set_seconds(&mut self, seconds: f64);
 }
 
+/// A layer on the sparse product, as metrics.jsonl records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SparseLayer {
+    /// The layer (`hidden.0`, `output`, the CNN's `dense`).
+    pub name: String,
+    /// The first optimizer step it ran sparse.
+    pub since_step: u64,
+}
+
 /// One line of `metrics.jsonl`, written after each epoch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochMetrics {
@@ -45,6 +54,15 @@ pub struct EpochMetrics {
     pub layers: Vec<TensorSparsity>,
     /// Wall time since the start of the run.
     pub seconds: f64,
+    /// Mean seconds per training step over the epoch (absent in runs made before it was
+    /// recorded).
+    #[serde(default)]
+    pub step_seconds: f64,
+    /// The linear layers on the sparse product from `since_step` on (sparse training; absent in
+    /// runs made before it). A layer that moves at this line's `step` starts with the next
+    /// epoch: the decision is taken at the epoch's end, before its checkpoint.
+    #[serde(default)]
+    pub sparse_layers: Vec<SparseLayer>,
 }
 
 impl Evaluation for EpochMetrics {
@@ -68,8 +86,17 @@ impl Evaluation for EpochMetrics {
             100.0 * self.test_accuracy,
             100.0 * self.sparsity,
             self.seconds
-        )
+        ) + &sparse_words(&self.sparse_layers)
     }
+}
+
+/// `, sparse training: hidden.0, hidden.1` (empty when every layer is dense).
+fn sparse_words(layers: &[SparseLayer]) -> String {
+    if layers.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
+    format!(", sparse training: {}", names.join(", "))
 }
 
 /// `summary.json` of an image classifier's run.

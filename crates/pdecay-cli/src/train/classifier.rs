@@ -2,6 +2,8 @@
 //! images in batches (split over the data-parallel replicas when there are several), evaluated
 //! on the test set after it.
 
+use std::time::Instant;
+
 use anyhow::{Context, Result, ensure};
 use burn::module::Module;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
@@ -18,6 +20,7 @@ use super::parallel::{Replica, all_reduce, replicate, shard_gradients, shards, s
 use super::skeleton::{
     Progress, RunOptions, Trainer, check_memory, finite_loss, run_loop, step_or_diverge, unit_seed,
 };
+use super::sparse_training::SparsePlan;
 use crate::config::TrainConfig;
 use crate::data::mnist::IMAGE_SIDE;
 use crate::data::{ImageSplits, check_image_size};
@@ -63,6 +66,7 @@ pub fn train_classifier(
     let device = options.device.clone().autodiff();
     device.seed(config.seed);
     let model = Classifier::new(config.model, data.train.rows, config.widths(), &device);
+    let plan = SparsePlan::new(config, total_steps, &model, &device)?;
     let replica_devices = options
         .replicas
         .iter()
@@ -81,6 +85,8 @@ pub fn train_classifier(
         indices: (0..data.train.len()).collect(),
         loss_sum: 0.0,
         lr: 0.0,
+        step_seconds: 0.0,
+        plan,
     };
     run_loop(
         &mut trainer,
@@ -108,6 +114,10 @@ struct ClassifierTrainer<'a> {
     /// The epoch's summed loss, and the lr of its last step.
     loss_sum: f64,
     lr: f64,
+    /// The mean step time of the last epoch.
+    step_seconds: f64,
+    /// Which linear layers run over their non-zeros.
+    plan: SparsePlan,
 }
 
 impl Trainer for ClassifierTrainer<'_> {
@@ -124,8 +134,14 @@ impl Trainer for ClassifierTrainer<'_> {
         done + 1
     }
 
-    fn begin(&mut self, model: &Classifier, optim: &SparseOptimizer) {
+    fn begin(&mut self, model: &Classifier, optim: &SparseOptimizer, last: Option<&EpochMetrics>) {
         self.others = replicate(model, optim, &self.replica_devices);
+        match last {
+            Some(last) => self.plan.restore(&last.sparse_layers),
+            None => self
+                .plan
+                .update(model, 0, self.config.batch_size, &self.device),
+        }
     }
 
     fn train_period(
@@ -138,6 +154,8 @@ impl Trainer for ClassifierTrainer<'_> {
         progress: &mut dyn Progress,
     ) -> Result<Classifier> {
         let (config, data, stats) = (self.config, self.data, self.stats);
+        let started = (Instant::now(), *step);
+        let sparse = self.plan.flags();
         let seed = unit_seed(config.seed, epoch);
         self.indices.sort_unstable();
         let mut rng = StdRng::seed_from_u64(seed);
@@ -162,7 +180,7 @@ impl Trainer for ClassifierTrainer<'_> {
                 let (x, y) = data
                     .train
                     .augmented_batch(batch, stats, &self.device, augment);
-                let loss = self.loss_fn.forward(model.forward(x), y);
+                let loss = self.loss_fn.forward(model.forward_with(x, &sparse), y);
                 let loss_value = finite_loss(loss.clone().into_scalar::<f32>() as f64, at)?;
                 self.loss_sum += loss_value * batch.len() as f64;
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -174,7 +192,7 @@ impl Trainer for ClassifierTrainer<'_> {
                 // the threads interleave
                 let seeds: Vec<u64> = parts.iter().map(|_| rng.random()).collect();
                 let whole = batch.len() as f64;
-                let loss_fn = &self.loss_fn;
+                let (loss_fn, sparse) = (&self.loss_fn, &sparse);
                 let (loss_value, grads) =
                     shard_gradients(&model, &self.device, &self.others, |m, d, s| {
                         let shard = &batch[parts[s].clone()];
@@ -187,7 +205,7 @@ impl Trainer for ClassifierTrainer<'_> {
                         // weighted by the shard's share: the sum is the whole batch's mean loss
                         Some(
                             loss_fn
-                                .forward(m.forward(x), y)
+                                .forward(m.forward_with(x, sparse), y)
                                 .mul_scalar(shard.len() as f64 / whole),
                         )
                     });
@@ -208,6 +226,8 @@ impl Trainer for ClassifierTrainer<'_> {
                 loss_value,
             );
         }
+        let steps = (*step - started.1).max(1);
+        self.step_seconds = started.0.elapsed().as_secs_f64() / steps as f64;
         Ok(model)
     }
 
@@ -225,6 +245,10 @@ impl Trainer for ClassifierTrainer<'_> {
             &self.device.clone().inner(),
         );
         let report = optim.sparsity_report(model, self.config.threshold, false);
+        // decided here, before the checkpoint that this line goes with: a resumed run takes the
+        // plan for its next epoch from it, as the uninterrupted run did
+        self.plan
+            .update(model, step, self.config.batch_size, &self.device);
         EpochMetrics {
             epoch,
             step,
@@ -237,6 +261,8 @@ impl Trainer for ClassifierTrainer<'_> {
             sparsity_all_params: report.all().sparsity(),
             layers: report.tensors.clone(),
             seconds: 0.0,
+            step_seconds: self.step_seconds,
+            sparse_layers: self.plan.record(),
         }
     }
 

@@ -7,6 +7,7 @@ pub mod classifier;
 pub mod gpt;
 pub mod parallel;
 pub mod skeleton;
+pub mod sparse_training;
 
 pub use classifier::train_classifier;
 pub use gpt::train_gpt;

@@ -184,8 +184,15 @@ pub(crate) trait Trainer {
     /// epoch, the GPT's iterations up to its next evaluation (at most `last`).
     fn period_end(&self, done: usize, last: usize) -> usize;
 
-    /// Once the model and optimizer are built or restored, before the first step.
-    fn begin(&mut self, _model: &Self::Model, _optim: &SparseOptimizer) {}
+    /// Once the model and optimizer are built or restored, before the first step; `last` is
+    /// the last evaluation a resumed run kept.
+    fn begin(
+        &mut self,
+        _model: &Self::Model,
+        _optim: &SparseOptimizer,
+        _last: Option<&Self::Eval>,
+    ) {
+    }
 
     /// Trains units `done + 1 ..= end`, counting optimizer steps in `step`.
     fn train_period(
@@ -249,7 +256,7 @@ pub(crate) fn run_loop<T: Trainer>(
         }
     }
     progress.start(&optim.decay_summary(&model));
-    trainer.begin(&model, &optim);
+    trainer.begin(&model, &optim, history.last());
     let clock = Instant::now();
     let earlier_wall = position.wall_seconds;
     let length = trainer.length();

@@ -114,6 +114,7 @@ pub fn metrics_without_time(dir: &Path) -> Vec<serde_json::Value> {
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
             v.as_object_mut().unwrap().remove("seconds");
+            v.as_object_mut().unwrap().remove("step_seconds");
             v
         })
         .collect()
@@ -151,6 +152,7 @@ pub fn without_times(text: &str) -> String {
     let mut out = text.to_string();
     for key in [
         "\"seconds\":",
+        "\"step_seconds\":",
         "\"wall_seconds\":",
         "\"samples_per_second\":",
     ] {

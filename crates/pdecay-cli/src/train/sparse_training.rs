@@ -1,0 +1,242 @@
+//! Which of a classifier's linear layers train over their weights' non-zeros, from which step.
+//!
+//! A layer moves to `pdecay_burn::sparse_linear` only once its zeros are absorbing (pWD, p < 2,
+//! λ > 0: [`TrainConfig::zeros_absorbing_from`]), and then stays there: its support only shrinks,
+//! and the sparse product reads it at every step. Decisions are taken before the first step
+//! and at each epoch's end, before its checkpoint. `on` moves every layer at the first such
+//! point; `auto` moves a layer that is mostly zero when an alternated timing of both products,
+//! forward and backward on its own shapes and its current weight, finds the sparse one faster.
+//! The plan is recorded in every metrics line, and a resumed run takes it from the last one
+//! kept, so it continues exactly as the uninterrupted run did and a layer never returns to
+//! dense. Like cuDNN's benchmark mode, `auto` makes two separate runs agree only up to
+//! summation order (their timings may choose differently); `on` and `off` are reproducible.
+
+use std::time::Instant;
+
+use anyhow::{Result, ensure};
+use burn::nn::Linear;
+use burn::tensor::{Device, Tensor, TensorData};
+use pdecay_burn::sparse_linear;
+
+use crate::config::{SparseTraining, TrainConfig};
+use crate::models::Classifier;
+use crate::run::SparseLayer;
+
+/// Below this share of exact zeros a layer is not timed: the sparse product measured slower
+/// on every shape there (bench/README.md, `cargo bench -p pdecay-burn --bench sparse_linear`).
+const MIN_ZERO_SHARE: f64 = 0.75;
+
+/// Alternated timings of each product per decision.
+const TIMINGS: usize = 5;
+
+/// The run's sparse-training decisions.
+#[derive(Debug, Clone)]
+pub(crate) struct SparsePlan {
+    mode: SparseTraining,
+    /// Zeros are absorbing from this step on (`None`: never in this run).
+    absorbing_from: Option<u64>,
+    /// Per linear layer, in `Classifier::linear_layers` order: the step it moved.
+    since: Vec<Option<u64>>,
+    names: Vec<String>,
+}
+
+impl SparsePlan {
+    /// All layers dense, for `model` under `config` over `total_steps`; an error for `on`
+    /// where the sparse product does not run (`device`, the training device, is not flex's CPU:
+    /// there `sparse_linear` is the dense product, and `auto` keeps every layer dense).
+    pub fn new(
+        config: &TrainConfig,
+        total_steps: u64,
+        model: &Classifier,
+        device: &Device,
+    ) -> Result<Self> {
+        let on_cpu = *device == Device::flex().autodiff();
+        ensure!(
+            on_cpu || config.sparse_training != SparseTraining::On,
+            "sparse training runs on the CPU (flex) backend only: with --device cuda use --sparse-training auto or off"
+        );
+        let names: Vec<String> = model.linear_layers().into_iter().map(|(n, _)| n).collect();
+        Ok(Self {
+            mode: config.sparse_training,
+            absorbing_from: match config.sparse_training {
+                SparseTraining::Off => None,
+                _ if !on_cpu => None,
+                _ => config.zeros_absorbing_from(total_steps).ok(),
+            },
+            since: vec![None; names.len()],
+            names,
+        })
+    }
+
+    /// Per layer, whether it runs sparse (for `Classifier::forward_with`).
+    pub fn flags(&self) -> Vec<bool> {
+        self.since.iter().map(Option::is_some).collect()
+    }
+
+    /// The layers on the sparse product, for metrics.jsonl.
+    pub fn record(&self) -> Vec<SparseLayer> {
+        self.names
+            .iter()
+            .zip(&self.since)
+            .filter_map(|(name, since)| {
+                since.map(|since_step| SparseLayer {
+                    name: name.clone(),
+                    since_step,
+                })
+            })
+            .collect()
+    }
+
+    /// Takes back the decisions of a resumed run's last metrics line.
+    pub fn restore(&mut self, recorded: &[SparseLayer]) {
+        for layer in recorded {
+            if let Some(i) = self.names.iter().position(|n| *n == layer.name) {
+                self.since[i] = Some(layer.since_step);
+            }
+        }
+    }
+
+    /// Before the first step or at an epoch's end (`step` steps done, batches of `batch`):
+    /// moves the layers that the mode says should move now. `device` is the training
+    /// (autodiff) device.
+    pub fn update(&mut self, model: &Classifier, step: u64, batch: usize, device: &Device) {
+        if self.absorbing_from.is_none_or(|from| step < from) {
+            return;
+        }
+        for (i, (_, layer)) in model.linear_layers().into_iter().enumerate() {
+            if self.since[i].is_some() {
+                continue;
+            }
+            let moves = match self.mode {
+                SparseTraining::On => true,
+                SparseTraining::Off => false,
+                SparseTraining::Auto => {
+                    zero_share(layer) >= MIN_ZERO_SHARE && sparse_is_faster(layer, batch, device)
+                }
+            };
+            if moves {
+                self.since[i] = Some(step);
+            }
+        }
+    }
+}
+
+/// The share of `layer`'s weights that are exactly zero.
+fn zero_share(layer: &Linear) -> f64 {
+    let w = layer.weight.val();
+    let total = w.shape().num_elements().max(1);
+    let zeros = w.equal_elem(0.0).int().sum().into_scalar::<i64>();
+    zeros as f64 / total as f64
+}
+
+/// Whether the sparse product, forward and backward on a `[batch, in]` input, takes less time
+/// than the dense one for `layer`'s current weight: medians of alternated timings. The inputs
+/// are a fixed pattern (no draw from the device's generator, which would change the run).
+fn sparse_is_faster(layer: &Linear, batch: usize, device: &Device) -> bool {
+    let [inputs, outputs] = layer.weight.dims();
+    let pattern = |n: usize, k: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7 + k) % 13) as f32 / 6.0 - 1.0)
+            .collect()
+    };
+    let x = Tensor::<2>::from_data(
+        TensorData::new(pattern(batch * inputs, 1), [batch, inputs]),
+        device,
+    )
+    .require_grad();
+    let g = Tensor::<2>::from_data(
+        TensorData::new(pattern(batch * outputs, 2), [batch, outputs]),
+        device,
+    );
+    let w = layer.weight.val().detach().require_grad();
+    let time = |sparse: bool| {
+        let start = Instant::now();
+        let y = if sparse {
+            sparse_linear(x.clone(), w.clone(), None)
+        } else {
+            x.clone().matmul(w.clone())
+        };
+        let grads = (y * g.clone()).sum().backward();
+        let _ = w.grad(&grads).map(|g| g.into_data());
+        start.elapsed().as_secs_f64()
+    };
+    let (_, _) = (time(false), time(true));
+    let mut dense = Vec::with_capacity(TIMINGS);
+    let mut sparse = Vec::with_capacity(TIMINGS);
+    for _ in 0..TIMINGS {
+        dense.push(time(false));
+        sparse.push(time(true));
+    }
+    median(sparse) < median(dense)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OptimKind;
+    use crate::models::ModelKind;
+
+    fn mlp(device: &Device) -> Classifier {
+        Classifier::new(ModelKind::Mlp, 4, &[5, 3], device)
+    }
+
+    #[test]
+    fn on_moves_every_layer_once_zeros_are_absorbing() {
+        let device = Device::flex().autodiff();
+        let model = mlp(&device);
+        let config = TrainConfig {
+            sparse_training: SparseTraining::On,
+            p_start: Some(2.0),
+            ..TrainConfig::default()
+        };
+        // p falls from 2 to 0.8 over the first 50 of 100 steps: below 2 - 1e-3 from step 1
+        let mut plan = SparsePlan::new(&config, 100, &model, &device).unwrap();
+        plan.update(&model, 0, 8, &device);
+        assert_eq!(plan.flags(), [false, false, false]);
+        plan.update(&model, 1, 8, &device);
+        assert_eq!(plan.flags(), [true, true, true]);
+        plan.update(&model, 7, 8, &device);
+        let names: Vec<(String, u64)> = plan
+            .record()
+            .into_iter()
+            .map(|l| (l.name, l.since_step))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("hidden.0".into(), 1),
+                ("hidden.1".into(), 1),
+                ("output".into(), 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn auto_keeps_adamw_and_dense_layers_dense_and_a_restore_keeps_the_plan() {
+        let device = Device::flex().autodiff();
+        let model = mlp(&device);
+        let adamw = TrainConfig {
+            optim: OptimKind::Adamw,
+            ..TrainConfig::default()
+        };
+        let mut plan = SparsePlan::new(&adamw, 100, &model, &device).unwrap();
+        plan.update(&model, 50, 8, &device);
+        assert!(plan.record().is_empty());
+        // pAdam, but freshly initialised weights have no zeros: not timed, not moved
+        let mut plan = SparsePlan::new(&TrainConfig::default(), 100, &model, &device).unwrap();
+        plan.update(&model, 50, 8, &device);
+        assert!(plan.record().is_empty());
+        let recorded = vec![SparseLayer {
+            name: "hidden.1".into(),
+            since_step: 40,
+        }];
+        plan.restore(&recorded);
+        assert_eq!(plan.flags(), [false, true, false]);
+        assert_eq!(plan.record(), recorded);
+    }
+}
