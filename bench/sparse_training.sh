@@ -36,6 +36,8 @@ measure() { # model name, then its flags
       key samples_per_second "$dir" >>"$work/$name-$mode.speed"
       key final_test_accuracy "$dir" >>"$work/$name-$mode.acc"
       key sparsity "$dir" >>"$work/$name-$mode.sparsity"
+      [ "$mode" = auto ] && printf '%-14s auto, run %d: %s\n' "$name" "$i" \
+        "$(tail -1 "$dir/metrics.jsonl" | grep -o '"sparse_layers":\[[^]]*\]')"
     done
   done
   for mode in off auto; do
