@@ -3,7 +3,10 @@
 //! A pWD-trained layer keeps 1-20% of its weights; stored as CSR it takes 8 bytes per non-zero
 //! (value + column) instead of 4 bytes per weight, and a product touches only the non-zeros.
 //! Rows are output neurons (PyTorch's `[out, in]` layout; a conv kernel's `[out, in·k·k]`
-//! view), so `y = W·x` is one dot product per row over that row's non-zeros.
+//! view), so `y = W·x` is one dot product per row over that row's non-zeros. Sparse training
+//! (`pdecay_burn::sparse_linear`) keeps a CSR of burn's `[in, out]` weight instead and uses the
+//! products with its transpose and at its support ([`Csr::transpose_matmul_t`],
+//! [`Csr::sampled_products_t`]).
 //!
 //! The products are our own, measured against `sprs` (the well-kept Rust CSR crate) by
 //! `cargo bench -p pdecay --bench csr` on the MLP's 300 x 784 layer (2-core CI machine): the
@@ -194,31 +197,50 @@ impl Csr {
     /// The exact non-zeros of a row-major dense matrix (NaN and infinities included, so a
     /// diverged weight still propagates): the support that sparse training runs over. One pass,
     /// branch-free (each entry is written and kept only if non-zero), so it costs the same at
-    /// every density.
+    /// every density; blocks of rows split over rayon's pool for large matrices.
     ///
     /// # Panics
     /// If `dense.len() != rows * cols`, or the matrix exceeds `u32` indexing (callers' bugs).
     pub fn nonzeros(dense: &[f32], rows: usize, cols: usize) -> Self {
         assert_eq!(dense.len(), rows * cols, "CSR: dense length is rows * cols");
         assert!(u32::try_from(dense.len()).is_ok(), "CSR: matrix too large");
-        let mut row_offsets = Vec::with_capacity(rows + 1);
-        let (mut col_indices, mut values) = (Vec::new(), Vec::new());
-        row_offsets.push(0);
-        for row in dense.chunks(cols.max(1)).take(rows) {
-            let start = values.len();
-            values.resize(start + cols + 1, 0.0);
-            col_indices.resize(start + cols + 1, 0);
-            let mut end = start;
-            for (c, &w) in row.iter().enumerate() {
-                values[end] = w;
-                col_indices[end] = c as u32;
-                end += (w != 0.0) as usize;
+        // each block of rows compacted alone, on rayon's pool when the matrix is large
+        let block_rows = (PARALLEL_SCAN / cols.max(1)).max(1);
+        let scan = |block: &[f32]| {
+            let (mut counts, mut col_indices, mut values) = (Vec::new(), Vec::new(), Vec::new());
+            for row in block.chunks(cols.max(1)) {
+                let start = values.len();
+                values.resize(start + cols + 1, 0.0);
+                col_indices.resize(start + cols + 1, 0);
+                let mut end = start;
+                for (c, &w) in row.iter().enumerate() {
+                    values[end] = w;
+                    col_indices[end] = c as u32;
+                    end += (w != 0.0) as usize;
+                }
+                values.truncate(end);
+                col_indices.truncate(end);
+                counts.push((end - start) as u32);
             }
-            values.truncate(end);
-            col_indices.truncate(end);
-            row_offsets.push(end as u32);
+            (counts, col_indices, values)
+        };
+        let blocks: Vec<_> = if dense.len() < 2 * PARALLEL_SCAN || cols == 0 {
+            vec![scan(dense)]
+        } else {
+            dense.par_chunks(block_rows * cols).map(scan).collect()
+        };
+        let nnz = blocks.iter().map(|b| b.2.len()).sum();
+        let mut row_offsets = Vec::with_capacity(rows + 1);
+        let (mut col_indices, mut values) = (Vec::with_capacity(nnz), Vec::with_capacity(nnz));
+        row_offsets.push(0u32);
+        for (counts, cols_of_block, values_of_block) in blocks {
+            for count in counts {
+                row_offsets.push(row_offsets[row_offsets.len() - 1] + count);
+            }
+            col_indices.extend_from_slice(&cols_of_block);
+            values.extend_from_slice(&values_of_block);
         }
-        row_offsets.resize(rows + 1, values.len() as u32);
+        row_offsets.resize(rows + 1, nnz as u32);
         Self {
             rows,
             cols,
@@ -410,6 +432,9 @@ impl Csr {
         }
     }
 }
+
+/// Elements per task of [`Csr::nonzeros`]' scan (below twice this, one thread scans all).
+const PARALLEL_SCAN: usize = 1 << 16;
 
 /// Rows per task of the batch products (a few microseconds of work at pWD's densities).
 const ROW_CHUNK: usize = 16;
@@ -696,6 +721,28 @@ mod tests {
             let entry = prop_oneof![3 => Just(0.0f32), 1 => -2.0f32..2.0];
             (Just(r), Just(c), prop::collection::vec(entry, r * c))
         })
+    }
+
+    #[test]
+    fn a_large_support_scanned_in_parallel_equals_the_dense_matrix() {
+        // past the parallel threshold, with rows that do not divide into the blocks evenly
+        for (rows, cols) in [(1000, 333), (3, 70_000), (70_000, 1)] {
+            let dense: Vec<f32> = (0..rows * cols)
+                .map(|i| if (i * 7919) % 10 < 8 { 0.0 } else { i as f32 })
+                .collect();
+            let csr = Csr::nonzeros(&dense, rows, cols);
+            assert_eq!(csr.to_dense(), dense, "{rows}x{cols}");
+            assert_eq!(
+                Csr::new(
+                    rows,
+                    cols,
+                    csr.row_offsets.clone(),
+                    csr.col_indices.clone(),
+                    csr.values.clone()
+                ),
+                Ok(csr)
+            );
+        }
     }
 
     #[test]

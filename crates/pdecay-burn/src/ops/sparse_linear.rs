@@ -7,9 +7,9 @@
 //! `[M, K]` and burn's `W` `[K, N]` (`Linear`'s `[d_input, d_output]`),
 //!
 //! - forward `Yᵀ = Wᵀ·Xᵀ`: each stored weight of a CSR of `W` adds its input row, scaled,
-//!   into its output row,
-//! - backward `∂Xᵀ = W·∂Yᵀ` (each output row summed over its stored weights) and `∂W = X ᵀ·∂Y` computed only at `W`'s
-//!   non-zeros (a sampled product, zero elsewhere).
+//!   into its output row;
+//! - backward `∂Xᵀ = W·∂Yᵀ` (each row of `∂Xᵀ` summed over its stored weights) and
+//!   `∂W = Xᵀ·∂Y` computed only at `W`'s non-zeros (a sampled product, zero elsewhere).
 //!
 //! Each multiply-add of the dense products that touches a zero weight is skipped, so at
 //! density `d` the three products cost about `d` of theirs. The batch runs innermost, each
@@ -21,13 +21,13 @@
 //! As a burn backend extension, like the other ops: flex gets these loops, autodiff a backward
 //! step, and [`sparse_linear`] is burn's own `X·W + b` on any other device.
 
+use std::sync::Arc;
+
+use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use std::sync::Arc;
-
-use burn::backend::autodiff::Autodiff;
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
@@ -61,14 +61,14 @@ fn matrix_dims(t: &FlexTensor) -> [usize; 2] {
 /// What the backward step needs of a forward product: `W`'s support with its values (a CSR
 /// of `W`, read once per call in one sequential pass), and the transposed input `Xᵀ` `[K, M]`.
 #[derive(Debug, Clone)]
-struct Forward {
+struct Saved {
     w: Arc<Csr>,
     x_t: Arc<FlexTensor>,
     batch: usize,
 }
 
 /// `Yᵀ = Wᵀ·Xᵀ` over `W`'s non-zeros, and what its backward step needs.
-fn forward(x: &FlexTensor, w: &FlexTensor) -> (FlexTensor, Forward) {
+fn forward(x: &FlexTensor, w: &FlexTensor) -> (FlexTensor, Saved) {
     let (x, w) = (x.to_contiguous(), w.to_contiguous());
     let ([batch, inputs], [_, outputs]) = (matrix_dims(&x), matrix_dims(&w));
     let support = Csr::nonzeros(w.storage::<f32>(), inputs, outputs);
@@ -79,7 +79,7 @@ fn forward(x: &FlexTensor, w: &FlexTensor) -> (FlexTensor, Forward) {
         y_t,
         [outputs, batch],
     )));
-    let saved = Forward {
+    let saved = Saved {
         w: Arc::new(support),
         x_t: Arc::new(x_t),
         batch,
@@ -89,11 +89,11 @@ fn forward(x: &FlexTensor, w: &FlexTensor) -> (FlexTensor, Forward) {
 
 /// `∂X = ∂Y·Wᵀ` (when asked) and `∂W = Xᵀ·∂Y` at `W`'s non-zeros, zero elsewhere.
 fn backward(
-    saved: &Forward,
+    saved: &Saved,
     grad: &FlexTensor,
     with_x_grad: bool,
 ) -> (Option<FlexTensor>, FlexTensor) {
-    let Forward { w, x_t, batch } = saved;
+    let Saved { w, x_t, batch } = saved;
     let (batch, inputs, outputs) = (*batch, w.rows, w.cols);
     let grad_t = transposed(grad);
     let grad_t = grad_t.storage::<f32>();
@@ -136,7 +136,7 @@ impl SparseMatmul for Flex {
 struct SparseMatmulBackward;
 
 impl Backward<Flex, 2> for SparseMatmulBackward {
-    type State = Forward;
+    type State = Saved;
 
     fn backward(
         self,
