@@ -357,9 +357,12 @@ pub struct Curve {
     pub train_loss: Vec<(f64, f64)>,
     /// `(x, sparsity %)`.
     pub sparsity: Vec<(f64, f64)>,
+    /// `(x, ms per training step)`, where the run recorded it (sparse training shows here).
+    pub step_ms: Vec<(f64, f64)>,
 }
 
-/// Plot 3: accuracy, loss and sparsity against training time for a few runs.
+/// Plot 3: accuracy, loss and sparsity against training time for a few runs, and the time per
+/// step beside the sparsity when the runs recorded it.
 pub struct TrainingCurves {
     /// The runs.
     pub curves: Vec<Curve>,
@@ -369,13 +372,20 @@ pub struct TrainingCurves {
     pub held_out: &'static str,
 }
 
+impl TrainingCurves {
+    /// Whether any run recorded its step time (a fourth panel).
+    fn with_speed(&self) -> bool {
+        self.curves.iter().any(|c| !c.step_ms.is_empty())
+    }
+}
+
 impl Figure for TrainingCurves {
     fn size(&self) -> (u32, u32) {
-        (1650, 550)
+        (if self.with_speed() { 2200 } else { 1650 }, 550)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
-        let panels = root.split_evenly((1, 3));
+        let panels = root.split_evenly((1, if self.with_speed() { 4 } else { 3 }));
         let x_end = self
             .curves
             .iter()
@@ -391,13 +401,16 @@ impl Figure for TrainingCurves {
             format!("{} accuracy (%)", self.held_out),
             format!("Loss (solid: {}, dashed: train)", self.held_out),
         );
-        let specs: [(&str, &str, Pick); 3] = [
+        let mut specs: Vec<(&str, &str, Pick)> = vec![
             (&accuracy_title, &accuracy_axis, |c| vec![&c.accuracy]),
             (&loss_title, "cross-entropy loss", |c| {
                 vec![&c.test_loss, &c.train_loss]
             }),
             ("Sparsity", "sparsity (%)", |c| vec![&c.sparsity]),
         ];
+        if self.with_speed() {
+            specs.push(("Training speed", "ms per step", |c| vec![&c.step_ms]));
+        }
         for (k, (panel, (title, y_desc, pick))) in panels.iter().zip(specs).enumerate() {
             let (lo, hi) = if k == 2 {
                 (0.0, 100.0)
@@ -706,6 +719,32 @@ impl Figure for LayerSparsity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_speed_panel_appears_only_for_runs_that_recorded_step_times() {
+        let curve = |step_ms: Vec<(f64, f64)>| Curve {
+            label: "run".into(),
+            accuracy: vec![(1.0, 80.0), (2.0, 85.0)],
+            test_loss: vec![(1.0, 0.5), (2.0, 0.4)],
+            train_loss: vec![(1.0, 0.6), (2.0, 0.45)],
+            sparsity: vec![(1.0, 50.0), (2.0, 90.0)],
+            step_ms,
+        };
+        let figure = |curves| TrainingCurves {
+            curves,
+            x_axis: "epoch",
+            held_out: "test",
+        };
+        let old = figure(vec![curve(Vec::new())]);
+        assert_eq!(old.size(), (1650, 550));
+        let timed = figure(vec![curve(Vec::new()), curve(vec![(1.0, 2.0), (2.0, 1.2)])]);
+        assert_eq!(timed.size(), (2200, 550));
+        let dir = std::env::temp_dir().join(format!("pdecay-speed-panel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        save(&timed, &dir, "curves").unwrap();
+        assert!(std::fs::metadata(dir.join("curves.png")).unwrap().len() > 1000);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn magnitudes_count_zeros_apart() {

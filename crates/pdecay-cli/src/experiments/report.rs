@@ -125,6 +125,9 @@ pub struct Eval {
     pub sparsity: f64,
     /// Per tensor.
     pub layers: Vec<TensorSparsity>,
+    /// Mean milliseconds per training step over the epoch (image classifiers, in runs that
+    /// recorded it).
+    pub step_ms: Option<f64>,
 }
 
 impl From<EpochMetrics> for Eval {
@@ -136,6 +139,7 @@ impl From<EpochMetrics> for Eval {
             train_loss: m.train_loss,
             sparsity: m.sparsity,
             layers: m.layers,
+            step_ms: (m.step_seconds > 0.0).then(|| 1e3 * m.step_seconds),
         }
     }
 }
@@ -149,6 +153,7 @@ impl From<GptEval> for Eval {
             train_loss: e.train_loss,
             sparsity: e.sparsity,
             layers: e.layers,
+            step_ms: None,
         }
     }
 }
@@ -444,6 +449,11 @@ fn curve(run: &RunRecord, varying: Varying) -> Curve {
         test_loss: pick(|m| m.loss),
         train_loss: pick(|m| m.train_loss),
         sparsity: pick(|m| 100.0 * m.sparsity),
+        step_ms: run
+            .evals
+            .iter()
+            .filter_map(|m| m.step_ms.map(|ms| (m.at, ms)))
+            .collect(),
     }
 }
 
