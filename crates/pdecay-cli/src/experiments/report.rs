@@ -139,7 +139,7 @@ impl From<EpochMetrics> for Eval {
             train_loss: m.train_loss,
             sparsity: m.sparsity,
             layers: m.layers,
-            step_ms: (m.step_seconds > 0.0).then(|| 1e3 * m.step_seconds),
+            step_ms: (m.step_seconds > 0.0).then_some(1e3 * m.step_seconds),
         }
     }
 }
