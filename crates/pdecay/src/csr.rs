@@ -83,28 +83,7 @@ impl Csr {
     /// # Panics
     /// If `dense.len() != rows * cols`, or a dimension exceeds `u32` (callers' bugs).
     pub fn from_dense(dense: &[f32], rows: usize, cols: usize, threshold: f32) -> Self {
-        assert_eq!(dense.len(), rows * cols, "CSR: dense length is rows * cols");
-        assert!(u32::try_from(dense.len()).is_ok(), "CSR: matrix too large");
-        let mut row_offsets = Vec::with_capacity(rows + 1);
-        let (mut col_indices, mut values) = (Vec::new(), Vec::new());
-        row_offsets.push(0);
-        for row in dense.chunks(cols.max(1)).take(rows) {
-            for (c, &w) in row.iter().enumerate() {
-                if w != 0.0 && w.abs() >= threshold {
-                    col_indices.push(c as u32);
-                    values.push(w);
-                }
-            }
-            row_offsets.push(values.len() as u32);
-        }
-        row_offsets.resize(rows + 1, values.len() as u32);
-        Self {
-            rows,
-            cols,
-            row_offsets,
-            col_indices,
-            values,
-        }
+        Self::kept(dense, rows, cols, |w| w != 0.0 && w.abs() >= threshold)
     }
 
     /// Checks arrays read from a file before any product indexes with them.
@@ -195,13 +174,18 @@ impl Csr {
     }
 
     /// The exact non-zeros of a row-major dense matrix (NaN and infinities included, so a
-    /// diverged weight still propagates): the support that sparse training runs over. One pass,
-    /// branch-free (each entry is written and kept only if non-zero), so it costs the same at
-    /// every density; blocks of rows split over rayon's pool for large matrices.
+    /// diverged weight still propagates): the support that sparse training runs over.
     ///
     /// # Panics
     /// If `dense.len() != rows * cols`, or the matrix exceeds `u32` indexing (callers' bugs).
     pub fn nonzeros(dense: &[f32], rows: usize, cols: usize) -> Self {
+        Self::kept(dense, rows, cols, |w| w != 0.0)
+    }
+
+    /// The entries of a row-major dense matrix for which `keep` holds, in one branch-free pass
+    /// (each entry is written, and kept only if `keep` says so), so the scan costs the same at
+    /// every density; blocks of rows split over rayon's pool for large matrices.
+    fn kept(dense: &[f32], rows: usize, cols: usize, keep: impl Fn(f32) -> bool + Sync) -> Self {
         assert_eq!(dense.len(), rows * cols, "CSR: dense length is rows * cols");
         assert!(u32::try_from(dense.len()).is_ok(), "CSR: matrix too large");
         // each block of rows compacted alone, on rayon's pool when the matrix is large
@@ -216,7 +200,7 @@ impl Csr {
                 for (c, &w) in row.iter().enumerate() {
                     values[end] = w;
                     col_indices[end] = c as u32;
-                    end += (w != 0.0) as usize;
+                    end += keep(w) as usize;
                 }
                 values.truncate(end);
                 col_indices.truncate(end);
@@ -244,35 +228,6 @@ impl Csr {
         Self {
             rows,
             cols,
-            row_offsets,
-            col_indices,
-            values,
-        }
-    }
-
-    /// The transpose, `cols × rows`, in O(non-zeros): a count of each column's entries and one
-    /// placing pass (rows stay increasing within each new row).
-    pub fn transpose(&self) -> Self {
-        let mut row_offsets = vec![0u32; self.cols + 1];
-        for &c in &self.col_indices {
-            row_offsets[c as usize + 1] += 1;
-        }
-        for c in 0..self.cols {
-            row_offsets[c + 1] += row_offsets[c];
-        }
-        let mut next: Vec<u32> = row_offsets[..self.cols].to_vec();
-        let (mut col_indices, mut values) = (vec![0u32; self.nnz()], vec![0.0f32; self.nnz()]);
-        for row in 0..self.rows {
-            for k in self.row_range(row) {
-                let slot = &mut next[self.col_indices[k] as usize];
-                col_indices[*slot as usize] = row as u32;
-                values[*slot as usize] = self.values[k];
-                *slot += 1;
-            }
-        }
-        Self {
-            rows: self.cols,
-            cols: self.rows,
             row_offsets,
             col_indices,
             values,
@@ -774,13 +729,10 @@ mod tests {
         assert_eq!(csr.col_indices, [1, 0, 2]);
         assert_eq!(csr.values[0], 2.0);
         assert!(csr.values[1].is_nan());
-        // the transpose [[0, NaN], [2, 0], [0, 5]]
-        let t = Csr::nonzeros(&dense, 2, 3).transpose();
-        assert_eq!((t.rows, t.cols), (3, 2));
-        assert_eq!(t.row_offsets, [0, 1, 2, 3]);
-        assert_eq!(t.col_indices, [1, 0, 1]);
-        assert!(t.values[0].is_nan());
-        assert_eq!(t.values[1..], [2.0, 5.0]);
+        // the inference scan, the same pass with its threshold test, drops the NaN
+        let inference = Csr::from_dense(&dense, 2, 3, 0.0);
+        assert_eq!(inference.values, [2.0, 5.0]);
+        assert_eq!(inference.row_offsets, [0, 1, 2]);
         // sampled A·Bᵀ with batch 2: a_t rows (1, 2), (3, 4); b_t rows (1, 0), (0, 1), (1, 1)
         let mut out = [0.0; 3];
         csr.sampled_products_t(&[1., 2., 3., 4.], &[1., 0., 0., 1., 1., 1.], 2, &mut out);
@@ -797,8 +749,8 @@ mod tests {
         ) {
             let csr = Csr::nonzeros(&dense, rows, cols);
             prop_assert_eq!(csr.to_dense(), dense.clone());
-            let t = csr.transpose();
-            prop_assert_eq!(t.to_dense(), transpose(&dense, rows, cols));
+            // with a threshold of 0 the inference scan keeps the same entries (no NaN here)
+            prop_assert_eq!(Csr::from_dense(&dense, rows, cols, 0.0), csr.clone());
             let a_t: Vec<f32> = (0..rows * batch)
                 .map(|i| ((i as u32 * 5 + seed) % 11) as f32 - 5.0)
                 .collect();
