@@ -50,6 +50,7 @@ pub use optim::{
     StepContext, StepError, adam_gmp, adam_l1, adam_naive_lp, adam_no_decay, adam_pytorch,
     adamw_pytorch, burn_adamw_pytorch, clip_grad_norm, first_non_finite, padagrad, padam,
     padam_with, parameter_values, prmsprop, psgd, sgd_pytorch, sparsity_report,
+    trained_param_count,
 };
 
 pub use burn;

@@ -109,7 +109,12 @@ fn check_deploy(name: &str, model_args: &[&str], max_size_ratio: f64) {
         );
     }
     // and the dense file holds the last checkpoint's weights exactly
-    let fresh = Classifier::new(d.config.model, 28, d.config.widths(), &Device::default());
+    let fresh = Classifier::new(
+        d.config.model,
+        d.config.image_shape,
+        d.config.widths(),
+        &Device::default(),
+    );
     let (model, _) = RunDir::new(&run).load_model(fresh).unwrap().unwrap();
     let from_checkpoint =
         ModelFile::from_model(&model, &d.config, Format::Dense, d.threshold, d.input_stats);
@@ -135,7 +140,7 @@ fn check_deploy(name: &str, model_args: &[&str], max_size_ratio: f64) {
     // compaction keeps the outputs: the largest logit difference on the test images
     let data = pdecay_cli::data::mnist::embedded();
     let indices: Vec<usize> = (0..data.test.len()).collect();
-    let x = data.test.normalized(&indices, d.input_stats);
+    let x = data.test.normalized(&indices, &[d.input_stats]);
     let (full, small) = (Engine::new(&d).unwrap(), Engine::new(&c).unwrap());
     let (a, b) = (
         full.logits(&x, indices.len()),

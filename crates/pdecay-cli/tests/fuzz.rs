@@ -158,7 +158,12 @@ fn model_files() -> Vec<(String, Vec<u8>)> {
             },
             ..TrainConfig::default()
         };
-        let model = Classifier::new(kind, 28, &widths, &device);
+        let model = Classifier::new(
+            kind,
+            pdecay_cli::data::ImageShape::FASHION_MNIST,
+            &widths,
+            &device,
+        );
         // a threshold that zeroes about half the weights, so CSR and compaction have work
         let dense = ModelFile::from_model(&model, &config, Format::Dense, 0.02, (0.3, 0.35));
         for (format, file) in [
@@ -179,7 +184,7 @@ fn model_files() -> Vec<(String, Vec<u8>)> {
 fn damaged_model_files_are_errors_or_models_that_run() {
     let images = mnist::embedded();
     let pixels = images.test.image_size();
-    let batch = images.test.normalized(&[0, 1], (0.3, 0.35));
+    let batch = images.test.normalized(&[0, 1], &[(0.3, 0.35)]);
     for (name, bytes) in model_files() {
         let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         for (kind, within) in [("header", header), ("anywhere", bytes.len())] {

@@ -523,13 +523,29 @@ fn a_run_that_would_train_nothing_or_ignore_a_setting_is_refused_before_it_start
         &["train", "--embedded", "--config", file.to_str().unwrap()],
         &["[gpt] table", "--model mlp"],
     );
-    // item 10: images that are not 28x28, refused at train time (not at export)
+    // item 10: images that are not 28x28 train (the networks take the data's shape), and
+    // export, whose model files hold 28x28 networks, refuses the run with the shape
     let big = root.join("32x32");
     image_folder(&big, 20, 10, 32);
-    refused(
-        &["train", "--data", big.to_str().unwrap(), "--epochs", "1"],
-        &["are 32x32", "28x28"],
+    let run = root.join("run-32x32");
+    let (data, run) = (big.to_str().unwrap(), run.to_str().unwrap());
+    ok(&[
+        "train",
+        "--data",
+        data,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "10",
+        "--out",
+        run,
+    ]);
+    let file = root.join("32x32.safetensors");
+    assert_fails(
+        &["export", run, "--out", file.to_str().unwrap()],
+        &["1x32x32", "1x28x28"],
     );
+    assert!(!file.exists());
     // item 11: sizes no machine holds, refused with the estimate before anything is allocated
     refused(
         &[
@@ -643,7 +659,7 @@ fn a_run_that_would_train_nothing_or_ignore_a_setting_is_refused_before_it_start
         .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap();
-    assert!(dead.status.success());
+    assert!(dead.status.success(), "{}", stderr(&dead));
     let said = stderr(&dead);
     assert!(
         said.contains("learned nothing") && said.contains("--lambda"),

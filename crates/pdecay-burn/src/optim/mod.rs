@@ -22,6 +22,6 @@ pub use pnorm::{Kernel, Mode, PNorm, PNormConfig, Reference};
 pub use rule::{DEFAULT_MIN_RANK, DecayRule, DecaysTensors, Decoupled, NoDecay, StepContext};
 pub use sparse_optimizer::{
     DecaySummary, NamedValues, SparseOptimizer, StepError, first_non_finite, parameter_values,
-    sparsity_report,
+    sparsity_report, trained_param_count,
 };
 pub use state::DecoupledState;

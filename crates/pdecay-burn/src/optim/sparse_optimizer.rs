@@ -133,7 +133,8 @@ impl SparseOptimizer {
             .is_some_and(|min_rank| rank >= min_rank)
     }
 
-    /// Per-tensor decay plan and totals, as nanoGPT prints them.
+    /// Per-tensor decay plan and totals, as nanoGPT prints them (trained parameters only:
+    /// not BatchNorm's running statistics).
     pub fn decay_summary<M: Module>(&self, module: &M) -> DecaySummary {
         let mut walker =
             ParamWalker::new(|path: &str, id: ParamId, shape: Vec<usize>, _: ParamData| {
@@ -142,7 +143,8 @@ impl SparseOptimizer {
                     shape.iter().product::<usize>() as u64,
                     self.is_decayed(&id, path, shape.len()),
                 ))
-            });
+            })
+            .parameters_only();
         module.visit(&mut walker);
         DecaySummary::from_entries(walker.into_results())
     }
@@ -220,7 +222,8 @@ impl std::fmt::Display for DecaySummary {
     }
 }
 
-/// Sparsity of every float tensor of `module`; `is_decayed(id, path, rank)` marks the decayed.
+/// Sparsity of every trained float tensor of `module` (BatchNorm's running statistics are
+/// buffers, not parameters, and are left out); `is_decayed(id, path, rank)` marks the decayed.
 pub fn sparsity_report<M: Module>(
     module: &M,
     threshold: f64,
@@ -236,9 +239,22 @@ pub fn sparsity_report<M: Module>(
                 path, shape, decayed, values, threshold, histogram,
             ))
         },
-    );
+    )
+    .parameters_only();
     module.visit(&mut walker);
     SparsityReport::new(threshold, walker.into_results())
+}
+
+/// The number of trained parameters of `module`, what PyTorch's
+/// `sum(p.numel() for p in model.parameters())` counts: burn's `Module::num_params` also
+/// counts BatchNorm's running statistics.
+pub fn trained_param_count<M: Module>(module: &M) -> usize {
+    let mut walker = ParamWalker::new(|_: &str, _, shape: Vec<usize>, _: ParamData| {
+        Some(shape.iter().product::<usize>())
+    })
+    .parameters_only();
+    module.visit(&mut walker);
+    walker.into_results().into_iter().sum()
 }
 
 /// One float parameter's values, copied to the host as f32.
@@ -252,7 +268,8 @@ pub struct NamedValues {
     pub values: Vec<f32>,
 }
 
-/// Every float parameter of `module` with its path (for weight histograms and exports).
+/// Every float parameter of `module` with its path (for weight histograms and exports), and
+/// its running statistics (burn visits those as float parameters too).
 pub fn parameter_values<M: Module>(module: &M) -> Vec<NamedValues> {
     let mut walker = ParamWalker::new(|path: &str, _id, shape: Vec<usize>, data: ParamData| {
         Some(NamedValues {
@@ -322,7 +339,13 @@ struct ParamWalker<T, F> {
     f: F,
     results: Vec<T>,
     stop_at_first: bool,
+    skip_buffers: bool,
 }
+
+/// The names burn's `BatchNorm` gives its running statistics: `RunningState` buffers that
+/// burn's visitors see as float parameters, though no optimizer trains them (PyTorch counts
+/// them as buffers, not parameters).
+const BUFFER_NAMES: [&str; 2] = ["running_mean", "running_var"];
 
 impl<T, F> ParamWalker<T, F>
 where
@@ -334,7 +357,14 @@ where
             f,
             results: Vec::new(),
             stop_at_first: false,
+            skip_buffers: false,
         }
+    }
+
+    /// Leaves out BatchNorm's running statistics ([`BUFFER_NAMES`]).
+    fn parameters_only(mut self) -> Self {
+        self.skip_buffers = true;
+        self
     }
 
     fn into_results(self) -> Vec<T> {
@@ -356,6 +386,13 @@ where
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if self.stop_at_first && !self.results.is_empty() {
+            return;
+        }
+        let buffer = self
+            .path
+            .last()
+            .is_some_and(|name| BUFFER_NAMES.contains(&name.as_str()));
+        if self.skip_buffers && buffer {
             return;
         }
         let id = param.id;

@@ -7,7 +7,6 @@ use anyhow::{Context, Result, ensure};
 use clap::Args;
 
 use super::gpt_deploy;
-use crate::data::check_image_size;
 use crate::data::{ImageSplits, mnist};
 use crate::deploy::compact::compact;
 use crate::deploy::gpt_file::GptFile;
@@ -205,7 +204,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     } else {
         mnist::resolve_image_data(args.data.as_deref())?
     };
-    check_image_size(&splits)?;
+    crate::deploy::check_images(&splits)?;
     let engine = Engine::new(&file)?;
     let acc = accuracy(&engine, &splits.test, file.input_stats);
     println!(

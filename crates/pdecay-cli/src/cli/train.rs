@@ -29,7 +29,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Folder with the four (Fashion-)MNIST IDX files, gzip'd or not [default: $PDECAY_DATA,
-    /// then /usr/share/datasets/fashion-mnist]; for the GPT, a UTF-8 text file.
+    /// then /usr/share/datasets/fashion-mnist]; CIFAR-10's binary version (its folder or
+    /// cifar-10-binary.tar.gz); for the GPT, a UTF-8 text file.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Train on the embedded Fashion-MNIST subset (5,500 train / 1,000 test images).
@@ -49,6 +50,10 @@ pub struct TrainArgs {
     pub model: Option<ModelKind>,
     #[arg(long, value_delimiter = ',', help = with_default("MLP hidden widths, comma-separated", widths(&defaults::HIDDEN)))]
     pub hidden: Option<Vec<usize>>,
+    /// A ResNet's stem channels, doubled at each later stage [default: the standard network's,
+    /// 64 for resnet18, 16 for resnet20].
+    #[arg(long, value_name = "CHANNELS")]
+    pub resnet_width: Option<usize>,
     #[arg(long, value_enum, help = with_default("Optimizer", name(defaults::OPTIM)))]
     pub optim: Option<OptimKind>,
     #[arg(long, help = with_default("pWD's norm p (the authors' reference code's)", defaults::P))]
@@ -194,6 +199,9 @@ impl TrainArgs {
                 *key = flag;
             }
         }
+        if self.resnet_width.is_some() {
+            c.resnet_width = self.resnet_width;
+        }
         if self.embedded {
             c.data = Some(EMBEDDED.into());
         } else if let Some(dir) = &self.data {
@@ -280,7 +288,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
                 summary.total_params,
                 summary.samples_per_second
             );
-            let chance = 1.0 / crate::data::mnist::CLASSES as f64;
+            let chance = 1.0 / crate::data::images::CLASSES as f64;
             warn_if_untrained(
                 summary.final_test_accuracy <= chance + 0.02,
                 summary.sparsity,

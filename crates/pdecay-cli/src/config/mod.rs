@@ -13,6 +13,7 @@ use anyhow::{Context, Result, ensure};
 use pdecay::schedule::Schedule;
 use serde::{Deserialize, Serialize};
 
+use crate::data::ImageShape;
 use crate::models::{Cnn, ModelKind};
 
 pub use gpt::{GPT_THRESHOLD, GptPreset, GptSettings};
@@ -121,6 +122,9 @@ pub struct TrainConfig {
     pub hidden: Vec<usize>,
     /// The CNN's conv channels and dense units ([`Cnn::WIDTHS`], the 2023 blog's).
     pub cnn_widths: Vec<usize>,
+    /// A ResNet's stem channels, doubled at each later stage (unset: the standard network's,
+    /// 64 for ResNet-18 and 16 for ResNet-20).
+    pub resnet_width: Option<usize>,
     /// The optimizer ([`defaults::OPTIM`]).
     pub optim: OptimKind,
     /// pWD's norm, also the naive Lp penalty's ([`defaults::P`]).
@@ -169,13 +173,19 @@ pub struct TrainConfig {
     pub gmp_frequency: u64,
     /// |w| below this counts as zero ([`defaults::THRESHOLD`]).
     pub threshold: f64,
-    /// Random shifts of up to ±2 pixels and horizontal flips of the training images.
+    /// Augment the training images as their data set is: Fashion-MNIST's random shifts of up
+    /// to ±2 pixels (zero-filled), CIFAR-10's random crops of the 4-pixel reflect-padded image;
+    /// both with random horizontal flips.
     pub augment: bool,
     /// The data: `"embedded"` for the embedded subset, a folder of IDX files, or unset for
     /// `$PDECAY_DATA`, then /usr/share/datasets/fashion-mnist; for the GPT, a UTF-8 text file.
     pub data: Option<String>,
     /// Sparse training of the image classifiers' linear layers ([`defaults::SPARSE_TRAINING`]).
     pub sparse_training: SparseTraining,
+    /// The images' `[channels, height, width]`, recorded from the data when a run starts
+    /// ([`ImageShape::FASHION_MNIST`] until then, and for runs written before the key): what
+    /// rebuilds the network from its run folder without the data.
+    pub image_shape: ImageShape,
     /// The GPT's sizes and schedule (`[gpt]`; used when `model = "gpt"`).
     pub gpt: GptSettings,
 }
@@ -186,6 +196,7 @@ impl Default for TrainConfig {
             model: defaults::MODEL,
             hidden: defaults::HIDDEN.to_vec(),
             cnn_widths: Cnn::WIDTHS.to_vec(),
+            resnet_width: None,
             optim: defaults::OPTIM,
             p: defaults::P,
             lambda: defaults::LAMBDA,
@@ -210,6 +221,7 @@ impl Default for TrainConfig {
             augment: false,
             data: None,
             sparse_training: defaults::SPARSE_TRAINING,
+            image_shape: ImageShape::FASHION_MNIST,
             gpt: GptSettings::default(),
         }
     }
@@ -227,12 +239,30 @@ impl TrainConfig {
         Ok(toml::to_string_pretty(self)?)
     }
 
-    /// The widths of the configured model: `hidden` for the MLP, `cnn_widths` for the CNN.
+    /// The widths of the configured model: `hidden` for the MLP, `cnn_widths` for the CNN,
+    /// `resnet_width` (if set) for a ResNet.
     pub fn widths(&self) -> &[usize] {
         match self.model {
             ModelKind::Mlp | ModelKind::Gpt => &self.hidden,
             ModelKind::Cnn => &self.cnn_widths,
+            ModelKind::Resnet18 | ModelKind::Resnet20 => self.resnet_width.as_slice(),
         }
+    }
+
+    /// This config for a run on images of `shape`: it records the data's shape, which must be
+    /// the one already recorded unless that is still the default (a new run, or one written
+    /// before the key).
+    pub fn with_image_shape(&self, shape: ImageShape) -> Result<Self> {
+        ensure!(
+            self.image_shape == shape || self.image_shape == ImageShape::FASHION_MNIST,
+            "the run was set up for {} images (image_shape = {:?}), but its data holds {shape} images: give the run the data it started with (image_shape is recorded by pdecay; leave it out of config files)",
+            self.image_shape,
+            <[usize; 3]>::from(self.image_shape),
+        );
+        Ok(Self {
+            image_shape: shape,
+            ..self.clone()
+        })
     }
 
     /// The first step from which an exactly-zero decayed weight stays zero for the rest of a
@@ -326,6 +356,19 @@ impl TrainConfig {
             "cnn_widths must be three widths >= 1 (conv channels, conv channels, dense units), got {:?}",
             self.cnn_widths
         );
+        ensure!(
+            self.resnet_width.is_none_or(|w| (1..=4096).contains(&w)),
+            "resnet_width must be between 1 and 4096 stem channels, got {:?}",
+            self.resnet_width
+        );
+        let shape = self.image_shape;
+        ensure!(
+            [shape.channels, shape.height, shape.width]
+                .iter()
+                .all(|&n| (1..=4096).contains(&n)),
+            "image_shape must be [channels, height, width], each between 1 and 4096, got {:?}",
+            <[usize; 3]>::from(shape)
+        );
         // named by their keys here: the optimizer constructors would name their own fields
         use pdecay::validate::{check_positive, check_unit_interval};
         check_unit_interval("min_lr_ratio", self.min_lr_ratio)?;
@@ -411,6 +454,12 @@ impl TrainConfig {
                 self.cnn_widths != d.cnn_widths,
                 model == Cnn,
                 "the CNN (--model cnn)",
+            ),
+            (
+                "resnet_width",
+                self.resnet_width.is_some(),
+                model.is_resnet(),
+                "the ResNets (--model resnet18 or resnet20)",
             ),
             (
                 "gpt",
@@ -575,5 +624,47 @@ impl TrainConfig {
             0.999
         };
         self.optim.build(self, total_steps, beta2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_records_its_datas_shape_and_keeps_it() {
+        // a new run (or one written before the key) takes the data's shape
+        let fresh = TrainConfig::default();
+        let cifar = fresh.with_image_shape(ImageShape::CIFAR10).unwrap();
+        assert_eq!(cifar.image_shape, ImageShape::CIFAR10);
+        let text = cifar.to_toml().unwrap();
+        assert_eq!(
+            TrainConfig::from_toml(&text, "saved").unwrap(),
+            cifar,
+            "{text}"
+        );
+        // once recorded, other data is refused, naming both shapes
+        let message = cifar
+            .with_image_shape(ImageShape::new(1, 28, 28))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("3x32x32") && message.contains("1x28x28"),
+            "{message}"
+        );
+        assert_eq!(cifar.with_image_shape(ImageShape::CIFAR10).unwrap(), cifar);
+        // a config without the key reads as Fashion-MNIST's shape
+        let old = TrainConfig::from_toml("p = 0.5\n", "old").unwrap();
+        assert_eq!(old.image_shape, ImageShape::FASHION_MNIST);
+        let bad = TrainConfig {
+            image_shape: ImageShape::new(0, 32, 32),
+            ..TrainConfig::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("image_shape")
+        );
     }
 }

@@ -1,10 +1,13 @@
-//! Data sets: Fashion-MNIST (or MNIST) from IDX files and the embedded subset; character-level
-//! text for the GPT.
+//! Data sets: Fashion-MNIST (or MNIST) from IDX files and the embedded subset, CIFAR-10 from its
+//! binary batches; character-level text for the GPT.
 //!
 //! A run names its data with one string (`data` in config.toml): [`EMBEDDED`], a folder of IDX
-//! files, or a text file for the GPT; unset means `$PDECAY_DATA`, then the system folder.
+//! files, CIFAR-10's folder or `.tar.gz`, or a text file for the GPT; unset means
+//! `$PDECAY_DATA`, then the system folder (Fashion-MNIST).
 
+pub mod cifar;
 pub mod idx;
+pub mod images;
 pub mod mnist;
 pub mod text;
 
@@ -12,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 
-pub use mnist::{ImageSplits, check_image_size};
+pub use images::{ChannelStats, ImageSet, ImageShape, ImageSplits};
 pub use text::TextData;
 
 /// The largest input file pdecay reads whole (a text, a model file): 2 GiB. Past it, a file is
@@ -56,6 +59,9 @@ pub enum RunData {
 pub fn load_images(source: Option<&str>) -> Result<ImageSplits> {
     match source {
         Some(EMBEDDED) => Ok(mnist::embedded()),
+        Some(path) if cifar::is_cifar(Path::new(path)) => {
+            cifar::load(Path::new(path)).with_context(|| format!("loading --data {path}"))
+        }
         Some(dir) => mnist::resolve_image_data(Some(Path::new(dir))),
         None => mnist::resolve_image_data(None),
     }

@@ -9,8 +9,9 @@ use pdecay::csr::{Csr, transpose};
 use super::model_file::{Format, ModelFile, Stored};
 use std::time::Instant;
 
+use super::IMAGE_SIDE;
+use crate::data::ImageSet;
 use crate::data::ImageSplits;
-use crate::data::mnist::{IMAGE_SIDE, ImageSet};
 use crate::models::{Classifier, ModelKind};
 
 /// One layer of the sparse MLP: `y = relu?(W·x + b)`.
@@ -169,7 +170,7 @@ impl SparseCnn {
             conv2: layer("Cnn.conv2"),
             dense: layer("Cnn.dense"),
             output: layer("Cnn.output"),
-            side: crate::data::mnist::IMAGE_SIDE,
+            side: IMAGE_SIDE,
         }
     }
 
@@ -278,6 +279,7 @@ impl Engine {
 
 /// Test accuracy of `engine` on `images`, normalised with `stats`, in batches of 500.
 pub fn accuracy(engine: &Engine, images: &ImageSet, stats: (f64, f64)) -> f64 {
+    let stats = &[stats];
     let indices: Vec<usize> = (0..images.len()).collect();
     let mut correct = 0;
     for chunk in indices.chunks(500) {
@@ -303,6 +305,7 @@ pub fn max_logit_difference(
     splits: &ImageSplits,
     stats: (f64, f64),
 ) -> f64 {
+    let stats = &[stats];
     let indices: Vec<usize> = (0..splits.test.len()).collect();
     let mut worst = 0.0f64;
     for chunk in indices.chunks(500) {
@@ -355,7 +358,7 @@ pub fn latencies(engines: &[Engine], repeats: usize) -> Vec<[f64; 2]> {
 mod tests {
     use super::*;
     use crate::config::TrainConfig;
-    use crate::data::mnist::IMAGE_SIDE;
+    use crate::deploy::{IMAGE_SHAPE, IMAGE_SIDE};
 
     /// A randomly initialised model with 80% of each weight tensor zeroed.
     fn sparse_file(model: ModelKind) -> ModelFile {
@@ -366,7 +369,7 @@ mod tests {
         };
         let classifier = Classifier::new(
             config.model,
-            IMAGE_SIDE,
+            IMAGE_SHAPE,
             config.widths(),
             &Device::default(),
         );

@@ -22,10 +22,10 @@ use pdecay_burn::parameter_values;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
+use super::{check_deployable, check_images};
 use crate::config::TrainConfig;
-use crate::data::mnist::IMAGE_SIDE;
-use crate::data::{ImageSplits, check_image_size, load_images};
-use crate::models::{Classifier, ModelKind};
+use crate::data::{ImageSplits, load_images};
+use crate::models::{Classifier, ModelKind, memory};
 use crate::run::{RunDir, write_atomic};
 
 /// The version written into every file; files of other versions are refused.
@@ -268,7 +268,12 @@ impl ModelFile {
 
     /// The burn model with these weights (zeros where CSR dropped values).
     pub fn to_model(&self, device: &Device) -> Result<Classifier> {
-        let model = Classifier::new(self.config.model, IMAGE_SIDE, self.config.widths(), device);
+        let model = Classifier::new(
+            self.config.model,
+            self.config.image_shape,
+            self.config.widths(),
+            device,
+        );
         let weights = self
             .tensors
             .iter()
@@ -298,8 +303,14 @@ impl ModelFile {
             "{} is a GPT run; export, compact and bench-infer take image classifier runs (MLP, CNN)",
             run.path().display()
         );
+        check_deployable(&config).with_context(|| format!("{}", run.path().display()))?;
         // export and the sparse engines are CPU code
-        let model = Classifier::new(config.model, IMAGE_SIDE, config.widths(), &Device::flex());
+        let model = Classifier::new(
+            config.model,
+            config.image_shape,
+            config.widths(),
+            &Device::flex(),
+        );
         let Some((model, position)) = run.load_model(model)? else {
             bail!(
                 "{} has no checkpoint yet: train it first",
@@ -310,8 +321,8 @@ impl ModelFile {
             config.data = Some(dir.display().to_string());
         }
         let splits = load_images(config.data.as_deref())?;
-        check_image_size(&splits)?;
-        let stats = splits.train.pixel_stats();
+        check_images(&splits)?;
+        let stats = splits.train.pixel_stats()[0];
         let file = ModelFile::from_model(&model, &config, Format::Dense, config.threshold, stats);
         Ok(RunModel {
             file,
@@ -559,30 +570,23 @@ fn expected_tensors(config: &TrainConfig) -> Result<Vec<(String, Vec<usize>)>> {
     config
         .validate()
         .context("the model_config in __metadata__ is invalid")?;
-    // Bound the model before building it: a damaged header must not allocate gigabytes.
-    let widths: Vec<u128> = config.widths().iter().map(|&w| w as u128).collect();
     ensure!(
         config.model.is_classifier(),
         "this is a GPT model file: test it with `pdecay eval FILE --data input.txt`, generate with `pdecay sample FILE`; the image commands take classifier files"
     );
-    let params: u128 = match config.model {
-        ModelKind::Mlp | ModelKind::Gpt => {
-            let mut sizes = vec![(IMAGE_SIDE * IMAGE_SIDE) as u128];
-            sizes.extend(&widths);
-            sizes.push(10);
-            sizes.windows(2).map(|w| w[0] * w[1] + w[1]).sum()
-        }
-        ModelKind::Cnn => {
-            let (c1, c2, units) = (widths[0], widths[1], widths[2]);
-            let pooled = (IMAGE_SIDE / 4 * (IMAGE_SIDE / 4)) as u128;
-            c1 * 10 + c2 * (c1 * 9 + 1) + units * (c2 * pooled + 1) + units * 10 + 10
-        }
-    };
+    check_deployable(config).context("the model_config in __metadata__")?;
+    // Bound the model before building it: a damaged header must not allocate gigabytes.
+    let params = memory::classifier(config.model, config.image_shape, config.widths(), 1).params;
     ensure!(
         params <= MAX_PARAMS,
         "the model_config in __metadata__ describes {params} parameters, more than the {MAX_PARAMS} a pdecay file may hold"
     );
-    let model = Classifier::new(config.model, IMAGE_SIDE, config.widths(), &Device::flex());
+    let model = Classifier::new(
+        config.model,
+        config.image_shape,
+        config.widths(),
+        &Device::flex(),
+    );
     Ok(parameter_values(&model)
         .into_iter()
         .map(|p| {
@@ -775,7 +779,7 @@ mod tests {
         };
         let model = Classifier::new(
             config.model,
-            IMAGE_SIDE,
+            crate::deploy::IMAGE_SHAPE,
             config.widths(),
             &Device::default(),
         );

@@ -22,7 +22,6 @@ use super::plots::{
 use super::score::{RunPoint, Score};
 use crate::config::optim::variant_words;
 use crate::config::{OptimKind, TrainConfig};
-use crate::data::mnist::IMAGE_SIDE;
 use crate::models::{Classifier, Gpt, ModelKind};
 use crate::run::{
     Diverged, EpochMetrics, GptEval, Outcome, RunDir, RunSummary, Unit, write_atomic,
@@ -390,7 +389,12 @@ fn decayed_weights(run: &RunRecord) -> Result<Vec<f32>> {
         let vocab = dir.read_vocab()?;
         saved(&dir, Gpt::new(&run.config.gpt.model(vocab.len()), &device))?
     } else {
-        let model = Classifier::new(run.config.model, IMAGE_SIDE, run.config.widths(), &device);
+        let model = Classifier::new(
+            run.config.model,
+            run.config.image_shape,
+            run.config.widths(),
+            &device,
+        );
         saved(&dir, model)?
     };
     let Some(parameters) = parameters else {

@@ -282,8 +282,12 @@ pub fn run_state(dir: &RunDir, config: &TrainConfig) -> Result<RunState> {
     if !dir.holds_run() {
         return Ok(RunState::New);
     }
+    let mut saved = dir.read_config()?;
+    // the image shape is recorded from the data when the run starts, not planned by the sweep
+    // (whose config names the same data)
+    saved.image_shape = config.image_shape;
     ensure!(
-        &dir.read_config()? == config,
+        &saved == config,
         "{} holds a run with other settings than the sweep file asks for (was the sweep file changed?); delete that folder or sweep into another --out",
         dir.path().display()
     );

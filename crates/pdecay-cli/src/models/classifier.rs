@@ -1,6 +1,8 @@
-//! The image classifiers: the MLP and the 2023 blog's CNN.
+//! The image classifiers: the MLP, the 2023 blog's CNN and the ResNets.
 
 use super::kind::ModelKind;
+use super::resnet::{ResNet, ResNetConfig};
+use crate::data::ImageShape;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
@@ -54,7 +56,7 @@ impl Mlp {
 
 /// `layer`'s output, over its weight's non-zeros when `sparse` (sparse training: the same values
 /// up to summation order, no gradient for the zero weights).
-fn linear(layer: &Linear, x: Tensor<2>, sparse: bool) -> Tensor<2> {
+pub(super) fn linear(layer: &Linear, x: Tensor<2>, sparse: bool) -> Tensor<2> {
     if sparse {
         sparse_linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
     } else {
@@ -76,27 +78,27 @@ impl Cnn {
     /// The blog's widths: 32 and 64 conv channels, 128 dense units.
     pub const WIDTHS: [usize; 3] = [32, 64, 128];
 
-    /// For `side`×`side` single-channel images (padding keeps the size through each conv);
-    /// `widths` are the channels of the two convs and the dense units ([`Cnn::WIDTHS`], or
-    /// fewer after `pdecay compact`).
-    pub fn new(side: usize, widths: [usize; 3], classes: usize, device: &Device) -> Self {
+    /// For images of `shape` (padding keeps the size through each conv); `widths` are the
+    /// channels of the two convs and the dense units ([`Cnn::WIDTHS`], or fewer after
+    /// `pdecay compact`).
+    pub fn new(shape: ImageShape, widths: [usize; 3], classes: usize, device: &Device) -> Self {
         let [c1, c2, units] = widths;
         let conv = |i, o| {
             Conv2dConfig::new([i, o], [3, 3])
                 .with_padding(PaddingConfig2d::Same)
                 .init(device)
         };
-        let pooled = side / 2 / 2;
+        let pooled = (shape.height / 4) * (shape.width / 4);
         Self {
-            conv1: conv(1, c1),
+            conv1: conv(shape.channels, c1),
             conv2: conv(c1, c2),
-            dense: LinearConfig::new(c2 * pooled * pooled, units).init(device),
+            dense: LinearConfig::new(c2 * pooled, units).init(device),
             dropout: DropoutConfig::new(0.2).init(),
             output: LinearConfig::new(units, classes).init(device),
         }
     }
 
-    /// Logits for a `[batch, side·side]` input.
+    /// Logits for a `[batch, values]` input of square images.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         self.forward_with(x, &[])
     }
@@ -105,9 +107,7 @@ impl Cnn {
     /// non-zeros where `sparse` says (see [`Mlp::forward_with`]).
     pub fn forward_with(&self, x: Tensor<2>, sparse: &[bool]) -> Tensor<2> {
         let on = |i: usize| sparse.get(i).copied().unwrap_or(false);
-        let [batch, pixels] = x.dims();
-        let side = (pixels as f64).sqrt() as usize;
-        let x = x.reshape([batch, 1, side, side]);
+        let x = unflatten(x, self.conv1.weight.dims()[1]);
         // 2x2 max pooling, stride 2 (burn's MaxPool2d, with a fast kernel on the CPU)
         let x = max_pool_2x2(relu(self.conv1.forward(x)));
         let x = max_pool_2x2(relu(self.conv2.forward(x)));
@@ -117,7 +117,14 @@ impl Cnn {
     }
 }
 
-/// Either classifier.
+/// `[batch, channels·side·side]` rows as `[batch, channels, side, side]` images.
+pub(super) fn unflatten(x: Tensor<2>, channels: usize) -> Tensor<4> {
+    let [batch, values] = x.dims();
+    let side = ((values / channels.max(1)) as f64).sqrt().round() as usize;
+    x.reshape([batch, channels, side, side])
+}
+
+/// One of the image classifiers.
 // One value per run: the size difference of the variants costs nothing, and burn's Module derive
 // does not see through a Box.
 #[allow(clippy::large_enum_variant)]
@@ -127,20 +134,32 @@ pub enum Classifier {
     Mlp(Mlp),
     /// The CNN.
     Cnn(Cnn),
+    /// ResNet-18 or ResNet-20.
+    ResNet(ResNet),
 }
 
 impl Classifier {
-    /// Builds `kind` for `side`×`side` images and 10 classes; `widths` are the MLP's hidden
-    /// widths or the CNN's three widths (see [`Cnn::new`]; any other length gives the blog's).
+    /// Builds `kind` for images of `shape` and 10 classes; `widths` are the MLP's hidden
+    /// widths, the CNN's three widths (see [`Cnn::new`]; any other length gives the blog's) or
+    /// a ResNet's stem width (none gives the standard network's).
     /// The GPT is not an image classifier: callers check [`ModelKind::is_classifier`] first
     /// (asking for it here builds the MLP).
-    pub fn new(kind: ModelKind, side: usize, widths: &[usize], device: &Device) -> Self {
+    pub fn new(kind: ModelKind, shape: ImageShape, widths: &[usize], device: &Device) -> Self {
+        let classes = crate::data::images::CLASSES;
+        let resnet = |config: fn(usize) -> ResNetConfig, standard: usize| {
+            let config = config(widths.first().copied().unwrap_or(standard));
+            Self::ResNet(ResNet::new(&config, shape, classes, device))
+        };
         match kind {
-            ModelKind::Mlp | ModelKind::Gpt => Self::Mlp(Mlp::new(side * side, widths, 10, device)),
+            ModelKind::Mlp | ModelKind::Gpt => {
+                Self::Mlp(Mlp::new(shape.values(), widths, classes, device))
+            }
             ModelKind::Cnn => {
                 let widths = widths.try_into().unwrap_or(Cnn::WIDTHS);
-                Self::Cnn(Cnn::new(side, widths, 10, device))
+                Self::Cnn(Cnn::new(shape, widths, classes, device))
             }
+            ModelKind::Resnet18 => resnet(ResNetConfig::resnet18, ResNetConfig::RESNET18_WIDTH),
+            ModelKind::Resnet20 => resnet(ResNetConfig::resnet20, ResNetConfig::RESNET20_WIDTH),
         }
     }
 
@@ -155,12 +174,13 @@ impl Classifier {
         match self {
             Self::Mlp(m) => m.forward_with(x, sparse),
             Self::Cnn(m) => m.forward_with(x, sparse),
+            Self::ResNet(m) => m.forward_with(x, sparse.first().copied().unwrap_or(false)),
         }
     }
 
     /// The linear layers that sparse training can run over their non-zeros, in forward order,
     /// named as in the model's parameter paths (`hidden.0`, `output`; the CNN's `dense`,
-    /// `output`).
+    /// `output`; a ResNet's `linear`).
     pub fn linear_layers(&self) -> Vec<(String, &Linear)> {
         match self {
             Self::Mlp(m) => m
@@ -174,6 +194,10 @@ impl Classifier {
                 ("dense".to_string(), &m.dense),
                 ("output".to_string(), &m.output),
             ],
+            Self::ResNet(m) => {
+                let (name, layer) = m.head();
+                vec![(name.to_string(), layer)]
+            }
         }
     }
 }
@@ -185,13 +209,26 @@ mod tests {
     #[test]
     fn parameter_counts_match_the_reference_networks() {
         let device = Device::default();
-        let mlp = Classifier::new(ModelKind::Mlp, 28, &[300, 100], &device);
+        let mlp = Classifier::new(
+            ModelKind::Mlp,
+            ImageShape::FASHION_MNIST,
+            &[300, 100],
+            &device,
+        );
         assert_eq!(
             mlp.num_params(),
             784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
         );
-        let cnn = Classifier::new(ModelKind::Cnn, 28, &[], &device);
+        let cnn = Classifier::new(ModelKind::Cnn, ImageShape::FASHION_MNIST, &[], &device);
         assert_eq!(cnn.num_params(), 421_642);
+        // on CIFAR-10: conv1 takes 3 channels, the dense layer 64·8·8 inputs
+        let rgb = Classifier::new(ModelKind::Cnn, ImageShape::CIFAR10, &[], &device);
+        assert_eq!(
+            rgb.num_params(),
+            421_642 + 2 * 9 * 32 + 64 * (8 * 8 - 7 * 7) * 128
+        );
+        let x3 = Tensor::<2>::zeros([2, 3 * 32 * 32], &device);
+        assert_eq!(rgb.forward(x3).dims(), [2, 10]);
         let x = Tensor::<2>::zeros([3, 784], &device);
         assert_eq!(cnn.forward(x.clone()).dims(), [3, 10]);
         assert_eq!(mlp.forward(x).dims(), [3, 10]);

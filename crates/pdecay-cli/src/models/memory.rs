@@ -9,7 +9,8 @@
 //! that cannot, not to budget memory to the byte. Sizes are `u128` so that no product of
 //! absurd sizes overflows.
 
-use super::{Cnn, GptConfig, ModelKind};
+use super::{Cnn, GptConfig, ModelKind, ResNetConfig};
+use crate::data::ImageShape;
 
 /// Bytes of an f32.
 const F32: u128 = 4;
@@ -48,44 +49,99 @@ fn linear(inputs: u128, outputs: u128) -> u128 {
     inputs.saturating_add(1).saturating_mul(outputs)
 }
 
-/// An image classifier on `side`x`side` images with `widths` (the MLP's hidden layers, or the
-/// CNN's channels and units), `batch` images per step, 10 classes.
-pub fn classifier(kind: ModelKind, side: usize, widths: &[usize], batch: usize) -> MemoryNeed {
-    let (s, b) = (side as u128, batch as u128);
-    let (params, per_image) = if kind == ModelKind::Cnn {
-        let [c1, c2, units] = <[usize; 3]>::try_from(widths)
-            .unwrap_or(Cnn::WIDTHS)
-            .map(|w| w as u128);
-        let (half, quarter) = (s / 2, s / 4);
-        let params = linear(9, c1)
-            .saturating_add(linear(product(&[9, c1]), c2))
-            .saturating_add(linear(product(&[c2, quarter, quarter]), units))
-            .saturating_add(linear(units, 10));
-        // both convolutions' outputs and pooled maps, conv2's unfolded input, the dense layers
-        let per_image = [
-            product(&[c1, s, s]),
-            product(&[c1, half, half, 10]),
-            product(&[c2, half, half]),
-            product(&[c2, quarter, quarter]),
-            units.saturating_add(10),
-        ]
-        .into_iter()
-        .fold(0u128, u128::saturating_add);
-        (params, per_image)
-    } else {
-        let mut widths: Vec<u128> = widths.iter().map(|&w| w as u128).collect();
-        widths.insert(0, product(&[s, s]));
-        widths.push(10);
-        let params = widths
-            .windows(2)
-            .map(|w| linear(w[0], w[1]))
+/// An image classifier on images of `shape` with `widths` (the MLP's hidden layers, the CNN's
+/// channels and units, a ResNet's stem width), `batch` images per step, 10 classes.
+pub fn classifier(
+    kind: ModelKind,
+    shape: ImageShape,
+    widths: &[usize],
+    batch: usize,
+) -> MemoryNeed {
+    let [c, h, w] = <[usize; 3]>::from(shape).map(|x| x as u128);
+    let b = batch as u128;
+    let (params, per_image) = match kind {
+        ModelKind::Cnn => {
+            let [c1, c2, units] = <[usize; 3]>::try_from(widths)
+                .unwrap_or(Cnn::WIDTHS)
+                .map(|w| w as u128);
+            let (half, quarter) = (product(&[h / 2, w / 2]), product(&[h / 4, w / 4]));
+            let params = linear(product(&[9, c]), c1)
+                .saturating_add(linear(product(&[9, c1]), c2))
+                .saturating_add(linear(product(&[c2, quarter]), units))
+                .saturating_add(linear(units, 10));
+            // both convolutions' outputs and pooled maps, conv2's unfolded input, the dense
+            // layers
+            let per_image = [
+                product(&[c1, h, w]),
+                product(&[c1, half, 10]),
+                product(&[c2, half]),
+                product(&[c2, quarter]),
+                units.saturating_add(10),
+            ]
+            .into_iter()
             .fold(0u128, u128::saturating_add);
-        (
-            params,
-            widths.iter().fold(0u128, |a, &w| a.saturating_add(w)),
-        )
+            (params, per_image)
+        }
+        ModelKind::Resnet18 | ModelKind::Resnet20 => resnet(kind, [c, h, w], widths),
+        ModelKind::Mlp | ModelKind::Gpt => {
+            let mut widths: Vec<u128> = widths.iter().map(|&w| w as u128).collect();
+            widths.insert(0, product(&[c, h, w]));
+            widths.push(10);
+            let params = widths
+                .windows(2)
+                .map(|w| linear(w[0], w[1]))
+                .fold(0u128, u128::saturating_add);
+            (
+                params,
+                widths.iter().fold(0u128, |a, &w| a.saturating_add(w)),
+            )
+        }
     };
     MemoryNeed::new(params, per_image.saturating_mul(b))
+}
+
+/// A ResNet's parameters and activations per image: each convolution and BatchNorm output and
+/// each block's sum (BatchNorm: γ and β).
+fn resnet(kind: ModelKind, [c, h, w]: [u128; 3], widths: &[usize]) -> (u128, u128) {
+    let config = if kind == ModelKind::Resnet18 {
+        ResNetConfig::resnet18(
+            widths
+                .first()
+                .copied()
+                .unwrap_or(ResNetConfig::RESNET18_WIDTH),
+        )
+    } else {
+        ResNetConfig::resnet20(
+            widths
+                .first()
+                .copied()
+                .unwrap_or(ResNetConfig::RESNET20_WIDTH),
+        )
+    };
+    let conv = |i: u128, o: u128, k: u128| product(&[k, k, i, o]).saturating_add(2 * o);
+    let stem = config.stem as u128;
+    let mut params = conv(c, stem, 3);
+    let mut plane = product(&[h, w]);
+    let mut activations = product(&[3, stem, plane]);
+    let mut width = stem;
+    for &(channels, stride, blocks) in &config.stages {
+        let channels = channels as u128;
+        for block in 0..blocks {
+            let stride = if block == 0 { stride as u128 } else { 1 };
+            plane /= stride * stride;
+            params = params
+                .saturating_add(conv(width, channels, 3))
+                .saturating_add(conv(channels, channels, 3));
+            let mut outputs = 5;
+            if stride != 1 || width != channels {
+                params = params.saturating_add(conv(width, channels, 1));
+                outputs += 2;
+            }
+            activations = activations.saturating_add(product(&[outputs, channels, plane]));
+            width = channels;
+        }
+    }
+    (params.saturating_add(linear(width, 10)), activations)
 }
 
 /// The GPT of `c` with `batch` sequences of `c.block_size` tokens per step.
@@ -118,8 +174,8 @@ pub fn gpt(c: &GptConfig, batch: usize) -> MemoryNeed {
 mod tests {
     use super::*;
     use crate::models::{Classifier, Gpt};
-    use burn::module::Module;
     use burn::tensor::Device;
+    use pdecay_burn::trained_param_count;
 
     #[test]
     fn the_parameter_counts_are_the_models_own() {
@@ -129,14 +185,18 @@ mod tests {
             (ModelKind::Mlp, vec![]),
             (ModelKind::Cnn, Cnn::WIDTHS.to_vec()),
             (ModelKind::Cnn, vec![4, 8, 16]),
+            (ModelKind::Resnet20, vec![]),
+            (ModelKind::Resnet18, vec![4]),
         ] {
-            let model = Classifier::new(kind, 28, &widths, &device);
-            let need = classifier(kind, 28, &widths, 128);
-            assert_eq!(
-                need.params,
-                model.num_params() as u128,
-                "{kind:?} {widths:?}"
-            );
+            for shape in [ImageShape::FASHION_MNIST, ImageShape::CIFAR10] {
+                let model = Classifier::new(kind, shape, &widths, &device);
+                let need = classifier(kind, shape, &widths, 128);
+                assert_eq!(
+                    need.params,
+                    trained_param_count(&model) as u128,
+                    "{kind:?} {widths:?} {shape}"
+                );
+            }
         }
         let c = GptConfig {
             vocab_size: 65,
@@ -150,7 +210,11 @@ mod tests {
         for bias in [false, true] {
             let c = GptConfig { bias, ..c.clone() };
             let model = Gpt::new(&c, &device);
-            assert_eq!(gpt(&c, 8).params, model.num_params() as u128, "bias {bias}");
+            assert_eq!(
+                gpt(&c, 8).params,
+                trained_param_count(&model) as u128,
+                "bias {bias}"
+            );
         }
     }
 
@@ -158,10 +222,15 @@ mod tests {
     fn the_bytes_count_the_parameters_copies_and_the_batchs_activations() {
         // 784-10 MLP, batch 2: 7,850 parameters x 6 copies x 4 bytes, and (784 + 10) x 2
         // activations x 4 saved copies x 4 bytes
-        let need = classifier(ModelKind::Mlp, 28, &[], 2);
+        let need = classifier(ModelKind::Mlp, ImageShape::FASHION_MNIST, &[], 2);
         assert_eq!(need.bytes, 7_850 * 24 + 794 * 2 * 16);
         // the sizes that once aborted are beyond any machine, and do not overflow
-        let huge = classifier(ModelKind::Mlp, 28, &[100_000_000_000], 128);
+        let huge = classifier(
+            ModelKind::Mlp,
+            ImageShape::FASHION_MNIST,
+            &[100_000_000_000],
+            128,
+        );
         assert!(huge.bytes > 1 << 50, "{huge:?}");
         let long = gpt(
             &GptConfig {
@@ -176,7 +245,8 @@ mod tests {
             32,
         );
         assert!(long.bytes > 1 << 43, "{long:?}");
-        let absurd = classifier(ModelKind::Mlp, usize::MAX, &[usize::MAX], usize::MAX);
+        let shape = ImageShape::new(usize::MAX, usize::MAX, 1);
+        let absurd = classifier(ModelKind::Mlp, shape, &[usize::MAX], usize::MAX);
         assert_eq!(absurd.bytes, u128::MAX);
     }
 }

@@ -22,8 +22,7 @@ use super::skeleton::{
 };
 use super::sparse_training::SparsePlan;
 use crate::config::TrainConfig;
-use crate::data::mnist::IMAGE_SIDE;
-use crate::data::{ImageSplits, check_image_size};
+use crate::data::{ChannelStats, ImageSplits};
 use crate::models::{Classifier, memory};
 use crate::run::{ClassifierSummary, EpochMetrics, RunPosition, StepAt, Unit};
 
@@ -40,7 +39,15 @@ pub fn train_classifier(
         config.model.is_classifier(),
         "the GPT trains on text: use train::train_gpt"
     );
-    check_image_size(data)?;
+    data.check()?;
+    // burn's BatchNorm replicas would share their running statistics and average them in
+    // whatever order the threads update them: a run would not repeat itself
+    ensure!(
+        !config.model.is_resnet() || options.replicas.is_empty(),
+        "the ResNets train on one device (their BatchNorm statistics are not kept per replica yet): give --device one device"
+    );
+    // the run records its data's image shape (the network's input is built from it)
+    let config = &config.with_image_shape(data.shape())?;
     ensure!(
         config.batch_size <= data.train.len(),
         "batch_size {} is larger than the {} training images of {}: every epoch would be one short batch. Use --batch-size {} or less",
@@ -60,12 +67,20 @@ pub fn train_classifier(
             )
         })?;
     config.check_run_length(total_steps)?;
-    let need = memory::classifier(config.model, IMAGE_SIDE, config.widths(), config.batch_size);
-    check_memory(need, "--hidden (the CNN: cnn_widths) or --batch-size")?;
+    let need = memory::classifier(
+        config.model,
+        config.image_shape,
+        config.widths(),
+        config.batch_size,
+    );
+    check_memory(
+        need,
+        "--hidden (the CNN: cnn_widths; a ResNet: --resnet-width) or --batch-size",
+    )?;
     let optim = config.optimizer(total_steps)?;
     let device = options.device.clone().autodiff();
     device.seed(config.seed);
-    let model = Classifier::new(config.model, data.train.rows, config.widths(), &device);
+    let model = Classifier::new(config.model, config.image_shape, config.widths(), &device);
     let plan = SparsePlan::new(config, total_steps, &model, &device)?;
     let replica_devices = options
         .replicas
@@ -101,7 +116,7 @@ pub fn train_classifier(
 struct ClassifierTrainer<'a> {
     config: &'a TrainConfig,
     data: &'a ImageSplits,
-    stats: (f64, f64),
+    stats: ChannelStats,
     schedule: Schedule,
     steps_per_epoch: usize,
     loss_fn: CrossEntropyLoss,
@@ -153,7 +168,7 @@ impl Trainer for ClassifierTrainer<'_> {
         step: &mut u64,
         progress: &mut dyn Progress,
     ) -> Result<Classifier> {
-        let (config, data, stats) = (self.config, self.data, self.stats);
+        let (config, data, stats) = (self.config, self.data, &self.stats[..]);
         let started = (Instant::now(), *step);
         let sparse = self.plan.flags();
         let seed = unit_seed(config.seed, epoch);
@@ -241,7 +256,7 @@ impl Trainer for ClassifierTrainer<'_> {
         let (test_loss, test_accuracy) = evaluate(
             &model.valid(),
             self.data,
-            self.stats,
+            &self.stats,
             &self.device.clone().inner(),
         );
         let report = optim.sparsity_report(model, self.config.threshold, false);
@@ -307,7 +322,7 @@ const EVAL_BATCH: usize = 1000;
 fn evaluate(
     model: &Classifier,
     data: &ImageSplits,
-    stats: (f64, f64),
+    stats: &[(f64, f64)],
     device: &Device,
 ) -> (f64, f64) {
     let loss_fn = CrossEntropyLossConfig::new().init(device);

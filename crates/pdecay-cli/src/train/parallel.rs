@@ -172,6 +172,7 @@ pub fn step_replicas<M: Module>(
 mod tests {
     use super::*;
     use crate::config::{OptimKind, TrainConfig};
+    use crate::data::ImageShape;
     use crate::models::{Classifier, ModelKind};
     use burn::nn::loss::CrossEntropyLossConfig;
     use burn::tensor::{Distribution, Int, TensorData};
@@ -182,7 +183,7 @@ mod tests {
     /// share, so each run must not draw its own.)
     fn problem() -> (Classifier, Tensor<2>, Tensor<1, Int>) {
         let device = Device::flex().autodiff();
-        let model = Classifier::new(ModelKind::Mlp, 4, &[8], &device);
+        let model = Classifier::new(ModelKind::Mlp, ImageShape::new(1, 4, 4), &[8], &device);
         // burn draws a parameter's values on first use: use them once so clones share them
         let _ = parameter_values(&model);
         let x = Tensor::<2>::random([10, 16], Distribution::Normal(0.0, 1.0), &device);

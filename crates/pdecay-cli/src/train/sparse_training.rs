@@ -201,10 +201,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 mod tests {
     use super::*;
     use crate::config::OptimKind;
+    use crate::data::ImageShape;
     use crate::models::ModelKind;
 
     fn mlp(device: &Device) -> Classifier {
-        Classifier::new(ModelKind::Mlp, 4, &[5, 3], device)
+        Classifier::new(ModelKind::Mlp, ImageShape::new(1, 4, 4), &[5, 3], device)
     }
 
     #[test]

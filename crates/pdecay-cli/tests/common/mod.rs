@@ -136,7 +136,7 @@ pub fn checkpoint_weights(dir: &Path) -> Vec<Vec<f32>> {
     let config: TrainConfig =
         toml::from_str(&std::fs::read_to_string(dir.join("config.toml")).unwrap()).unwrap();
     let device = Device::default();
-    let model = Classifier::new(config.model, 28, config.widths(), &device);
+    let model = Classifier::new(config.model, config.image_shape, config.widths(), &device);
     let (model, _, _) = RunDir::new(dir)
         .load_checkpoint(model, config.optimizer(1).unwrap())
         .unwrap()
