@@ -32,6 +32,16 @@ pub const TRAIN_BATCHES: [&str; 5] = [
 /// The test batch.
 pub const TEST_BATCH: &str = "test_batch.bin";
 
+/// Every batch file's name, the training batches first.
+fn batch_names() -> impl Iterator<Item = &'static str> + Clone {
+    TRAIN_BATCHES.into_iter().chain([TEST_BATCH])
+}
+
+/// The batch files `present` does not find.
+fn missing(present: impl Fn(&str) -> bool) -> Vec<&'static str> {
+    batch_names().filter(|n| !present(n)).collect()
+}
+
 /// The folder the archive unpacks to.
 const FOLDER: &str = "cifar-10-batches-bin";
 
@@ -76,12 +86,7 @@ pub fn load(path: &Path) -> Result<ImageSplits> {
 
 /// The six batches' bytes, by name, from a folder.
 fn from_folder(dir: &Path) -> Result<HashMap<String, Vec<u8>>> {
-    let names = TRAIN_BATCHES.iter().chain([&TEST_BATCH]);
-    let missing: Vec<&str> = names
-        .clone()
-        .filter(|n| !dir.join(n).is_file())
-        .copied()
-        .collect();
+    let missing = missing(|n| dir.join(n).is_file());
     ensure!(
         missing.is_empty(),
         "{} lacks {} of CIFAR-10's six batch files; expected {} and {TEST_BATCH}. {HOW_TO_GET}",
@@ -89,8 +94,8 @@ fn from_folder(dir: &Path) -> Result<HashMap<String, Vec<u8>>> {
         missing.join(", "),
         TRAIN_BATCHES.join(", ")
     );
-    names
-        .map(|&n| Ok((n.to_string(), read_bounded(&dir.join(n), "CIFAR-10 batch")?)))
+    batch_names()
+        .map(|n| Ok((n.to_string(), read_bounded(&dir.join(n), "CIFAR-10 batch")?)))
         .collect()
 }
 
@@ -113,8 +118,7 @@ fn from_archive(path: &Path) -> Result<HashMap<String, Vec<u8>>> {
             .with_context(damaged)?
             .file_name()
             .map(|n| n.to_string_lossy().into_owned());
-        let Some(name) = name.filter(|n| TRAIN_BATCHES.contains(&n.as_str()) || n == TEST_BATCH)
-        else {
+        let Some(name) = name.filter(|n| batch_names().any(|b| b == n)) else {
             continue;
         };
         ensure!(
@@ -130,12 +134,7 @@ fn from_archive(path: &Path) -> Result<HashMap<String, Vec<u8>>> {
             .with_context(damaged)?;
         batches.insert(name, bytes);
     }
-    let missing: Vec<&str> = TRAIN_BATCHES
-        .iter()
-        .chain([&TEST_BATCH])
-        .filter(|n| !batches.contains_key(**n))
-        .copied()
-        .collect();
+    let missing = missing(|n| batches.contains_key(n));
     ensure!(
         missing.is_empty(),
         "{} holds no {}; is it CIFAR-10's binary version (cifar-10-binary.tar.gz)? {HOW_TO_GET}",
@@ -208,7 +207,7 @@ mod tests {
     }
 
     fn write_batches(dir: &Path, per_batch: usize) {
-        for (b, name) in TRAIN_BATCHES.iter().chain([&TEST_BATCH]).enumerate() {
+        for (b, name) in batch_names().enumerate() {
             let records: Vec<_> = (0..per_batch).map(|k| record(b, k)).collect();
             std::fs::write(dir.join(name), encode_batch(&records)).unwrap();
         }

@@ -146,20 +146,13 @@ impl Classifier {
     /// (asking for it here builds the MLP).
     pub fn new(kind: ModelKind, shape: ImageShape, widths: &[usize], device: &Device) -> Self {
         let classes = crate::data::images::CLASSES;
-        let resnet = |config: fn(usize) -> ResNetConfig, standard: usize| {
-            let config = config(widths.first().copied().unwrap_or(standard));
-            Self::ResNet(ResNet::new(&config, shape, classes, device))
-        };
-        match kind {
-            ModelKind::Mlp | ModelKind::Gpt => {
-                Self::Mlp(Mlp::new(shape.values(), widths, classes, device))
-            }
-            ModelKind::Cnn => {
+        match (kind, ResNetConfig::of(kind, widths)) {
+            (_, Some(config)) => Self::ResNet(ResNet::new(&config, shape, classes, device)),
+            (ModelKind::Cnn, None) => {
                 let widths = widths.try_into().unwrap_or(Cnn::WIDTHS);
                 Self::Cnn(Cnn::new(shape, widths, classes, device))
             }
-            ModelKind::Resnet18 => resnet(ResNetConfig::resnet18, ResNetConfig::RESNET18_WIDTH),
-            ModelKind::Resnet20 => resnet(ResNetConfig::resnet20, ResNetConfig::RESNET20_WIDTH),
+            _ => Self::Mlp(Mlp::new(shape.values(), widths, classes, device)),
         }
     }
 

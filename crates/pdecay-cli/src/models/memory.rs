@@ -59,8 +59,9 @@ pub fn classifier(
 ) -> MemoryNeed {
     let [c, h, w] = <[usize; 3]>::from(shape).map(|x| x as u128);
     let b = batch as u128;
-    let (params, per_image) = match kind {
-        ModelKind::Cnn => {
+    let (params, per_image) = match (kind, ResNetConfig::of(kind, widths)) {
+        (_, Some(config)) => resnet(&config, [c, h, w]),
+        (ModelKind::Cnn, None) => {
             let [c1, c2, units] = <[usize; 3]>::try_from(widths)
                 .unwrap_or(Cnn::WIDTHS)
                 .map(|w| w as u128);
@@ -82,8 +83,7 @@ pub fn classifier(
             .fold(0u128, u128::saturating_add);
             (params, per_image)
         }
-        ModelKind::Resnet18 | ModelKind::Resnet20 => resnet(kind, [c, h, w], widths),
-        ModelKind::Mlp | ModelKind::Gpt => {
+        _ => {
             let mut widths: Vec<u128> = widths.iter().map(|&w| w as u128).collect();
             widths.insert(0, product(&[c, h, w]));
             widths.push(10);
@@ -102,22 +102,7 @@ pub fn classifier(
 
 /// A ResNet's parameters and activations per image: each convolution and BatchNorm output and
 /// each block's sum (BatchNorm: γ and β).
-fn resnet(kind: ModelKind, [c, h, w]: [u128; 3], widths: &[usize]) -> (u128, u128) {
-    let config = if kind == ModelKind::Resnet18 {
-        ResNetConfig::resnet18(
-            widths
-                .first()
-                .copied()
-                .unwrap_or(ResNetConfig::RESNET18_WIDTH),
-        )
-    } else {
-        ResNetConfig::resnet20(
-            widths
-                .first()
-                .copied()
-                .unwrap_or(ResNetConfig::RESNET20_WIDTH),
-        )
-    };
+fn resnet(config: &ResNetConfig, [c, h, w]: [u128; 3]) -> (u128, u128) {
     let conv = |i: u128, o: u128, k: u128| product(&[k, k, i, o]).saturating_add(2 * o);
     let stem = config.stem as u128;
     let mut params = conv(c, stem, 3);

@@ -24,6 +24,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
+use super::ModelKind;
 use crate::data::ImageShape;
 
 /// The sizes of a ResNet: stem channels, then per stage its channels, stride and blocks.
@@ -40,6 +41,17 @@ impl ResNetConfig {
     pub const RESNET18_WIDTH: usize = 64;
     /// ResNet-20's standard stem width.
     pub const RESNET20_WIDTH: usize = 16;
+
+    /// The network of `kind` with the stem width `widths` names (none: the standard one), or
+    /// `None` for a model that is not a ResNet.
+    pub fn of(kind: ModelKind, widths: &[usize]) -> Option<Self> {
+        let width = |standard| widths.first().copied().unwrap_or(standard);
+        match kind {
+            ModelKind::Resnet18 => Some(Self::resnet18(width(Self::RESNET18_WIDTH))),
+            ModelKind::Resnet20 => Some(Self::resnet20(width(Self::RESNET20_WIDTH))),
+            _ => None,
+        }
+    }
 
     /// The CIFAR ResNet-18 with `width` stem channels (64 is the standard network; stages
     /// double it at each stride 2).
