@@ -102,6 +102,13 @@ fn decay_summary_counts_weights_not_biases() {
             .to_string()
             .contains("decayed parameter tensors: 2, with 192 parameters")
     );
+    // the rule itself is stated, so a reader sees why the biases are left alone
+    assert!(
+        summary
+            .to_string()
+            .contains("decay rule: tensors of rank >= 2 decay"),
+        "{summary}"
+    );
 }
 
 #[test]
@@ -114,6 +121,13 @@ fn groups_override_p_and_lambda_or_switch_decay_off() {
         .with_group(ParamGroup::from_predicate("fc2"), adam_no_decay());
     let summary = optim.decay_summary(&model);
     assert_eq!(summary.decayed_params, 8 * 16);
+    assert!(
+        summary
+            .rule
+            .ends_with("; 2 parameter groups set their own rules"),
+        "{}",
+        summary.rule
+    );
     let data = batches(&device, 30);
     let model = train(model, &mut optim, &data, 1e-2);
     let report = optim.sparsity_report(&model, 1e-13, false);

@@ -127,3 +127,36 @@ fn the_shakespeare_lr_sweep_holds_the_committed_pair() {
         }
     }
 }
+
+#[test]
+fn the_cifar_pair_is_the_papers_run_and_differs_only_in_the_optimizer() {
+    use pdecay_cli::config::Preset;
+    use pdecay_cli::models::ModelKind;
+    let adamw = read("cifar-paper-adamw.toml");
+    let padam = read("cifar-paper-padam.toml");
+    assert_eq!(
+        (padam.optim, padam.p, padam.lambda),
+        (OptimKind::Padam, 0.8, 1e-2)
+    );
+    assert_eq!(adamw.optim, OptimKind::Adamw);
+    // each file is `--preset cifar-paper` on the paper's ResNet-18, with crops and flips
+    for config in [&adamw, &padam] {
+        let mut preset = TrainConfig {
+            model: ModelKind::Resnet18,
+            optim: config.optim,
+            p: config.p,
+            lambda: config.lambda,
+            augment: true,
+            ..TrainConfig::default()
+        };
+        Preset::CifarPaper.apply(&mut preset).unwrap();
+        assert_eq!(*config, preset);
+        config.refuse_inapplicable_keys().unwrap();
+    }
+    let padam_as_adamw = TrainConfig {
+        optim: adamw.optim,
+        p: adamw.p,
+        ..padam.clone()
+    };
+    assert_eq!(padam_as_adamw, adamw);
+}

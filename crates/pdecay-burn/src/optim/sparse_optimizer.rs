@@ -146,7 +146,27 @@ impl SparseOptimizer {
             })
             .parameters_only();
         module.visit(&mut walker);
-        DecaySummary::from_entries(walker.into_results())
+        DecaySummary::from_entries(walker.into_results(), self.rule_words())
+    }
+
+    /// What decays, in words: the default group's rank rule, and whether groups override it.
+    fn rule_words(&self) -> String {
+        let default = match self.rules[0].decayed_from_rank {
+            None => "nothing decays".to_string(),
+            Some(0) | Some(1) => {
+                "every tensor decays (biases and normalisation gains and shifts included)"
+                    .to_string()
+            }
+            Some(2) => "tensors of rank >= 2 decay (conv and linear weights, embeddings); \
+                        rank-1 tensors never do (biases, BatchNorm and LayerNorm gains and shifts)"
+                .to_string(),
+            Some(rank) => format!("tensors of rank >= {rank} decay; lower ranks never do"),
+        };
+        match self.rules.len() - 1 {
+            0 => default,
+            1 => format!("{default}; 1 parameter group sets its own rule"),
+            n => format!("{default}; {n} parameter groups set their own rules"),
+        }
     }
 
     /// Sparsity of every tensor of `module`, decayed or not, by this optimizer's plan.
@@ -191,10 +211,12 @@ pub struct DecaySummary {
     pub other_tensors: usize,
     /// Number of parameters not decayed.
     pub other_params: u64,
+    /// The rule that decides, in words (e.g. tensors of rank >= 2 decay).
+    pub rule: String,
 }
 
 impl DecaySummary {
-    fn from_entries(tensors: Vec<(String, u64, bool)>) -> Self {
+    fn from_entries(tensors: Vec<(String, u64, bool)>, rule: String) -> Self {
         let decayed = tensors.iter().filter(|t| t.2);
         let other = tensors.iter().filter(|t| !t.2);
         Self {
@@ -203,6 +225,7 @@ impl DecaySummary {
             other_tensors: other.clone().count(),
             other_params: other.map(|t| t.1).sum(),
             tensors,
+            rule,
         }
     }
 }
@@ -214,11 +237,12 @@ impl std::fmt::Display for DecaySummary {
             "decayed parameter tensors: {}, with {} parameters",
             self.decayed_tensors, self.decayed_params
         )?;
-        write!(
+        writeln!(
             f,
             "non-decayed parameter tensors: {}, with {} parameters",
             self.other_tensors, self.other_params
-        )
+        )?;
+        write!(f, "decay rule: {}", self.rule)
     }
 }
 

@@ -8,7 +8,7 @@ use clap::Args;
 use super::device::DeviceSpec;
 use super::progress::{for_stdout, set_threads};
 use crate::config::{
-    GptPreset, GptSettings, LrSchedule, OptimKind, SparseTraining, TrainConfig, defaults,
+    GptPreset, GptSettings, LrSchedule, OptimKind, Preset, SparseTraining, TrainConfig, defaults,
     flag_name as name, with_default,
 };
 use crate::data::{EMBEDDED, RunData};
@@ -102,17 +102,23 @@ pub struct TrainArgs {
     pub gmp_end_fraction: Option<f64>,
     #[arg(long, help = with_default("Magnitude pruning: steps between mask updates", defaults::GMP_FREQUENCY))]
     pub gmp_frequency: Option<u64>,
-    /// Augment the training images: random shifts of up to ±2 pixels and horizontal flips.
+    /// Augment the training images as their data set is: Fashion-MNIST's random shifts of up
+    /// to ±2 pixels, CIFAR-10's random crops of the 4-pixel reflect-padded image; both with
+    /// random horizontal flips.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub augment: Option<bool>,
+    /// With --augment, also rotate each training image by a random angle within ±DEGREES
+    /// (the authors' CIFAR-10 option: 10) [default: 0, none].
+    #[arg(long, value_name = "DEGREES")]
+    pub rotate_degrees: Option<f64>,
     /// CPU threads [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
     /// Where to compute: cpu, or cuda / cuda:N (a build with the `cuda` feature)
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
-    #[arg(long, value_enum, help = format!("GPT sizes: cpu ({}) or paper ({}) [default: {}]. Each size below overrides it", cpu().words(), GptPreset::Paper.settings().words(), name(GptPreset::Cpu)))]
-    pub preset: Option<GptPreset>,
+    #[arg(long, value_enum, help = format!("Named settings, under the other flags. GPT sizes: cpu ({}, the GPT's default) or paper ({}). Image classifiers: cifar-paper (the paper's CIFAR-10 schedule: batch {}, {} epochs, {} warm-up then cosine to lr/100, lr 1e-3)", cpu().words(), GptPreset::Paper.settings().words(), Preset::CIFAR_BATCH, Preset::CIFAR_EPOCHS, Preset::CIFAR_WARMUP_EPOCHS))]
+    pub preset: Option<Preset>,
     /// GPT: transformer blocks.
     #[arg(long)]
     pub layers: Option<usize>,
@@ -187,9 +193,14 @@ impl TrainArgs {
         macro_rules! set {
             ($target:expr; $($field:ident),*) => {$( if let Some(v) = self.$field.clone() { $target.$field = v; } )*};
         }
-        set!(c; model, hidden, optim, p, lambda, lr, epochs, warmup_epochs, schedule, seed,
+        // the preset sits under every other flag, and needs the model to know its kind
+        set!(c; model);
+        if let Some(preset) = self.preset {
+            preset.apply(&mut c)?;
+        }
+        set!(c; hidden, optim, p, lambda, lr, epochs, warmup_epochs, schedule, seed,
             lambda2, lambda_release_ratio, gmp_final_sparsity, gmp_end_fraction, gmp_frequency,
-            late, augment, structured, sparse_training);
+            late, augment, rotate_degrees, structured, sparse_training);
         for (flag, key) in [
             (self.p_start, &mut c.p_start),
             (self.s_dynamics, &mut c.s_dynamics),
@@ -210,16 +221,12 @@ impl TrainArgs {
             c.data = Some(dir.display().to_string());
         }
         if c.model == ModelKind::Gpt {
-            if let Some(preset) = self.preset {
-                c.gpt = preset.settings();
-            }
             // the GPT's batch size and final lr ratio are its own (`[gpt]`)
             set!(c.gpt; layers, heads, width, block_size, batch_size, min_lr_ratio, iters,
                 eval_interval, eval_batches, dropout, bias);
         } else {
             set!(c; batch_size, min_lr_ratio);
             let gpt_flags = [
-                self.preset.is_some(),
                 self.layers.is_some(),
                 self.heads.is_some(),
                 self.width.is_some(),
@@ -232,7 +239,7 @@ impl TrainArgs {
             ];
             anyhow::ensure!(
                 !gpt_flags.contains(&true),
-                "--preset, --iters and the other GPT sizes go with --model gpt"
+                "--iters and the other GPT sizes go with --model gpt"
             );
         }
         c.validate()?;
@@ -412,6 +419,26 @@ mod tests {
     }
 
     #[test]
+    fn a_preset_sits_under_the_other_flags() {
+        let c = config(&[
+            "--model",
+            "resnet20",
+            "--preset",
+            "cifar-paper",
+            "--epochs",
+            "3",
+        ])
+        .unwrap();
+        // the paper's CIFAR-10 schedule, cut to 3 epochs by the flag
+        assert_eq!((c.batch_size, c.epochs, c.warmup_epochs), (400, 3, 2.0));
+        assert_eq!((c.lr, c.min_lr_ratio), (1e-3, 0.01));
+        let c = config(&["--model", "gpt", "--preset", "paper", "--layers", "2"]).unwrap();
+        assert_eq!((c.gpt.layers, c.gpt.width), (2, 384));
+        let c = config(&["--augment", "--rotate-degrees", "10"]).unwrap();
+        assert_eq!(c.rotate_degrees, 10.0);
+    }
+
+    #[test]
     fn keys_the_model_does_not_read_are_refused() {
         for (flags, words) in [
             (
@@ -423,6 +450,22 @@ mod tests {
                 ["`warmup_epochs`", "gpt.warmup_iters"],
             ),
             (&["--model", "gpt", "--augment"][..], ["`augment`", "GPT"]),
+            (
+                &["--rotate-degrees", "10"][..],
+                ["`rotate_degrees`", "augmentation (--augment)"],
+            ),
+            (
+                &["--augment", "--rotate-degrees", "200"][..],
+                ["rotate_degrees must lie in [0, 180]", "200"],
+            ),
+            (
+                &["--preset", "paper"][..],
+                ["--preset paper is for the GPT", "cifar-paper"],
+            ),
+            (
+                &["--model", "gpt", "--preset", "cifar-paper"][..],
+                ["is for the image classifiers", "cpu and paper"],
+            ),
             (&["--dropout", "0.1"][..], ["GPT sizes", "--model gpt"]),
             (&["--bias"][..], ["GPT sizes", "--model gpt"]),
         ] {

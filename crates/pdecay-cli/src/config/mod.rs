@@ -8,6 +8,7 @@
 
 pub mod gpt;
 pub mod optim;
+pub mod preset;
 
 use anyhow::{Context, Result, ensure};
 use pdecay::schedule::Schedule;
@@ -18,6 +19,7 @@ use crate::models::{Cnn, ModelKind};
 
 pub use gpt::{GPT_THRESHOLD, GptPreset, GptSettings};
 pub use optim::OptimKind;
+pub use preset::Preset;
 
 /// The default of every top-level key of [`TrainConfig`] (the GPT's are [`GptPreset::Cpu`]).
 pub mod defaults {
@@ -177,6 +179,9 @@ pub struct TrainConfig {
     /// to ±2 pixels (zero-filled), CIFAR-10's random crops of the 4-pixel reflect-padded image;
     /// both with random horizontal flips.
     pub augment: bool,
+    /// With `augment`, also rotate each training image by a random angle in ±this many degrees
+    /// (nearest neighbour, corners filled with 0; the authors' CIFAR-10 option is 10). 0: none.
+    pub rotate_degrees: f64,
     /// The data: `"embedded"` for the embedded subset, a folder of IDX files, or unset for
     /// `$PDECAY_DATA`, then /usr/share/datasets/fashion-mnist; for the GPT, a UTF-8 text file.
     pub data: Option<String>,
@@ -219,6 +224,7 @@ impl Default for TrainConfig {
             gmp_frequency: defaults::GMP_FREQUENCY,
             threshold: defaults::THRESHOLD,
             augment: false,
+            rotate_degrees: 0.0,
             data: None,
             sparse_training: defaults::SPARSE_TRAINING,
             image_shape: ImageShape::FASHION_MNIST,
@@ -345,6 +351,11 @@ impl TrainConfig {
             self.threshold.is_finite() && self.threshold >= 0.0,
             "threshold must be a finite number >= 0, got {}",
             self.threshold
+        );
+        ensure!(
+            (0.0..=180.0).contains(&self.rotate_degrees),
+            "rotate_degrees must lie in [0, 180] (the largest rotation either way; 10 is the authors'), got {}",
+            self.rotate_degrees
         );
         ensure!(
             self.hidden.iter().all(|&h| h > 0),
@@ -508,6 +519,12 @@ impl TrainConfig {
                 self.gmp_frequency != d.gmp_frequency,
                 gmp,
                 by_gmp,
+            ),
+            (
+                "rotate_degrees",
+                self.rotate_degrees != d.rotate_degrees,
+                self.augment,
+                "augmentation (--augment)",
             ),
         ];
         for (key, set, read, readers) in keys {

@@ -100,6 +100,16 @@ impl Augmentation {
     };
 }
 
+/// The random draws of one batch's augmentation (`augment = true`): the shift and flip of the
+/// data set's [`Augmentation`], then, when `max_rotation_degrees > 0`, a rotation by an angle
+/// drawn uniformly from ±`max_rotation_degrees` (the authors' optional ±10°).
+pub struct AugmentDraws<'a> {
+    /// Where every draw comes from, in the order dy, dx, flip, angle.
+    pub rng: &'a mut StdRng,
+    /// The largest rotation, in degrees (0: none, and no angle is drawn).
+    pub max_rotation_degrees: f64,
+}
+
 /// Per-channel `(mean, std)` of the pixels scaled to [0, 1]: inputs are `(p/255 - mean) / std`.
 pub type ChannelStats = Vec<(f64, f64)>;
 
@@ -161,6 +171,33 @@ impl ImageSet {
         }
     }
 
+    /// `source` rotated by `degrees` (counter-clockwise as displayed, rows pointing down) about
+    /// the image's centre, into `out`: torchvision's `RandomRotation` defaults, nearest
+    /// neighbour, the corners moved in from outside filled with 0.
+    fn rotated(&self, source: &[u8], degrees: f64, out: &mut [u8]) {
+        let (rows, cols) = (self.shape.height, self.shape.width);
+        let plane = rows * cols;
+        let (sin, cos) = degrees.to_radians().sin_cos();
+        let (cy, cx) = ((rows as f64 - 1.0) / 2.0, (cols as f64 - 1.0) / 2.0);
+        for (source, out) in source.chunks_exact(plane).zip(out.chunks_exact_mut(plane)) {
+            for r in 0..rows {
+                for c in 0..cols {
+                    // the inverse rotation of the output pixel finds its source: x right, y up
+                    let (x, y) = (c as f64 - cx, cy - r as f64);
+                    let (sx, sy) = (cos * x + sin * y, -sin * x + cos * y);
+                    let (sr, sc) = ((cy - sy).round(), (sx + cx).round());
+                    let inside =
+                        (0.0..rows as f64).contains(&sr) && (0.0..cols as f64).contains(&sc);
+                    out[r * cols + c] = if inside {
+                        source[sr as usize * cols + sc as usize]
+                    } else {
+                        0
+                    };
+                }
+            }
+        }
+    }
+
     /// Per-channel mean and standard deviation of the pixels scaled to [0, 1]; a channel
     /// without variation gets the std 1 (only its mean is removed), where dividing by its 0
     /// would make every input NaN.
@@ -204,29 +241,39 @@ impl ImageSet {
     }
 
     /// Like [`Self::batch`]; with `augment`, each image is shifted and mirrored at random as
-    /// [`ImageSet::augmentation`] says (the draws: dy, dx, then the flip).
+    /// [`ImageSet::augmentation`] says, then rotated if [`AugmentDraws`] asks (the draws: dy,
+    /// dx, the flip, then the angle).
     pub fn augmented_batch(
         &self,
         indices: &[usize],
         stats: &[(f64, f64)],
         device: &Device,
-        mut augment: Option<&mut StdRng>,
+        mut augment: Option<AugmentDraws<'_>>,
     ) -> (Tensor<2>, Tensor<1, Int>) {
         let size = self.image_size();
         let shift = self.augmentation.max_shift as i64;
         let mut values = Vec::with_capacity(indices.len() * size);
-        let mut image = vec![0u8; size];
+        let (mut image, mut turned) = (vec![0u8; size], vec![0u8; size]);
         for &i in indices {
             let source = &self.pixels[i * size..(i + 1) * size];
-            let pixels = match augment.as_deref_mut() {
-                Some(rng) => {
+            let pixels = match augment.as_mut() {
+                Some(AugmentDraws {
+                    rng,
+                    max_rotation_degrees,
+                }) => {
                     let (dy, dx) = (
                         rng.random_range(-shift..=shift),
                         rng.random_range(-shift..=shift),
                     );
                     let flip = rng.random_bool(0.5);
                     self.shifted(source, dy, dx, flip, &mut image);
-                    &image[..]
+                    let max = *max_rotation_degrees;
+                    if max > 0.0 {
+                        self.rotated(&image, rng.random_range(-max..=max), &mut turned);
+                        &turned[..]
+                    } else {
+                        &image[..]
+                    }
                 }
                 None => source,
             };
@@ -322,6 +369,62 @@ mod tests {
         let mut out = vec![0u8; 6];
         two.shifted(&two.pixels, 0, 1, false, &mut out);
         assert_eq!(out, vec![0, 1, 2, 0, 4, 5]);
+    }
+
+    #[test]
+    fn rotations_by_hand() {
+        // one 3x3 image 1..9 and its 90° turns: counter-clockwise as displayed
+        let image = set(ImageShape::new(1, 3, 3), (1..=9).collect(), Fill::Zero);
+        let mut out = vec![0u8; 9];
+        image.rotated(&image.pixels, 0.0, &mut out);
+        assert_eq!(out, image.pixels);
+        image.rotated(&image.pixels, 90.0, &mut out);
+        assert_eq!(out, vec![3, 6, 9, 2, 5, 8, 1, 4, 7]);
+        image.rotated(&image.pixels, -90.0, &mut out);
+        assert_eq!(out, vec![7, 4, 1, 8, 5, 2, 9, 6, 3]);
+        image.rotated(&image.pixels, 180.0, &mut out);
+        assert_eq!(out, vec![9, 8, 7, 6, 5, 4, 3, 2, 1]);
+        // 45°: the centre stays, the edges' middles move to the corners counter-clockwise
+        image.rotated(&image.pixels, 45.0, &mut out);
+        assert_eq!((out[4], out[0], out[2], out[6], out[8]), (5, 2, 6, 4, 8));
+        // a 1x3 row turned 90° has only its centre inside: the rest is filled with 0
+        let row = set(ImageShape::new(1, 1, 3), vec![1, 2, 3], Fill::Zero);
+        let mut out3 = vec![9u8; 3];
+        row.rotated(&row.pixels, 90.0, &mut out3);
+        assert_eq!(out3, vec![0, 2, 0]);
+        // channels turn together, each within its own plane
+        let two = set(
+            ImageShape::new(2, 2, 2),
+            vec![1, 2, 3, 4, 5, 6, 7, 8],
+            Fill::Zero,
+        );
+        let mut out = vec![0u8; 8];
+        two.rotated(&two.pixels, 90.0, &mut out);
+        assert_eq!(out, vec![2, 4, 1, 3, 6, 8, 5, 7]);
+    }
+
+    #[test]
+    fn a_small_rotation_moves_few_pixels_and_keeps_the_centre() {
+        // 28x28 without zeros: ±10° fills only the corners (a wrong sign or axis in the inverse
+        // map would still fill corners, hence the dot below)
+        let shape = ImageShape::new(1, 28, 28);
+        let pixels: Vec<u8> = (0..784).map(|i| 1 + (i % 250) as u8).collect();
+        let image = set(shape, pixels.clone(), Fill::Zero);
+        let mut out = vec![0u8; 784];
+        image.rotated(&pixels, 10.0, &mut out);
+        let filled = out.iter().filter(|&&v| v == 0).count();
+        assert!(filled > 0 && filled < 784 / 10, "{filled} pixels filled");
+        assert!(out[0] == 0 && out[783] == 0 && out[14 * 28 + 14] == pixels[14 * 28 + 14]);
+        // a pixel at the right edge moves up (counter-clockwise): 13.5·sin 10° = 2.3 rows
+        let mut dot = vec![0u8; 784];
+        dot[14 * 28 + 27] = 255;
+        let one = set(shape, dot.clone(), Fill::Zero);
+        one.rotated(&dot, 10.0, &mut out);
+        let at = out
+            .iter()
+            .position(|&v| v == 255)
+            .expect("the dot stays inside");
+        assert_eq!((at / 28, at % 28), (12, 27));
     }
 
     #[test]

@@ -244,17 +244,28 @@ mod tests {
         let idx: Vec<usize> = (0..16).collect();
         let stats = data.train.pixel_stats();
         let d = Device::default();
-        let batch = |seed| {
+        let batch = |seed, max_rotation_degrees| {
             let mut rng = StdRng::seed_from_u64(seed);
             data.train
-                .augmented_batch(&idx, &stats, &d, Some(&mut rng))
+                .augmented_batch(
+                    &idx,
+                    &stats,
+                    &d,
+                    Some(crate::data::AugmentDraws {
+                        rng: &mut rng,
+                        max_rotation_degrees,
+                    }),
+                )
                 .0
                 .into_data()
                 .try_to_vec::<f32>()
                 .unwrap()
         };
-        assert_eq!(batch(1), batch(1));
-        assert_ne!(batch(1), batch(2));
+        assert_eq!(batch(1, 0.0), batch(1, 0.0));
+        assert_ne!(batch(1, 0.0), batch(2, 0.0));
+        // a rotation is drawn from the same stream, after the shift and flip
+        assert_eq!(batch(1, 10.0), batch(1, 10.0));
+        assert_ne!(batch(1, 10.0), batch(1, 0.0));
     }
 
     #[test]

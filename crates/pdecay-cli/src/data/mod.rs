@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 
-pub use images::{ChannelStats, ImageSet, ImageShape, ImageSplits};
+pub use images::{AugmentDraws, ChannelStats, ImageSet, ImageShape, ImageSplits};
 pub use text::TextData;
 
 /// The largest input file pdecay reads whole (a text, a model file): 2 GiB. Past it, a file is

@@ -22,7 +22,7 @@ use super::skeleton::{
 };
 use super::sparse_training::SparsePlan;
 use crate::config::TrainConfig;
-use crate::data::{ChannelStats, ImageSplits};
+use crate::data::{AugmentDraws, ChannelStats, ImageSplits};
 use crate::models::{Classifier, memory};
 use crate::run::{ClassifierSummary, EpochMetrics, RunPosition, StepAt, Unit};
 
@@ -191,7 +191,7 @@ impl Trainer for ClassifierTrainer<'_> {
             // one device keeps its own branch: augmentation drawn straight from the epoch's
             // rng, so runs (and resumes) stay bit-identical with runs made before replicas
             let loss_value = if self.others.is_empty() {
-                let augment = config.augment.then_some(&mut rng);
+                let augment = augment_draws(config, &mut rng);
                 let (x, y) = data
                     .train
                     .augmented_batch(batch, stats, &self.device, augment);
@@ -215,7 +215,7 @@ impl Trainer for ClassifierTrainer<'_> {
                             return None;
                         }
                         let mut shard_rng = StdRng::seed_from_u64(seeds[s]);
-                        let augment = config.augment.then_some(&mut shard_rng);
+                        let augment = augment_draws(config, &mut shard_rng);
                         let (x, y) = data.train.augmented_batch(shard, stats, d, augment);
                         // weighted by the shard's share: the sum is the whole batch's mean loss
                         Some(
@@ -317,6 +317,14 @@ impl Trainer for ClassifierTrainer<'_> {
 }
 
 const EVAL_BATCH: usize = 1000;
+
+/// The run's augmentation of one batch, drawn from `rng`, or none when the run does not augment.
+fn augment_draws<'a>(config: &TrainConfig, rng: &'a mut StdRng) -> Option<AugmentDraws<'a>> {
+    config.augment.then_some(AugmentDraws {
+        rng,
+        max_rotation_degrees: config.rotate_degrees,
+    })
+}
 
 /// Test loss and accuracy of `model` (no autodiff, no dropout).
 fn evaluate(
