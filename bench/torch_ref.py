@@ -2,13 +2,17 @@
 models, batch sizes and threads as pdecay, trained for a fixed number of steps; prints one JSON
 object with samples per second.
 
-    python bench/torch_ref.py --model mlp|cnn|gpt --optim adamw|padam --steps N \
-        [--threads T] [--images DIR] [--text FILE] [--device cpu|cuda] [--preset cpu|paper]
+    python bench/torch_ref.py --model mlp|cnn|resnet18|resnet20|gpt --optim adamw|padam --steps N \
+        [--threads T] [--images DIR] [--cifar DIR] [--batch B] [--text FILE] [--device cpu|cuda] \
+        [--preset cpu|paper]
 
 Models (as crates/pdecay-cli/src/models/classifier.rs and gpt.rs):
 - mlp: 784-300-100-10, ReLU, batch 128;
 - cnn: conv3x3(32, same)-ReLU-pool2-conv3x3(64, same)-ReLU-pool2-dense128-ReLU-dropout0.2-dense10,
   batch 128 (421,642 parameters);
+- resnet18, resnet20 (models/resnet.rs): the CIFAR ResNets of BasicBlocks with BatchNorm, 1x1
+  projection shortcuts, global average pooling; on CIFAR-10's binary batches (`--cifar DIR`,
+  per-channel normalisation) or else Fashion-MNIST as 1x28x28 images; batch 128 unless `--batch`;
 - gpt: nanoGPT's char model, no bias, output tied to the token embedding, betas (0.9, 0.99),
   global-norm clipping at 1.0; `--preset cpu` (pdecay's default): 4 layers, 4 heads, width 128,
   block 64, batch 12, no dropout; `--preset paper`: 6 layers, 6 heads, width 384, block 256,
@@ -88,6 +92,64 @@ class Cnn(nn.Module):
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
         x = self.dropout(F.relu(self.dense(x.flatten(1))))
         return self.output(x)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, inputs, outputs, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(outputs)
+        self.conv2 = nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(outputs)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or inputs != outputs:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs)
+            )
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    # (stem width, stages, blocks per stage): each later stage doubles the width at stride 2
+    SIZES = {"resnet18": (64, 4, 2), "resnet20": (16, 3, 3)}
+
+    def __init__(self, kind, channels):
+        super().__init__()
+        width, stages, blocks = self.SIZES[kind]
+        self.channels = channels
+        self.conv1 = nn.Conv2d(channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        layers, inputs = [], width
+        for i in range(stages):
+            outputs = width << i
+            for j in range(blocks):
+                layers.append(BasicBlock(inputs, outputs, 2 if i > 0 and j == 0 else 1))
+                inputs = outputs
+        self.layers = nn.Sequential(*layers)
+        self.linear = nn.Linear(inputs, 10)
+
+    def forward(self, x):
+        side = int(round((x.shape[1] // self.channels) ** 0.5))
+        x = x.view(-1, self.channels, side, side)
+        x = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.linear(x.mean(dim=(2, 3)))
+
+
+def load_cifar(folder):
+    records = []
+    for i in range(1, 6):
+        path = os.path.join(folder, f"data_batch_{i}.bin")
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} not found: --cifar takes the cifar-10-batches-bin folder")
+        with open(path, "rb") as f:
+            records.append(np.frombuffer(f.read(), dtype=np.uint8).reshape(-1, 3073))
+    data = np.concatenate(records)
+    x = torch.from_numpy(data[:, 1:].astype(np.float32) / 255.0).view(-1, 3, 1024)
+    x = (x - x.mean(dim=(0, 2), keepdim=True)) / x.std(dim=(0, 2), keepdim=True)
+    return x.reshape(len(data), -1), torch.from_numpy(data[:, 0].astype(np.int64))
 
 
 class Block(nn.Module):
@@ -175,11 +237,15 @@ def optimizer(model, name, betas):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", choices=["mlp", "cnn", "gpt"], required=True)
+    parser.add_argument(
+        "--model", choices=["mlp", "cnn", "resnet18", "resnet20", "gpt"], required=True
+    )
     parser.add_argument("--optim", choices=["adamw", "padam"], required=True)
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--images", default="../shared/data/fashion-mnist")
+    parser.add_argument("--cifar", help="CIFAR-10's binary batches (the ResNets' data)")
+    parser.add_argument("--batch", type=int, default=128, help="images per step")
     parser.add_argument("--text", default="../shared/data/tinyshakespeare/input.txt")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--preset", choices=sorted(GPT_PRESETS), default="cpu")
@@ -211,11 +277,17 @@ def main():
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
     else:
-        images, labels = load_images(args.images)
+        resnet = args.model.startswith("resnet")
+        cifar = resnet and args.cifar
+        images, labels = load_cifar(args.cifar) if cifar else load_images(args.images)
         images, labels = images.to(device), labels.to(device)
-        model = (Mlp() if args.model == "mlp" else Cnn()).to(device)
+        if resnet:
+            model = ResNet(args.model, 3 if cifar else 1)
+        else:
+            model = Mlp() if args.model == "mlp" else Cnn()
+        model = model.to(device)
         opt = optimizer(model, args.optim, (0.9, 0.999))
-        batch = 128
+        batch = args.batch
         order = torch.randperm(len(images), generator=generator).to(device)
         position = [0]
 
