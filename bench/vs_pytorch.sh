@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# pdecay against PyTorch on CPU: training samples/s of the MLP, the CNN and the CPU-preset GPT,
+# pdecay against PyTorch on CPU: training samples/s of the MLP, the CNN, the CPU-preset GPT and
+# (asked for by name) ResNet-20 on Fashion-MNIST,
 # with AdamW and with pAdam (pWD on), same shapes, batch sizes and threads in both programs.
 # The two programs alternate (pdecay, PyTorch, pdecay, ...) so drift in machine load hits both
 # alike; it prints the median of each, their ratio, and last `slowest pdecay/PyTorch ratio: R
@@ -13,7 +14,8 @@
 # here). The PyTorch side is bench/torch_ref.py; see its header for the models.
 #
 # Steps per run: MLP one epoch of the 60,000 images (469 steps of 128), CNN 86 steps of 128
-# (two epochs of the embedded subset in pdecay), GPT 100 iterations of 12 x 64 characters.
+# (two epochs of the embedded subset in pdecay), GPT 100 iterations of 12 x 64 characters,
+# ResNet-20 43 steps of 128 (one epoch of the embedded subset; 1x28x28 images).
 # pdecay's figures are its own `samples_per_second` / `seconds_per_iter` (the training loop
 # only), PyTorch's time the same loop in bench/torch_ref.py.
 set -euo pipefail
@@ -48,6 +50,9 @@ pdecay_run() { # model optim out -> samples/s
     cnn) "$bin" train --model cnn --embedded --epochs 2 --optim "$optim" --lambda 1e-2 \
            --threads "$threads" --out "$out" >/dev/null
          field samples_per_second "$out/summary.json" ;;
+    resnet20) "$bin" train --model resnet20 --embedded --epochs 1 --optim "$optim" --lambda 1e-2 \
+           --threads "$threads" --out "$out" >/dev/null
+         field samples_per_second "$out/summary.json" ;;
     gpt) "$bin" train --model gpt --data "$text" --iters 100 --eval-interval 100 --eval-batches 1 \
            --optim "$optim" --lambda 1e-2 --threads "$threads" --out "$out" >/dev/null
          awk -v s="$(field seconds_per_iter "$out/summary.json")" 'BEGIN {print 12 / s}' ;;
@@ -56,14 +61,14 @@ pdecay_run() { # model optim out -> samples/s
 
 torch_run() { # model optim -> samples/s
   local steps
-  case $1 in mlp) steps=469 ;; cnn) steps=86 ;; gpt) steps=100 ;; esac
+  case $1 in mlp) steps=469 ;; cnn) steps=86 ;; resnet20) steps=43 ;; gpt) steps=100 ;; esac
   "$py" bench/torch_ref.py --model "$1" --optim "$2" --steps "$steps" --threads "$threads" \
     --images "$images" --text "$text" >"$work/torch.json"
   field samples_per_second "$work/torch.json"
 }
 
 echo "threads: $threads; PyTorch $("$py" -c 'import torch; print(torch.__version__)'); $repeats repeats"
-printf '%-4s %-6s %16s %16s %9s\n' model optim "pdecay samples/s" "PyTorch samples/s" "ratio"
+printf '%-8s %-6s %16s %16s %9s\n' model optim "pdecay samples/s" "PyTorch samples/s" "ratio"
 slowest=""
 for model in "${models[@]}"; do
   for optim in adamw padam; do
@@ -74,7 +79,7 @@ for model in "${models[@]}"; do
     ours=$(median <"$work/$model-$optim.pdecay")
     theirs=$(median <"$work/$model-$optim.torch")
     ratio=$(awk -v a="$ours" -v b="$theirs" 'BEGIN {printf "%.3f", a / b}')
-    printf '%-4s %-6s %16.0f %16.0f %9s\n' "$model" "$optim" "$ours" "$theirs" "$ratio"
+    printf '%-8s %-6s %16.0f %16.0f %9s\n' "$model" "$optim" "$ours" "$theirs" "$ratio"
     echo "$ratio $model ($optim)" >>"$work/ratios"
   done
 done
