@@ -179,20 +179,17 @@ impl ImageSet {
         let plane = rows * cols;
         let (sin, cos) = degrees.to_radians().sin_cos();
         let (cy, cx) = ((rows as f64 - 1.0) / 2.0, (cols as f64 - 1.0) / 2.0);
-        for (source, out) in source.chunks_exact(plane).zip(out.chunks_exact_mut(plane)) {
-            for r in 0..rows {
-                for c in 0..cols {
-                    // the inverse rotation of the output pixel finds its source: x right, y up
-                    let (x, y) = (c as f64 - cx, cy - r as f64);
-                    let (sx, sy) = (cos * x + sin * y, -sin * x + cos * y);
-                    let (sr, sc) = ((cy - sy).round(), (sx + cx).round());
-                    let inside =
-                        (0.0..rows as f64).contains(&sr) && (0.0..cols as f64).contains(&sc);
-                    out[r * cols + c] = if inside {
-                        source[sr as usize * cols + sc as usize]
-                    } else {
-                        0
-                    };
+        for r in 0..rows {
+            for c in 0..cols {
+                // the inverse rotation of the output pixel finds its source: x right, y up;
+                // one source position serves every channel
+                let (x, y) = (c as f64 - cx, cy - r as f64);
+                let (sx, sy) = (cos * x + sin * y, -sin * x + cos * y);
+                let (sr, sc) = ((cy - sy).round(), (sx + cx).round());
+                let inside = (0.0..rows as f64).contains(&sr) && (0.0..cols as f64).contains(&sc);
+                let from = sr as usize * cols + sc as usize;
+                for channel in (0..source.len()).step_by(plane.max(1)) {
+                    out[channel + r * cols + c] = if inside { source[channel + from] } else { 0 };
                 }
             }
         }
@@ -404,7 +401,7 @@ mod tests {
     }
 
     #[test]
-    fn a_small_rotation_moves_few_pixels_and_keeps_the_centre() {
+    fn a_small_rotation_fills_only_the_corners_and_turns_counter_clockwise() {
         // 28x28 without zeros: ±10° fills only the corners (a wrong sign or axis in the inverse
         // map would still fill corners, hence the dot below)
         let shape = ImageShape::new(1, 28, 28);
