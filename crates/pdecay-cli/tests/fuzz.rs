@@ -139,13 +139,18 @@ fn damaged_idx_files_are_errors_or_exactly_what_they_announce() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A small MLP's and CNN's model files in every format, as export and compact write them.
+/// A small MLP's, CNN's and ResNet-20's model files in every format, as export and compact write them.
 fn model_files() -> Vec<(String, Vec<u8>)> {
     let device = Device::flex();
     let mut files = Vec::new();
-    for (kind, widths) in [(ModelKind::Mlp, vec![16]), (ModelKind::Cnn, vec![2, 3, 8])] {
+    for (kind, widths) in [
+        (ModelKind::Mlp, vec![16]),
+        (ModelKind::Cnn, vec![2, 3, 8]),
+        (ModelKind::Resnet20, vec![2]),
+    ] {
         let config = TrainConfig {
             model: kind,
+            resnet_width: kind.is_resnet().then_some(widths[0]),
             hidden: if kind == ModelKind::Mlp {
                 widths.clone()
             } else {
@@ -165,7 +170,7 @@ fn model_files() -> Vec<(String, Vec<u8>)> {
             &device,
         );
         // a threshold that zeroes about half the weights, so CSR and compaction have work
-        let dense = ModelFile::from_model(&model, &config, Format::Dense, 0.02, (0.3, 0.35));
+        let dense = ModelFile::from_model(&model, &config, Format::Dense, 0.02, vec![(0.3, 0.35)]);
         for (format, file) in [
             ("dense", dense.clone()),
             ("sparse", dense.with_format(Format::Sparse)),

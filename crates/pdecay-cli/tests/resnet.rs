@@ -150,12 +150,12 @@ fn a_resnet_run_resumes_bit_identical_with_its_batch_norm_statistics() {
 }
 
 #[test]
-fn the_other_classifiers_train_on_cifar_and_what_cannot_work_yet_says_so() {
+fn every_classifier_trains_on_cifar_and_its_files_evaluate_to_the_runs_accuracy() {
     let data = cifar("others", 4, 10);
     let root = data.parent().unwrap().to_path_buf();
-    for model in ["mlp", "cnn"] {
+    for model in ["mlp", "cnn", "resnet20"] {
         let run = root.join(model);
-        ok(&[
+        let mut args = vec![
             "train",
             "--data",
             path(&data),
@@ -167,18 +167,36 @@ fn the_other_classifiers_train_on_cifar_and_what_cannot_work_yet_says_so() {
             "10",
             "--out",
             path(&run),
-        ]);
-        assert!(summary(&run)["final_test_accuracy"].as_f64().is_some());
-        // model files hold Fashion-MNIST networks for now: a clear refusal, no panic
-        fails(
-            &[
+        ];
+        if model == "resnet20" {
+            args.extend(["--resnet-width", "2"]);
+        }
+        ok(&args);
+        let accuracy = summary(&run)["final_test_accuracy"].as_f64().unwrap();
+        // model files hold networks on any image shape, with per-channel normalisation
+        for format in ["dense", "sparse"] {
+            let file = root.join(format!("{model}-{format}.safetensors"));
+            ok(&[
                 "export",
                 path(&run),
+                "--format",
+                format,
                 "--out",
-                path(&root.join("m.safetensors")),
-            ],
-            &["3x32x32"],
-        );
+                path(&file),
+            ]);
+            let said = ok(&["eval", path(&file), "--data", path(&data)]);
+            let tail = said.split("test accuracy ").nth(1).expect("an accuracy");
+            let evaluated: f64 = tail.split('%').next().unwrap().parse().unwrap();
+            assert!(
+                (evaluated - 100.0 * accuracy).abs() < 1e-9,
+                "{model} {format}: {said} vs {accuracy}"
+            );
+            // Fashion-MNIST's grey 28x28 images do not fit an RGB network
+            fails(
+                &["eval", path(&file), "--embedded"],
+                &["3x32x32", "1x28x28"],
+            );
+        }
     }
     // ResNets train on one device: replicas would share BatchNorm's statistics (the CLI
     // makes replicas of GPUs only, so this goes through the library)

@@ -62,8 +62,9 @@ pub struct CompactArgs {
 pub struct EvalArgs {
     /// A file from pdecay export or pdecay compact
     pub file: PathBuf,
-    /// Folder with the IDX files [default: $PDECAY_DATA, then /usr/share/datasets/fashion-mnist];
-    /// for a GPT file, the text it was trained on (its validation part is evaluated)
+    /// Folder with the IDX files, or CIFAR-10's folder or .tar.gz [default: $PDECAY_DATA, then
+    /// /usr/share/datasets/fashion-mnist]; for a GPT file, the text it was trained on (its
+    /// validation part is evaluated)
     #[arg(long, conflicts_with = "embedded")]
     pub data: Option<PathBuf>,
     /// Evaluate on the embedded subset's 1,000 test images
@@ -168,7 +169,7 @@ pub fn run_compact(args: &CompactArgs) -> Result<()> {
         &Engine::new(&dense)?,
         &Engine::new(&compacted)?,
         &splits,
-        dense.input_stats,
+        &dense.input_stats,
     );
     let size = compacted.save(&args.to.out)?;
     println!(
@@ -202,11 +203,12 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     let splits = if args.embedded {
         mnist::embedded()
     } else {
-        mnist::resolve_image_data(args.data.as_deref())?
+        let data = args.data.as_ref().map(|d| d.display().to_string());
+        crate::data::load_images(data.as_deref())?
     };
-    crate::deploy::check_images(&splits)?;
+    crate::deploy::check_images(&splits, file.config.image_shape)?;
     let engine = Engine::new(&file)?;
-    let acc = accuracy(&engine, &splits.test, file.input_stats);
+    let acc = accuracy(&engine, &splits.test, &file.input_stats);
     println!(
         "{} ({} {}, {} parameters, sparsity {:.1}%): test accuracy {:.2}% on {} images of {}",
         args.file.display(),
@@ -253,7 +255,7 @@ pub fn run_bench_infer(args: &BenchInferArgs) -> Result<()> {
         .iter()
         .map(|(_, f)| Engine::new(f))
         .collect::<Result<Vec<_>>>()?;
-    let latency = latencies(&engines, args.repeats);
+    let latency = latencies(&engines, dense.config.image_shape, args.repeats);
     println!(
         "\n{:<8} {:>12} {:>11} {:>10} {:>14} {:>15}",
         "format", "file size", "parameters", "non-zero", "batch 1", "batch 64"
@@ -261,7 +263,7 @@ pub fn run_bench_infer(args: &BenchInferArgs) -> Result<()> {
     let dense_size = variants[0].1.to_bytes()?.len();
     for (k, (name, file)) in variants.iter().enumerate() {
         let size = file.to_bytes()?.len();
-        let nonzero: usize = file.tensors.iter().map(ModelTensor::nonzero).sum();
+        let nonzero: usize = file.parameters().map(ModelTensor::nonzero).sum();
         println!(
             "{:<8} {:>12} {:>11} {:>10} {:>8.1} us {:.2}x {:>8.1} us {:.2}x  (size {:.3}x)",
             name,

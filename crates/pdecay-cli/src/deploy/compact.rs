@@ -9,11 +9,17 @@
 //! others, so the passes repeat until nothing changes. The result is a smaller dense model
 //! with the same outputs up to float rounding. "Zero" here is exactly 0.0 (pWD flushes dead
 //! weights to exact zero); weights merely below the sparsity threshold are kept.
+//!
+//! In a ResNet the channels between a BasicBlock's two convolutions are the units that can
+//! go: a channel that `conv2` never reads, or whose `conv1` weights are all zero and whose
+//! BatchNorm then gives `relu(β − μ·γ/√(σ² + ε)) = 0` everywhere (a constant other than 0 is
+//! kept: zero padding makes it position-dependent). The residual stream's channels are summed
+//! across blocks and stay. A block keeps at least one channel.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
-use super::model_file::{Format, ModelFile, ModelTensor, Stored};
-use crate::models::ModelKind;
+use super::model_file::{Format, ModelFile, ModelTensor, Stored, resnet_blocks};
+use crate::models::{ModelKind, ResNetConfig};
 
 /// One weighted layer as a 2-D `[units, inputs]` matrix, PyTorch orientation.
 #[derive(Debug, Clone)]
@@ -99,7 +105,7 @@ fn layer_names(file: &ModelFile) -> Result<Vec<(String, usize, bool)>> {
     Ok(match file.config.model {
         ModelKind::Gpt => bail!("model files hold the image classifiers, not the GPT"),
         ModelKind::Resnet18 | ModelKind::Resnet20 => {
-            bail!("model files do not hold ResNets yet, so there is none to compact")
+            bail!("a ResNet is compacted block by block (compact_resnet)")
         }
         ModelKind::Mlp => {
             let mut names: Vec<(String, usize, bool)> = (0..file.config.hidden.len())
@@ -128,6 +134,9 @@ fn layer_names(file: &ModelFile) -> Result<Vec<(String, usize, bool)>> {
 
 /// The compacted model (format `Compact`, all dense) and what was removed.
 pub fn compact(file: &ModelFile) -> Result<(ModelFile, CompactReport)> {
+    if file.config.model.is_resnet() {
+        return compact_resnet(file);
+    }
     let names = layer_names(file)?;
     let find = |name: &str| -> Result<&ModelTensor> {
         file.tensors
@@ -196,7 +205,7 @@ pub fn compact(file: &ModelFile) -> Result<(ModelFile, CompactReport)> {
         ModelKind::Mlp | ModelKind::Gpt => config.hidden = hidden,
         ModelKind::Cnn => config.cnn_widths = hidden,
         ModelKind::Resnet18 | ModelKind::Resnet20 => {
-            bail!("model files do not hold ResNets yet, so there is none to compact")
+            bail!("a ResNet is compacted block by block (compact_resnet)")
         }
     }
     let mut tensors = Vec::new();
@@ -219,7 +228,99 @@ pub fn compact(file: &ModelFile) -> Result<(ModelFile, CompactReport)> {
         format: Format::Compact,
         config,
         threshold: file.threshold,
-        input_stats: file.input_stats,
+        input_stats: file.input_stats.clone(),
+        inner_widths: Vec::new(),
+        tensors,
+    };
+    let report = CompactReport {
+        widths_before,
+        widths_after,
+        params_before: file.params(),
+        params_after: compacted.params(),
+    };
+    Ok((compacted, report))
+}
+
+/// A ResNet file with each BasicBlock's dead inner channels removed (see the module docs); the
+/// report's widths are the blocks' inner widths.
+fn compact_resnet(file: &ModelFile) -> Result<(ModelFile, CompactReport)> {
+    let config = ResNetConfig::of(file.config.model, file.config.widths())
+        .context("compact_resnet takes ResNet files")?;
+    let mut tensors: Vec<ModelTensor> = file
+        .tensors
+        .iter()
+        .map(|t| ModelTensor {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            stored: Stored::Dense(t.dense()),
+        })
+        .collect();
+    let (mut widths_before, mut widths_after) = (Vec::new(), Vec::new());
+    for block in resnet_blocks(&config) {
+        let at = |name: &str| -> Result<usize> {
+            let name = format!("{block}.{name}");
+            tensors
+                .iter()
+                .position(|t| t.name == name)
+                .with_context(|| format!("the file lacks {name}"))
+        };
+        let (conv1, conv2) = (at("conv1.weight")?, at("conv2.weight")?);
+        let bn1 = [
+            at("bn1.weight")?,
+            at("bn1.bias")?,
+            at("bn1.running_mean")?,
+            at("bn1.running_var")?,
+        ];
+        let inner = tensors[conv1].shape[0];
+        let values = |k: usize| tensors[k].dense();
+        let (w1, w2) = (values(conv1), values(conv2));
+        let [gamma, beta, mean, var] = bn1.map(values);
+        let (fan_in, taps) = (
+            w1.len() / inner.max(1),
+            tensors[conv2].shape[2..].iter().product(),
+        );
+        let outputs = tensors[conv2].shape[0];
+        let read = |c: usize| {
+            (0..outputs).any(|o| {
+                let row = &w2[(o * inner + c) * taps..(o * inner + c + 1) * taps];
+                row.iter().any(|&w| w != 0.0)
+            })
+        };
+        let silent = |c: usize| {
+            let scale = gamma[c] as f64 / (var[c] as f64 + 1e-5).sqrt();
+            w1[c * fan_in..(c + 1) * fan_in].iter().all(|&w| w == 0.0)
+                && beta[c] as f64 - mean[c] as f64 * scale <= 0.0
+        };
+        let mut kept: Vec<usize> = (0..inner).filter(|&c| read(c) && !silent(c)).collect();
+        if kept.is_empty() {
+            kept.push(0);
+        }
+        widths_before.push(inner);
+        widths_after.push(kept.len());
+        let rows = |values: &[f32], size: usize| -> Vec<f32> {
+            kept.iter()
+                .flat_map(|&c| values[c * size..(c + 1) * size].iter().copied())
+                .collect()
+        };
+        let w1 = rows(&w1, fan_in);
+        let w2: Vec<f32> = (0..outputs)
+            .flat_map(|o| rows(&w2[o * inner * taps..(o + 1) * inner * taps], taps))
+            .collect();
+        tensors[conv1].shape[0] = kept.len();
+        tensors[conv1].stored = Stored::Dense(w1);
+        tensors[conv2].shape[1] = kept.len();
+        tensors[conv2].stored = Stored::Dense(w2);
+        for (k, values) in bn1.into_iter().zip([gamma, beta, mean, var]) {
+            tensors[k].shape = vec![kept.len()];
+            tensors[k].stored = Stored::Dense(rows(&values, 1));
+        }
+    }
+    let compacted = ModelFile {
+        format: Format::Compact,
+        config: file.config.clone(),
+        threshold: file.threshold,
+        input_stats: file.input_stats.clone(),
+        inner_widths: widths_after.clone(),
         tensors,
     };
     let report = CompactReport {
@@ -253,7 +354,8 @@ mod tests {
                 ..TrainConfig::default()
             },
             threshold: 1e-13,
-            input_stats: (0.0, 1.0),
+            input_stats: vec![(0.0, 1.0)],
+            inner_widths: Vec::new(),
             tensors: vec![
                 // hidden unit 0 is live; unit 1 has zero outgoing weights (dead);
                 // unit 2 has zero incoming weights and bias 0.5 (constant relu = 0.5)
@@ -299,7 +401,6 @@ mod tests {
 
     #[test]
     fn dead_cnn_channels_and_units_go_and_the_logits_stay() {
-        use crate::deploy::IMAGE_SHAPE;
         use crate::deploy::infer::Engine;
         use crate::models::Classifier;
         use burn::tensor::Device;
@@ -310,11 +411,12 @@ mod tests {
         };
         let model = Classifier::new(
             config.model,
-            IMAGE_SHAPE,
+            crate::data::ImageShape::FASHION_MNIST,
             config.widths(),
             &Device::default(),
         );
-        let mut file = ModelFile::from_model(&model, &config, Format::Dense, 1e-13, (0.0, 1.0));
+        let mut file =
+            ModelFile::from_model(&model, &config, Format::Dense, 1e-13, vec![(0.0, 1.0)]);
         let mut zero = |name: &str, keep: &dyn Fn(&[usize], usize) -> bool| {
             let t = file.tensors.iter_mut().find(|t| t.name == name).unwrap();
             let (shape, mut values) = (t.shape.clone(), t.dense());
@@ -410,5 +512,97 @@ mod tests {
         for x in [[0.3, -0.7], [2.0, 1.0], [-1.0, -1.0], [0.0, 5.0]] {
             assert_eq!(forward(&original, x), forward(&compacted, x), "{x:?}");
         }
+    }
+
+    #[test]
+    fn dead_resnet_block_channels_go_and_the_logits_stay() {
+        use crate::data::ImageShape;
+        use crate::deploy::infer::Engine;
+        use crate::deploy::resnet_infer::tests::resnet_file;
+
+        let mut file = resnet_file(ModelKind::Resnet20, ImageShape::new(1, 8, 8), 4);
+        let mut edit = |name: &str, f: &dyn Fn(&[usize], usize, &mut f32)| {
+            let t = file.tensors.iter_mut().find(|t| t.name == name).unwrap();
+            let (shape, mut values) = (t.shape.clone(), t.dense());
+            values
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| f(&shape, i, v));
+            t.stored = Stored::Dense(values);
+        };
+        // layer1.0: conv2 never reads inner channel 1
+        edit("layer1.0.conv2.weight", &|s, i, v| {
+            if (i / (s[2] * s[3])) % s[1] == 1 {
+                *v = 0.0
+            }
+        });
+        // layer1.1: inner channel 2 has no weights, and its BatchNorm gives
+        // relu(β − μ·γ/√(σ²+ε)) = relu(-0.5 − 1·1/√(1+ε)) = 0: silent
+        // inner channel 3 has no weights either, but gives relu(0.5 − 0) = 0.5: kept
+        edit("layer1.1.conv1.weight", &|s, i, v| {
+            if [2, 3].contains(&(i / (s[1] * s[2] * s[3]))) {
+                *v = 0.0
+            }
+        });
+        for (key, two, three) in [
+            ("weight", 1.0, 1.0),
+            ("bias", -0.5, 0.5),
+            ("running_mean", 1.0, 0.0),
+            ("running_var", 1.0, 1.0),
+        ] {
+            edit(&format!("layer1.1.bn1.{key}"), &|_, i, v| match i {
+                2 => *v = two,
+                3 => *v = three,
+                _ => {}
+            });
+        }
+        // layer3.2: every inner channel dead; one is kept
+        edit("layer3.2.conv2.weight", &|_, _, v| *v = 0.0);
+
+        let (compacted, report) = compact(&file).unwrap();
+        assert_eq!(report.widths_before, [4, 4, 4, 8, 8, 8, 16, 16, 16]);
+        let mut after = report.widths_before.clone();
+        after[0] = 3;
+        after[1] = 3;
+        after[8] = 1;
+        // other blocks lose only channels that the random 70% zeros happened to kill
+        for (k, (&a, &b)) in report.widths_after.iter().zip(&after).enumerate() {
+            if [0, 1, 8].contains(&k) {
+                assert!(a <= b, "block {k}: {a} > {b}");
+            } else {
+                assert!(a <= b && a > 0, "block {k}");
+            }
+        }
+        assert!(report.widths_after[8] == 1 && report.widths_after[1] <= 3);
+        assert!(report.params_after < report.params_before);
+        assert_eq!(compacted.inner_widths, report.widths_after);
+        let conv2 = compacted
+            .tensors
+            .iter()
+            .find(|t| t.name == "layer1.1.conv2.weight")
+            .unwrap();
+        assert_eq!(conv2.shape[1], report.widths_after[1]);
+
+        // the file round-trips with its narrower blocks, and gives the same logits
+        let read = ModelFile::from_bytes(&compacted.to_bytes().unwrap()).unwrap();
+        assert_eq!(read, compacted);
+        let before = Engine::new(&file.with_format(Format::Sparse)).unwrap();
+        let after = Engine::new(&read).unwrap();
+        let x: Vec<f32> = (0..4 * 64)
+            .map(|i| ((i * 37) % 23) as f32 / 7.0 - 1.5)
+            .collect();
+        let (a, b) = (before.logits(&x, 4), after.logits(&x, 4));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max);
+        assert!(worst <= 1e-5, "compaction moved a logit by {worst}");
+        // burn cannot build the narrower blocks: a clear error, not a panic
+        let message = read.to_model(&burn::tensor::Device::default()).unwrap_err();
+        assert!(
+            message.to_string().contains("pdecay's own engine"),
+            "{message}"
+        );
     }
 }

@@ -9,9 +9,8 @@ use pdecay::csr::{Csr, transpose};
 use super::model_file::{Format, ModelFile, Stored};
 use std::time::Instant;
 
-use super::IMAGE_SIDE;
-use crate::data::ImageSet;
-use crate::data::ImageSplits;
+use super::resnet_infer::FoldedResNet;
+use crate::data::{ImageSet, ImageShape, ImageSplits};
 use crate::models::{Classifier, ModelKind};
 
 /// One layer of the sparse MLP: `y = relu?(W·x + b)`.
@@ -83,56 +82,69 @@ impl SparseMlp {
 }
 
 /// The CNN with CSR weights: conv2 as im2col + CSR, the dense layers as CSR products, conv1
-/// (one input channel, 288 weights) directly. Images run in parallel.
+/// (few input channels: 288 weights on grey images) directly. Images run in parallel.
 pub struct SparseCnn {
     conv1: (Vec<f32>, Vec<f32>),
     conv2: SparseLayer,
     dense: SparseLayer,
     output: SparseLayer,
-    side: usize,
+    shape: ImageShape,
 }
 
-/// `[channels, side, side]` → `[channels, side/2, side/2]`, the max of each 2×2 window.
-fn max_pool(x: &[f32], channels: usize, side: usize) -> Vec<f32> {
-    let half = side / 2;
-    let mut out = vec![0.0; channels * half * half];
+/// `[channels, h, w]` → `[channels, h/2, w/2]`, the max of each 2×2 window (an odd last row
+/// or column is dropped, as burn's pooling does).
+fn max_pool(x: &[f32], channels: usize, (h, w): (usize, usize)) -> Vec<f32> {
+    let (ho, wo) = (h / 2, w / 2);
+    let mut out = vec![0.0; channels * ho * wo];
     for c in 0..channels {
-        for i in 0..half {
-            for j in 0..half {
-                let at =
-                    |di: usize, dj: usize| x[c * side * side + (2 * i + di) * side + 2 * j + dj];
-                out[c * half * half + i * half + j] =
-                    at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1));
+        for i in 0..ho {
+            for j in 0..wo {
+                let at = |di: usize, dj: usize| x[c * h * w + (2 * i + di) * w + 2 * j + dj];
+                out[c * ho * wo + i * wo + j] = at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1));
             }
         }
     }
     out
 }
 
-/// The 3×3, zero-padded ("same") patches of `[channels, side, side]` as a
-/// `[channels·9, side·side]` matrix: row `c·9 + k` holds input `c` shifted by offset `k`.
-fn im2col(x: &[f32], channels: usize, side: usize) -> Vec<f32> {
-    let n = side * side;
-    let mut cols = vec![0.0; channels * 9 * n];
+/// The `kernel`×`kernel` patches of `[channels, h, w]`, zero-padded by `padding` and taken
+/// every `stride` pixels, as a `[channels·kernel², h'·w']` matrix (PyTorch's kernel order:
+/// row `(c·kernel + ky)·kernel + kx`), with `h' = (h + 2·padding − kernel)/stride + 1` and
+/// likewise `w'`. A convolution is then the product of its `[out, channels·kernel²]` weights
+/// with this matrix.
+pub(crate) fn im2col(
+    x: &[f32],
+    channels: usize,
+    (h, w): (usize, usize),
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> (Vec<f32>, usize, usize) {
+    let out_side = |side: usize| (side + 2 * padding).saturating_sub(kernel) / stride.max(1) + 1;
+    let (ho, wo) = (out_side(h), out_side(w));
+    let n = ho * wo;
+    let mut cols = vec![0.0; channels * kernel * kernel * n];
     for c in 0..channels {
-        for k in 0..9 {
-            let (dy, dx) = (k as isize / 3 - 1, k as isize % 3 - 1);
-            let row = &mut cols[(c * 9 + k) * n..(c * 9 + k + 1) * n];
-            for i in 0..side {
-                let y = i as isize + dy;
-                if y < 0 || y >= side as isize {
-                    continue;
-                }
-                for j in 0..side {
-                    let x_ = j as isize + dx;
-                    if x_ >= 0 && x_ < side as isize {
-                        row[i * side + j] = x[c * n + y as usize * side + x_ as usize];
+        let plane = &x[c * h * w..(c + 1) * h * w];
+        for ky in 0..kernel {
+            for kx in 0..kernel {
+                let row = (c * kernel + ky) * kernel + kx;
+                let out = &mut cols[row * n..(row + 1) * n];
+                for i in 0..ho {
+                    let Some(y) = (i * stride + ky).checked_sub(padding).filter(|&y| y < h) else {
+                        continue;
+                    };
+                    for j in 0..wo {
+                        if let Some(x_) = (j * stride + kx).checked_sub(padding).filter(|&v| v < w)
+                        {
+                            out[i * wo + j] = plane[y * w + x_];
+                        }
                     }
                 }
             }
         }
     }
-    cols
+    (cols, ho, wo)
 }
 
 impl SparseCnn {
@@ -170,24 +182,25 @@ impl SparseCnn {
             conv2: layer("Cnn.conv2"),
             dense: layer("Cnn.dense"),
             output: layer("Cnn.output"),
-            side: IMAGE_SIDE,
+            shape: file.config.image_shape,
         }
     }
 
     fn image_logits(&self, image: &[f32]) -> Vec<f32> {
-        let side = self.side;
         let relu = |v: &mut Vec<f32>| v.iter_mut().for_each(|x| *x = x.max(0.0));
-        // conv1: one input channel, so its im2col is [9, side²] and the product is tiny
+        let size = (self.shape.height, self.shape.width);
+        // conv1: few input channels, so its im2col is [channels·9, h·w] and the product small
         let (w1, b1) = &self.conv1;
         let c1 = b1.len();
-        let patches = im2col(image, 1, side);
-        let n = side * side;
+        let (patches, _, _) = im2col(image, self.shape.channels, size, 3, 1, 1);
+        let n = size.0 * size.1;
+        let taps = patches.len() / n.max(1);
         let mut h = vec![0.0; c1 * n];
         for c in 0..c1 {
             let out = &mut h[c * n..(c + 1) * n];
             out.fill(b1[c]);
-            for k in 0..9 {
-                let w = w1[c * 9 + k];
+            for k in 0..taps {
+                let w = w1[c * taps + k];
                 if w != 0.0 {
                     for (o, p) in out.iter_mut().zip(&patches[k * n..(k + 1) * n]) {
                         *o += w * p;
@@ -196,17 +209,17 @@ impl SparseCnn {
             }
         }
         relu(&mut h);
-        let h = max_pool(&h, c1, side);
-        let side = side / 2;
-        let n = side * side;
-        let patches = im2col(&h, c1, side);
+        let h = max_pool(&h, c1, size);
+        let size = (size.0 / 2, size.1 / 2);
+        let n = size.0 * size.1;
+        let (patches, _, _) = im2col(&h, c1, size, 3, 1, 1);
         let c2 = self.conv2.weight.rows;
         let mut h = vec![0.0; c2 * n];
         self.conv2
             .weight
             .matmul_t(&patches, n, Some(&self.conv2.bias), &mut h);
         relu(&mut h);
-        let h = max_pool(&h, c2, side);
+        let h = max_pool(&h, c2, size);
         let mut d = vec![0.0; self.dense.weight.rows];
         self.dense.weight.matvec(&h, Some(&self.dense.bias), &mut d);
         relu(&mut d);
@@ -238,14 +251,20 @@ pub enum Engine {
     Sparse(SparseMlp),
     /// CSR weights (sparse CNN files).
     SparseCnn(Box<SparseCnn>),
+    /// CSR weights with BatchNorm folded in (sparse and compact ResNet files).
+    FoldedResNet(Box<FoldedResNet>),
 }
 
 impl Engine {
-    /// The engine for a file: CSR products for a sparse file, burn's dense ops otherwise.
+    /// The engine for a file: CSR products for a sparse file, burn's dense ops otherwise;
+    /// a compact ResNet, whose blocks burn cannot build narrower, runs folded on CSR too.
     pub fn new(file: &ModelFile) -> Result<Self> {
         Ok(match (file.format, file.config.model) {
             (Format::Sparse, ModelKind::Mlp) => Self::Sparse(SparseMlp::new(file)),
             (Format::Sparse, ModelKind::Cnn) => Self::SparseCnn(Box::new(SparseCnn::new(file))),
+            (Format::Sparse | Format::Compact, ModelKind::Resnet18 | ModelKind::Resnet20) => {
+                Self::FoldedResNet(Box::new(FoldedResNet::new(file)?))
+            }
             (_, ModelKind::Gpt) => {
                 anyhow::bail!("model files hold the image classifiers, not the GPT")
             }
@@ -273,13 +292,14 @@ impl Engine {
             }
             Self::Sparse(mlp) => mlp.logits(x, batch),
             Self::SparseCnn(cnn) => cnn.logits(x, batch),
+            Self::FoldedResNet(net) => net.logits(x, batch),
         }
     }
 }
 
-/// Test accuracy of `engine` on `images`, normalised with `stats`, in batches of 500.
-pub fn accuracy(engine: &Engine, images: &ImageSet, stats: (f64, f64)) -> f64 {
-    let stats = &[stats];
+/// Test accuracy of `engine` on `images`, normalised with `stats` (per channel), in batches
+/// of 500.
+pub fn accuracy(engine: &Engine, images: &ImageSet, stats: &[(f64, f64)]) -> f64 {
     let indices: Vec<usize> = (0..images.len()).collect();
     let mut correct = 0;
     for chunk in indices.chunks(500) {
@@ -303,9 +323,8 @@ pub fn max_logit_difference(
     a: &Engine,
     b: &Engine,
     splits: &ImageSplits,
-    stats: (f64, f64),
+    stats: &[(f64, f64)],
 ) -> f64 {
-    let stats = &[stats];
     let indices: Vec<usize> = (0..splits.test.len()).collect();
     let mut worst = 0.0f64;
     for chunk in indices.chunks(500) {
@@ -318,11 +337,11 @@ pub fn max_logit_difference(
     worst
 }
 
-/// The median latency in seconds of each engine at batch 1 and batch 64, over `repeats`
-/// (batch 1) and `repeats / 4` (batch 64) runs that alternate the engines, so that drift in the
-/// machine's load hits all alike.
-pub fn latencies(engines: &[Engine], repeats: usize) -> Vec<[f64; 2]> {
-    let pixels = IMAGE_SIDE * IMAGE_SIDE;
+/// The median latency in seconds of each engine at batch 1 and batch 64 on images of `shape`,
+/// over `repeats` (batch 1) and `repeats / 4` (batch 64) runs that alternate the engines, so
+/// that drift in the machine's load hits all alike.
+pub fn latencies(engines: &[Engine], shape: ImageShape, repeats: usize) -> Vec<[f64; 2]> {
+    let pixels = shape.values();
     // deterministic inputs in the normalised range; latency does not depend on the values
     let input: Vec<f32> = (0..64 * pixels)
         .map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0)
@@ -358,7 +377,6 @@ pub fn latencies(engines: &[Engine], repeats: usize) -> Vec<[f64; 2]> {
 mod tests {
     use super::*;
     use crate::config::TrainConfig;
-    use crate::deploy::{IMAGE_SHAPE, IMAGE_SIDE};
 
     /// A randomly initialised model with 80% of each weight tensor zeroed.
     fn sparse_file(model: ModelKind) -> ModelFile {
@@ -369,12 +387,12 @@ mod tests {
         };
         let classifier = Classifier::new(
             config.model,
-            IMAGE_SHAPE,
+            crate::data::ImageShape::FASHION_MNIST,
             config.widths(),
             &Device::default(),
         );
         let mut file =
-            ModelFile::from_model(&classifier, &config, Format::Dense, 1e-13, (0.0, 1.0));
+            ModelFile::from_model(&classifier, &config, Format::Dense, 1e-13, vec![(0.0, 1.0)]);
         for t in file.tensors.iter_mut().filter(|t| t.shape.len() >= 2) {
             let mut values = t.dense();
             values.iter_mut().enumerate().for_each(|(i, v)| {
@@ -398,7 +416,7 @@ mod tests {
                 "{model:?} runs sparse"
             );
             for batch in [1, 5] {
-                let x: Vec<f32> = (0..batch * IMAGE_SIDE * IMAGE_SIDE)
+                let x: Vec<f32> = (0..batch * 28 * 28)
                     .map(|i| ((i * 31) % 97) as f32 / 40.0 - 1.2)
                     .collect();
                 let (a, b) = (reference.logits(&x, batch), engine.logits(&x, batch));

@@ -1,5 +1,6 @@
 //! Deployment: a run's model as a safetensors file (dense, sparse CSR, or compacted), and the
-//! sparse CPU inference engines that run it.
+//! sparse CPU inference engines that run it. Every image classifier (MLP, CNN, ResNets) on
+//! images of any shape, and the GPT.
 
 pub mod compact;
 pub mod gpt_compact;
@@ -7,40 +8,19 @@ pub mod gpt_file;
 pub mod gpt_infer;
 pub mod infer;
 pub mod model_file;
+pub mod resnet_infer;
 
 use anyhow::{Result, ensure};
 
-use crate::config::TrainConfig;
 use crate::data::{ImageShape, ImageSplits};
 
-/// The images model files and the sparse engines take: Fashion-MNIST's 1×28×28. Runs on other
-/// shapes (CIFAR-10) and the ResNets train, and their checkpoints hold their weights, but they
-/// have no model file yet.
-pub const IMAGE_SHAPE: ImageShape = ImageShape::FASHION_MNIST;
-
-/// The side of [`IMAGE_SHAPE`].
-pub(crate) const IMAGE_SIDE: usize = 28;
-
-/// A model `config` describes can go into a model file: an MLP or CNN on [`IMAGE_SHAPE`].
-pub fn check_deployable(config: &TrainConfig) -> Result<()> {
-    ensure!(
-        !config.model.is_resnet(),
-        "model files do not hold ResNets yet: the run's checkpoint has its weights, and `pdecay report` reads it"
-    );
-    ensure!(
-        config.image_shape == IMAGE_SHAPE,
-        "model files hold networks on {IMAGE_SHAPE} images (Fashion-MNIST); this one takes {} images, which no model file holds yet: the run's checkpoint has its weights",
-        config.image_shape
-    );
-    Ok(())
-}
-
-/// `splits` are images a model file's network takes ([`IMAGE_SHAPE`]), in both splits.
-pub fn check_images(splits: &ImageSplits) -> Result<()> {
+/// `splits` are images the model file's network takes (`shape`, recorded in its config), in
+/// both splits.
+pub fn check_images(splits: &ImageSplits, shape: ImageShape) -> Result<()> {
     splits.check()?;
     ensure!(
-        splits.shape() == IMAGE_SHAPE,
-        "the images in {} are {}; model files take {IMAGE_SHAPE} images (Fashion-MNIST, MNIST)",
+        splits.shape() == shape,
+        "the images in {} are {}; the model takes {shape} images: give the data it was trained on",
         splits.source,
         splits.shape()
     );

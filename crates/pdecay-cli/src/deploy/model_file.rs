@@ -9,7 +9,17 @@
 //! `NAME.row_offsets` (i32), with its shape in the metadata key `shape.NAME`; all other
 //! tensors stay dense.
 //! `__metadata__` also holds the format version, the format, the run's config (TOML), p,
-//! lambda, the threshold and the sparsity.
+//! lambda, the threshold, the sparsity and the input normalisation (`input_mean`,
+//! `input_std`: a number for one channel, a JSON list for several).
+//!
+//! The MLP's and CNN's tensors are named by their burn paths (`Mlp.hidden.0.weight`). A
+//! ResNet's are named as in the authors' PyTorch model ([`torch_name`]: `conv1.weight`,
+//! `layer1.0.bn1.running_mean`, `layer2.0.shortcut.0.weight`, `linear.weight`), BatchNorm's
+//! running statistics included, so `model.load_state_dict(safetensors.torch.load_file(F),
+//! strict=False)` loads a dense file into it (`num_batches_tracked` is not stored). BatchNorm
+//! stays unfolded in the file; the inference engines fold it
+//! ([`super::resnet_infer`]). A compacted ResNet's narrower blocks are listed in the metadata
+//! key `inner_widths`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,10 +32,11 @@ use pdecay_burn::parameter_values;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
-use super::{check_deployable, check_images};
+use super::check_images;
 use crate::config::TrainConfig;
-use crate::data::{ImageSplits, load_images};
-use crate::models::{Classifier, ModelKind, memory};
+use crate::data::{ChannelStats, ImageSplits, load_images};
+use crate::models::resnet::torch_name;
+use crate::models::{Classifier, ModelKind, ResNetConfig, memory};
 use crate::run::{RunDir, write_atomic};
 
 /// The version written into every file; files of other versions are refused.
@@ -127,9 +138,12 @@ pub struct ModelFile {
     pub config: TrainConfig,
     /// |w| below this counts as zero (and is dropped from CSR).
     pub threshold: f64,
-    /// The training set's pixel mean and std (of values in [0, 1]) that inputs are
-    /// normalised with.
-    pub input_stats: (f64, f64),
+    /// The training set's pixel mean and std (of values in [0, 1]) per channel, that inputs
+    /// are normalised with.
+    pub input_stats: ChannelStats,
+    /// A compacted ResNet's channels between each BasicBlock's two convolutions, blocks in
+    /// forward order; empty for every other file (the blocks are as wide as their output).
+    pub inner_widths: Vec<usize>,
     /// The tensors, in the model's parameter order.
     pub tensors: Vec<ModelTensor>,
 }
@@ -141,6 +155,11 @@ fn reorient(shape: &[usize], values: Vec<f32>) -> (Vec<usize>, Vec<f32>) {
         [a, b] => (vec![*b, *a], transpose(&values, *a, *b)),
         _ => (shape.to_vec(), values),
     }
+}
+
+/// Whether the tensor named `name` is a buffer: BatchNorm's running mean or variance.
+fn is_buffer(name: &str) -> bool {
+    name.ends_with(".running_mean") || name.ends_with(".running_var")
 }
 
 /// Whether the tensor named `name` with `shape` is a decayed weight (rank >= 2).
@@ -155,14 +174,14 @@ impl ModelFile {
         config: &TrainConfig,
         format: Format,
         threshold: f64,
-        input_stats: (f64, f64),
+        input_stats: ChannelStats,
     ) -> Self {
         let tensors = parameter_values(model)
             .into_iter()
             .map(|p| {
                 let (shape, values) = reorient(&p.shape, p.values);
                 ModelTensor {
-                    name: p.name,
+                    name: file_name(config.model, &p.name),
                     shape,
                     stored: Stored::Dense(values),
                 }
@@ -173,6 +192,7 @@ impl ModelFile {
             config: config.clone(),
             threshold,
             input_stats,
+            inner_widths: Vec::new(),
             tensors,
         }
         .with_format(format)
@@ -193,9 +213,15 @@ impl ModelFile {
         weight_sparsity(&self.tensors, self.threshold)
     }
 
-    /// Number of parameters (zeros included).
+    /// Number of parameters (zeros included), as PyTorch counts them: BatchNorm's running
+    /// statistics are buffers, not parameters.
     pub fn params(&self) -> usize {
-        self.tensors.iter().map(ModelTensor::params).sum()
+        self.parameters().map(ModelTensor::params).sum()
+    }
+
+    /// The tensors that are parameters (all but BatchNorm's running statistics).
+    pub fn parameters(&self) -> impl Iterator<Item = &ModelTensor> {
+        self.tensors.iter().filter(|t| !is_buffer(&t.name))
     }
 
     /// The safetensors bytes.
@@ -210,9 +236,13 @@ impl ModelFile {
             ("p".to_string(), self.config.p.to_string()),
             ("lambda".to_string(), self.config.lambda.to_string()),
             ("threshold".to_string(), self.threshold.to_string()),
-            ("input_mean".to_string(), self.input_stats.0.to_string()),
-            ("input_std".to_string(), self.input_stats.1.to_string()),
+            ("input_mean".to_string(), stats_text(&self.input_stats, |s| s.0)),
+            ("input_std".to_string(), stats_text(&self.input_stats, |s| s.1)),
             ("sparsity".to_string(), self.sparsity().to_string()),
+            (
+                "inner_widths".to_string(),
+                serde_json::to_string(&self.inner_widths)?,
+            ),
             (
                 "layout".to_string(),
                 "weights [out, in] (PyTorch nn.Linear), conv [out, in, kh, kw]; sparse NAME as NAME.values (f32), NAME.col_indices (u16, or i32 past 65536 columns), NAME.row_offsets (i32) (CSR of [out, in*kh*kw]) with shape.NAME".to_string(),
@@ -245,40 +275,77 @@ impl ModelFile {
             threshold,
         } = Header::read(bytes)?;
         let get = |key: &str| Header::get_in(&meta, key);
-        let number = |key: &str| -> Result<f64> {
-            get(key)?
-                .parse()
-                .with_context(|| format!("the {key} in __metadata__ is not a number"))
+        let numbers = |key: &str| -> Result<Vec<f64>> {
+            let text = get(key)?;
+            // one channel: a number (every file before multi-channel data); several: a list
+            serde_json::from_str::<f64>(text)
+                .map(|v| vec![v])
+                .or_else(|_| serde_json::from_str::<Vec<f64>>(text))
+                .with_context(|| {
+                    format!("the {key} in __metadata__ is not a number or a list of numbers")
+                })
         };
-        let input_stats = (number("input_mean")?, number("input_std")?);
+        let (means, stds) = (numbers("input_mean")?, numbers("input_std")?);
         ensure!(
-            input_stats.1 > 0.0 && input_stats.1.is_finite() && input_stats.0.is_finite(),
-            "the input_mean and input_std in __metadata__ are not a usable normalisation"
+            means.len() == config.image_shape.channels
+                && stds.len() == means.len()
+                && means.iter().all(|m| m.is_finite())
+                && stds.iter().all(|s| *s > 0.0 && s.is_finite()),
+            "the input_mean and input_std in __metadata__ are not a usable normalisation of {}-channel images: one finite mean and one positive std per channel",
+            config.image_shape.channels
         );
-        let expected = expected_tensors(&config)?;
+        let input_stats = means.into_iter().zip(stds).collect();
+        // files written before compacted ResNets have no inner widths
+        let inner_widths: Vec<usize> = match meta.get("inner_widths") {
+            Some(text) => serde_json::from_str(text)
+                .context("the inner_widths in __metadata__ is not a list of widths")?,
+            None => Vec::new(),
+        };
+        let expected = expected_tensors(&config, &inner_widths)?;
         let tensors = read_tensors(&file, &meta, expected)?;
+        // BatchNorm divides by √(σ² + ε): a negative variance would give NaN logits
+        if let Some(t) = tensors
+            .iter()
+            .find(|t| t.name.ends_with("running_var") && t.dense().iter().any(|&v| v < 0.0))
+        {
+            bail!(
+                "tensor {} holds a negative variance: the file is damaged",
+                t.name
+            );
+        }
         Ok(Self {
             format,
             config,
             threshold,
             input_stats,
+            inner_widths,
             tensors,
         })
     }
 
-    /// The burn model with these weights (zeros where CSR dropped values).
+    /// The burn model with these weights (zeros where CSR dropped values). A compacted
+    /// ResNet has no burn model: its narrower blocks run on [`super::resnet_infer`].
     pub fn to_model(&self, device: &Device) -> Result<Classifier> {
+        ensure!(
+            self.inner_widths.is_empty(),
+            "a compacted ResNet runs on pdecay's own engine only, not as a burn model"
+        );
         let model = Classifier::new(
             self.config.model,
             self.config.image_shape,
             self.config.widths(),
             device,
         );
-        let weights = self
-            .tensors
-            .iter()
-            .map(|t| (t.name.clone(), reorient(&t.shape, t.dense())))
-            .collect();
+        let mut by_name: HashMap<&str, &ModelTensor> =
+            self.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+        let mut weights = HashMap::new();
+        for p in parameter_values(&model) {
+            let name = file_name(self.config.model, &p.name);
+            let t = by_name
+                .remove(name.as_str())
+                .with_context(|| format!("the file lacks tensor {name}"))?;
+            weights.insert(p.name, reorient(&t.shape, t.dense()));
+        }
         load_into(model, weights, device)
     }
 }
@@ -300,10 +367,9 @@ impl ModelFile {
         let mut config = run.read_config()?;
         ensure!(
             config.model.is_classifier(),
-            "{} is a GPT run; export, compact and bench-infer take image classifier runs (MLP, CNN)",
+            "{} is a GPT run; export, compact and bench-infer take image classifier runs (MLP, CNN, ResNets)",
             run.path().display()
         );
-        check_deployable(&config).with_context(|| format!("{}", run.path().display()))?;
         // export and the sparse engines are CPU code
         let model = Classifier::new(
             config.model,
@@ -321,8 +387,8 @@ impl ModelFile {
             config.data = Some(dir.display().to_string());
         }
         let splits = load_images(config.data.as_deref())?;
-        check_images(&splits)?;
-        let stats = splits.train.pixel_stats()[0];
+        check_images(&splits, config.image_shape)?;
+        let stats = splits.train.pixel_stats();
         let file = ModelFile::from_model(&model, &config, Format::Dense, config.threshold, stats);
         Ok(RunModel {
             file,
@@ -362,6 +428,25 @@ pub(crate) fn stored_as(
             }
         })
         .collect()
+}
+
+/// The name a file gives the parameter at burn path `path` of a `kind` model: a ResNet's as in
+/// the authors' PyTorch model, the others' their burn path.
+fn file_name(kind: ModelKind, path: &str) -> String {
+    if kind.is_resnet() {
+        torch_name(path)
+    } else {
+        path.to_string()
+    }
+}
+
+/// `input_stats`' field `part` as metadata: a number for one channel, a JSON list for several.
+fn stats_text(stats: &ChannelStats, part: impl Fn(&(f64, f64)) -> f64) -> String {
+    match stats.as_slice() {
+        [one] => part(one).to_string(),
+        many => serde_json::to_string(&many.iter().map(part).collect::<Vec<_>>())
+            .expect("a list of numbers serialises"),
+    }
 }
 
 /// Share of weight values (rank >= 2) of `tensors` with |w| below `threshold`.
@@ -565,8 +650,12 @@ pub fn check_destination(out: &Path, force: bool) -> Result<()> {
 /// The largest model a file may describe (a bound against damaged headers).
 const MAX_PARAMS: u128 = 100_000_000;
 
-/// `(name, shape in PyTorch orientation)` of every parameter of the model `config` describes.
-fn expected_tensors(config: &TrainConfig) -> Result<Vec<(String, Vec<usize>)>> {
+/// `(name, shape in PyTorch orientation)` of every parameter of the model `config` describes,
+/// a compacted ResNet's blocks `inner_widths` wide.
+fn expected_tensors(
+    config: &TrainConfig,
+    inner_widths: &[usize],
+) -> Result<Vec<(String, Vec<usize>)>> {
     config
         .validate()
         .context("the model_config in __metadata__ is invalid")?;
@@ -574,7 +663,6 @@ fn expected_tensors(config: &TrainConfig) -> Result<Vec<(String, Vec<usize>)>> {
         config.model.is_classifier(),
         "this is a GPT model file: test it with `pdecay eval FILE --data input.txt`, generate with `pdecay sample FILE`; the image commands take classifier files"
     );
-    check_deployable(config).context("the model_config in __metadata__")?;
     // Bound the model before building it: a damaged header must not allocate gigabytes.
     let params = memory::classifier(config.model, config.image_shape, config.widths(), 1).params;
     ensure!(
@@ -587,16 +675,72 @@ fn expected_tensors(config: &TrainConfig) -> Result<Vec<(String, Vec<usize>)>> {
         config.widths(),
         &Device::flex(),
     );
-    Ok(parameter_values(&model)
+    let mut expected: Vec<(String, Vec<usize>)> = parameter_values(&model)
         .into_iter()
         .map(|p| {
             let shape = match p.shape.as_slice() {
                 [a, b] => vec![*b, *a],
                 s => s.to_vec(),
             };
-            (p.name, shape)
+            (file_name(config.model, &p.name), shape)
         })
-        .collect())
+        .collect();
+    if !inner_widths.is_empty() {
+        narrow_blocks(config, inner_widths, &mut expected)?;
+    }
+    Ok(expected)
+}
+
+/// The names of a `config` ResNet's BasicBlocks (`layer1.0`, ...), in forward order.
+pub(crate) fn resnet_blocks(config: &ResNetConfig) -> Vec<String> {
+    config
+        .stages
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &(_, _, blocks))| (0..blocks).map(move |j| format!("layer{}.{j}", i + 1)))
+        .collect()
+}
+
+/// `expected`'s shapes with each BasicBlock `inner_widths[k]` channels wide between its convs:
+/// `conv1`'s outputs, `bn1`'s channels and `conv2`'s inputs.
+fn narrow_blocks(
+    config: &TrainConfig,
+    inner_widths: &[usize],
+    expected: &mut [(String, Vec<usize>)],
+) -> Result<()> {
+    let blocks = ResNetConfig::of(config.model, config.widths())
+        .map(|c| resnet_blocks(&c))
+        .unwrap_or_default();
+    ensure!(
+        inner_widths.len() == blocks.len(),
+        "the inner_widths in __metadata__ list {} blocks; a {} has {} (inner_widths belong to compacted ResNets)",
+        inner_widths.len(),
+        crate::config::flag_name(config.model),
+        blocks.len()
+    );
+    for (block, &width) in blocks.iter().zip(inner_widths) {
+        for (name, shape) in expected.iter_mut() {
+            let Some(rest) = name
+                .strip_prefix(block.as_str())
+                .and_then(|r| r.strip_prefix('.'))
+            else {
+                continue;
+            };
+            let axis = match rest {
+                "conv1.weight" | "bn1.weight" | "bn1.bias" | "bn1.running_mean"
+                | "bn1.running_var" => 0,
+                "conv2.weight" => 1,
+                _ => continue,
+            };
+            ensure!(
+                (1..=shape[axis]).contains(&width),
+                "the inner_widths in __metadata__ give {block} {width} channels; it has 1 to {}",
+                shape[axis]
+            );
+            shape[axis] = width;
+        }
+    }
+    Ok(())
 }
 
 /// The tensors `expected` (`(name, shape)`, in order) from `file`, dense or as CSR (when
@@ -779,11 +923,12 @@ mod tests {
         };
         let model = Classifier::new(
             config.model,
-            crate::deploy::IMAGE_SHAPE,
+            crate::data::ImageShape::FASHION_MNIST,
             config.widths(),
             &Device::default(),
         );
-        let mut file = ModelFile::from_model(&model, &config, Format::Dense, 1e-13, (0.28, 0.35));
+        let mut file =
+            ModelFile::from_model(&model, &config, Format::Dense, 1e-13, vec![(0.28, 0.35)]);
         for t in file.tensors.iter_mut().filter(|t| is_weight(&t.shape)) {
             let mut values = t.dense();
             for (i, v) in values.iter_mut().enumerate() {
@@ -859,8 +1004,13 @@ mod tests {
     fn the_model_gets_the_files_weights_in_burns_orientation() {
         let file = sparse_mlp();
         let model = file.to_model(&Device::default()).unwrap();
-        let back =
-            ModelFile::from_model(&model, &file.config, Format::Dense, 1e-13, file.input_stats);
+        let back = ModelFile::from_model(
+            &model,
+            &file.config,
+            Format::Dense,
+            1e-13,
+            file.input_stats.clone(),
+        );
         assert_eq!(back.tensors, file.tensors);
         // burn keeps Linear weights as [in, out]; the file as [out, in]
         let burn_shapes: Vec<Vec<usize>> = parameter_values(&model)
@@ -947,6 +1097,51 @@ mod tests {
         let old = safetensors::serialize(views, Some(meta)).unwrap();
         assert!(old.len() > bytes.len());
         assert_eq!(ModelFile::from_bytes(&old).unwrap(), file);
+    }
+
+    #[test]
+    fn resnet_files_keep_rgb_normalisation_and_refuse_negative_variances() {
+        use crate::deploy::resnet_infer::tests::resnet_file;
+        let mut file = resnet_file(ModelKind::Resnet20, crate::data::ImageShape::CIFAR10, 2);
+        file.input_stats = vec![(0.49, 0.25), (0.48, 0.24), (0.45, 0.26)];
+        let bytes = file.to_bytes().unwrap();
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = header.metadata().clone().unwrap();
+        assert_eq!(meta["input_mean"], "[0.49,0.48,0.45]");
+        assert_eq!(ModelFile::from_bytes(&bytes).unwrap(), file);
+        // buffers are not parameters: 272,474 less the stem's 3 input channels' share
+        let r20 = 272_474 - 9 * 3 * 16 + 9 * 3 * 2;
+        assert!(file.params() < r20 && file.params() > 0);
+        let counted: usize = file
+            .tensors
+            .iter()
+            .filter(|t| !t.name.contains("running"))
+            .map(ModelTensor::params)
+            .sum();
+        assert_eq!(file.params(), counted);
+        // one channel's stats for RGB images
+        let mut grey = file.clone();
+        grey.input_stats.truncate(1);
+        let message = format!(
+            "{:#}",
+            ModelFile::from_bytes(&grey.to_bytes().unwrap()).unwrap_err()
+        );
+        assert!(message.contains("3-channel"), "{message}");
+        let mut damaged = file.clone();
+        let var = damaged
+            .tensors
+            .iter_mut()
+            .find(|t| t.name == "layer2.1.bn1.running_var")
+            .unwrap();
+        var.stored = Stored::Dense(vec![-1.0; var.params()]);
+        let message = format!(
+            "{:#}",
+            ModelFile::from_bytes(&damaged.to_bytes().unwrap()).unwrap_err()
+        );
+        assert!(
+            message.contains("layer2.1.bn1.running_var holds a negative variance"),
+            "{message}"
+        );
     }
 
     proptest! {

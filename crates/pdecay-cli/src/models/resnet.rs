@@ -76,6 +76,40 @@ impl ResNetConfig {
     }
 }
 
+/// The name PyTorch gives the parameter or buffer at burn path `path` of a [`ResNet`] in the
+/// authors' CIFAR ResNet (and kuangliu's `pytorch-cifar`, which it follows): `conv1`, `bn1`,
+/// `layer{i+1}.{j}.conv1` for block `j` of stage `i`, `shortcut.0` / `shortcut.1` for the
+/// projection's conv and BatchNorm, `linear`; BatchNorm's γ and β are `weight` and `bias`.
+/// A leading `ResNet.` (the classifier's variant) is dropped; other paths are kept as they are.
+pub fn torch_name(path: &str) -> String {
+    let mut parts: Vec<String> = path.split('.').map(str::to_string).collect();
+    if parts.first().is_some_and(|p| p == "ResNet") {
+        parts.remove(0);
+    }
+    if parts.first().is_some_and(|p| p == "stages")
+        && let Some(stage) = parts.get(1).and_then(|s| s.parse::<usize>().ok())
+    {
+        parts.splice(0..2, [format!("layer{}", stage + 1)]);
+    }
+    if let Some(at) = parts.iter().position(|p| p == "shortcut")
+        && let Some(inner) = parts.get_mut(at + 1)
+    {
+        match inner.as_str() {
+            "conv" => *inner = "0".into(),
+            "bn" => *inner = "1".into(),
+            _ => {}
+        }
+    }
+    if let Some(last) = parts.last_mut() {
+        match last.as_str() {
+            "gamma" => *last = "weight".into(),
+            "beta" => *last = "bias".into(),
+            _ => {}
+        }
+    }
+    parts.join(".")
+}
+
 /// A 3×3 convolution with padding 1 and no bias.
 fn conv3x3(inputs: usize, outputs: usize, stride: usize, device: &Device) -> Conv2d {
     Conv2dConfig::new([inputs, outputs], [3, 3])
@@ -240,6 +274,48 @@ mod tests {
             &device,
         );
         assert_eq!(trained_param_count(&grey), by_hand - 9 * 2 * 16);
+    }
+
+    #[test]
+    fn parameters_take_the_authors_pytorch_names() {
+        let net = ResNet::new(
+            &ResNetConfig::resnet20(2),
+            ImageShape::CIFAR10,
+            10,
+            &Device::default(),
+        );
+        let names: Vec<String> = pdecay_burn::parameter_values(&net)
+            .into_iter()
+            .map(|p| torch_name(&format!("ResNet.{}", p.name)))
+            .collect();
+        for expected in [
+            "conv1.weight",
+            "bn1.weight",
+            "bn1.bias",
+            "bn1.running_mean",
+            "bn1.running_var",
+            "layer1.0.conv1.weight",
+            "layer1.2.bn2.running_var",
+            "layer2.0.shortcut.0.weight",
+            "layer2.0.shortcut.1.weight",
+            "layer2.0.shortcut.1.running_mean",
+            "layer3.2.conv2.weight",
+            "linear.weight",
+            "linear.bias",
+        ] {
+            assert!(names.iter().any(|n| n == expected), "{expected}: {names:?}");
+        }
+        // one name per tensor: 1 + 9 blocks of 2 conv-BN pairs + 2 projections, + linear
+        let unique: std::collections::HashSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
+        assert_eq!(names.len(), 5 * (1 + 9 * 2 + 2) + 2);
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.contains("stages") && !n.contains("gamma"))
+        );
+        // other paths are left as they are
+        assert_eq!(torch_name("Mlp.hidden.0.weight"), "Mlp.hidden.0.weight");
     }
 
     #[test]
