@@ -182,6 +182,48 @@ fn check_deploy(name: &str, model_args: &[&str], max_size_ratio: f64) {
         "{name}: loading changed the weights"
     );
 
+    // `pdecay logits` (for bench/resnet_check.sh) writes the dense model's logits on the
+    // first test images, inputs normalised as the file says
+    let json = root.join("logits.json");
+    ok(&[
+        "logits",
+        path(&dense),
+        "--embedded",
+        "--images",
+        "3",
+        "--out",
+        path(&json),
+    ]);
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let row = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let inputs: Vec<f32> = written["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(row)
+        .collect();
+    assert_eq!(inputs, x[..inputs.len()]);
+    let logits: Vec<f32> = written["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(row)
+        .collect();
+    // a batch of 3, not of the whole test set: gemm may add in another order
+    let off = worst(&logits, &full[..3 * 10]);
+    assert!(logits.len() == 30 && off <= 1e-5, "{off}");
+    fails(
+        &["logits", path(&dense), "--text", "ab", "--out", path(&json)],
+        &["--text is for GPTs"],
+    );
+
     let said = ok(&["bench-infer", path(&run), "--repeats", "4"]);
     for row in ["dense", "sparse", "compact"] {
         assert!(said.lines().any(|l| l.starts_with(row)), "{said}");

@@ -200,12 +200,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         return gpt_deploy::eval(&args.file, &file, args.data.as_deref());
     }
     let file = ModelFile::from_bytes(&bytes).with_context(unusable)?;
-    let splits = if args.embedded {
-        mnist::embedded()
-    } else {
-        let data = args.data.as_ref().map(|d| d.display().to_string());
-        crate::data::load_images(data.as_deref())?
-    };
+    let splits = image_data(args.data.as_deref(), args.embedded)?;
     crate::deploy::check_images(&splits, file.config.image_shape)?;
     let engine = Engine::new(&file)?;
     let acc = accuracy(&engine, &splits.test, &file.input_stats);
@@ -221,6 +216,57 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         splits.source
     );
     Ok(())
+}
+
+/// `pdecay logits`: a GPT's at every position of a text, or an image classifier file's on the
+/// first test images, as JSON.
+pub fn run_logits(args: &gpt_deploy::LogitsArgs) -> Result<()> {
+    let gpt = args.model.is_dir() || read_model_file(&args.model)?.1;
+    if gpt {
+        return gpt_deploy::logits(args);
+    }
+    ensure!(
+        args.text.is_none(),
+        "{} is an image classifier's file: --text is for GPTs; give --data or --embedded",
+        args.model.display()
+    );
+    ensure!(
+        (1..=10_000).contains(&args.images),
+        "--images must lie in 1..=10000, got {}",
+        args.images
+    );
+    let file = ModelFile::load(&args.model)?;
+    let splits = image_data(args.data.as_deref(), args.embedded)?;
+    crate::deploy::check_images(&splits, file.config.image_shape)?;
+    let count = args.images.min(splits.test.len());
+    let indices: Vec<usize> = (0..count).collect();
+    let inputs = splits.test.normalized(&indices, &file.input_stats);
+    let logits = Engine::new(&file)?.logits(&inputs, count);
+    ensure!(
+        logits.iter().all(|v| v.is_finite()),
+        "the model gives non-finite logits: its weights overflow"
+    );
+    let rows = |v: &[f32], n: usize| v.chunks(n.max(1)).map(<[f32]>::to_vec).collect::<Vec<_>>();
+    let json = serde_json::json!({
+        "inputs": rows(&inputs, inputs.len() / count.max(1)),
+        "labels": &splits.test.labels[..count],
+        "logits": rows(&logits, logits.len() / count.max(1)),
+    });
+    crate::run::write_atomic(&args.out, serde_json::to_string(&json)?.as_bytes())?;
+    println!(
+        "wrote the logits of {count} test images to {}",
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// `--data` or `--embedded` images of the image commands.
+fn image_data(data: Option<&Path>, embedded: bool) -> Result<ImageSplits> {
+    if embedded {
+        return Ok(mnist::embedded());
+    }
+    let data = data.map(|d| d.display().to_string());
+    crate::data::load_images(data.as_deref())
 }
 
 /// `pdecay bench-infer`.

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use burn::tensor::Device;
 
 use super::deploy::{Destination, kib};
@@ -159,23 +159,38 @@ pub fn eval(path: &Path, file: &GptFile, data: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// Flags of `pdecay logits` (hidden: for bench/nanogpt_check.sh).
+/// Flags of `pdecay logits` (hidden: for bench/nanogpt_check.sh and bench/resnet_check.sh).
 #[derive(clap::Args, Debug)]
 pub struct LogitsArgs {
-    /// A GPT file or run folder
+    /// A GPT file or run folder, or an image classifier's model file
     pub model: std::path::PathBuf,
-    /// The text whose every position's logits are written (at most block_size characters)
+    /// GPT: the text whose every position's logits are written (at most block_size characters)
     #[arg(long)]
-    pub text: String,
-    /// The JSON file to write: {"tokens": [...], "logits": [[...], ...]}
+    pub text: Option<String>,
+    /// Image classifier: the images (IDX folder, CIFAR-10 folder or .tar.gz) whose first
+    /// --images test images are run
+    #[arg(long, conflicts_with = "embedded")]
+    pub data: Option<std::path::PathBuf>,
+    /// Image classifier: run the embedded subset's test images
+    #[arg(long)]
+    pub embedded: bool,
+    /// Image classifier: how many test images
+    #[arg(long, default_value_t = 8)]
+    pub images: usize,
+    /// The JSON file to write: GPT {"tokens": [...], "logits": [[...], ...]}; image classifier
+    /// {"inputs": [[...], ...] (normalised), "labels": [...], "logits": [[...], ...]}
     #[arg(long)]
     pub out: std::path::PathBuf,
 }
 
-/// `pdecay logits`: the decoder's logits at every position of a text, as JSON.
+/// `pdecay logits` of a GPT: the decoder's logits at every position of a text, as JSON.
 pub fn logits(args: &LogitsArgs) -> Result<()> {
     let file = gpt_model(&args.model)?;
-    let tokens = file.vocab.encode(&args.text)?;
+    let text = args
+        .text
+        .as_deref()
+        .context("a GPT's logits are of a text: give it with --text")?;
+    let tokens = file.vocab.encode(text)?;
     ensure!(
         !tokens.is_empty() && tokens.len() <= file.config.gpt.block_size,
         "--text must hold 1 to block_size = {} characters, got {}",

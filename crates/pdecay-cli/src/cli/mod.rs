@@ -46,7 +46,8 @@ enum Command {
     /// File size, parameters and latency (batch 1 and 64) of dense, sparse and compact; a GPT's
     /// decode tokens/s with and without the KV cache.
     BenchInfer(deploy::BenchInferArgs),
-    /// A GPT's logits at every position of a text, as JSON (for bench/nanogpt_check.sh).
+    /// A GPT's logits at every position of a text, or an image model file's on test images, as
+    /// JSON (for bench/nanogpt_check.sh and bench/resnet_check.sh).
     #[command(hide = true)]
     Logits(gpt_deploy::LogitsArgs),
     /// pAdam vs Adam on a synthetic sparse linear-regression teacher: support recovery.
@@ -93,7 +94,7 @@ impl Cli {
             Command::Compact(args) => deploy::run_compact(&args),
             Command::Eval(args) => deploy::run_eval(&args),
             Command::BenchInfer(args) => deploy::run_bench_infer(&args),
-            Command::Logits(args) => gpt_deploy::logits(&args),
+            Command::Logits(args) => deploy::run_logits(&args),
             Command::LinearDemo(args) => linear_demo::run(&args),
         }
     }
