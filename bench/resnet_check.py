@@ -1,8 +1,9 @@
 """Checks that an image-classifier ResNet file from `pdecay export RUN --format dense|sparse`
-loads into the authors' PyTorch CIFAR ResNet (the module names of their code, which follows
-kuangliu's pytorch-cifar: conv1, bn1, layer{1..4}.{j}.{conv1,bn1,conv2,bn2,shortcut.0,shortcut.1},
-linear) with `load_state_dict(..., strict=False)`, missing only BatchNorm's num_batches_tracked,
-and gives pdecay's logits.
+loads into the authors' PyTorch CIFAR ResNet (torch_ref.ResNet, with the module names of their
+code, which follows kuangliu's pytorch-cifar: conv1, bn1,
+layer{1..4}.{j}.{conv1,bn1,conv2,bn2,shortcut.0,shortcut.1}, linear) with
+`load_state_dict(..., strict=False)`, missing only BatchNorm's num_batches_tracked, and gives
+pdecay's logits.
 
     python bench/resnet_check.py --reference LOGITS.json FILE
 
@@ -13,66 +14,19 @@ logits and exits 1 when it exceeds 1e-4. Sparse files are densified from their C
 
 import argparse
 import json
+import os
 import re
 import sys
 import tomllib
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_ref import ResNet  # noqa: E402  (the authors' model, their module names)
+
 TOLERANCE = 1e-4
-
-
-class BasicBlock(nn.Module):
-    """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), bias-free convolutions."""
-
-    def __init__(self, inputs, outputs, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(outputs)
-        self.conv2 = nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(outputs)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or inputs != outputs:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class ResNet(nn.Module):
-    """The authors' CIFAR ResNet: `blocks[i]` BasicBlocks in stage i (`layer{i+1}`), the width
-    doubling at each stride-2 stage; global average pooling (their F.avg_pool2d(out, 4) on
-    32x32 inputs), then `linear`."""
-
-    def __init__(self, blocks, width, channels, classes=10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        inputs = width
-        for i, count in enumerate(blocks):
-            outputs = width << i
-            layer = []
-            for j in range(count):
-                layer.append(BasicBlock(inputs, outputs, 2 if i > 0 and j == 0 else 1))
-                inputs = outputs
-            setattr(self, f"layer{i + 1}", nn.Sequential(*layer))
-        self.stages = len(blocks)
-        self.linear = nn.Linear(inputs, classes)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        for i in range(self.stages):
-            out = getattr(self, f"layer{i + 1}")(out)
-        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
-
-
-BLOCKS = {"resnet18": ([2, 2, 2, 2], 64), "resnet20": ([3, 3, 3], 16)}
 
 
 def load(path):
@@ -83,8 +37,6 @@ def load(path):
     if fmt not in ("dense", "sparse"):
         sys.exit(f"{path}: format {fmt!r}; this check takes dense and sparse files")
     config = tomllib.loads(meta["model_config"])
-    blocks, width = BLOCKS[config["model"]]
-    width = config.get("resnet_width", width)
     shape = config.get("image_shape", [1, 28, 28])
     tensors = load_file(path)
     for key in [k for k in meta if k.startswith("shape.")]:  # CSR of the [out, rest] view
@@ -101,7 +53,7 @@ def load(path):
         dense = torch.zeros(rows, cols, dtype=torch.float32)
         dense[row, col] = values
         tensors[name] = dense.reshape(full)
-    model = ResNet(blocks, width, shape[0])
+    model = ResNet(config["model"], shape[0], config.get("resnet_width"))
     result = model.load_state_dict(tensors, strict=False)
     bad_missing = [k for k in result.missing_keys if not re.search(r"num_batches_tracked$", k)]
     assert not bad_missing, f"missing from the file: {bad_missing}"

@@ -113,28 +113,38 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
+    """The authors' CIFAR ResNet, with their module names (conv1, bn1, layer{i+1}.{j},
+    shortcut.0/1, linear: their code follows kuangliu's pytorch-cifar), so that pdecay's
+    exported files load into it (bench/resnet_check.py). Their F.avg_pool2d(out, 4) on 32x32
+    inputs is the global average pool used here, which also takes 28x28 ones."""
+
     # (stem width, stages, blocks per stage): each later stage doubles the width at stride 2
     SIZES = {"resnet18": (64, 4, 2), "resnet20": (16, 3, 3)}
 
-    def __init__(self, kind, channels):
+    def __init__(self, kind, channels, width=None):
         super().__init__()
-        width, stages, blocks = self.SIZES[kind]
-        self.channels = channels
+        standard, stages, blocks = self.SIZES[kind]
+        width = width or standard
+        self.channels, self.stages = channels, stages
         self.conv1 = nn.Conv2d(channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        layers, inputs = [], width
+        inputs = width
         for i in range(stages):
             outputs = width << i
+            layer = []
             for j in range(blocks):
-                layers.append(BasicBlock(inputs, outputs, 2 if i > 0 and j == 0 else 1))
+                layer.append(BasicBlock(inputs, outputs, 2 if i > 0 and j == 0 else 1))
                 inputs = outputs
-        self.layers = nn.Sequential(*layers)
+            setattr(self, f"layer{i + 1}", nn.Sequential(*layer))
         self.linear = nn.Linear(inputs, 10)
 
     def forward(self, x):
-        side = int(round((x.shape[1] // self.channels) ** 0.5))
-        x = x.view(-1, self.channels, side, side)
-        x = self.layers(F.relu(self.bn1(self.conv1(x))))
+        if x.dim() == 2:  # flattened square images, as pdecay's batches
+            side = int(round((x.shape[1] // self.channels) ** 0.5))
+            x = x.view(-1, self.channels, side, side)
+        x = F.relu(self.bn1(self.conv1(x)))
+        for i in range(self.stages):
+            x = getattr(self, f"layer{i + 1}")(x)
         return self.linear(x.mean(dim=(2, 3)))
 
 
