@@ -3,8 +3,8 @@
 //! The maths of Outmezguine & Levi, *Decoupled Weight Decay for Any p Norm* (2024), with no
 //! tensor library: decay factors and their variants ([`factor`]), the slice kernel that applies
 //! them ([`kernel`]), schedules for lr, p and lambda ([`schedule`]), sparsity statistics
-//! ([`sparsity`]), input validation ([`validate`]) and the CSR matrices sparse inference runs
-//! on ([`csr`]).
+//! ([`sparsity`]), input validation ([`validate`]), the CSR matrices sparse inference and sparse
+//! training run on ([`csr`]) and convolutions as their products ([`im2col`]).
 //!
 //! The objective is `L(w) = L0(w) + lambda * sum_i |w_i|^p`. After any base optimizer step,
 //! pWD sets
@@ -26,6 +26,7 @@
 
 pub mod csr;
 pub mod factor;
+pub mod im2col;
 pub mod kernel;
 pub mod schedule;
 pub mod sparsity;

@@ -5,6 +5,7 @@
 use anyhow::Result;
 use burn::tensor::{Device, Tensor, TensorData};
 use pdecay::csr::{Csr, transpose};
+use pdecay::im2col::ConvShape;
 
 use super::model_file::{Format, ModelFile, Stored};
 use std::time::Instant;
@@ -107,44 +108,27 @@ fn max_pool(x: &[f32], channels: usize, (h, w): (usize, usize)) -> Vec<f32> {
     out
 }
 
-/// The `kernel`×`kernel` patches of `[channels, h, w]`, zero-padded by `padding` and taken
-/// every `stride` pixels, as a `[channels·kernel², h'·w']` matrix (PyTorch's kernel order:
-/// row `(c·kernel + ky)·kernel + kx`), with `h' = (h + 2·padding − kernel)/stride + 1` and
-/// likewise `w'`. A convolution is then the product of its `[out, channels·kernel²]` weights
-/// with this matrix.
+/// The `kernel`×`kernel` patches of one `[channels, h, w]` image, zero-padded by `padding` and
+/// taken every `stride` pixels: `[channels·kernel², h'·w']` (`pdecay::im2col`), with `(h', w')`.
 pub(crate) fn im2col(
     x: &[f32],
     channels: usize,
-    (h, w): (usize, usize),
+    (height, width): (usize, usize),
     kernel: usize,
     stride: usize,
     padding: usize,
 ) -> (Vec<f32>, usize, usize) {
-    let out_side = |side: usize| (side + 2 * padding).saturating_sub(kernel) / stride.max(1) + 1;
-    let (ho, wo) = (out_side(h), out_side(w));
-    let n = ho * wo;
-    let mut cols = vec![0.0; channels * kernel * kernel * n];
-    for c in 0..channels {
-        let plane = &x[c * h * w..(c + 1) * h * w];
-        for ky in 0..kernel {
-            for kx in 0..kernel {
-                let row = (c * kernel + ky) * kernel + kx;
-                let out = &mut cols[row * n..(row + 1) * n];
-                for i in 0..ho {
-                    let Some(y) = (i * stride + ky).checked_sub(padding).filter(|&y| y < h) else {
-                        continue;
-                    };
-                    for j in 0..wo {
-                        if let Some(x_) = (j * stride + kx).checked_sub(padding).filter(|&v| v < w)
-                        {
-                            out[i * wo + j] = plane[y * w + x_];
-                        }
-                    }
-                }
-            }
-        }
-    }
-    (cols, ho, wo)
+    let shape = ConvShape {
+        batch: 1,
+        channels,
+        height,
+        width,
+        kernel,
+        stride,
+        padding,
+    };
+    let (ho, wo) = shape.output_size();
+    (pdecay::im2col::im2col(x, &shape), ho, wo)
 }
 
 impl SparseCnn {
