@@ -145,28 +145,26 @@ pub fn col2im(cols: &[f32], shape: &ConvShape) -> Vec<f32> {
         return x;
     }
     // each task owns one image plane (b, c): its k² patch rows add into it alone
-    x.par_chunks_mut(plane)
-        .enumerate()
-        .for_each(|(bc, image)| {
-            let (b, c) = (bc / channels.max(1), bc % channels.max(1));
-            for ky in 0..kernel {
-                for kx in 0..kernel {
-                    let row = (c * kernel + ky) * kernel + kx;
-                    let source = &cols[row * n + b * positions..row * n + (b + 1) * positions];
-                    for i in 0..ho {
-                        let Some(y) = shape.source(i, ky, height) else {
-                            continue;
-                        };
-                        let dest = &mut image[y * width..(y + 1) * width];
-                        for j in 0..wo {
-                            if let Some(x_) = shape.source(j, kx, width) {
-                                dest[x_] += source[i * wo + j];
-                            }
+    x.par_chunks_mut(plane).enumerate().for_each(|(bc, image)| {
+        let (b, c) = (bc / channels.max(1), bc % channels.max(1));
+        for ky in 0..kernel {
+            for kx in 0..kernel {
+                let row = (c * kernel + ky) * kernel + kx;
+                let source = &cols[row * n + b * positions..row * n + (b + 1) * positions];
+                for i in 0..ho {
+                    let Some(y) = shape.source(i, ky, height) else {
+                        continue;
+                    };
+                    let dest = &mut image[y * width..(y + 1) * width];
+                    for j in 0..wo {
+                        if let Some(x_) = shape.source(j, kx, width) {
+                            dest[x_] += source[i * wo + j];
                         }
                     }
                 }
             }
-        });
+        }
+    });
     x
 }
 

@@ -1,0 +1,134 @@
+//! One convolution, forward + backward, on the flex CPU backend: the sparse-training product
+//! (`pdecay_burn::sparse_conv2d`, over the kernel's non-zeros) against burn's dense `conv2d`,
+//! at the sparsities pWD passes through.
+//!
+//! `cargo bench -p pdecay-burn --bench sparse_conv` prints, per shape and sparsity, the median
+//! time of each (alternated call by call, same process) and sparse / dense. Shapes: the CNN's
+//! two convolutions and ResNet-20's 3×3 convolutions of each stage on Fashion-MNIST, batch 128.
+//! `SPARSE_CONV_REPEATS` sets the repeats (default 9), `SPARSE_CONV_ONLY` keeps the layers
+//! whose name contains it, `SPARSE_CONV_SPARSITY` (a fraction) runs that sparsity alone.
+
+use std::time::Instant;
+
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use pdecay_burn::sparse_conv2d;
+
+/// (name, batch, input channels, side, output channels, kernel, stride, padding)
+type Shape = (
+    &'static str,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+);
+
+const SHAPES: [Shape; 5] = [
+    ("cnn conv1", 128, 1, 28, 32, 3, 1, 1),
+    ("cnn conv2", 128, 32, 14, 64, 3, 1, 1),
+    ("resnet20 layer1", 128, 16, 28, 16, 3, 1, 1),
+    ("resnet20 layer2", 128, 32, 14, 32, 3, 1, 1),
+    ("resnet20 layer3", 128, 64, 7, 64, 3, 1, 1),
+];
+
+// the CLI's allocator: glibc's hands each large buffer back to the kernel and faults it in again
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const SPARSITIES: [f64; 6] = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99];
+
+/// An `[o, c, k, k]` kernel with `sparsity` of its entries exactly zero (positions by a hash,
+/// so unstructured as pWD leaves them).
+fn kernel(dims: [usize; 4], sparsity: f64, device: &Device) -> Tensor<4> {
+    let values: Vec<f32> = (0..dims.iter().product::<usize>())
+        .map(|i| {
+            let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+            let u = h as f64 / (1u64 << 24) as f64;
+            if u < sparsity {
+                0.0
+            } else {
+                (u as f32 - 0.5) * 0.1
+            }
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(values, dims), device)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let env = |key: &str| std::env::var(key).ok();
+    let repeats: usize = env("SPARSE_CONV_REPEATS")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(9);
+    let only = env("SPARSE_CONV_ONLY").unwrap_or_default();
+    let sparsities = match env("SPARSE_CONV_SPARSITY") {
+        Some(s) => vec![
+            s.parse::<f64>()
+                .expect("SPARSE_CONV_SPARSITY is a fraction"),
+        ],
+        None => SPARSITIES.to_vec(),
+    };
+    let device = Device::flex().autodiff();
+    println!("convolution forward + backward, median of {repeats} alternated runs (ms):");
+    println!(
+        "{:<16} {:>22} {:>9} {:>9} {:>9} {:>14}",
+        "layer", "batch x c x side->out", "sparsity", "dense", "sparse", "sparse/dense"
+    );
+    for (name, batch, channels, side, outputs, k, stride, padding) in
+        SHAPES.into_iter().filter(|s| s.0.contains(&only))
+    {
+        let x = Tensor::<4>::random(
+            [batch, channels, side, side],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        )
+        .require_grad();
+        let options = ConvOptions::new([stride; 2], [padding; 2], [1; 2], 1);
+        let probe = burn::tensor::module::conv2d(
+            x.clone(),
+            kernel([outputs, channels, k, k], 0.0, &device),
+            None,
+            options.clone(),
+        );
+        let g = Tensor::<4>::random(probe.dims(), Distribution::Normal(0.0, 1.0), &device);
+        for &sparsity in &sparsities {
+            let w = kernel([outputs, channels, k, k], sparsity, &device).require_grad();
+            let step = |sparse: bool| {
+                let start = Instant::now();
+                let y = if sparse {
+                    sparse_conv2d(x.clone(), w.clone(), None, stride, padding)
+                } else {
+                    burn::tensor::module::conv2d(x.clone(), w.clone(), None, options.clone())
+                };
+                let grads = (y * g.clone()).sum().backward();
+                std::hint::black_box(w.grad(&grads).map(|g| g.into_data()));
+                std::hint::black_box(x.grad(&grads).map(|g| g.into_data()));
+                start.elapsed().as_secs_f64()
+            };
+            let (_, _) = (step(false), step(true));
+            let mut times = [Vec::new(), Vec::new()];
+            for _ in 0..repeats {
+                times[0].push(step(false));
+                times[1].push(step(true));
+            }
+            let [dense, sparse] = times.map(median);
+            println!(
+                "{:<16} {:>22} {:>8.0}% {:>9.3} {:>9.3} {:>13.2}x",
+                name,
+                format!("{batch}x{channels}x{side}->{outputs}"),
+                100.0 * sparsity,
+                1e3 * dense,
+                1e3 * sparse,
+                sparse / dense
+            );
+        }
+    }
+    println!("(ratios below 1: the sparse convolution is faster)");
+}
