@@ -297,13 +297,15 @@ fn resumed_cnn_run_with_dropout_ends_bit_identical() {
 #[test]
 fn sparse_training_on_follows_the_dense_run_and_is_refused_where_zeros_move() {
     let root = tempdir("sparse-training");
-    let run = |mode: &str| {
-        let dir = root.join(mode);
+    let run = |model: &str, epochs: &str, mode: &str| {
+        let dir = root.join(format!("{model}-{mode}"));
         ok(&[
             "train",
             "--embedded",
+            "--model",
+            model,
             "--epochs",
-            "2",
+            epochs,
             "--optim",
             "padam",
             "--lambda",
@@ -319,8 +321,6 @@ fn sparse_training_on_follows_the_dense_run_and_is_refused_where_zeros_move() {
         ]);
         metrics_without_time(&dir)
     };
-    let (on, off) = (run("on"), run("off"));
-    // every linear layer from the first step; none with off
     let names = |m: &serde_json::Value| -> Vec<(String, u64)> {
         m["sparse_layers"]
             .as_array()
@@ -334,30 +334,31 @@ fn sparse_training_on_follows_the_dense_run_and_is_refused_where_zeros_move() {
             })
             .collect()
     };
-    assert_eq!(
-        names(&on[1]),
-        [
-            ("hidden.0".into(), 0),
-            ("hidden.1".into(), 0),
-            ("output".into(), 0)
-        ]
-    );
-    assert!(names(&off[1]).is_empty());
-    // the same run up to summation order: after 86 steps of Adam the two drift apart only by
-    // rounding, far less than the spread of two seeds (~1 pp accuracy on this subset)
-    for (a, b) in on.iter().zip(&off) {
-        let close = |key: &str, tolerance: f64| {
-            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
-            assert!((x - y).abs() <= tolerance, "{key}: on {x} off {y}");
-        };
-        close("train_loss", 2e-3);
-        close("test_loss", 2e-3);
-        close("test_accuracy", 3e-3);
-        close("sparsity", 2e-3);
-        assert!(
-            a["step_seconds"].is_null(),
-            "removed by metrics_without_time"
-        );
+    for (model, epochs, layers) in [
+        ("mlp", "2", &["hidden.0", "hidden.1", "output"][..]),
+        ("cnn", "1", &["conv1", "conv2", "dense", "output"][..]),
+    ] {
+        let (on, off) = (run(model, epochs, "on"), run(model, epochs, "off"));
+        // every layer (the CNN's convolutions too) from the first step; none with off
+        let expected: Vec<(String, u64)> = layers.iter().map(|l| (l.to_string(), 0)).collect();
+        assert_eq!(names(on.last().unwrap()), expected, "{model}");
+        assert!(names(off.last().unwrap()).is_empty());
+        // the same run up to summation order: after 43-86 steps of Adam the two drift apart
+        // only by rounding, far less than the spread of two seeds (~1 pp accuracy here)
+        for (a, b) in on.iter().zip(&off) {
+            let close = |key: &str, tolerance: f64| {
+                let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+                assert!((x - y).abs() <= tolerance, "{model} {key}: on {x} off {y}");
+            };
+            close("train_loss", 2e-3);
+            close("test_loss", 2e-3);
+            close("test_accuracy", 3e-3);
+            close("sparsity", 2e-3);
+            assert!(
+                a["step_seconds"].is_null(),
+                "removed by metrics_without_time"
+            );
+        }
     }
     for (args, said) in [
         (

@@ -8,7 +8,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
-use pdecay_burn::{max_pool_2x2, sparse_linear};
+use pdecay_burn::{max_pool_2x2, sparse_conv2d, sparse_linear};
 
 /// A multi-layer perceptron on flattened images.
 #[derive(Module, Debug)]
@@ -41,7 +41,7 @@ impl Mlp {
     }
 
     /// [`Mlp::forward`] with the linear layers whose entry of `sparse` is true (in
-    /// [`Classifier::linear_layers`]' order; missing entries are false) run over their
+    /// [`Classifier::sparse_candidates`]' order; missing entries are false) run over their
     /// weights' non-zeros.
     pub fn forward_with(&self, x: Tensor<2>, sparse: &[bool]) -> Tensor<2> {
         let on = |i: usize| sparse.get(i).copied().unwrap_or(false);
@@ -59,6 +59,41 @@ impl Mlp {
 pub(super) fn linear(layer: &Linear, x: Tensor<2>, sparse: bool) -> Tensor<2> {
     if sparse {
         sparse_linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+    } else {
+        layer.forward(x)
+    }
+}
+
+/// A layer that sparse training can run over its weight's non-zeros.
+#[derive(Debug, Clone, Copy)]
+pub enum SparseCandidate<'a> {
+    /// A linear layer (`pdecay_burn::sparse_linear`).
+    Linear(&'a Linear),
+    /// A 3×3 convolution, stride 1, padding 1 (`pdecay_burn::sparse_conv2d`), with its input's
+    /// `[channels, height, width]`.
+    Conv(&'a Conv2d, [usize; 3]),
+}
+
+impl SparseCandidate<'_> {
+    /// The layer's weight, flattened.
+    pub fn weight_values(&self) -> Tensor<1> {
+        match self {
+            Self::Linear(l) => l.weight.val().flatten(0, 1),
+            Self::Conv(c, _) => c.weight.val().flatten(0, 3),
+        }
+    }
+}
+
+/// `layer`'s output (3×3, stride 1, padding 1), over its kernel's non-zeros when `sparse`.
+pub(super) fn conv3x3(layer: &Conv2d, x: Tensor<4>, sparse: bool) -> Tensor<4> {
+    if sparse {
+        sparse_conv2d(
+            x,
+            layer.weight.val(),
+            layer.bias.as_ref().map(|b| b.val()),
+            1,
+            1,
+        )
     } else {
         layer.forward(x)
     }
@@ -103,17 +138,23 @@ impl Cnn {
         self.forward_with(x, &[])
     }
 
-    /// [`Cnn::forward`] with its dense layers (`dense`, `output`) run over their weights'
-    /// non-zeros where `sparse` says (see [`Mlp::forward_with`]).
+    /// [`Cnn::forward`] with its layers (`conv1`, `conv2`, `dense`, `output`) run over their
+    /// weights' non-zeros where `sparse` says (see [`Mlp::forward_with`]).
     pub fn forward_with(&self, x: Tensor<2>, sparse: &[bool]) -> Tensor<2> {
         let on = |i: usize| sparse.get(i).copied().unwrap_or(false);
         let x = unflatten(x, self.conv1.weight.dims()[1]);
         // 2x2 max pooling, stride 2 (burn's MaxPool2d, with a fast kernel on the CPU)
-        let x = max_pool_2x2(relu(self.conv1.forward(x)));
-        let x = max_pool_2x2(relu(self.conv2.forward(x)));
+        let x = max_pool_2x2(relu(conv3x3(&self.conv1, x, on(0))));
+        let x = max_pool_2x2(relu(conv3x3(&self.conv2, x, on(1))));
         let x = x.flatten::<2>(1, 3);
-        let x = self.dropout.forward(relu(linear(&self.dense, x, on(0))));
-        linear(&self.output, x, on(1))
+        let x = self.dropout.forward(relu(linear(&self.dense, x, on(2))));
+        linear(&self.output, x, on(3))
+    }
+
+    /// The input `[channels, height, width]` of each convolution, for images of `shape`.
+    fn conv_inputs(&self, shape: [usize; 3]) -> [[usize; 3]; 2] {
+        let [c, h, w] = shape;
+        [[c, h, w], [self.conv1.weight.dims()[0], h / 2, w / 2]]
     }
 }
 
@@ -161,7 +202,7 @@ impl Classifier {
         self.forward_with(x, &[])
     }
 
-    /// Logits with the linear layers marked in `sparse` (in [`Classifier::linear_layers`]'
+    /// Logits with the layers marked in `sparse` (in [`Classifier::sparse_candidates`]'
     /// order) run over their weights' non-zeros.
     pub fn forward_with(&self, x: Tensor<2>, sparse: &[bool]) -> Tensor<2> {
         match self {
@@ -171,25 +212,33 @@ impl Classifier {
         }
     }
 
-    /// The linear layers that sparse training can run over their non-zeros, in forward order,
-    /// named as in the model's parameter paths (`hidden.0`, `output`; the CNN's `dense`,
-    /// `output`; a ResNet's `linear`).
-    pub fn linear_layers(&self) -> Vec<(String, &Linear)> {
+    /// The layers that sparse training can run over their non-zeros, in forward order (the
+    /// order of [`Classifier::forward_with`]'s flags), named as in the model's parameter paths
+    /// (`hidden.0`, `output`; the CNN's `conv1`, `conv2`, `dense`, `output`; a ResNet's
+    /// `linear`). A convolution comes with its input's shape for images of `shape`
+    /// (`[channels, height, width]`).
+    pub fn sparse_candidates(&self, shape: [usize; 3]) -> Vec<(String, SparseCandidate<'_>)> {
+        let linear = |name: &str, l| (name.to_string(), SparseCandidate::Linear(l));
         match self {
             Self::Mlp(m) => m
                 .hidden
                 .iter()
                 .enumerate()
-                .map(|(i, l)| (format!("hidden.{i}"), l))
-                .chain([("output".to_string(), &m.output)])
+                .map(|(i, l)| (format!("hidden.{i}"), SparseCandidate::Linear(l)))
+                .chain([linear("output", &m.output)])
                 .collect(),
-            Self::Cnn(m) => vec![
-                ("dense".to_string(), &m.dense),
-                ("output".to_string(), &m.output),
-            ],
+            Self::Cnn(m) => {
+                let [in1, in2] = m.conv_inputs(shape);
+                vec![
+                    ("conv1".to_string(), SparseCandidate::Conv(&m.conv1, in1)),
+                    ("conv2".to_string(), SparseCandidate::Conv(&m.conv2, in2)),
+                    linear("dense", &m.dense),
+                    linear("output", &m.output),
+                ]
+            }
             Self::ResNet(m) => {
                 let (name, layer) = m.head();
-                vec![(name.to_string(), layer)]
+                vec![linear(name, layer)]
             }
         }
     }

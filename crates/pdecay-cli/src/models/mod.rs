@@ -8,7 +8,7 @@ pub mod memory;
 pub mod resnet;
 pub mod sampling;
 
-pub use classifier::{Classifier, Cnn, Mlp};
+pub use classifier::{Classifier, Cnn, Mlp, SparseCandidate};
 pub use gpt::{Gpt, GptConfig};
 pub use kind::ModelKind;
 pub use memory::MemoryNeed;

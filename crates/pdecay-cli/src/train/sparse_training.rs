@@ -1,6 +1,7 @@
-//! Which of a classifier's linear layers train over their weights' non-zeros, from which step.
+//! Which of a classifier's layers train over their weights' non-zeros, from which step.
 //!
-//! A layer moves to `pdecay_burn::sparse_linear` only once its zeros are absorbing (pWD, p < 2,
+//! A linear layer moves to `pdecay_burn::sparse_linear`, a convolution (the CNN's) to
+//! `pdecay_burn::sparse_conv2d`, only once its zeros are absorbing (pWD, p < 2,
 //! λ > 0: [`TrainConfig::zeros_absorbing_from`]), and then stays there: its support only shrinks,
 //! and the sparse product reads it at every step. Decisions are taken before the first step
 //! and at each epoch's end, before its checkpoint. `on` moves every layer at the first such
@@ -15,12 +16,11 @@
 use std::time::Instant;
 
 use anyhow::{Result, ensure};
-use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
-use pdecay_burn::sparse_linear;
+use pdecay_burn::{sparse_conv2d, sparse_linear};
 
 use crate::config::{SparseTraining, TrainConfig};
-use crate::models::Classifier;
+use crate::models::{Classifier, SparseCandidate};
 use crate::run::SparseLayer;
 
 /// Below this share of exact zeros a layer is not timed: the sparse product measured slower
@@ -44,12 +44,14 @@ pub(crate) struct SparsePlan {
     mode: SparseTraining,
     /// Zeros are absorbing from this step on (`None`: never in this run).
     absorbing_from: Option<u64>,
-    /// Per linear layer, in `Classifier::linear_layers` order: the step it moved.
+    /// Per layer, in `Classifier::sparse_candidates` order: the step it moved.
     since: Vec<Option<u64>>,
     /// Per layer, its zero share when a timing last kept it dense (`auto` times it again only
     /// once that has grown by [`RETIME_AFTER`]).
     timed_at: Vec<f64>,
     names: Vec<String>,
+    /// The images' `[channels, height, width]` (the convolutions' input shapes follow).
+    image: [usize; 3],
 }
 
 impl SparsePlan {
@@ -67,7 +69,12 @@ impl SparsePlan {
             on_cpu || config.sparse_training != SparseTraining::On,
             "sparse training runs on the CPU (flex) backend only: with --device cuda use --sparse-training auto or off"
         );
-        let names: Vec<String> = model.linear_layers().into_iter().map(|(n, _)| n).collect();
+        let image = config.image_shape.into();
+        let names: Vec<String> = model
+            .sparse_candidates(image)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         Ok(Self {
             mode: config.sparse_training,
             absorbing_from: match config.sparse_training {
@@ -78,6 +85,7 @@ impl SparsePlan {
             since: vec![None; names.len()],
             timed_at: vec![f64::NEG_INFINITY; names.len()],
             names,
+            image,
         })
     }
 
@@ -116,7 +124,7 @@ impl SparsePlan {
         if self.absorbing_from.is_none_or(|from| step < from) {
             return;
         }
-        for (i, (_, layer)) in model.linear_layers().into_iter().enumerate() {
+        for (i, (_, layer)) in model.sparse_candidates(self.image).into_iter().enumerate() {
             if self.since[i].is_some() {
                 continue;
             }
@@ -143,44 +151,79 @@ impl SparsePlan {
 }
 
 /// The share of `layer`'s weights that are exactly zero.
-fn zero_share(layer: &Linear) -> f64 {
-    let w = layer.weight.val();
+fn zero_share(layer: SparseCandidate) -> f64 {
+    let w = layer.weight_values();
     let total = w.shape().num_elements().max(1);
     let zeros = w.equal_elem(0.0).int().sum().into_scalar::<i64>();
     zeros as f64 / total as f64
 }
 
-/// Whether the sparse product, forward and backward on a `[batch, in]` input, takes clearly less
-/// time than the dense one for `layer`'s current weight ([`CLEAR_WIN`]): medians of alternated
-/// timings. The inputs
-/// are a fixed pattern (no draw from the device's generator, which would change the run).
-fn sparse_is_faster(layer: &Linear, batch: usize, device: &Device) -> bool {
-    let [inputs, outputs] = layer.weight.dims();
+/// Whether the sparse product, forward and backward on a batch of `batch` inputs of the
+/// layer's shape, takes clearly less time than the dense one for `layer`'s current weight
+/// ([`CLEAR_WIN`]): medians of alternated timings. The inputs are a fixed pattern (no draw from
+/// the device's generator, which would change the run).
+fn sparse_is_faster(layer: SparseCandidate, batch: usize, device: &Device) -> bool {
     let pattern = |n: usize, k: usize| -> Vec<f32> {
         (0..n)
             .map(|i| ((i * 7 + k) % 13) as f32 / 6.0 - 1.0)
             .collect()
     };
-    let x = Tensor::<2>::from_data(
-        TensorData::new(pattern(batch * inputs, 1), [batch, inputs]),
-        device,
-    )
-    .require_grad();
-    let g = Tensor::<2>::from_data(
-        TensorData::new(pattern(batch * outputs, 2), [batch, outputs]),
-        device,
-    );
-    let w = layer.weight.val().detach().require_grad();
-    let time = |sparse: bool| {
-        let start = Instant::now();
-        let y = if sparse {
-            sparse_linear(x.clone(), w.clone(), None)
-        } else {
-            x.clone().matmul(w.clone())
-        };
-        let grads = (y * g.clone()).sum().backward();
-        let _ = w.grad(&grads).map(|g| g.into_data());
-        start.elapsed().as_secs_f64()
+    let time: Box<dyn Fn(bool) -> f64> = match layer {
+        SparseCandidate::Linear(linear) => {
+            let [inputs, outputs] = linear.weight.dims();
+            let x = Tensor::<2>::from_data(
+                TensorData::new(pattern(batch * inputs, 1), [batch, inputs]),
+                device,
+            )
+            .require_grad();
+            let g = Tensor::<2>::from_data(
+                TensorData::new(pattern(batch * outputs, 2), [batch, outputs]),
+                device,
+            );
+            let w = linear.weight.val().detach().require_grad();
+            Box::new(move |sparse: bool| {
+                let start = Instant::now();
+                let y = if sparse {
+                    sparse_linear(x.clone(), w.clone(), None)
+                } else {
+                    x.clone().matmul(w.clone())
+                };
+                let grads = (y * g.clone()).sum().backward();
+                let _ = w.grad(&grads).map(|g| g.into_data());
+                start.elapsed().as_secs_f64()
+            })
+        }
+        SparseCandidate::Conv(conv, [channels, height, width]) => {
+            let outputs = conv.weight.dims()[0];
+            let x = Tensor::<4>::from_data(
+                TensorData::new(
+                    pattern(batch * channels * height * width, 1),
+                    [batch, channels, height, width],
+                ),
+                device,
+            )
+            .require_grad();
+            let g = Tensor::<4>::from_data(
+                TensorData::new(
+                    pattern(batch * outputs * height * width, 2),
+                    [batch, outputs, height, width],
+                ),
+                device,
+            );
+            let w = conv.weight.val().detach().require_grad();
+            let options = burn::tensor::ops::ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+            Box::new(move |sparse: bool| {
+                let start = Instant::now();
+                let y = if sparse {
+                    sparse_conv2d(x.clone(), w.clone(), None, 1, 1)
+                } else {
+                    burn::tensor::module::conv2d(x.clone(), w.clone(), None, options.clone())
+                };
+                let grads = (y * g.clone()).sum().backward();
+                let _ = w.grad(&grads).map(|g| g.into_data());
+                start.elapsed().as_secs_f64()
+            })
+        }
     };
     let (_, _) = (time(false), time(true));
     let mut dense = Vec::with_capacity(TIMINGS);
