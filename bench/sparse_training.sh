@@ -4,19 +4,21 @@
 # model, the medians of wall time, accuracy and sparsity of each, and
 # `sparse training speed-up: R (MODEL)` (R > 1: auto faster). A benchmark, not a test.
 #
-#   bench/sparse_training.sh [REPEATS [MODEL...]]   (default 3; MODEL: mlp mlp-lambda0.1 cnn;
-#                                                    data: $PDECAY_DATA, else ../shared/data/fashion-mnist)
+#   bench/sparse_training.sh [REPEATS [MODEL...]]   (default 3; MODEL: mlp mlp-lambda0.1 cnn
+#                                                    cnn-lambda0.1; data: $PDECAY_DATA, else
+#                                                    ../shared/data/fashion-mnist)
 #
 # mlp: pAdam p 0.8, lambda 1e-2, 20 epochs; mlp-lambda0.1: lambda 1e-1, 20 epochs; cnn: p 0.8,
-# lambda 1e-2, 10 epochs (only its dense layers have a sparse product so far). The time is the
-# trainer's training time (summary.json's samples_per_second, evaluation excluded).
+# lambda 1e-2, 10 epochs; cnn-lambda0.1: lambda 1e-1, 4 epochs (about 98% sparse, where its
+# convolutions' sparse product pays). The time is the trainer's training time
+# (summary.json's samples_per_second, evaluation excluded).
 # Still to come (issue 18): the GPT, and PyTorch's pAdam on the same runs (bench/torch_ref.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repeats=${1:-3}
 shift || true
 models=("$@")
-[ ${#models[@]} -eq 0 ] && models=(mlp mlp-lambda0.1 cnn)
+[ ${#models[@]} -eq 0 ] && models=(mlp mlp-lambda0.1 cnn cnn-lambda0.1)
 data=${PDECAY_DATA:-../shared/data/fashion-mnist}
 cargo build --release --quiet
 bin=target/release/pdecay
@@ -55,6 +57,7 @@ for model in "${models[@]}"; do
     mlp) measure mlp --model mlp --lambda 1e-2 --epochs 20 ;;
     mlp-lambda0.1) measure mlp-lambda0.1 --model mlp --lambda 1e-1 --epochs 20 ;;
     cnn) measure cnn --model cnn --lambda 1e-2 --epochs 10 ;;
-    *) echo "unknown model $model (mlp, mlp-lambda0.1, cnn)" >&2; exit 2 ;;
+    cnn-lambda0.1) measure cnn-lambda0.1 --model cnn --lambda 1e-1 --epochs 4 ;;
+    *) echo "unknown model $model (mlp, mlp-lambda0.1, cnn, cnn-lambda0.1)" >&2; exit 2 ;;
   esac
 done

@@ -69,8 +69,8 @@ pub(super) fn linear(layer: &Linear, x: Tensor<2>, sparse: bool) -> Tensor<2> {
 pub enum SparseCandidate<'a> {
     /// A linear layer (`pdecay_burn::sparse_linear`).
     Linear(&'a Linear),
-    /// A 3×3 convolution, stride 1, padding 1 (`pdecay_burn::sparse_conv2d`), with its input's
-    /// `[channels, height, width]`.
+    /// A convolution (`pdecay_burn::sparse_conv2d`) with its input's `[channels, height,
+    /// width]`.
     Conv(&'a Conv2d, [usize; 3]),
 }
 
@@ -84,15 +84,22 @@ impl SparseCandidate<'_> {
     }
 }
 
-/// `layer`'s output (3×3, stride 1, padding 1), over its kernel's non-zeros when `sparse`.
-pub(super) fn conv3x3(layer: &Conv2d, x: Tensor<4>, sparse: bool) -> Tensor<4> {
+/// The stride and zero padding of `layer`, a square kernel padded to keep the size at stride 1
+/// (`k/2` on every side), as every convolution of pdecay's models is.
+pub fn conv_geometry(layer: &Conv2d) -> (usize, usize) {
+    (layer.stride[0], layer.kernel_size[0] / 2)
+}
+
+/// `layer`'s output, over its kernel's non-zeros when `sparse`.
+pub(super) fn conv(layer: &Conv2d, x: Tensor<4>, sparse: bool) -> Tensor<4> {
     if sparse {
+        let (stride, padding) = conv_geometry(layer);
         sparse_conv2d(
             x,
             layer.weight.val(),
             layer.bias.as_ref().map(|b| b.val()),
-            1,
-            1,
+            stride,
+            padding,
         )
     } else {
         layer.forward(x)
@@ -144,8 +151,8 @@ impl Cnn {
         let on = |i: usize| sparse.get(i).copied().unwrap_or(false);
         let x = unflatten(x, self.conv1.weight.dims()[1]);
         // 2x2 max pooling, stride 2 (burn's MaxPool2d, with a fast kernel on the CPU)
-        let x = max_pool_2x2(relu(conv3x3(&self.conv1, x, on(0))));
-        let x = max_pool_2x2(relu(conv3x3(&self.conv2, x, on(1))));
+        let x = max_pool_2x2(relu(conv(&self.conv1, x, on(0))));
+        let x = max_pool_2x2(relu(conv(&self.conv2, x, on(1))));
         let x = x.flatten::<2>(1, 3);
         let x = self.dropout.forward(relu(linear(&self.dense, x, on(2))));
         linear(&self.output, x, on(3))
@@ -208,15 +215,16 @@ impl Classifier {
         match self {
             Self::Mlp(m) => m.forward_with(x, sparse),
             Self::Cnn(m) => m.forward_with(x, sparse),
-            Self::ResNet(m) => m.forward_with(x, sparse.first().copied().unwrap_or(false)),
+            Self::ResNet(m) => m.forward_with(x, sparse),
         }
     }
 
     /// The layers that sparse training can run over their non-zeros, in forward order (the
     /// order of [`Classifier::forward_with`]'s flags), named as in the model's parameter paths
     /// (`hidden.0`, `output`; the CNN's `conv1`, `conv2`, `dense`, `output`; a ResNet's
-    /// `linear`). A convolution comes with its input's shape for images of `shape`
-    /// (`[channels, height, width]`).
+    /// `conv1`, each block's `stages.i.j.conv1`, `conv2` and `shortcut.conv`, and `linear`). A
+    /// convolution comes with its input's shape for images of `shape` (`[channels, height,
+    /// width]`).
     pub fn sparse_candidates(&self, shape: [usize; 3]) -> Vec<(String, SparseCandidate<'_>)> {
         let linear = |name: &str, l| (name.to_string(), SparseCandidate::Linear(l));
         match self {
@@ -236,10 +244,7 @@ impl Classifier {
                     linear("output", &m.output),
                 ]
             }
-            Self::ResNet(m) => {
-                let (name, layer) = m.head();
-                vec![linear(name, layer)]
-            }
+            Self::ResNet(m) => m.sparse_candidates(shape),
         }
     }
 }

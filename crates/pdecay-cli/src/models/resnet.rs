@@ -25,6 +25,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::ModelKind;
+use super::classifier::{SparseCandidate, conv, conv_geometry};
 use crate::data::ImageShape;
 
 /// The sizes of a ResNet: stem channels, then per stage its channels, stride and blocks.
@@ -159,15 +160,57 @@ impl BasicBlock {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = relu(self.bn1.forward(self.conv1.forward(x.clone())));
-        let out = self.bn2.forward(self.conv2.forward(out));
+    /// The block's output; `sparse` flags its convolutions (`conv1`, `conv2`, the shortcut's),
+    /// missing entries dense.
+    fn forward(&self, x: Tensor<4>, sparse: &[bool]) -> Tensor<4> {
+        let on = |i: usize| sparse.get(i).copied().unwrap_or(false);
+        let out = relu(self.bn1.forward(conv(&self.conv1, x.clone(), on(0))));
+        let out = self.bn2.forward(conv(&self.conv2, out, on(1)));
         let skip = match &self.shortcut {
-            Some(s) => s.bn.forward(s.conv.forward(x)),
+            Some(s) => s.bn.forward(conv(&s.conv, x, on(2))),
             None => x,
         };
         relu(out + skip)
     }
+
+    /// The block's convolutions as sparse-training candidates under `prefix`, for an input of
+    /// `input` (`[channels, height, width]`), and the block's output shape.
+    fn sparse_candidates<'a>(
+        &'a self,
+        prefix: &str,
+        input: [usize; 3],
+        into: &mut Vec<(String, SparseCandidate<'a>)>,
+    ) -> [usize; 3] {
+        let inner = output_shape(&self.conv1, input);
+        into.push((
+            format!("{prefix}.conv1"),
+            SparseCandidate::Conv(&self.conv1, input),
+        ));
+        into.push((
+            format!("{prefix}.conv2"),
+            SparseCandidate::Conv(&self.conv2, inner),
+        ));
+        if let Some(s) = &self.shortcut {
+            into.push((
+                format!("{prefix}.shortcut.conv"),
+                SparseCandidate::Conv(&s.conv, input),
+            ));
+        }
+        output_shape(&self.conv2, inner)
+    }
+
+    /// How many sparse-training candidates the block has.
+    fn candidates(&self) -> usize {
+        2 + usize::from(self.shortcut.is_some())
+    }
+}
+
+/// The `[channels, height, width]` that `layer` makes of an input of `input`.
+fn output_shape(layer: &Conv2d, [_, h, w]: [usize; 3]) -> [usize; 3] {
+    let (stride, padding) = conv_geometry(layer);
+    let k = layer.kernel_size[0];
+    let side = |n: usize| (n + 2 * padding).saturating_sub(k) / stride.max(1) + 1;
+    [layer.weight.dims()[0], side(h), side(w)]
 }
 
 /// A ResNet of BasicBlocks (see the module docs).
@@ -211,24 +254,41 @@ impl ResNet {
         }
     }
 
-    /// Logits for a `[batch, values]` input of square images; with `sparse_head`, the final
-    /// linear layer runs over its weight's non-zeros (sparse training).
-    pub fn forward_with(&self, x: Tensor<2>, sparse_head: bool) -> Tensor<2> {
+    /// Logits for a `[batch, values]` input of square images; `sparse` flags the layers that
+    /// run over their weights' non-zeros (sparse training), in [`ResNet::sparse_candidates`]'
+    /// order, missing entries dense.
+    pub fn forward_with(&self, x: Tensor<2>, sparse: &[bool]) -> Tensor<2> {
+        let on = |i: usize| sparse.get(i).copied().unwrap_or(false);
         let x = super::classifier::unflatten(x, self.conv1.weight.dims()[1]);
-        let x = relu(self.bn1.forward(self.conv1.forward(x)));
-        let x = self
-            .stages
-            .iter()
-            .flatten()
-            .fold(x, |x, block| block.forward(x));
+        let x = relu(self.bn1.forward(conv(&self.conv1, x, on(0))));
+        let mut at = 1;
+        let x = self.stages.iter().flatten().fold(x, |x, block| {
+            let flags = sparse.get(at..).unwrap_or(&[]);
+            at += block.candidates();
+            block.forward(x, flags)
+        });
         // global average pool: [batch, channels, h, w] -> [batch, channels]
         let x = x.mean_dim(3).mean_dim(2).flatten::<2>(1, 3);
-        super::classifier::linear(&self.linear, x, sparse_head)
+        super::classifier::linear(&self.linear, x, on(at))
     }
 
-    /// The final linear layer, named as in the parameter paths.
-    pub fn head(&self) -> (&'static str, &Linear) {
-        ("linear", &self.linear)
+    /// The layers sparse training can run over their non-zeros, in forward order, named as in
+    /// the parameter paths (`conv1`, `stages.i.j.conv1`, `stages.i.j.conv2`,
+    /// `stages.i.j.shortcut.conv`, `linear`), each convolution with its input's shape for
+    /// images of `image` (`[channels, height, width]`).
+    pub fn sparse_candidates(&self, image: [usize; 3]) -> Vec<(String, SparseCandidate<'_>)> {
+        let mut all = vec![(
+            "conv1".to_string(),
+            SparseCandidate::Conv(&self.conv1, image),
+        )];
+        let mut shape = output_shape(&self.conv1, image);
+        for (i, stage) in self.stages.iter().enumerate() {
+            for (j, block) in stage.iter().enumerate() {
+                shape = block.sparse_candidates(&format!("stages.{i}.{j}"), shape, &mut all);
+            }
+        }
+        all.push(("linear".to_string(), SparseCandidate::Linear(&self.linear)));
+        all
     }
 }
 
@@ -330,13 +390,58 @@ mod tests {
             let mut x = relu(net.bn1.forward(net.conv1.forward(x)));
             assert_eq!(x.dims()[2..], [sides[0]; 2]);
             for (stage, &side) in net.stages.iter().zip(&sides[1..]) {
-                x = stage.iter().fold(x, |x, b| b.forward(x));
+                x = stage.iter().fold(x, |x, b| b.forward(x, &[]));
                 assert_eq!(x.dims()[2..], [side; 2], "{shape}");
             }
             assert_eq!(x.dims()[1], 32);
             let flat = Tensor::<2>::zeros([2, shape.values()], &device);
-            assert_eq!(net.forward_with(flat, false).dims(), [2, 10]);
+            assert_eq!(net.forward_with(flat, &[]).dims(), [2, 10]);
         }
+    }
+
+    #[test]
+    fn every_convolution_can_run_sparse_with_the_dense_outputs() {
+        let device = Device::default();
+        let net = ResNet::new(
+            &ResNetConfig::resnet20(4),
+            ImageShape::new(2, 9, 9),
+            10,
+            &device,
+        );
+        let candidates = net.sparse_candidates([2, 9, 9]);
+        // the stem, two convolutions in each of 9 blocks, two projections, the head
+        assert_eq!(candidates.len(), 1 + 9 * 2 + 2 + 1);
+        let names: Vec<&str> = candidates.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names[..4],
+            [
+                "conv1",
+                "stages.0.0.conv1",
+                "stages.0.0.conv2",
+                "stages.0.1.conv1"
+            ]
+        );
+        assert!(names.contains(&"stages.1.0.shortcut.conv"));
+        assert_eq!(names.last(), Some(&"linear"));
+        // the input shapes follow the strides: layer2.0 takes 9x9, its conv2 and layer2.1 5x5
+        let shape_of = |name: &str| match candidates.iter().find(|(n, _)| n == name).unwrap().1 {
+            SparseCandidate::Conv(_, input) => input,
+            SparseCandidate::Linear(_) => panic!("{name} is a conv"),
+        };
+        assert_eq!(shape_of("stages.1.0.conv1"), [4, 9, 9]);
+        assert_eq!(shape_of("stages.1.0.shortcut.conv"), [4, 9, 9]);
+        assert_eq!(shape_of("stages.1.0.conv2"), [8, 5, 5]);
+        assert_eq!(shape_of("stages.2.1.conv1"), [16, 3, 3]);
+        // all sparse (flex's sparse product) against all dense
+        let x = Tensor::<2>::random(
+            [3, 2 * 81],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let dense = net.forward_with(x.clone(), &[]);
+        let sparse = net.forward_with(x, &vec![true; candidates.len()]);
+        let worst = (dense - sparse).abs().max().into_scalar::<f32>();
+        assert!(worst <= 1e-4, "{worst}");
     }
 
     #[test]
@@ -355,7 +460,7 @@ mod tests {
         let running = |net: &ResNet| net.valid().bn1.running_mean.value().into_data();
         let before = running(&net);
         // a training forward updates the running statistics: mean_new = 0.9·0 + 0.1·batch mean
-        let train = net.forward_with(x(), false);
+        let train = net.forward_with(x(), &[]);
         let after = running(&net);
         assert_ne!(before, after);
         let conv = net.conv1.forward(x().reshape([2, 1, 4, 4]));
@@ -365,10 +470,10 @@ mod tests {
         let valid = net.valid();
         let inner = Device::default();
         let xv = Tensor::<2>::from_data(TensorData::new(values.clone(), [2, 16]), &inner);
-        let eval = valid.forward_with(xv.clone(), false);
+        let eval = valid.forward_with(xv.clone(), &[]);
         assert_eq!(running(&valid), after);
         assert_eq!(
-            valid.forward_with(xv, false).into_data(),
+            valid.forward_with(xv, &[]).into_data(),
             eval.clone().into_data()
         );
         let (t, e) = (

@@ -1,6 +1,6 @@
 //! Which of a classifier's layers train over their weights' non-zeros, from which step.
 //!
-//! A linear layer moves to `pdecay_burn::sparse_linear`, a convolution (the CNN's) to
+//! A linear layer moves to `pdecay_burn::sparse_linear`, a convolution (the CNN's, a ResNet's) to
 //! `pdecay_burn::sparse_conv2d`, only once its zeros are absorbing (pWD, p < 2,
 //! λ > 0: [`TrainConfig::zeros_absorbing_from`]), and then stays there: its support only shrinks,
 //! and the sparse product reads it at every step. Decisions are taken before the first step
@@ -20,6 +20,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use pdecay_burn::{sparse_conv2d, sparse_linear};
 
 use crate::config::{SparseTraining, TrainConfig};
+use crate::models::classifier::conv_geometry;
 use crate::models::{Classifier, SparseCandidate};
 use crate::run::SparseLayer;
 
@@ -194,7 +195,9 @@ fn sparse_is_faster(layer: SparseCandidate, batch: usize, device: &Device) -> bo
             })
         }
         SparseCandidate::Conv(conv, [channels, height, width]) => {
-            let outputs = conv.weight.dims()[0];
+            let (stride, padding) = conv_geometry(conv);
+            let [outputs, _, k, _] = conv.weight.dims();
+            let side = |n: usize| (n + 2 * padding).saturating_sub(k) / stride + 1;
             let x = Tensor::<4>::from_data(
                 TensorData::new(
                     pattern(batch * channels * height * width, 1),
@@ -205,17 +208,17 @@ fn sparse_is_faster(layer: SparseCandidate, batch: usize, device: &Device) -> bo
             .require_grad();
             let g = Tensor::<4>::from_data(
                 TensorData::new(
-                    pattern(batch * outputs * height * width, 2),
-                    [batch, outputs, height, width],
+                    pattern(batch * outputs * side(height) * side(width), 2),
+                    [batch, outputs, side(height), side(width)],
                 ),
                 device,
             );
             let w = conv.weight.val().detach().require_grad();
-            let options = burn::tensor::ops::ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+            let options = burn::tensor::ops::ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
             Box::new(move |sparse: bool| {
                 let start = Instant::now();
                 let y = if sparse {
-                    sparse_conv2d(x.clone(), w.clone(), None, 1, 1)
+                    sparse_conv2d(x.clone(), w.clone(), None, stride, padding)
                 } else {
                     burn::tensor::module::conv2d(x.clone(), w.clone(), None, options.clone())
                 };
