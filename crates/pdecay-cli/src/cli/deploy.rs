@@ -221,7 +221,10 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
 /// `pdecay logits`: a GPT's at every position of a text, or an image classifier file's on the
 /// first test images, as JSON.
 pub fn run_logits(args: &gpt_deploy::LogitsArgs) -> Result<()> {
-    let gpt = args.model.is_dir() || read_model_file(&args.model)?.1;
+    if args.model.is_dir() {
+        return gpt_deploy::logits(args);
+    }
+    let (bytes, gpt) = read_model_file(&args.model)?;
     if gpt {
         return gpt_deploy::logits(args);
     }
@@ -235,7 +238,8 @@ pub fn run_logits(args: &gpt_deploy::LogitsArgs) -> Result<()> {
         "--images must lie in 1..=10000, got {}",
         args.images
     );
-    let file = ModelFile::load(&args.model)?;
+    let file = ModelFile::from_bytes(&bytes)
+        .with_context(|| format!("{} is not a usable pdecay model file", args.model.display()))?;
     let splits = image_data(args.data.as_deref(), args.embedded)?;
     crate::deploy::check_images(&splits, file.config.image_shape)?;
     let count = args.images.min(splits.test.len());

@@ -241,12 +241,15 @@ pub enum Engine {
 
 impl Engine {
     /// The engine for a file: CSR products for a sparse file, burn's dense ops otherwise;
-    /// a compact ResNet, whose blocks burn cannot build narrower, runs folded on CSR too.
+    /// a compacted ResNet (in any format), whose blocks burn cannot build narrower, runs folded
+    /// on CSR too.
     pub fn new(file: &ModelFile) -> Result<Self> {
         Ok(match (file.format, file.config.model) {
             (Format::Sparse, ModelKind::Mlp) => Self::Sparse(SparseMlp::new(file)),
             (Format::Sparse, ModelKind::Cnn) => Self::SparseCnn(Box::new(SparseCnn::new(file))),
-            (Format::Sparse | Format::Compact, ModelKind::Resnet18 | ModelKind::Resnet20) => {
+            (format, ModelKind::Resnet18 | ModelKind::Resnet20)
+                if format != Format::Dense || !file.inner_widths.is_empty() =>
+            {
                 Self::FoldedResNet(Box::new(FoldedResNet::new(file)?))
             }
             (_, ModelKind::Gpt) => {
