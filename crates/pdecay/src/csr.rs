@@ -136,10 +136,25 @@ impl Csr {
 
     /// The row-major dense matrix.
     pub fn to_dense(&self) -> Vec<f32> {
+        self.dense_with(&self.values)
+    }
+
+    /// The row-major dense matrix with this support and `values` in place of the stored ones
+    /// (one per stored entry, in storage order), zero elsewhere: sparse training's weight
+    /// gradient, computed only at the support.
+    ///
+    /// # Panics
+    /// If `values` does not hold one value per stored entry.
+    pub fn dense_with(&self, values: &[f32]) -> Vec<f32> {
+        assert_eq!(
+            values.len(),
+            self.nnz(),
+            "dense_with: one value per stored entry"
+        );
         let mut dense = vec![0.0; self.rows * self.cols];
         for row in 0..self.rows {
             for k in self.row_range(row) {
-                dense[row * self.cols + self.col_indices[k] as usize] = self.values[k];
+                dense[row * self.cols + self.col_indices[k] as usize] = values[k];
             }
         }
         dense

@@ -113,15 +113,11 @@ fn backward(
     });
     let mut at_support = vec![0.0f32; w.nnz()];
     sparse_conv::weight_grad(w, x.storage::<f32>(), grad, shape, &mut at_support);
-    let mut w_grad = vec![0.0f32; w.rows * w.cols];
-    for (row, dense_row) in w_grad.chunks_exact_mut(w.cols.max(1)).enumerate() {
-        let range = w.row_offsets[row] as usize..w.row_offsets[row + 1] as usize;
-        for (&c, &g) in w.col_indices[range.clone()].iter().zip(&at_support[range]) {
-            dense_row[c as usize] = g;
-        }
-    }
     let k = shape.kernel;
-    let w_grad = FlexTensor::from_data(TensorData::new(w_grad, [w.rows, shape.channels, k, k]));
+    let w_grad = FlexTensor::from_data(TensorData::new(
+        w.dense_with(&at_support),
+        [w.rows, shape.channels, k, k],
+    ));
     (x_grad, w_grad)
 }
 

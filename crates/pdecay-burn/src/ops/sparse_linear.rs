@@ -107,14 +107,10 @@ fn backward(
     });
     let mut at_support = vec![0.0f32; w.nnz()];
     w.sampled_products_t(x_t.storage::<f32>(), grad_t, batch, &mut at_support);
-    let mut w_grad = vec![0.0f32; inputs * outputs];
-    for (row, dense_row) in w_grad.chunks_exact_mut(outputs).enumerate() {
-        let range = w.row_offsets[row] as usize..w.row_offsets[row + 1] as usize;
-        for (&c, &g) in w.col_indices[range.clone()].iter().zip(&at_support[range]) {
-            dense_row[c as usize] = g;
-        }
-    }
-    let w_grad = FlexTensor::from_data(TensorData::new(w_grad, [inputs, outputs]));
+    let w_grad = FlexTensor::from_data(TensorData::new(
+        w.dense_with(&at_support),
+        [inputs, outputs],
+    ));
     (x_grad, w_grad)
 }
 

@@ -224,12 +224,32 @@ pub fn compact(file: &ModelFile) -> Result<(ModelFile, CompactReport)> {
     // keep the model's parameter order (the names are unique)
     let order: Vec<&str> = file.tensors.iter().map(|t| t.name.as_str()).collect();
     tensors.sort_by_key(|t| order.iter().position(|n| *n == t.name));
+    Ok(finish(
+        file,
+        config,
+        tensors,
+        Vec::new(),
+        widths_before,
+        widths_after,
+    ))
+}
+
+/// The compacted file of `file` (its `config` and `tensors` narrowed, a ResNet's
+/// `inner_widths`) and the report of widths and parameters before and after.
+fn finish(
+    file: &ModelFile,
+    config: crate::config::TrainConfig,
+    tensors: Vec<ModelTensor>,
+    inner_widths: Vec<usize>,
+    widths_before: Vec<usize>,
+    widths_after: Vec<usize>,
+) -> (ModelFile, CompactReport) {
     let compacted = ModelFile {
         format: Format::Compact,
         config,
         threshold: file.threshold,
         input_stats: file.input_stats.clone(),
-        inner_widths: Vec::new(),
+        inner_widths,
         tensors,
     };
     let report = CompactReport {
@@ -238,7 +258,7 @@ pub fn compact(file: &ModelFile) -> Result<(ModelFile, CompactReport)> {
         params_before: file.params(),
         params_after: compacted.params(),
     };
-    Ok((compacted, report))
+    (compacted, report)
 }
 
 /// A ResNet file with each BasicBlock's dead inner channels removed (see the module docs); the
@@ -315,21 +335,15 @@ fn compact_resnet(file: &ModelFile) -> Result<(ModelFile, CompactReport)> {
             tensors[k].stored = Stored::Dense(rows(&values, 1));
         }
     }
-    let compacted = ModelFile {
-        format: Format::Compact,
-        config: file.config.clone(),
-        threshold: file.threshold,
-        input_stats: file.input_stats.clone(),
-        inner_widths: widths_after.clone(),
+    let inner_widths = widths_after.clone();
+    Ok(finish(
+        file,
+        file.config.clone(),
         tensors,
-    };
-    let report = CompactReport {
+        inner_widths,
         widths_before,
         widths_after,
-        params_before: file.params(),
-        params_after: compacted.params(),
-    };
-    Ok((compacted, report))
+    ))
 }
 
 #[cfg(test)]
