@@ -13,9 +13,10 @@
 //! ```
 //!
 //! each over the output positions whose input position lies inside the image. A stored weight
-//! costs `B·H'·W'` multiply-adds in each of the three, in runs along image rows; a zero weight
-//! costs nothing, and unlike im2col no `[C·k², B·H'·W']` matrix is written and read back, which
-//! at high sparsity cost more than the products. Work splits over rayon's pool by output plane
+//! costs `B·H'·W'` multiply-adds in each of the three, in runs along image rows, or, where those
+//! rows are short, in one run per image over zero-padded planes ([`Wide`]); a zero weight costs
+//! nothing, and unlike im2col no `[C·k², B·H'·W']` matrix is written and read back, which at
+//! high sparsity cost more than the products. Work splits over rayon's pool by output plane
 //! (forward), input plane (input gradient) and kernel row (kernel gradient), so every task
 //! writes its own memory and the result does not depend on the thread count.
 
@@ -108,6 +109,9 @@ pub fn forward(w: &Csr, x: &[f32], shape: &ConvShape, y: &mut [f32]) {
     if out_plane == 0 {
         return;
     }
+    if Wide::pays(shape) {
+        return Wide::new(shape).forward(w, x, y);
+    }
     y.par_chunks_mut(out_plane)
         .enumerate()
         .for_each(|(bo, out)| {
@@ -163,6 +167,9 @@ pub fn input_grad(w: &Csr, dy: &[f32], shape: &ConvShape, dx: &mut [f32]) {
     if plane == 0 {
         return;
     }
+    if Wide::pays(shape) {
+        return Wide::new(shape).input_grad(&by_input, dy, w.rows, dx);
+    }
     dx.par_chunks_mut(plane)
         .enumerate()
         .for_each(|(bc, image)| {
@@ -216,8 +223,196 @@ pub fn weight_grad(w: &Csr, x: &[f32], dy: &[f32], shape: &ConvShape, out: &mut 
         "weight_grad: one value per stored weight"
     );
     let (plane, out_plane) = (height * width, ho * wo);
+    if Wide::pays(shape) {
+        return Wide::new(shape).weight_grad(w, x, dy, out);
+    }
     // one task per output channel: its stored weights, contiguous in `out`
-    let mut rows: Vec<&mut [f32]> = Vec::with_capacity(w.rows);
+    split_by_row(w, out)
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(o, sums)| {
+            for (tap, sum) in taps_of_row(w, o, k).zip(sums.iter_mut()) {
+                let cols = inside(wo, width, tap.kx, shape);
+                let mut total = 0.0f32;
+                if !cols.is_empty() {
+                    for b in 0..batch {
+                        let image = &x[(b * channels + tap.input) * plane..][..plane];
+                        let grad = &dy[(b * w.rows + o) * out_plane..][..out_plane];
+                        for i in inside(ho, height, tap.ky, shape) {
+                            let row = &image[(i * s + tap.ky - q) * width..][..width];
+                            let from = &grad[i * wo..(i + 1) * wo];
+                            let start = cols.start * s + tap.kx - q;
+                            if s == 1 {
+                                let n = cols.len();
+                                total += row[start..start + n]
+                                    .iter()
+                                    .zip(&from[cols.clone()])
+                                    .map(|(a, b)| a * b)
+                                    .sum::<f32>();
+                            } else {
+                                for (n, j) in cols.clone().enumerate() {
+                                    total += row[start + n * s] * from[j];
+                                }
+                            }
+                        }
+                    }
+                }
+                *sum = total;
+            }
+        });
+}
+
+/// Stride 1 on "wide" planes: each image padded by `q` on every side (rows of `Wp = W + 2q`),
+/// and each output plane kept in rows of the same `Wp` (the last `Wp − W'` values of a row
+/// unused, zero in a gradient). Then output position `n = i·Wp + j` reads padded input
+/// position `n + ky·Wp + kx` for every tap, so a stored weight is one contiguous run of
+/// `L = (H' − 1)·Wp + W'` multiply-adds per image instead of `H'` runs of `W'`: on 7- and
+/// 14-wide planes the runs were too short to vectorise.
+struct Wide {
+    shape: ConvShape,
+    /// Padded rows and columns (`Hp`, `Wp`).
+    padded: (usize, usize),
+    /// Output rows and columns (`H'`, `W'`).
+    output: (usize, usize),
+}
+
+/// Output rows shorter than this run on [`Wide`] planes; longer ones vectorise well enough
+/// row by row, where the wide path's padded copies cost more than they save (`cargo bench -p
+/// pdecay-burn --bench sparse_conv`: on 28-wide planes rows took 0.31x dense time at 90%
+/// zeros, wide planes 0.66x; on 14- and 7-wide planes wide took 0.58-0.94x, rows 0.76-1.71x).
+const WIDE_BELOW: usize = 16;
+
+impl Wide {
+    /// Whether `shape` takes the wide path: stride 1, some output, short output rows.
+    fn pays(shape: &ConvShape) -> bool {
+        let (ho, wo) = shape.output_size();
+        shape.stride == 1 && ho > 0 && wo > 0 && wo < WIDE_BELOW
+    }
+
+    fn new(shape: &ConvShape) -> Self {
+        let q = shape.padding;
+        Self {
+            shape: *shape,
+            padded: (shape.height + 2 * q, shape.width + 2 * q),
+            output: shape.output_size(),
+        }
+    }
+
+    /// The run length `L` and a tap's input offset `ky·Wp + kx`.
+    fn run(&self) -> usize {
+        let (ho, wo) = self.output;
+        (ho - 1) * self.padded.1 + wo
+    }
+
+    fn offset(&self, tap: &Tap) -> usize {
+        tap.ky * self.padded.1 + tap.kx
+    }
+
+    /// `[planes, H, W]` planes zero-padded to `[planes, Hp, Wp]`.
+    fn pad(&self, x: &[f32]) -> Vec<f32> {
+        let (h, w, q) = (self.shape.height, self.shape.width, self.shape.padding);
+        let (hp, wp) = self.padded;
+        let mut out = vec![0.0f32; x.len() / (h * w).max(1) * hp * wp];
+        out.par_chunks_mut(hp * wp)
+            .zip(x.par_chunks(h * w))
+            .for_each(|(padded, plane)| {
+                for (r, row) in plane.chunks_exact(w).enumerate() {
+                    padded[(r + q) * wp + q..][..w].copy_from_slice(row);
+                }
+            });
+        out
+    }
+
+    /// `[planes, H', W']` output planes in rows of `Wp` (the rest of each row zero).
+    fn widen(&self, y: &[f32]) -> Vec<f32> {
+        let (ho, wo) = self.output;
+        let wp = self.padded.1;
+        let mut out = vec![0.0f32; y.len() / (ho * wo).max(1) * ho * wp];
+        out.par_chunks_mut(ho * wp)
+            .zip(y.par_chunks(ho * wo))
+            .for_each(|(wide, plane)| {
+                for (r, row) in plane.chunks_exact(wo).enumerate() {
+                    wide[r * wp..][..wo].copy_from_slice(row);
+                }
+            });
+        out
+    }
+
+    fn forward(&self, w: &Csr, x: &[f32], y: &mut [f32]) {
+        let (ho, wo) = self.output;
+        let (hp, wp) = self.padded;
+        let (k, channels) = (self.shape.kernel, self.shape.channels);
+        let padded = self.pad(x);
+        let run = self.run();
+        y.par_chunks_mut(ho * wo).enumerate().for_each(|(bo, out)| {
+            let (b, o) = (bo / w.rows.max(1), bo % w.rows.max(1));
+            let mut wide = vec![0.0f32; run];
+            for tap in taps_of_row(w, o, k) {
+                let image = &padded[(b * channels + tap.input) * hp * wp..][..hp * wp];
+                let from = &image[self.offset(&tap)..][..run];
+                for (o, x) in wide.iter_mut().zip(from) {
+                    *o += tap.weight * x;
+                }
+            }
+            for (r, row) in out.chunks_exact_mut(wo).enumerate() {
+                row.copy_from_slice(&wide[r * wp..][..wo]);
+            }
+        });
+    }
+
+    fn input_grad(&self, by_input: &[Vec<Tap>], dy: &[f32], outputs: usize, dx: &mut [f32]) {
+        let (ho, _) = self.output;
+        let (hp, wp) = self.padded;
+        let (h, w, q) = (self.shape.height, self.shape.width, self.shape.padding);
+        let channels = self.shape.channels;
+        let wide_dy = self.widen(dy);
+        let run = self.run();
+        dx.par_chunks_mut(h * w)
+            .enumerate()
+            .for_each(|(bc, image)| {
+                let (b, c) = (bc / channels.max(1), bc % channels.max(1));
+                let mut padded = vec![0.0f32; hp * wp];
+                for tap in &by_input[c] {
+                    let grad = &wide_dy[(b * outputs + tap.output) * ho * wp..][..run];
+                    let into = &mut padded[self.offset(tap)..][..run];
+                    for (d, g) in into.iter_mut().zip(grad) {
+                        *d += tap.weight * g;
+                    }
+                }
+                for (r, row) in image.chunks_exact_mut(w).enumerate() {
+                    row.copy_from_slice(&padded[(r + q) * wp + q..][..w]);
+                }
+            });
+    }
+
+    fn weight_grad(&self, w: &Csr, x: &[f32], dy: &[f32], out: &mut [f32]) {
+        let (ho, _) = self.output;
+        let (hp, wp) = self.padded;
+        let (k, channels, batch) = (self.shape.kernel, self.shape.channels, self.shape.batch);
+        let (padded, wide_dy) = (self.pad(x), self.widen(dy));
+        let run = self.run();
+        let rows = split_by_row(w, out);
+        rows.into_par_iter().enumerate().for_each(|(o, sums)| {
+            for (tap, sum) in taps_of_row(w, o, k).zip(sums.iter_mut()) {
+                let mut total = 0.0f32;
+                for b in 0..batch {
+                    let image = &padded[(b * channels + tap.input) * hp * wp..][..hp * wp];
+                    let grad = &wide_dy[(b * w.rows + o) * ho * wp..][..run];
+                    total += image[self.offset(&tap)..][..run]
+                        .iter()
+                        .zip(grad)
+                        .map(|(a, g)| a * g)
+                        .sum::<f32>();
+                }
+                *sum = total;
+            }
+        });
+    }
+}
+
+/// `out` (one value per stored weight of `w`) cut into each row's stored weights.
+fn split_by_row<'a>(w: &Csr, out: &'a mut [f32]) -> Vec<&'a mut [f32]> {
+    let mut rows = Vec::with_capacity(w.rows);
     let mut rest = out;
     for row in 0..w.rows {
         let n = (w.row_offsets[row + 1] - w.row_offsets[row]) as usize;
@@ -225,36 +420,7 @@ pub fn weight_grad(w: &Csr, x: &[f32], dy: &[f32], shape: &ConvShape, out: &mut 
         rows.push(head);
         rest = tail;
     }
-    rows.into_par_iter().enumerate().for_each(|(o, sums)| {
-        for (tap, sum) in taps_of_row(w, o, k).zip(sums.iter_mut()) {
-            let cols = inside(wo, width, tap.kx, shape);
-            let mut total = 0.0f32;
-            if !cols.is_empty() {
-                for b in 0..batch {
-                    let image = &x[(b * channels + tap.input) * plane..][..plane];
-                    let grad = &dy[(b * w.rows + o) * out_plane..][..out_plane];
-                    for i in inside(ho, height, tap.ky, shape) {
-                        let row = &image[(i * s + tap.ky - q) * width..][..width];
-                        let from = &grad[i * wo..(i + 1) * wo];
-                        let start = cols.start * s + tap.kx - q;
-                        if s == 1 {
-                            let n = cols.len();
-                            total += row[start..start + n]
-                                .iter()
-                                .zip(&from[cols.clone()])
-                                .map(|(a, b)| a * b)
-                                .sum::<f32>();
-                        } else {
-                            for (n, j) in cols.clone().enumerate() {
-                                total += row[start + n * s] * from[j];
-                            }
-                        }
-                    }
-                }
-            }
-            *sum = total;
-        }
-    });
+    rows
 }
 
 /// The lengths every product checks: `x` (or `dx`) `[B, C, H, W]`, `y` (or `dy`)
@@ -358,11 +524,12 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
         /// The direct products equal the im2col ones for any geometry and support: strides,
-        /// padding, kernels larger than the image, empty and full kernels, batch 1.
+        /// padding, kernels larger than the image, empty and full kernels, batch 1, output rows
+        /// either side of [`WIDE_BELOW`] (row by row and on wide planes).
         #[test]
         fn direct_products_equal_the_patch_products(
             batch in 1usize..3, channels in 1usize..4, outputs in 1usize..4,
-            height in 1usize..8, width in 1usize..8, kernel in 1usize..4, stride in 1usize..3,
+            height in 1usize..8, width in 1usize..22, kernel in 1usize..4, stride in 1usize..3,
             padding in 0usize..3, zeros in 0.0f64..1.0, seed in 0u64..1000,
         ) {
             let shape = ConvShape { batch, channels, height, width, kernel, stride, padding };
