@@ -14,7 +14,7 @@
 //!
 //! each over the output positions whose input position lies inside the image. A stored weight
 //! costs `B·H'·W'` multiply-adds in each of the three, in runs along image rows, or, where those
-//! rows are short, in one run per image over zero-padded planes ([`Wide`]); a zero weight costs
+//! rows are short, in one run per image over zero-padded planes (`Wide`); a zero weight costs
 //! nothing, and unlike im2col no `[C·k², B·H'·W']` matrix is written and read back, which at
 //! high sparsity cost more than the products. Work splits over rayon's pool by output plane
 //! (forward), input plane (input gradient) and kernel row (kernel gradient), so every task
