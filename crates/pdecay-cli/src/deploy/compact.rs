@@ -19,6 +19,7 @@
 use anyhow::{Context, Result, bail};
 
 use super::model_file::{Format, ModelFile, ModelTensor, Stored, resnet_blocks};
+use super::resnet_infer::fold_scale;
 use crate::models::{ModelKind, ResNetConfig};
 
 /// One weighted layer as a 2-D `[units, inputs]` matrix, PyTorch orientation.
@@ -307,7 +308,7 @@ fn compact_resnet(file: &ModelFile) -> Result<(ModelFile, CompactReport)> {
             })
         };
         let silent = |c: usize| {
-            let scale = gamma[c] as f64 / (var[c] as f64 + 1e-5).sqrt();
+            let scale = fold_scale(gamma[c], var[c]);
             w1[c * fan_in..(c + 1) * fan_in].iter().all(|&w| w == 0.0)
                 && beta[c] as f64 - mean[c] as f64 * scale <= 0.0
         };

@@ -25,6 +25,12 @@ use crate::models::ResNetConfig;
 /// burn's and PyTorch's BatchNorm ε.
 const BATCH_NORM_EPSILON: f64 = 1e-5;
 
+/// The factor `s = γ / √(σ² + ε)` that folding a BatchNorm channel of gain `gamma` and running
+/// variance `var` multiplies its convolution's weights by (its bias is then `β − μ·s`).
+pub(crate) fn fold_scale(gamma: f32, var: f32) -> f64 {
+    gamma as f64 / (var as f64 + BATCH_NORM_EPSILON).sqrt()
+}
+
 /// A convolution with its BatchNorm folded in: CSR of `[out, in·k·k]` and a bias per output.
 struct FoldedConv {
     weight: Csr,
@@ -108,7 +114,7 @@ impl FoldedResNet {
             };
             let mut bias = Vec::with_capacity(out);
             for c in 0..out {
-                let scale = gamma[c] as f64 / (var[c] as f64 + BATCH_NORM_EPSILON).sqrt();
+                let scale = fold_scale(gamma[c], var[c]);
                 let row = weight.row_offsets[c] as usize..weight.row_offsets[c + 1] as usize;
                 weight.values[row]
                     .iter_mut()

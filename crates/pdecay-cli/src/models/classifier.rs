@@ -90,6 +90,22 @@ pub fn conv_geometry(layer: &Conv2d) -> (usize, usize) {
     (layer.stride[0], layer.kernel_size[0] / 2)
 }
 
+/// The `[channels, height, width]` that `layer` makes of an input of `input`.
+pub fn conv_output(layer: &Conv2d, [_, height, width]: [usize; 3]) -> [usize; 3] {
+    let (stride, padding) = conv_geometry(layer);
+    let shape = pdecay::im2col::ConvShape {
+        batch: 1,
+        channels: layer.weight.dims()[1],
+        height,
+        width,
+        kernel: layer.kernel_size[0],
+        stride,
+        padding,
+    };
+    let (h, w) = shape.output_size();
+    [layer.weight.dims()[0], h, w]
+}
+
 /// `layer`'s output, over its kernel's non-zeros when `sparse`.
 pub(super) fn conv(layer: &Conv2d, x: Tensor<4>, sparse: bool) -> Tensor<4> {
     if sparse {

@@ -25,7 +25,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::ModelKind;
-use super::classifier::{SparseCandidate, conv, conv_geometry};
+use super::classifier::{SparseCandidate, conv, conv_output};
 use crate::data::ImageShape;
 
 /// The sizes of a ResNet: stem channels, then per stage its channels, stride and blocks.
@@ -181,7 +181,7 @@ impl BasicBlock {
         input: [usize; 3],
         into: &mut Vec<(String, SparseCandidate<'a>)>,
     ) -> [usize; 3] {
-        let inner = output_shape(&self.conv1, input);
+        let inner = conv_output(&self.conv1, input);
         into.push((
             format!("{prefix}.conv1"),
             SparseCandidate::Conv(&self.conv1, input),
@@ -196,21 +196,13 @@ impl BasicBlock {
                 SparseCandidate::Conv(&s.conv, input),
             ));
         }
-        output_shape(&self.conv2, inner)
+        conv_output(&self.conv2, inner)
     }
 
     /// How many sparse-training candidates the block has.
     fn candidates(&self) -> usize {
         2 + usize::from(self.shortcut.is_some())
     }
-}
-
-/// The `[channels, height, width]` that `layer` makes of an input of `input`.
-fn output_shape(layer: &Conv2d, [_, h, w]: [usize; 3]) -> [usize; 3] {
-    let (stride, padding) = conv_geometry(layer);
-    let k = layer.kernel_size[0];
-    let side = |n: usize| (n + 2 * padding).saturating_sub(k) / stride.max(1) + 1;
-    [layer.weight.dims()[0], side(h), side(w)]
 }
 
 /// A ResNet of BasicBlocks (see the module docs).
@@ -281,7 +273,7 @@ impl ResNet {
             "conv1".to_string(),
             SparseCandidate::Conv(&self.conv1, image),
         )];
-        let mut shape = output_shape(&self.conv1, image);
+        let mut shape = conv_output(&self.conv1, image);
         for (i, stage) in self.stages.iter().enumerate() {
             for (j, block) in stage.iter().enumerate() {
                 shape = block.sparse_candidates(&format!("stages.{i}.{j}"), shape, &mut all);

@@ -16,11 +16,12 @@
 use std::time::Instant;
 
 use anyhow::{Result, ensure};
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 use pdecay_burn::{sparse_conv2d, sparse_linear};
 
 use crate::config::{SparseTraining, TrainConfig};
-use crate::models::classifier::conv_geometry;
+use crate::models::classifier::{conv_geometry, conv_output};
 use crate::models::{Classifier, SparseCandidate};
 use crate::run::SparseLayer;
 
@@ -164,78 +165,72 @@ fn zero_share(layer: SparseCandidate) -> f64 {
 /// ([`CLEAR_WIN`]): medians of alternated timings. The inputs are a fixed pattern (no draw from
 /// the device's generator, which would change the run).
 fn sparse_is_faster(layer: SparseCandidate, batch: usize, device: &Device) -> bool {
-    let pattern = |n: usize, k: usize| -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i * 7 + k) % 13) as f32 / 6.0 - 1.0)
-            .collect()
-    };
-    let time: Box<dyn Fn(bool) -> f64> = match layer {
+    match layer {
         SparseCandidate::Linear(linear) => {
             let [inputs, outputs] = linear.weight.dims();
-            let x = Tensor::<2>::from_data(
-                TensorData::new(pattern(batch * inputs, 1), [batch, inputs]),
+            faster(
+                [batch, inputs],
+                [batch, outputs],
+                linear.weight.val(),
                 device,
+                |x, w| x.matmul(w),
+                |x, w| sparse_linear(x, w, None),
             )
-            .require_grad();
-            let g = Tensor::<2>::from_data(
-                TensorData::new(pattern(batch * outputs, 2), [batch, outputs]),
-                device,
-            );
-            let w = linear.weight.val().detach().require_grad();
-            Box::new(move |sparse: bool| {
-                let start = Instant::now();
-                let y = if sparse {
-                    sparse_linear(x.clone(), w.clone(), None)
-                } else {
-                    x.clone().matmul(w.clone())
-                };
-                let grads = (y * g.clone()).sum().backward();
-                let _ = w.grad(&grads).map(|g| g.into_data());
-                start.elapsed().as_secs_f64()
-            })
         }
         SparseCandidate::Conv(conv, [channels, height, width]) => {
             let (stride, padding) = conv_geometry(conv);
-            let [outputs, _, k, _] = conv.weight.dims();
-            let side = |n: usize| (n + 2 * padding).saturating_sub(k) / stride + 1;
-            let x = Tensor::<4>::from_data(
-                TensorData::new(
-                    pattern(batch * channels * height * width, 1),
-                    [batch, channels, height, width],
-                ),
+            let [outputs, out_height, out_width] = conv_output(conv, [channels, height, width]);
+            let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
+            faster(
+                [batch, channels, height, width],
+                [batch, outputs, out_height, out_width],
+                conv.weight.val(),
                 device,
+                |x, w| burn::tensor::module::conv2d(x, w, None, options.clone()),
+                |x, w| sparse_conv2d(x, w, None, stride, padding),
             )
-            .require_grad();
-            let g = Tensor::<4>::from_data(
-                TensorData::new(
-                    pattern(batch * outputs * side(height) * side(width), 2),
-                    [batch, outputs, side(height), side(width)],
-                ),
-                device,
-            );
-            let w = conv.weight.val().detach().require_grad();
-            let options = burn::tensor::ops::ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
-            Box::new(move |sparse: bool| {
-                let start = Instant::now();
-                let y = if sparse {
-                    sparse_conv2d(x.clone(), w.clone(), None, stride, padding)
-                } else {
-                    burn::tensor::module::conv2d(x.clone(), w.clone(), None, options.clone())
-                };
-                let grads = (y * g.clone()).sum().backward();
-                let _ = w.grad(&grads).map(|g| g.into_data());
-                start.elapsed().as_secs_f64()
-            })
         }
+    }
+}
+
+/// Whether `sparse(x, w)` takes clearly less time than `dense(x, w)`, forward and backward
+/// for an `x` of `input` and an output of `output` (fixed patterns), on `weight`'s current
+/// values: medians of [`TIMINGS`] alternated timings after one of each.
+fn faster<const D: usize>(
+    input: [usize; D],
+    output: [usize; D],
+    weight: Tensor<D>,
+    device: &Device,
+    dense: impl Fn(Tensor<D>, Tensor<D>) -> Tensor<D>,
+    sparse: impl Fn(Tensor<D>, Tensor<D>) -> Tensor<D>,
+) -> bool {
+    let pattern = |shape: [usize; D], k: usize| {
+        let values = (0..shape.iter().product::<usize>())
+            .map(|i| ((i * 7 + k) % 13) as f32 / 6.0 - 1.0)
+            .collect::<Vec<f32>>();
+        Tensor::<D>::from_data(TensorData::new(values, shape), device)
+    };
+    let (x, g) = (pattern(input, 1).require_grad(), pattern(output, 2));
+    let w = weight.detach().require_grad();
+    let time = |sparse_product: bool| {
+        let start = Instant::now();
+        let y = if sparse_product {
+            sparse(x.clone(), w.clone())
+        } else {
+            dense(x.clone(), w.clone())
+        };
+        let grads = (y * g.clone()).sum().backward();
+        let _ = w.grad(&grads).map(|g| g.into_data());
+        start.elapsed().as_secs_f64()
     };
     let (_, _) = (time(false), time(true));
-    let mut dense = Vec::with_capacity(TIMINGS);
-    let mut sparse = Vec::with_capacity(TIMINGS);
+    let mut dense_times = Vec::with_capacity(TIMINGS);
+    let mut sparse_times = Vec::with_capacity(TIMINGS);
     for _ in 0..TIMINGS {
-        dense.push(time(false));
-        sparse.push(time(true));
+        dense_times.push(time(false));
+        sparse_times.push(time(true));
     }
-    median(sparse) < CLEAR_WIN * median(dense)
+    median(sparse_times) < CLEAR_WIN * median(dense_times)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
