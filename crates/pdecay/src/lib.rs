@@ -4,7 +4,7 @@
 //! tensor library: decay factors and their variants ([`factor`]), the slice kernel that applies
 //! them ([`kernel`]), schedules for lr, p and lambda ([`schedule`]), sparsity statistics
 //! ([`sparsity`]), input validation ([`validate`]), the CSR matrices sparse inference and sparse
-//! training run on ([`csr`]), convolutions as their products ([`im2col`]) and directly over a
+//! training run on ([`csr`]) and the row-sliced layout of its batch-1 product ([`sell`]), convolutions as their products ([`im2col`]) and directly over a
 //! sparse kernel ([`sparse_conv`]).
 //!
 //! The objective is `L(w) = L0(w) + lambda * sum_i |w_i|^p`. After any base optimizer step,
@@ -30,6 +30,7 @@ pub mod factor;
 pub mod im2col;
 pub mod kernel;
 pub mod schedule;
+pub mod sell;
 pub mod sparse_conv;
 pub mod sparsity;
 pub mod validate;

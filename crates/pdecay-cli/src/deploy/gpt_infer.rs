@@ -18,7 +18,8 @@ use std::time::Instant;
 
 use anyhow::{Result, ensure};
 use pdecay::csr::{Csr, transpose};
-use pdecay::kernel::gelu;
+use pdecay::kernel::{exp, gelu};
+use pdecay::sell::Sell;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -36,35 +37,6 @@ pub enum SparseMode {
     On,
     /// Every linear layer dense.
     Off,
-}
-
-/// `a · b`, with 32 partial sums: four AVX2 (two AVX-512) registers of independent adds, as
-/// one register would wait on each add's latency (4 cycles) and run at a quarter of the speed.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 32;
-    let mut partial = [0.0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for lane in 0..LANES {
-            partial[lane] += x[lane] * y[lane];
-        }
-    }
-    // a tree of lane-wise halvings (vector adds), not 32 scalar adds in a row
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for lane in 0..width {
-            partial[lane] += partial[lane + width];
-        }
-    }
-    partial[0] + tail
 }
 
 /// `Y = X·Wᵀ + bias` for `n` rows of `X` (`[n, in]`, row-major) and a row-major `W`
@@ -112,10 +84,13 @@ fn dense_rows(w: &[f32], x: &[f32], n: usize, bias: Option<&[f32]>, y: &mut [f32
     }
 }
 
-/// A linear layer's weights: `[out, in]` row-major, or CSR of it.
+/// A linear layer's weights: `[out, in]` row-major, or sparse: CSR for several positions at
+/// once (one pass over the entries serves them all) and SELL for one (its product runs
+/// [`SLICE`](pdecay::sell::SLICE) rows per step, where CSR's pays a horizontal sum per short
+/// row).
 enum Weights {
     Dense(Vec<f32>),
-    Sparse(Csr),
+    Sparse(Csr, Sell),
 }
 
 /// `y = W·x + b`.
@@ -129,7 +104,9 @@ impl Linear {
     /// On CSR (dropping |w| below `threshold`, as sparse files do) or dense.
     fn new(w: &[f32], rows: usize, cols: usize, bias: Option<Vec<f32>>, csr: Option<f32>) -> Self {
         let weights = if let Some(threshold) = csr {
-            Weights::Sparse(Csr::from_dense(w, rows, cols, threshold))
+            let csr = Csr::from_dense(w, rows, cols, threshold);
+            let sell = Sell::from_csr(&csr);
+            Weights::Sparse(csr, sell)
         } else {
             Weights::Dense(w.to_vec())
         };
@@ -149,7 +126,7 @@ impl Linear {
         }
         match &self.weights {
             Weights::Dense(w) => dense_rows(w, x, n, self.bias.as_deref(), &mut y),
-            Weights::Sparse(csr) => {
+            Weights::Sparse(csr, _) => {
                 let mut y_t = vec![0.0; n * self.rows];
                 csr.matmul_t(
                     &transpose(x, n, csr.cols),
@@ -165,14 +142,29 @@ impl Linear {
 
     fn forward(&self, x: &[f32], y: &mut [f32]) {
         match &self.weights {
-            Weights::Sparse(csr) => csr.matvec(x, self.bias.as_deref(), y),
+            Weights::Sparse(_, sell) => sell.matvec(x, self.bias.as_deref(), y),
             Weights::Dense(w) => dense_rows(w, x, 1, self.bias.as_deref(), y),
         }
     }
 
     fn is_sparse(&self) -> bool {
-        matches!(self.weights, Weights::Sparse(_))
+        matches!(self.weights, Weights::Sparse(..))
     }
+}
+
+/// A sum with 16 partial sums (one AVX-512 register), so that it vectorises: one running sum
+/// is a chain the compiler must keep in order.
+#[inline(always)]
+fn lane_sum(values: &[f32]) -> f32 {
+    let mut partial = [0.0f32; 16];
+    let chunks = values.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for lane in 0..16 {
+            partial[lane] += chunk[lane];
+        }
+    }
+    partial.iter().sum::<f32>() + tail
 }
 
 /// LayerNorm over the width, ε = 1e-5 (burn's and PyTorch's default).
@@ -184,22 +176,112 @@ struct Norm {
 impl Norm {
     /// Each row of `x` (`[n, C]`) normalised.
     fn rows(&self, x: &[f32]) -> Vec<f32> {
-        x.chunks(self.gain.len())
-            .flat_map(|row| self.forward(row))
-            .collect()
+        let mut out = vec![0.0; x.len()];
+        layer_norm_rows(x, &self.gain, self.bias.as_deref(), &mut out);
+        out
     }
+}
 
-    fn forward(&self, x: &[f32]) -> Vec<f32> {
-        let n = x.len() as f32;
-        let mean = x.iter().sum::<f32>() / n;
-        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-        let inv = 1.0 / (var + 1e-5).sqrt();
-        x.iter()
-            .enumerate()
-            .map(|(i, v)| {
-                (v - mean) * inv * self.gain[i] + self.bias.as_ref().map_or(0.0, |b| b[i])
-            })
-            .collect()
+pdecay::dispatched! {
+    /// `out = (x - mean)/√(var + ε)·gain + bias` for each row of `x`, compiled for the widest
+    /// instruction set (the decoder's own loops would otherwise run on SSE2).
+    fn layer_norm_rows(x: &[f32], gain: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+        let width = gain.len();
+        for (x, out) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+            let n = width as f32;
+            let mean = lane_sum(x) / n;
+            // `out` first holds the squared deviations
+            for (o, v) in out.iter_mut().zip(x) {
+                *o = (v - mean) * (v - mean);
+            }
+            let inv = 1.0 / (lane_sum(out) / n + 1e-5).sqrt();
+            for ((o, v), g) in out.iter_mut().zip(x).zip(gain) {
+                *o = (v - mean) * inv * g;
+            }
+            if let Some(b) = bias {
+                out.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+            }
+        }
+    }
+}
+
+pdecay::dispatched! {
+    /// GELU of every value, in place.
+    fn gelu_in_place(values: &mut [f32]) {
+        values.iter_mut().for_each(|v| *v = gelu(*v));
+    }
+}
+
+/// Positions whose attention scores [`attend`] computes together (one AVX-512 register); the
+/// transposed key cache's rows are padded to a multiple of it.
+const KEY_BLOCK: usize = 16;
+
+/// One head's slice of a block's cache.
+#[derive(Clone, Copy)]
+struct HeadCache<'a> {
+    /// The head's key components as rows of `stride_t` positions (component `d` of position
+    /// `s` at `d·stride_t + s`).
+    keys_t: &'a [f32],
+    stride_t: usize,
+    /// `[positions, stride]`, the head's columns at `offset..offset + head`.
+    values: &'a [f32],
+    stride: usize,
+    offset: usize,
+}
+
+pdecay::dispatched! {
+    /// One head's attention for one query: `out = Σ_s softmax(scale·q·k_s)·v_s` over the
+    /// `scores.len()` positions seen. With the keys transposed, the scores of all positions
+    /// build up as contiguous multiply-adds, one per component, with no horizontal sums.
+    /// `scores` is scratch.
+    fn attend(q: &[f32], cache: HeadCache<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+        let HeadCache { keys_t, stride_t, values, stride, offset } = cache;
+        // KEY_BLOCK positions' scores at a time, kept in registers over the components
+        for (block, scores) in scores.chunks_mut(KEY_BLOCK).enumerate() {
+            let mut acc = [0.0f32; KEY_BLOCK];
+            for (d, &q) in q.iter().enumerate() {
+                let at = d * stride_t + block * KEY_BLOCK;
+                let keys: &[f32; KEY_BLOCK] = keys_t[at..at + KEY_BLOCK].try_into().unwrap();
+                for lane in 0..KEY_BLOCK {
+                    acc[lane] += q * keys[lane];
+                }
+            }
+            scores.copy_from_slice(&acc[..scores.len()]);
+        }
+        let mut tops = [f32::NEG_INFINITY; KEY_BLOCK];
+        for block in scores.chunks(KEY_BLOCK) {
+            for (top, &score) in tops.iter_mut().zip(block) {
+                *top = top.max(score);
+            }
+        }
+        let top = tops.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        scores.iter_mut().for_each(|score| *score = exp(scale * (*score - top)));
+        let total = lane_sum(scores);
+        scores.iter_mut().for_each(|weight| *weight /= total);
+        // KEY_BLOCK output components at a time, kept in registers over the positions
+        for (chunk, out) in out.chunks_mut(KEY_BLOCK).enumerate() {
+            let first = offset + chunk * KEY_BLOCK;
+            if let Ok(out) = <&mut [f32; KEY_BLOCK]>::try_from(&mut *out) {
+                let mut acc = [0.0f32; KEY_BLOCK];
+                for (s, &weight) in scores.iter().enumerate() {
+                    let at = s * stride + first;
+                    let v: &[f32; KEY_BLOCK] = values[at..at + KEY_BLOCK].try_into().unwrap();
+                    for lane in 0..KEY_BLOCK {
+                        acc[lane] += weight * v[lane];
+                    }
+                }
+                *out = acc;
+            } else {
+                out.fill(0.0);
+                let len = out.len();
+                for (s, &weight) in scores.iter().enumerate() {
+                    let at = s * stride + first;
+                    for (o, v) in out.iter_mut().zip(&values[at..at + len]) {
+                        *o += weight * v;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -227,9 +309,12 @@ pub struct GptEngine {
     lm_head: Linear,
 }
 
-/// Keys and values of the positions computed so far, per block `[positions, heads·head]`.
+/// Keys and values of the positions computed so far, per block: keys transposed
+/// (`[heads·head, block_size]`, a row per component padded to whole [`KEY_BLOCK`]s, for
+/// [`attend`]), values
+/// `[positions, heads·head]`.
 pub struct KvCache {
-    keys: Vec<Vec<f32>>,
+    keys_t: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
     len: usize,
 }
@@ -246,7 +331,6 @@ impl KvCache {
     }
 
     fn clear(&mut self) {
-        self.keys.iter_mut().for_each(Vec::clear);
         self.values.iter_mut().for_each(Vec::clear);
         self.len = 0;
     }
@@ -366,10 +450,20 @@ impl GptEngine {
         )
     }
 
+    /// The length of a row of the transposed key cache: `block_size` padded to whole
+    /// [`KEY_BLOCK`]s.
+    fn key_stride(&self) -> usize {
+        self.block_size.next_multiple_of(KEY_BLOCK)
+    }
+
     /// An empty cache.
     pub fn cache(&self) -> KvCache {
         KvCache {
-            keys: vec![Vec::new(); self.blocks.len()],
+            keys_t: self
+                .blocks
+                .iter()
+                .map(|b| vec![0.0; b.heads * self.head * self.key_stride()])
+                .collect(),
             values: vec![Vec::new(); self.blocks.len()],
             len: 0,
         }
@@ -413,40 +507,40 @@ impl GptEngine {
             let qkv = block.c_attn.forward_rows(&block.ln_1.rows(&x), n);
             // a block compacted to no heads adds c_proj's bias alone
             let rows = if kept == 0 { 0 } else { n };
-            for row in qkv.chunks(3 * kept.max(1)).take(rows) {
-                cache.keys[l].extend_from_slice(&row[kept..2 * kept]);
+            for (i, row) in qkv.chunks(3 * kept.max(1)).take(rows).enumerate() {
+                for (c, &k) in row[kept..2 * kept].iter().enumerate() {
+                    cache.keys_t[l][c * self.key_stride() + t0 + i] = k;
+                }
                 cache.values[l].extend_from_slice(&row[2 * kept..]);
             }
-            let (keys, values) = (&cache.keys[l], &cache.values[l]);
+            let (keys_t, values) = (&cache.keys_t[l], &cache.values[l]);
             let mut attended = vec![0.0; n * kept];
+            let mut scores = vec![0.0; t0 + n];
             for (i, row) in qkv.chunks(3 * kept.max(1)).take(rows).enumerate() {
                 // position t0 + i sees positions 0..=t0 + i
-                let mut scores = vec![0.0; t0 + i + 1];
+                let seen = t0 + i + 1;
                 for h in 0..block.heads {
                     let cols = h * self.head..(h + 1) * self.head;
-                    let q = &row[cols.clone()];
-                    for (s, score) in scores.iter_mut().enumerate() {
-                        *score = scale * dot(q, &keys[s * kept + cols.start..s * kept + cols.end]);
-                    }
-                    let top = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut total = 0.0;
-                    for score in &mut scores {
-                        *score = (*score - top).exp();
-                        total += *score;
-                    }
-                    let out = &mut attended[i * kept + cols.start..i * kept + cols.end];
-                    for (s, weight) in scores.iter().enumerate() {
-                        let v = &values[s * kept + cols.start..s * kept + cols.end];
-                        for (o, v) in out.iter_mut().zip(v) {
-                            *o += weight / total * v;
-                        }
-                    }
+                    let head_cache = HeadCache {
+                        keys_t: &keys_t[cols.start * self.key_stride()..],
+                        stride_t: self.key_stride(),
+                        values: &values[..seen * kept],
+                        stride: kept,
+                        offset: cols.start,
+                    };
+                    attend(
+                        &row[cols.clone()],
+                        head_cache,
+                        scale,
+                        &mut scores[..seen],
+                        &mut attended[i * kept + cols.start..i * kept + cols.end],
+                    );
                 }
             }
             let y = block.c_proj.forward_rows(&attended, n);
             x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
             let mut hidden = block.c_fc.forward_rows(&block.ln_2.rows(&x), n);
-            hidden.iter_mut().for_each(|v| *v = gelu(*v));
+            gelu_in_place(&mut hidden);
             let y = block.mlp_proj.forward_rows(&hidden, n);
             x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
         }
@@ -752,6 +846,30 @@ mod tests {
                         assert_eq!(slides, 4);
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn heads_and_windows_past_a_register_block_decode_burns_logits() {
+        // heads of 32 (two KEY_BLOCKs of output), a window of 20 (key rows padded to 32, a
+        // partial block of scores), an MLP 256 wide (two SELL column panels)
+        let mut c = config(true);
+        (c.gpt.width, c.gpt.heads, c.gpt.block_size) = (64, 2, 20);
+        let (gpt, file) = model_with(c, 0.7);
+        let tokens: Vec<u32> = (0..45).map(|i| (i * 7 + 3) % 10).collect();
+        for mode in [SparseMode::Off, SparseMode::On] {
+            let engine = GptEngine::new(&file, mode).unwrap();
+            let mut decoder = Decoder::new(&engine, true);
+            for &t in &tokens {
+                let logits = decoder.push(t);
+                let reference = burn_logits(&gpt, decoder.context());
+                let d = worst(&logits, reference.last().unwrap());
+                assert!(
+                    d < 1e-4,
+                    "{mode:?} after {} tokens: {d}",
+                    decoder.context().len()
+                );
             }
         }
     }
