@@ -10,9 +10,11 @@
 //! (σ = all rows) and cut into slices of [`SLICE`]; a slice stores its rows' k-th entries side
 //! by side, padded to its longest row with zero weights. A step of the product is one load of
 //! `SLICE` weights and one-byte columns, one look-up of `x`, one multiply and add into `SLICE`
-//! row sums: no horizontal sums, no per-row loop. With AVX-512 the panel's 128 values of `x` sit
-//! in eight registers and the look-up is four two-register permutes and three blends, where a
-//! gather instruction measured about twice as slow on the GPT decoder (AMD Zen 4). Sorting keeps
+//! row sums: no horizontal sums, no per-row loop. With AVX-512 the panel's 64 values of `x` sit
+//! in four registers and the look-up is two two-register permutes and a blend, where a gather
+//! instruction measured about twice as slow on the GPT decoder (AMD EPYC, `cargo bench -p pdecay
+//! --bench csr`: panels of 64 ran 1.07-1.13x faster than panels of 128 at 15-25% density and
+//! 0.8x at 5%, panels of 32 slower at every density). Sorting keeps
 //! the padding to the few entries by which neighbouring rows' lengths differ; the sums go back
 //! to their rows through the sort's permutation.
 //!
@@ -24,9 +26,9 @@ use crate::csr::Csr;
 /// Rows per slice: one AVX-512 register of `f32` row sums.
 pub const SLICE: usize = 16;
 
-/// Columns per panel: the `x` values one look-up reaches (eight AVX-512 registers), and what a
-/// one-byte column index addresses.
-pub const PANEL: usize = 128;
+/// Columns per panel: the `x` values one look-up reaches (four AVX-512 registers); a one-byte
+/// column index addresses them.
+pub const PANEL: usize = 64;
 
 /// The entries of one column panel.
 #[derive(Debug, Clone, PartialEq)]
@@ -206,8 +208,8 @@ unsafe fn panel_sums_avx2(panel: &Panel, x_panel: &[f32; 256], y: &mut [f32]) {
     unsafe { panel_sums_baseline(panel, x_panel, y) }
 }
 
-/// AVX-512: the panel's `x` in eight registers, each group's look-up four `vpermt2ps` (32
-/// values each, by the column's low five bits) and three blends (by bits 5 and 6).
+/// AVX-512: the panel's `x` in four registers, each group's look-up two `vpermt2ps` (32 values
+/// each, by the column's low five bits) and a blend (by bit 5).
 ///
 /// # Safety
 /// The CPU has AVX-512F, and every column of `panel` is below [`PANEL`].
@@ -215,10 +217,10 @@ unsafe fn panel_sums_avx2(panel: &Panel, x_panel: &[f32; 256], y: &mut [f32]) {
 #[target_feature(enable = "avx512f")]
 unsafe fn panel_sums_avx512(panel: &Panel, x_panel: &[f32; 256], y: &mut [f32]) {
     use std::arch::x86_64::*;
-    // SAFETY: x_panel holds 256 floats, the loads read its first 128.
-    let t: [__m512; 8] =
+    // SAFETY: x_panel holds 256 floats, the loads read its first 64.
+    let t: [__m512; 4] =
         std::array::from_fn(|k| unsafe { _mm512_loadu_ps(x_panel.as_ptr().add(16 * k)) });
-    let (bit5, bit6) = (_mm512_set1_epi32(32), _mm512_set1_epi32(64));
+    let bit5 = _mm512_set1_epi32(32);
     for (values, cols, rows) in panel.slices() {
         let mut acc = _mm512_setzero_ps();
         for (v, c) in values.chunks_exact(SLICE).zip(cols.chunks_exact(SLICE)) {
@@ -229,19 +231,9 @@ unsafe fn panel_sums_avx512(panel: &Panel, x_panel: &[f32; 256], y: &mut [f32]) 
                     _mm512_cvtepu8_epi32(_mm_loadu_si128(c.as_ptr().cast())),
                 )
             };
-            let quarter = [
-                _mm512_permutex2var_ps(t[0], c, t[1]),
-                _mm512_permutex2var_ps(t[2], c, t[3]),
-                _mm512_permutex2var_ps(t[4], c, t[5]),
-                _mm512_permutex2var_ps(t[6], c, t[7]),
-            ];
-            let (odd, high) = (
-                _mm512_test_epi32_mask(c, bit5),
-                _mm512_test_epi32_mask(c, bit6),
-            );
-            let low_half = _mm512_mask_blend_ps(odd, quarter[0], quarter[1]);
-            let high_half = _mm512_mask_blend_ps(odd, quarter[2], quarter[3]);
-            let x = _mm512_mask_blend_ps(high, low_half, high_half);
+            let low = _mm512_permutex2var_ps(t[0], c, t[1]);
+            let high = _mm512_permutex2var_ps(t[2], c, t[3]);
+            let x = _mm512_mask_blend_ps(_mm512_test_epi32_mask(c, bit5), low, high);
             acc = _mm512_add_ps(acc, _mm512_mul_ps(v, x));
         }
         let mut sums = [0.0f32; SLICE];
@@ -297,19 +289,21 @@ mod tests {
 
     #[test]
     fn columns_past_a_panel_land_in_the_next_one() {
-        // row 0: columns 0, 127, 128 and 299; row 1: column 200 only
+        // row 0: the first panel's first and last columns, the second panel's first, the
+        // matrix's last; row 1: one column in the middle
         let (rows, cols) = (2, 300);
         let mut dense = vec![0.0f32; rows * cols];
-        for (c, w) in [(0, 1.0), (127, 2.0), (128, 3.0), (299, 4.0)] {
+        for (c, w) in [(0, 1.0), (PANEL - 1, 2.0), (PANEL, 3.0), (cols - 1, 4.0)] {
             dense[c] = w;
         }
         dense[cols + 200] = -1.0;
         let sell = Sell::from_csr(&Csr::from_dense(&dense, rows, cols, 0.0));
-        assert_eq!(sell.panels.len(), 3);
+        assert_eq!(sell.panels.len(), cols.div_ceil(PANEL));
         let x: Vec<f32> = (0..cols).map(|c| c as f32).collect();
         let mut y = [0.0; 2];
         sell.matvec(&x, None, &mut y);
-        assert_eq!(y, [127.0 * 2.0 + 128.0 * 3.0 + 299.0 * 4.0, -200.0]);
+        let want = (PANEL - 1) as f32 * 2.0 + PANEL as f32 * 3.0 + (cols - 1) as f32 * 4.0;
+        assert_eq!(y, [want, -200.0]);
     }
 
     #[test]
