@@ -271,7 +271,7 @@ pub fn bench(path: &Path, repeats: usize) -> Result<()> {
         "file size",
         "parameters",
         "non-zero",
-        "CSR layers",
+        "sparse",
         "no cache (tokens/s)",
         "KV cache (tokens/s)"
     );
@@ -305,7 +305,7 @@ pub fn bench(path: &Path, repeats: usize) -> Result<()> {
         );
     }
     println!(
-        "\ndecode at batch 1 after a full window of {block}: median of {repeats} alternated runs of {tokens} tokens in this process, {} threads; Nx = speed-up over dense without a cache; sparse: on CSR when that decoded faster in a short timing at start",
+        "\ndecode at batch 1 after a full window of {block}: median of {repeats} alternated runs of {tokens} tokens in this process, {} threads; Nx = speed-up over dense without a cache; sparse: layers on SELL when that decoded faster in a short timing at start",
         rayon::current_num_threads()
     );
     Ok(())

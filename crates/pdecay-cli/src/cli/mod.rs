@@ -35,7 +35,7 @@ enum Command {
     Sweep(sweep::SweepArgs),
     /// Write report.md with tables and plots (PNG and SVG) for a run or a sweep folder.
     Report(ReportArgs),
-    /// Generate text from a GPT run's checkpoint or an exported GPT file (KV cache, CSR layers).
+    /// Generate text from a GPT run's checkpoint or an exported GPT file (KV cache, sparse layers).
     Sample(sample::SampleArgs),
     /// Export a run's model as safetensors, dense or sparse (CSR); GPTs with nanoGPT's names.
     Export(deploy::ExportArgs),

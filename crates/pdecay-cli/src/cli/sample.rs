@@ -37,7 +37,7 @@ pub struct SampleArgs {
     /// Seed of the draws
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
-    /// Linear layers on CSR: auto (when that decoded faster in a short timing here), on, off
+    /// Linear layers sparse (SELL): auto (when that decoded faster in a short timing here), on, off
     #[arg(long, value_enum, default_value_t = SparseMode::Auto)]
     pub sparse: SparseMode,
     /// Recompute the whole context for every token instead of keeping a KV cache (same text)
@@ -107,7 +107,7 @@ pub fn run_sample(args: &SampleArgs) -> Result<()> {
         )?;
         let (sparse, layers) = engine.sparse_layers();
         format!(
-            "{:.0} tokens/s ({}, {sparse} of {layers} linear layers on CSR)",
+            "{:.0} tokens/s ({}, {sparse} of {layers} linear layers sparse)",
             generated.tokens_per_second,
             if args.no_kv_cache {
                 "no KV cache"

@@ -1,7 +1,8 @@
-//! Decoding a GPT file one token at a time with a KV cache, its linear layers dense or on CSR.
+//! Decoding a GPT file one token at a time with a KV cache, its linear layers dense or sparse.
 //!
-//! At batch 1 every linear layer is a matrix-vector product: the cost is reading the weights,
-//! which is where CSR pays (it reads the non-zeros only). Each step computes one position:
+//! At batch 1 every linear layer is a matrix-vector product over the weights, which is where a
+//! sparse layout pays: it touches the non-zeros only (SELL, [`pdecay::sell`], for one position;
+//! CSR for the window's batched recompute). Each step computes one position:
 //! the new token's query, key and value; its key and value join the cache, and attention reads
 //! every cached position (llm.c's and nanoGPT's arithmetic, in `[out, in]` row-major loops).
 //!
@@ -26,14 +27,14 @@ use rand::rngs::StdRng;
 use super::gpt_file::GptFile;
 use crate::models::sampling::{Sampling, check_temperature, draw, prompt_tokens};
 
-/// Where the linear layers run on CSR.
+/// Where the linear layers run sparse (SELL at one position, CSR for several).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SparseMode {
-    /// Every linear layer on CSR, or none: whichever decoded faster in a short alternated
+    /// Every linear layer sparse, or none: whichever decoded faster in a short alternated
     /// timing of the whole model on this machine (a layer timed alone, its weights hot in
     /// cache, misjudges decoding, where every layer's weights stream in once per token).
     Auto,
-    /// Every linear layer on CSR.
+    /// Every linear layer sparse.
     On,
     /// Every linear layer dense.
     Off,
@@ -337,7 +338,7 @@ impl KvCache {
 }
 
 impl GptEngine {
-    /// The engine for `file`, its linear layers on CSR or dense as `mode` says.
+    /// The engine for `file`, its linear layers sparse or dense as `mode` says.
     pub fn new(file: &GptFile, mode: SparseMode) -> Result<Self> {
         match mode {
             SparseMode::Off => Self::build(file, false),
@@ -436,7 +437,7 @@ impl GptEngine {
         self.block_size
     }
 
-    /// `(linear layers on CSR, all linear layers)`, the output layer included.
+    /// `(linear layers sparse, all linear layers)`, the output layer included.
     pub fn sparse_layers(&self) -> (usize, usize) {
         let mut layers: Vec<&Linear> = self
             .blocks
