@@ -63,6 +63,15 @@ impl Sell {
     /// If a column index of `csr` is not below `csr.cols` or its rows are not sorted by column
     /// (a `Csr` built without [`Csr::new`]'s checks).
     pub fn from_csr(csr: &Csr) -> Self {
+        let increasing_in_range = (0..csr.rows).all(|r| {
+            let cols =
+                &csr.col_indices[csr.row_offsets[r] as usize..csr.row_offsets[r + 1] as usize];
+            cols.windows(2).all(|w| w[0] < w[1]) && cols.iter().all(|&c| (c as usize) < csr.cols)
+        });
+        assert!(
+            increasing_in_range,
+            "SELL: the CSR's columns are increasing and below cols"
+        );
         let panels = (0..csr.cols.div_ceil(PANEL))
             .map(|p| Panel::new(csr, p * PANEL))
             .collect();
@@ -113,11 +122,6 @@ impl Panel {
             .map(|r| {
                 let all = csr.row_offsets[r] as usize..csr.row_offsets[r + 1] as usize;
                 let cols = &csr.col_indices[all.clone()];
-                assert!(
-                    cols.windows(2).all(|w| w[0] < w[1])
-                        && cols.iter().all(|&c| (c as usize) < csr.cols),
-                    "SELL: the CSR's columns are increasing and below cols"
-                );
                 let start = all.start + cols.partition_point(|&c| (c as usize) < first_col);
                 let end = all.start + cols.partition_point(|&c| (c as usize) < end_col);
                 start..end
@@ -181,11 +185,10 @@ fn add_to_rows(rows: &[u32], sums: [f32; SLICE], y: &mut [f32]) {
 /// multiply-add), so that every instruction set gives the same bits.
 type PanelSums = unsafe fn(&Panel, &[f32; 256], &mut [f32]);
 
-/// The baseline: any CPU, `x` read from memory.
-///
-/// # Safety
-/// None needed (a one-byte column is always inside `x_panel`); `unsafe` for [`PanelSums`].
-unsafe fn panel_sums_baseline(panel: &Panel, x_panel: &[f32; 256], y: &mut [f32]) {
+/// The portable loop, `x` read from memory, inlined into the baseline and AVX2 variants so that
+/// each is compiled for its instruction set.
+#[inline(always)]
+fn panel_sums_portable(panel: &Panel, x_panel: &[f32; 256], y: &mut [f32]) {
     for (values, cols, rows) in panel.slices() {
         let mut acc = [0.0f32; SLICE];
         for (v, c) in values.chunks_exact(SLICE).zip(cols.chunks_exact(SLICE)) {
@@ -197,15 +200,22 @@ unsafe fn panel_sums_baseline(panel: &Panel, x_panel: &[f32; 256], y: &mut [f32]
     }
 }
 
-/// AVX2: the baseline's loop compiled for it.
+/// The baseline: any CPU.
+///
+/// # Safety
+/// None needed (a one-byte column is always inside `x_panel`); `unsafe` for [`PanelSums`].
+unsafe fn panel_sums_baseline(panel: &Panel, x_panel: &[f32; 256], y: &mut [f32]) {
+    panel_sums_portable(panel, x_panel, y)
+}
+
+/// The portable loop compiled for AVX2.
 ///
 /// # Safety
 /// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn panel_sums_avx2(panel: &Panel, x_panel: &[f32; 256], y: &mut [f32]) {
-    // SAFETY: the baseline has no requirement.
-    unsafe { panel_sums_baseline(panel, x_panel, y) }
+    panel_sums_portable(panel, x_panel, y)
 }
 
 /// AVX-512: the panel's `x` in four registers, each group's look-up two `vpermt2ps` (32 values

@@ -152,15 +152,7 @@ impl Backward<Flex, 2> for SparseConvBackward {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let [x_parent, w_parent] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
-        let (x_grad, w_grad) = backward(&ops.state, &grad, x_parent.is_some());
-        if let (Some(node), Some(x_grad)) = (x_parent, x_grad) {
-            grads.register::<Flex>(node.id, x_grad);
-        }
-        if let Some(node) = w_parent {
-            grads.register::<Flex>(node.id, w_grad);
-        }
+        super::product_backward(ops, grads, backward);
     }
 }
 

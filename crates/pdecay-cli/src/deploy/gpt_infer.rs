@@ -102,7 +102,7 @@ struct Linear {
 }
 
 impl Linear {
-    /// On CSR (dropping |w| below `threshold`, as sparse files do) or dense.
+    /// Sparse (dropping |w| below `threshold`, as sparse files do) or dense.
     fn new(w: &[f32], rows: usize, cols: usize, bias: Option<Vec<f32>>, csr: Option<f32>) -> Self {
         let weights = if let Some(threshold) = csr {
             let csr = Csr::from_dense(w, rows, cols, threshold);
