@@ -128,17 +128,24 @@ impl Linear {
         match &self.weights {
             Weights::Dense(w) => dense_rows(w, x, n, self.bias.as_deref(), &mut y),
             Weights::Sparse(csr, _) => {
-                let mut y_t = vec![0.0; n * self.rows];
-                csr.matmul_t(
-                    &transpose(x, n, csr.cols),
-                    n,
-                    self.bias.as_deref(),
-                    &mut y_t,
-                );
-                y = transpose(&y_t, self.rows, n);
+                y = transpose(&self.sparse_t(&transpose(x, n, csr.cols), n), self.rows, n)
             }
         }
         y
+    }
+
+    /// `Yᵀ = W·Xᵀ + b` on a sparse layer for `n` positions given transposed (`x_t` `[in, n]`);
+    /// `Yᵀ` is `[out, n]`: CSR's batch product, which runs with the positions innermost.
+    ///
+    /// # Panics
+    /// If the layer is dense.
+    fn sparse_t(&self, x_t: &[f32], n: usize) -> Vec<f32> {
+        let Weights::Sparse(csr, _) = &self.weights else {
+            panic!("sparse_t: a sparse layer");
+        };
+        let mut y_t = vec![0.0; n * self.rows];
+        csr.matmul_t(x_t, n, self.bias.as_deref(), &mut y_t);
+        y_t
     }
 
     fn forward(&self, x: &[f32], y: &mut [f32]) {
@@ -295,6 +302,24 @@ struct Block {
     ln_2: Norm,
     c_fc: Linear,
     mlp_proj: Linear,
+}
+
+impl Block {
+    /// The MLP's output `[n, C]` for `n` normalised positions `[n, C]`. Sparse layers at several
+    /// positions run on CSR's batch product, which takes and gives them transposed; GELU is
+    /// elementwise, so the hidden layer (the widest activations) stays transposed between the
+    /// two products instead of being transposed back and forth.
+    fn mlp(&self, normed: &[f32], n: usize) -> Vec<f32> {
+        if n > 1 && self.c_fc.is_sparse() && self.mlp_proj.is_sparse() {
+            let width = normed.len() / n;
+            let mut hidden_t = self.c_fc.sparse_t(&transpose(normed, n, width), n);
+            gelu_in_place(&mut hidden_t);
+            return transpose(&self.mlp_proj.sparse_t(&hidden_t, n), width, n);
+        }
+        let mut hidden = self.c_fc.forward_rows(normed, n);
+        gelu_in_place(&mut hidden);
+        self.mlp_proj.forward_rows(&hidden, n)
+    }
 }
 
 /// A GPT file ready to decode.
@@ -540,9 +565,7 @@ impl GptEngine {
             }
             let y = block.c_proj.forward_rows(&attended, n);
             x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
-            let mut hidden = block.c_fc.forward_rows(&block.ln_2.rows(&x), n);
-            gelu_in_place(&mut hidden);
-            let y = block.mlp_proj.forward_rows(&hidden, n);
+            let y = block.mlp(&block.ln_2.rows(&x), n);
             x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
         }
         cache.len += n;
