@@ -45,8 +45,17 @@ fn a_gpt_run_learns_resumes_bit_identically_and_samples_deterministically() {
         args.extend_from_slice(extra);
         ok(&args)
     };
+    // sparse training on: every linear layer on its sparse product from the first step
+    let padam_on = [
+        "--optim",
+        "padam",
+        "--lambda",
+        "0.01",
+        "--sparse-training",
+        "on",
+    ];
     let straight = root.join("straight");
-    train(&straight, &["--optim", "padam", "--lambda", "0.01"]);
+    train(&straight, &padam_on);
 
     // one object per evaluation, with the keys others script against
     let metrics = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
@@ -66,10 +75,56 @@ fn a_gpt_run_learns_resumes_bit_identically_and_samples_deterministically() {
         "sparsity",
         "sparsity_1e10",
         "layers",
+        "step_seconds",
     ] {
         assert!(!evals[1][key].is_null(), "{key} missing");
     }
+    assert!(evals[1]["step_seconds"].as_f64().unwrap() > 0.0);
     let summary = json(&straight.join("summary.json"));
+    let sparse_layers: Vec<(&str, u64)> = summary["sparse_layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["name"].as_str().unwrap(),
+                l["since_step"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sparse_layers,
+        [
+            ("blocks.0.attn.qkv", 0),
+            ("blocks.0.attn.proj", 0),
+            ("blocks.0.fc", 0),
+            ("blocks.0.fc_proj", 0)
+        ]
+    );
+    assert_eq!(evals[0]["sparse_layers"], summary["sparse_layers"]);
+    // the dense products give the same run up to summation order and the clipping norm, which
+    // on the dense products also counts the few dead weights' gradients of 30 steps
+    let off = root.join("off");
+    train(
+        &off,
+        &[
+            "--optim",
+            "padam",
+            "--lambda",
+            "0.01",
+            "--sparse-training",
+            "off",
+        ],
+    );
+    let off_summary = json(&off.join("summary.json"));
+    assert_eq!(off_summary["sparse_layers"], serde_json::json!([]));
+    for key in ["final_val_loss", "best_val_loss"] {
+        let (a, b) = (
+            summary[key].as_f64().unwrap(),
+            off_summary[key].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() <= 2e-3, "{key}: on {a} off {b}");
+    }
     let vocab: serde_json::Value = json(&straight.join("vocab.json"));
     let vocab_size = vocab["chars"].as_array().unwrap().len();
     assert_eq!(vocab_size, 28); // 26 letters, space and the period
@@ -80,10 +135,7 @@ fn a_gpt_run_learns_resumes_bit_identically_and_samples_deterministically() {
 
     // stopped after the first evaluation and resumed: the same run
     let resumed = root.join("resumed");
-    train(
-        &resumed,
-        &["--optim", "padam", "--lambda", "0.01", "--stop-after", "15"],
-    );
+    train(&resumed, &[&padam_on[..], &["--stop-after", "15"]].concat());
     assert!(!resumed.join("summary.json").exists());
     ok(&["train", "--resume", path(&resumed)]);
     let again = json(&resumed.join("summary.json"));
@@ -92,6 +144,7 @@ fn a_gpt_run_learns_resumes_bit_identically_and_samples_deterministically() {
         "best_val_loss",
         "sparsity",
         "nonzero_params",
+        "sparse_layers",
     ] {
         assert_eq!(again[key], summary[key], "{key}");
     }

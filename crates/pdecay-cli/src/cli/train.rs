@@ -74,7 +74,7 @@ pub struct TrainArgs {
     pub schedule: Option<LrSchedule>,
     #[arg(long, help = with_default("Seed", defaults::SEED))]
     pub seed: Option<u64>,
-    #[arg(long, value_enum, help = with_default("Train linear layers over their weights' non-zeros where zeros stay zero (pWD, p < 2): auto where it measures faster, on, off", name(defaults::SPARSE_TRAINING)))]
+    #[arg(long, value_enum, help = with_default("Train linear and conv layers over their weights' non-zeros where zeros stay zero (pWD, p < 2): auto where it measures faster, on, off", name(defaults::SPARSE_TRAINING)))]
     pub sparse_training: Option<SparseTraining>,
     /// pWD variant: factor from the post-step weight.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]

@@ -97,13 +97,13 @@ pub enum LrSchedule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum SparseTraining {
-    /// A layer moves to the sparse product, for the rest of the run, at the first epoch end
-    /// where zeros are absorbing, it is mostly zero and the sparse product measures faster on
+    /// A layer moves to the sparse product, for the rest of the run, at the first evaluation
+    /// (epoch end; the GPT's `eval_interval`) where zeros are absorbing, it is mostly zero and the sparse product measures faster on
     /// its shapes (timed there, alternated with the dense one). Dense where zeros are not
     /// absorbing. Two runs agree up to summation order only (their timings may differ).
     Auto,
-    /// Every linear layer on the sparse product from the first step (or epoch end) where zeros
-    /// are absorbing; an error for an optimizer whose zeros are not.
+    /// Every linear and convolution layer on the sparse product from the first step (or
+    /// evaluation) where zeros are absorbing; an error for an optimizer whose zeros are not.
     On,
     /// Dense products throughout.
     Off,
@@ -423,10 +423,6 @@ impl TrainConfig {
         }
         if self.model == ModelKind::Gpt {
             self.gpt.validate()?;
-            ensure!(
-                self.sparse_training != SparseTraining::On,
-                "sparse_training = on is for the image classifiers' linear layers; the GPT trains dense (use auto or off)"
-            );
         }
         if self.sparse_training == SparseTraining::On
             && let Err(why) = self.zeros_absorbing_from(1)
@@ -570,11 +566,6 @@ impl TrainConfig {
                 "augment",
                 self.augment != d.augment,
                 "the GPT has no augmentation: remove it",
-            ),
-            (
-                "sparse_training",
-                self.sparse_training != d.sparse_training,
-                "the GPT trains dense (sparse training is the image classifiers'): remove it",
             ),
         ];
         for (key, set, instead) in unused {

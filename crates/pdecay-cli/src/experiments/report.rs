@@ -124,7 +124,7 @@ pub struct Eval {
     pub sparsity: f64,
     /// Per tensor.
     pub layers: Vec<TensorSparsity>,
-    /// Mean milliseconds per training step over the epoch (image classifiers, in runs that
+    /// Mean milliseconds per training step since the previous evaluation (in runs that
     /// recorded it).
     pub step_ms: Option<f64>,
 }
@@ -152,7 +152,7 @@ impl From<GptEval> for Eval {
             train_loss: e.train_loss,
             sparsity: e.sparsity,
             layers: e.layers,
-            step_ms: None,
+            step_ms: (e.step_seconds > 0.0).then_some(1e3 * e.step_seconds),
         }
     }
 }
@@ -269,13 +269,15 @@ pub fn load_runs(path: &Path) -> Result<Vec<RunRecord>> {
     Ok(runs)
 }
 
-/// What the runs of one report differ in besides the optimizer's settings: an lr sweep, or
-/// repeats with other seeds. Each run's description then names it (other differences, such as
+/// What the runs of one report differ in besides the optimizer's settings: an lr sweep,
+/// repeats with other seeds, or sparse training on against off (whose curves differ in speed
+/// only). Each run's description then names it (other differences, such as
 /// iterations or batch size, are left to the run's name and config.toml).
 #[derive(Clone, Copy, Debug)]
 struct Varying {
     lr: bool,
     seed: bool,
+    sparse_training: bool,
 }
 
 impl Varying {
@@ -284,6 +286,9 @@ impl Varying {
         Self {
             lr: runs.iter().any(|r| r.config.lr != first.lr),
             seed: runs.iter().any(|r| r.config.seed != first.seed),
+            sparse_training: runs
+                .iter()
+                .any(|r| r.config.sparse_training != first.sparse_training),
         }
     }
 
@@ -295,6 +300,10 @@ impl Varying {
         }
         if self.seed {
             words += &format!(", seed {}", c.seed);
+        }
+        if self.sparse_training {
+            let mode = format!("{:?}", c.sparse_training).to_lowercase();
+            words += &format!(", sparse training {mode}");
         }
         words
     }
@@ -1027,6 +1036,7 @@ mod tests {
     const NOTHING: Varying = Varying {
         lr: false,
         seed: false,
+        sparse_training: false,
     };
 
     #[test]
@@ -1038,7 +1048,7 @@ mod tests {
         assert_eq!(settings(&adam, NOTHING), "-");
         let lr_only = Varying {
             lr: true,
-            seed: false,
+            ..NOTHING
         };
         assert_eq!(settings(&adam, lr_only), "lr 1e-3");
         let padam = TrainConfig {
@@ -1065,10 +1075,23 @@ mod tests {
         let both = Varying {
             lr: true,
             seed: true,
+            ..NOTHING
         };
         assert_eq!(
             settings(&padam, both),
             "p 0.8, lambda 5e-2, lr 5e-3, seed 2"
+        );
+        let modes = Varying {
+            sparse_training: true,
+            ..NOTHING
+        };
+        let off = TrainConfig {
+            sparse_training: crate::config::SparseTraining::Off,
+            ..padam
+        };
+        assert_eq!(
+            settings(&off, modes),
+            "p 0.8, lambda 5e-2, sparse training off"
         );
     }
 

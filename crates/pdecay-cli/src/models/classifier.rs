@@ -2,13 +2,14 @@
 
 use super::kind::ModelKind;
 use super::resnet::{ResNet, ResNetConfig};
+use super::sparse::{SparseCandidate, linear};
 use crate::data::ImageShape;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
-use pdecay_burn::{max_pool_2x2, sparse_conv2d, sparse_linear};
+use pdecay_burn::{max_pool_2x2, sparse_conv2d};
 
 /// A multi-layer perceptron on flattened images.
 #[derive(Module, Debug)]
@@ -51,36 +52,6 @@ impl Mlp {
             .enumerate()
             .fold(x, |x, (i, layer)| relu(linear(layer, x, on(i))));
         linear(&self.output, x, on(self.hidden.len()))
-    }
-}
-
-/// `layer`'s output, over its weight's non-zeros when `sparse` (sparse training: the same values
-/// up to summation order, no gradient for the zero weights).
-pub(super) fn linear(layer: &Linear, x: Tensor<2>, sparse: bool) -> Tensor<2> {
-    if sparse {
-        sparse_linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
-    } else {
-        layer.forward(x)
-    }
-}
-
-/// A layer that sparse training can run over its weight's non-zeros.
-#[derive(Debug, Clone, Copy)]
-pub enum SparseCandidate<'a> {
-    /// A linear layer (`pdecay_burn::sparse_linear`).
-    Linear(&'a Linear),
-    /// A convolution (`pdecay_burn::sparse_conv2d`) with its input's `[channels, height,
-    /// width]`.
-    Conv(&'a Conv2d, [usize; 3]),
-}
-
-impl SparseCandidate<'_> {
-    /// The layer's weight, flattened.
-    pub fn weight_values(&self) -> Tensor<1> {
-        match self {
-            Self::Linear(l) => l.weight.val().flatten(0, 1),
-            Self::Conv(c, _) => c.weight.val().flatten(0, 3),
-        }
     }
 }
 

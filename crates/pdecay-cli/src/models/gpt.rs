@@ -12,6 +12,8 @@ use burn::nn::{
 };
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use pdecay_burn::{causal_softmax, gelu};
+
+use super::sparse::{SparseCandidate, linear_3d};
 use serde::{Deserialize, Serialize};
 
 /// The sizes of a GPT.
@@ -65,11 +67,12 @@ impl CausalSelfAttention {
         }
     }
 
-    /// `[batch, time, width]` → the same, each position attending to itself and earlier ones.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    /// `[batch, time, width]` → the same, each position attending to itself and earlier ones;
+    /// `sparse`: whether `qkv` and `proj` run over their weights' non-zeros.
+    fn forward(&self, x: Tensor<3>, [qkv_sparse, proj_sparse]: [bool; 2]) -> Tensor<3> {
         let [batch, time, width] = x.dims();
         let head = width / self.heads;
-        let qkv = self.qkv.forward(x);
+        let qkv = linear_3d(&self.qkv, x, qkv_sparse);
         let split = |k: usize| {
             qkv.clone()
                 .slice([0..batch, 0..time, k * width..(k + 1) * width])
@@ -86,7 +89,8 @@ impl CausalSelfAttention {
             .matmul(v)
             .swap_dims(1, 2)
             .reshape([batch, time, width]);
-        self.dropout.forward(self.proj.forward(out))
+        self.dropout
+            .forward(linear_3d(&self.proj, out, proj_sparse))
     }
 }
 
@@ -121,12 +125,28 @@ impl Block {
         }
     }
 
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x));
-        let mlp = self
-            .fc_proj
-            .forward(gelu(self.fc.forward(self.ln_2.forward(x.clone()))));
+    /// `sparse`, in [`Block::sparse_candidates`]' order: which linear layers run over their
+    /// weights' non-zeros.
+    fn forward(&self, x: Tensor<3>, sparse: [bool; 4]) -> Tensor<3> {
+        let x = x.clone()
+            + self
+                .attn
+                .forward(self.ln_1.forward(x), [sparse[0], sparse[1]]);
+        let hidden = gelu(linear_3d(&self.fc, self.ln_2.forward(x.clone()), sparse[2]));
+        let mlp = linear_3d(&self.fc_proj, hidden, sparse[3]);
         x + self.dropout.forward(mlp)
+    }
+
+    /// The block's linear layers, named as in the sparsity report (`prefix` is `blocks.N`).
+    fn sparse_candidates(&self, prefix: &str) -> [(String, SparseCandidate<'_>); 4] {
+        let named =
+            |name: &str, layer| (format!("{prefix}.{name}"), SparseCandidate::Linear(layer));
+        [
+            named("attn.qkv", &self.attn.qkv),
+            named("attn.proj", &self.attn.proj),
+            named("fc", &self.fc),
+            named("fc_proj", &self.fc_proj),
+        ]
     }
 }
 
@@ -163,6 +183,25 @@ impl Gpt {
 
     /// Logits `[batch, time, vocab]` for tokens `[batch, time]` (time <= block_size).
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.forward_with(tokens, &[])
+    }
+
+    /// The linear layers that sparse training can move: per block `attn.qkv`, `attn.proj`,
+    /// `fc` and `fc_proj`. The output layer, tied to the token embedding (65 x 128 on the CPU
+    /// preset, also read by the embedding lookup), stays dense.
+    pub fn sparse_candidates(&self) -> Vec<(String, SparseCandidate<'_>)> {
+        self.blocks
+            .iter()
+            .enumerate()
+            .flat_map(|(i, block)| block.sparse_candidates(&format!("blocks.{i}")))
+            .collect()
+    }
+
+    /// [`Gpt::forward`] with the layers whose entry of `sparse` is true (in
+    /// [`Gpt::sparse_candidates`]' order; missing entries are false) run over their weights'
+    /// non-zeros.
+    pub fn forward_with(&self, tokens: Tensor<2, Int>, sparse: &[bool]) -> Tensor<3> {
+        let on = |i: usize| sparse.get(i).copied().unwrap_or(false);
         let [batch, time] = tokens.dims();
         let device = tokens.device();
         let positions = Tensor::<1, Int>::arange(0..time as i64, &device)
@@ -172,7 +211,10 @@ impl Gpt {
         let x = self
             .blocks
             .iter()
-            .fold(self.dropout.forward(x), |x, block| block.forward(x));
+            .enumerate()
+            .fold(self.dropout.forward(x), |x, (b, block)| {
+                block.forward(x, std::array::from_fn(|k| on(4 * b + k)))
+            });
         let x = self.ln_f.forward(x);
         // the output layer is the token embedding, transposed: one tensor, two uses
         let wte = self.wte.weight.val();
@@ -301,5 +343,108 @@ mod tests {
         }
         // ln(16) = 2.77 at the start; memorised text is near 0
         assert!(last < 0.1, "final loss {last}");
+    }
+
+    /// Zeroes about `share` of every weight matrix (positions by a hash), as pWD leaves them.
+    struct ZeroSome {
+        share: f64,
+        seed: u64,
+    }
+
+    impl burn::module::ModuleMapper for ZeroSome {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<Tensor<D>>,
+        ) -> burn::module::Param<Tensor<D>> {
+            if D < 2 {
+                return param;
+            }
+            let value = param.val();
+            let (dims, device) = (value.dims(), value.device());
+            let mut values = value.into_data().try_to_vec::<f32>().unwrap();
+            for v in &mut values {
+                self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                if ((self.seed >> 11) as f64 / (1u64 << 53) as f64) < self.share {
+                    *v = 0.0;
+                }
+            }
+            param.map(|_| Tensor::from_data(TensorData::new(values, dims), &device).require_grad())
+        }
+    }
+
+    #[test]
+    fn sparse_layers_give_the_dense_logits_and_gradients_and_no_gradient_at_their_zeros() {
+        let device = Device::flex().autodiff();
+        let model = Gpt::new(&tiny(11), &device).map(&mut ZeroSome {
+            share: 0.6,
+            seed: 3,
+        });
+        let names: Vec<String> = model
+            .sparse_candidates()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names.len(), 8);
+        assert_eq!(
+            names[..4],
+            [
+                "blocks.0.attn.qkv",
+                "blocks.0.attn.proj",
+                "blocks.0.fc",
+                "blocks.0.fc_proj"
+            ]
+        );
+        let ids: Vec<i64> = (0..16).map(|i| (i * 5 % 11) as i64).collect();
+        let x = || tokens_tensor(ids.clone(), 2, 8, &device);
+        // a loss whose gradient reaches every logit with a different weight
+        let weights: Vec<f32> = (0..2 * 8 * 11)
+            .map(|i| ((i * 7) % 13) as f32 / 13.0 - 0.4)
+            .collect();
+        let weights = Tensor::<3>::from_data(TensorData::new(weights, [2, 8, 11]), &device);
+        let run = |sparse: &[bool]| {
+            let logits = model.forward_with(x(), sparse);
+            let loss = (logits.clone() * weights.clone()).sum();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            (logits.into_data().try_to_vec::<f32>().unwrap(), grads)
+        };
+        let (dense_logits, dense_grads) = run(&[]);
+        let (sparse_logits, sparse_grads) = run(&[true; 8]);
+        for (d, s) in dense_logits.iter().zip(&sparse_logits) {
+            assert!((d - s).abs() <= 1e-5, "logits: dense {d} sparse {s}");
+        }
+        let mut dead_squared = 0.0f64;
+        for (name, layer) in model.sparse_candidates() {
+            let SparseCandidate::Linear(linear) = layer else {
+                panic!("{name}: the GPT's candidates are linear")
+            };
+            let id = linear.weight.id;
+            let values = |g: &GradientsParams| {
+                g.get::<2>(id)
+                    .unwrap()
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap()
+            };
+            let w = linear.weight.val().into_data().try_to_vec::<f32>().unwrap();
+            let (dense, sparse) = (values(&dense_grads), values(&sparse_grads));
+            for ((w, d), s) in w.iter().zip(&dense).zip(&sparse) {
+                if *w == 0.0 {
+                    assert_eq!(*s, 0.0, "{name}: a gradient at a zero weight");
+                    dead_squared += (*d as f64).powi(2);
+                } else {
+                    assert!((d - s).abs() <= 1e-5 + 1e-4 * d.abs(), "{name}: {d} vs {s}");
+                }
+            }
+        }
+        // gradient clipping's norm counts what the backward produced: on the sparse products
+        // the dead weights' gradients are gone from it, and nothing else changes
+        let norm = |g: GradientsParams| pdecay_burn::clip_grad_norm(&model, g, f64::INFINITY).1;
+        let (dense_norm, sparse_norm) = (norm(dense_grads), norm(sparse_grads));
+        assert!(dead_squared > 0.0);
+        let expected = (dense_norm.powi(2) - dead_squared).sqrt();
+        assert!(
+            (sparse_norm - expected).abs() <= 1e-4 * dense_norm,
+            "sparse norm {sparse_norm}, dense {dense_norm} less the dead weights' {expected}"
+        );
     }
 }

@@ -7,9 +7,11 @@ pub mod kind;
 pub mod memory;
 pub mod resnet;
 pub mod sampling;
+pub mod sparse;
 
-pub use classifier::{Classifier, Cnn, Mlp, SparseCandidate};
+pub use classifier::{Classifier, Cnn, Mlp};
 pub use gpt::{Gpt, GptConfig};
 pub use kind::ModelKind;
 pub use memory::MemoryNeed;
 pub use resnet::{ResNet, ResNetConfig};
+pub use sparse::SparseCandidate;

@@ -25,7 +25,8 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::ModelKind;
-use super::classifier::{SparseCandidate, conv, conv_output};
+use super::classifier::{conv, conv_output};
+use super::sparse::SparseCandidate;
 use crate::data::ImageShape;
 
 /// The sizes of a ResNet: stem channels, then per stage its channels, stride and blocks.
@@ -261,7 +262,7 @@ impl ResNet {
         });
         // global average pool: [batch, channels, h, w] -> [batch, channels]
         let x = x.mean_dim(3).mean_dim(2).flatten::<2>(1, 3);
-        super::classifier::linear(&self.linear, x, on(at))
+        super::sparse::linear(&self.linear, x, on(at))
     }
 
     /// The layers sparse training can run over their non-zeros, in forward order, named as in

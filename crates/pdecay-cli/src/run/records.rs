@@ -90,10 +90,14 @@ impl Evaluation for EpochMetrics {
     }
 }
 
-/// `, sparse training: hidden.0, hidden.1` (empty when every layer is dense).
+/// `, sparse training: hidden.0, hidden.1` (empty when every layer is dense; past four
+/// layers, a count: the GPT has four per block, and metrics.jsonl names them).
 fn sparse_words(layers: &[SparseLayer]) -> String {
     if layers.is_empty() {
         return String::new();
+    }
+    if layers.len() > 4 {
+        return format!(", sparse training: {} layers", layers.len());
     }
     let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
     format!(", sparse training: {}", names.join(", "))
@@ -128,6 +132,10 @@ pub struct ClassifierSummary {
     pub wall_seconds: f64,
     /// Training images per second of training time (evaluation excluded).
     pub samples_per_second: f64,
+    /// The layers that ended the run on the sparse product, and from which step (sparse
+    /// training; absent in runs made before it).
+    #[serde(default)]
+    pub sparse_layers: Vec<SparseLayer>,
 }
 
 /// One evaluation; a line of `metrics.jsonl`.
@@ -157,6 +165,15 @@ pub struct GptEval {
     pub layers: Vec<TensorSparsity>,
     /// Wall-clock seconds since the start of the run.
     pub seconds: f64,
+    /// Mean seconds per training step since the previous evaluation (0 in runs made before it
+    /// was recorded).
+    #[serde(default)]
+    pub step_seconds: f64,
+    /// The linear layers on the sparse product from `since_step` on (sparse training; absent in
+    /// runs made before it). A layer that moves at this line's `iter` starts with the next
+    /// iteration: the decision is taken at the evaluation, before its checkpoint.
+    #[serde(default)]
+    pub sparse_layers: Vec<SparseLayer>,
 }
 
 impl Evaluation for GptEval {
@@ -180,7 +197,7 @@ impl Evaluation for GptEval {
             100.0 * self.sparsity,
             100.0 * self.sparsity_1e10,
             self.seconds
-        )
+        ) + &sparse_words(&self.sparse_layers)
     }
 }
 
@@ -215,6 +232,10 @@ pub struct GptSummary {
     pub wall_seconds: f64,
     /// Training seconds per step (evaluation excluded).
     pub seconds_per_iter: f64,
+    /// The layers that ended the run on the sparse product, and from which step (sparse
+    /// training; absent in runs made before it).
+    #[serde(default)]
+    pub sparse_layers: Vec<SparseLayer>,
 }
 
 /// Where a step diverged: the epoch and step of an image classifier, the iteration of a GPT.

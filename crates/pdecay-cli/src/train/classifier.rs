@@ -81,7 +81,8 @@ pub fn train_classifier(
     let device = options.device.clone().autodiff();
     device.seed(config.seed);
     let model = Classifier::new(config.model, config.image_shape, config.widths(), &device);
-    let plan = SparsePlan::new(config, total_steps, &model, &device)?;
+    let image = config.image_shape.into();
+    let plan = SparsePlan::new(config, total_steps, model.sparse_candidates(image), &device)?;
     let replica_devices = options
         .replicas
         .iter()
@@ -135,6 +136,15 @@ struct ClassifierTrainer<'a> {
     plan: SparsePlan,
 }
 
+impl ClassifierTrainer<'_> {
+    /// Moves the layers that sparse training says should move after `step` steps.
+    fn update_plan(&mut self, model: &Classifier, step: u64) {
+        let layers = model.sparse_candidates(self.config.image_shape.into());
+        self.plan
+            .update(layers, step, self.config.batch_size, &self.device);
+    }
+}
+
 impl Trainer for ClassifierTrainer<'_> {
     type Model = Classifier;
     type Eval = EpochMetrics;
@@ -153,9 +163,7 @@ impl Trainer for ClassifierTrainer<'_> {
         self.others = replicate(model, optim, &self.replica_devices);
         match last {
             Some(last) => self.plan.restore(&last.sparse_layers),
-            None => self
-                .plan
-                .update(model, 0, self.config.batch_size, &self.device),
+            None => self.update_plan(model, 0),
         }
     }
 
@@ -262,8 +270,7 @@ impl Trainer for ClassifierTrainer<'_> {
         let report = optim.sparsity_report(model, self.config.threshold, false);
         // decided here, before the checkpoint that this line goes with: a resumed run takes the
         // plan for its next epoch from it, as the uninterrupted run did
-        self.plan
-            .update(model, step, self.config.batch_size, &self.device);
+        self.update_plan(model, step);
         EpochMetrics {
             epoch,
             step,
@@ -312,6 +319,7 @@ impl Trainer for ClassifierTrainer<'_> {
             epochs,
             wall_seconds,
             samples_per_second: (self.data.train.len() * epochs) as f64 / position.train_seconds,
+            sparse_layers: last.sparse_layers.clone(),
         }
     }
 }

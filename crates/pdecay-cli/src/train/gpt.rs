@@ -1,9 +1,17 @@
 //! The GPT's part of the loop: iterations instead of epochs, each one step on a batch of random
 //! windows of the text, with nanoGPT's schedule (linear warm-up, cosine to lr/10), betas
 //! (0.9, 0.99) and global-norm gradient clipping; every `eval_interval` iterations an
-//! evaluation of train and validation loss, next-character accuracy and sparsity.
+//! evaluation of train and validation loss, next-character accuracy and sparsity, where
+//! sparse training may also move layers to their sparse product (`sparse_training`).
+//!
+//! Gradient clipping's global norm is the norm of the gradients the backward pass produces.
+//! A layer on the sparse product produces none for its exactly-zero weights (they are zero
+//! and stay zero under pWD whatever their gradient), so from the step it moves the norm counts
+//! that layer's live weights only; on the dense product a dead weight's gradient still counts.
 //!
 //! The run folder is the image classifiers' plus `vocab.json`.
+
+use std::time::Instant;
 
 use anyhow::{Result, ensure};
 use burn::module::Module;
@@ -19,6 +27,7 @@ use rand::rngs::StdRng;
 use super::skeleton::{
     Progress, RunOptions, Trainer, check_memory, finite_loss, run_loop, step_or_diverge, unit_seed,
 };
+use super::sparse_training::SparsePlan;
 use crate::config::{GPT_THRESHOLD, GptSettings, TrainConfig};
 use crate::data::text::{TextData, random_windows};
 use crate::models::gpt::tokens_tensor;
@@ -47,6 +56,7 @@ pub fn train_gpt(
     device.seed(config.seed);
     let model = Gpt::new(&s.model(text.vocab.len()), &device);
     let optim = config.optimizer(s.iters as u64)?;
+    let plan = SparsePlan::new(config, s.iters as u64, model.sparse_candidates(), &device)?;
     let mut trainer = GptTrainer {
         config,
         s,
@@ -56,6 +66,8 @@ pub fn train_gpt(
         device,
         lr: 0.0,
         grad_norm: 0.0,
+        step_seconds: 0.0,
+        plan,
     };
     run_loop(
         &mut trainer,
@@ -78,6 +90,20 @@ struct GptTrainer<'a> {
     /// The lr and the gradient norm before clipping of the last step.
     lr: f64,
     grad_norm: f64,
+    /// The mean step time since the last evaluation.
+    step_seconds: f64,
+    /// Which linear layers run over their non-zeros.
+    plan: SparsePlan,
+}
+
+impl GptTrainer<'_> {
+    /// Moves the layers that sparse training says should move after `step` steps; each
+    /// layer's rows are every position of a batch.
+    fn update_plan(&mut self, model: &Gpt, step: u64) {
+        let positions = self.s.batch_size * self.s.block_size;
+        self.plan
+            .update(model.sparse_candidates(), step, positions, &self.device);
+    }
 }
 
 impl Trainer for GptTrainer<'_> {
@@ -94,6 +120,13 @@ impl Trainer for GptTrainer<'_> {
         next_evaluation(done, self.s.eval_interval, last)
     }
 
+    fn begin(&mut self, model: &Gpt, _optim: &SparseOptimizer, last: Option<&GptEval>) {
+        match last {
+            Some(last) => self.plan.restore(&last.sparse_layers),
+            None => self.update_plan(model, 0),
+        }
+    }
+
     fn train_period(
         &mut self,
         mut model: Gpt,
@@ -104,6 +137,8 @@ impl Trainer for GptTrainer<'_> {
         progress: &mut dyn Progress,
     ) -> Result<Gpt> {
         let s = self.s;
+        let started = (Instant::now(), *step);
+        let sparse = self.plan.flags();
         for iter in done + 1..=end {
             let seed = unit_seed(self.config.seed, iter);
             let mut rng = StdRng::seed_from_u64(seed);
@@ -111,7 +146,10 @@ impl Trainer for GptTrainer<'_> {
             let (x, y) = random_windows(&self.text.train, s.block_size, s.batch_size, &mut rng);
             let n = y.len();
             let logits = model
-                .forward(tokens_tensor(x, s.batch_size, s.block_size, &self.device))
+                .forward_with(
+                    tokens_tensor(x, s.batch_size, s.block_size, &self.device),
+                    &sparse,
+                )
                 .reshape([n, usize::MAX]);
             let targets = Tensor::<1, Int>::from_data(TensorData::new(y, [n]), &self.device);
             let loss = self.loss_fn.forward(logits, targets);
@@ -130,6 +168,8 @@ impl Trainer for GptTrainer<'_> {
             *step += 1;
             progress.step(Unit::Iteration, end, iter - done, end - done, loss_value);
         }
+        let steps = (*step - started.1).max(1);
+        self.step_seconds = started.0.elapsed().as_secs_f64() / steps as f64;
         Ok(model)
     }
 
@@ -138,7 +178,7 @@ impl Trainer for GptTrainer<'_> {
         model: &Gpt,
         optim: &SparseOptimizer,
         iter: usize,
-        _step: u64,
+        step: u64,
     ) -> GptEval {
         let valid = model.valid();
         let inner = self.device.clone().inner();
@@ -147,6 +187,9 @@ impl Trainer for GptTrainer<'_> {
         let (val_loss, val_accuracy) = evaluate(&valid, &self.text.val, self.s, eval_seed, &inner);
         let report_at = |threshold| optim.sparsity_report(model, threshold, false);
         let sparse = report_at(self.config.threshold);
+        // decided here, before the checkpoint that this line goes with: a resumed run takes the
+        // plan for its next iterations from it, as the uninterrupted run did
+        self.update_plan(model, step);
         GptEval {
             iter,
             lr: self.lr,
@@ -160,6 +203,8 @@ impl Trainer for GptTrainer<'_> {
             sparsity_all_params: sparse.all().sparsity(),
             layers: sparse.tensors.clone(),
             seconds: 0.0,
+            step_seconds: self.step_seconds,
+            sparse_layers: self.plan.record(),
         }
     }
 
@@ -190,6 +235,7 @@ impl Trainer for GptTrainer<'_> {
             iters: position.done(),
             wall_seconds,
             seconds_per_iter: position.train_seconds / position.step.max(1) as f64,
+            sparse_layers: last.sparse_layers.clone(),
         }
     }
 }

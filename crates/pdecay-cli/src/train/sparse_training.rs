@@ -1,10 +1,12 @@
-//! Which of a classifier's layers train over their weights' non-zeros, from which step.
+//! Which of a model's layers train over their weights' non-zeros, from which step.
 //!
-//! A linear layer moves to `pdecay_burn::sparse_linear`, a convolution (the CNN's, a ResNet's) to
+//! A linear layer (the classifiers', the GPT's four per block) moves to
+//! `pdecay_burn::sparse_linear`, a convolution (the CNN's, a ResNet's) to
 //! `pdecay_burn::sparse_conv2d`, only once its zeros are absorbing (pWD, p < 2,
 //! λ > 0: [`TrainConfig::zeros_absorbing_from`]), and then stays there: its support only shrinks,
 //! and the sparse product reads it at every step. Decisions are taken before the first step
-//! and at each epoch's end, before its checkpoint. `on` moves every layer at the first such
+//! and at each evaluation (an image classifier's epoch end, the GPT's `eval_interval`), before
+//! its checkpoint. `on` moves every layer at the first such
 //! point; `auto` moves a layer that is mostly zero when an alternated timing of both products,
 //! forward and backward on its own shapes and its current weight, finds the sparse one clearly
 //! faster.
@@ -21,8 +23,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use pdecay_burn::{sparse_conv2d, sparse_linear};
 
 use crate::config::{SparseTraining, TrainConfig};
+use crate::models::SparseCandidate;
 use crate::models::classifier::{conv_geometry, conv_output};
-use crate::models::{Classifier, SparseCandidate};
 use crate::run::SparseLayer;
 
 /// Below this share of exact zeros a layer is not timed: the sparse product measured slower
@@ -46,24 +48,23 @@ pub(crate) struct SparsePlan {
     mode: SparseTraining,
     /// Zeros are absorbing from this step on (`None`: never in this run).
     absorbing_from: Option<u64>,
-    /// Per layer, in `Classifier::sparse_candidates` order: the step it moved.
+    /// Per layer, in the model's `sparse_candidates` order: the step it moved.
     since: Vec<Option<u64>>,
     /// Per layer, its zero share when a timing last kept it dense (`auto` times it again only
     /// once that has grown by [`RETIME_AFTER`]).
     timed_at: Vec<f64>,
     names: Vec<String>,
-    /// The images' `[channels, height, width]` (the convolutions' input shapes follow).
-    image: [usize; 3],
 }
 
 impl SparsePlan {
-    /// All layers dense, for `model` under `config` over `total_steps`; an error for `on`
-    /// where the sparse product does not run (`device`, the training device, is not flex's CPU:
-    /// there `sparse_linear` is the dense product, and `auto` keeps every layer dense).
+    /// All layers dense, for a model whose `sparse_candidates` are `layers`, under `config`
+    /// over `total_steps`; an error for `on` where the sparse product does not run (`device`,
+    /// the training device, is not flex's CPU: there `sparse_linear` is the dense product, and
+    /// `auto` keeps every layer dense).
     pub fn new(
         config: &TrainConfig,
         total_steps: u64,
-        model: &Classifier,
+        layers: Vec<(String, SparseCandidate)>,
         device: &Device,
     ) -> Result<Self> {
         let on_cpu = *device == Device::flex().autodiff();
@@ -71,12 +72,7 @@ impl SparsePlan {
             on_cpu || config.sparse_training != SparseTraining::On,
             "sparse training runs on the CPU (flex) backend only: with --device cuda use --sparse-training auto or off"
         );
-        let image = config.image_shape.into();
-        let names: Vec<String> = model
-            .sparse_candidates(image)
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
+        let names: Vec<String> = layers.into_iter().map(|(n, _)| n).collect();
         Ok(Self {
             mode: config.sparse_training,
             absorbing_from: match config.sparse_training {
@@ -87,11 +83,10 @@ impl SparsePlan {
             since: vec![None; names.len()],
             timed_at: vec![f64::NEG_INFINITY; names.len()],
             names,
-            image,
         })
     }
 
-    /// Per layer, whether it runs sparse (for `Classifier::forward_with`).
+    /// Per layer, whether it runs sparse (for the model's `forward_with`).
     pub fn flags(&self) -> Vec<bool> {
         self.since.iter().map(Option::is_some).collect()
     }
@@ -119,14 +114,21 @@ impl SparsePlan {
         }
     }
 
-    /// Before the first step or at an epoch's end (`step` steps done, batches of `batch`):
-    /// moves the layers that the mode says should move now. `device` is the training
-    /// (autodiff) device.
-    pub fn update(&mut self, model: &Classifier, step: u64, batch: usize, device: &Device) {
+    /// Before the first step or at an evaluation (`step` steps done): moves the layers (the
+    /// model's `sparse_candidates`) that the mode says should move now. `batch` is what one
+    /// step feeds each layer: images, or for the GPT positions (batch × block). `device` is
+    /// the training (autodiff) device.
+    pub fn update(
+        &mut self,
+        layers: Vec<(String, SparseCandidate)>,
+        step: u64,
+        batch: usize,
+        device: &Device,
+    ) {
         if self.absorbing_from.is_none_or(|from| step < from) {
             return;
         }
-        for (i, (_, layer)) in model.sparse_candidates(self.image).into_iter().enumerate() {
+        for (i, (_, layer)) in layers.into_iter().enumerate() {
             if self.since[i].is_some() {
                 continue;
             }
@@ -243,10 +245,14 @@ mod tests {
     use super::*;
     use crate::config::OptimKind;
     use crate::data::ImageShape;
-    use crate::models::ModelKind;
+    use crate::models::{Classifier, ModelKind};
 
     fn mlp(device: &Device) -> Classifier {
         Classifier::new(ModelKind::Mlp, ImageShape::new(1, 4, 4), &[5, 3], device)
+    }
+
+    fn layers(model: &Classifier) -> Vec<(String, SparseCandidate<'_>)> {
+        model.sparse_candidates([1, 4, 4])
     }
 
     #[test]
@@ -259,12 +265,12 @@ mod tests {
             ..TrainConfig::default()
         };
         // p falls from 2 to 0.8 over the first 50 of 100 steps: below 2 - 1e-3 from step 1
-        let mut plan = SparsePlan::new(&config, 100, &model, &device).unwrap();
-        plan.update(&model, 0, 8, &device);
+        let mut plan = SparsePlan::new(&config, 100, layers(&model), &device).unwrap();
+        plan.update(layers(&model), 0, 8, &device);
         assert_eq!(plan.flags(), [false, false, false]);
-        plan.update(&model, 1, 8, &device);
+        plan.update(layers(&model), 1, 8, &device);
         assert_eq!(plan.flags(), [true, true, true]);
-        plan.update(&model, 7, 8, &device);
+        plan.update(layers(&model), 7, 8, &device);
         let names: Vec<(String, u64)> = plan
             .record()
             .into_iter()
@@ -288,12 +294,13 @@ mod tests {
             optim: OptimKind::Adamw,
             ..TrainConfig::default()
         };
-        let mut plan = SparsePlan::new(&adamw, 100, &model, &device).unwrap();
-        plan.update(&model, 50, 8, &device);
+        let mut plan = SparsePlan::new(&adamw, 100, layers(&model), &device).unwrap();
+        plan.update(layers(&model), 50, 8, &device);
         assert!(plan.record().is_empty());
         // pAdam, but freshly initialised weights have no zeros: not timed, not moved
-        let mut plan = SparsePlan::new(&TrainConfig::default(), 100, &model, &device).unwrap();
-        plan.update(&model, 50, 8, &device);
+        let mut plan =
+            SparsePlan::new(&TrainConfig::default(), 100, layers(&model), &device).unwrap();
+        plan.update(layers(&model), 50, 8, &device);
         assert!(plan.record().is_empty());
         let recorded = vec![SparseLayer {
             name: "hidden.1".into(),

@@ -1,0 +1,49 @@
+//! What sparse training needs of a model: its layers that can run over their weights'
+//! non-zeros, and the linear layer's two products (dense, or `pdecay_burn::sparse_linear`).
+
+use burn::nn::Linear;
+use burn::nn::conv::Conv2d;
+use burn::tensor::Tensor;
+use pdecay_burn::sparse_linear;
+
+/// `layer`'s output, over its weight's non-zeros when `sparse` (sparse training: the same values
+/// up to summation order, no gradient for the zero weights).
+pub(super) fn linear(layer: &Linear, x: Tensor<2>, sparse: bool) -> Tensor<2> {
+    if sparse {
+        sparse_linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+    } else {
+        layer.forward(x)
+    }
+}
+
+/// A layer that sparse training can run over its weight's non-zeros.
+#[derive(Debug, Clone, Copy)]
+pub enum SparseCandidate<'a> {
+    /// A linear layer (`pdecay_burn::sparse_linear`).
+    Linear(&'a Linear),
+    /// A convolution (`pdecay_burn::sparse_conv2d`) with its input's `[channels, height,
+    /// width]`.
+    Conv(&'a Conv2d, [usize; 3]),
+}
+
+impl SparseCandidate<'_> {
+    /// The layer's weight, flattened.
+    pub fn weight_values(&self) -> Tensor<1> {
+        match self {
+            Self::Linear(l) => l.weight.val().flatten(0, 1),
+            Self::Conv(c, _) => c.weight.val().flatten(0, 3),
+        }
+    }
+}
+
+/// [`linear`] for the GPT's `[batch, time, inputs]` activations: every position is a row of
+/// one product. Dense, it is burn's `Linear` on rank 3, as before sparse training.
+pub(super) fn linear_3d(layer: &Linear, x: Tensor<3>, sparse: bool) -> Tensor<3> {
+    if !sparse {
+        return layer.forward(x);
+    }
+    let [batch, time, inputs] = x.dims();
+    let y = linear(layer, x.reshape([batch * time, inputs]), true);
+    let outputs = y.dims()[1];
+    y.reshape([batch, time, outputs])
+}
