@@ -4,9 +4,9 @@
 //! (value + column) instead of 4 bytes per weight, and a product touches only the non-zeros.
 //! Rows are output neurons (PyTorch's `[out, in]` layout; a conv kernel's `[out, in·k·k]`
 //! view), so `y = W·x` is one dot product per row over that row's non-zeros. Sparse training
-//! (`pdecay_burn::sparse_linear`) keeps a CSR of burn's `[in, out]` weight instead and uses the
-//! products with its transpose and at its support ([`Csr::transpose_matmul_t`],
-//! [`Csr::sampled_products_t`]).
+//! (`pdecay_burn::sparse_linear`) keeps a CSR of burn's `[in, out]` weight instead, and of its
+//! transpose ([`Csr::transposed`]) for the forward product, and uses the batch products and
+//! the product at its support ([`Csr::sampled_products_t`]).
 //!
 //! The products are our own, measured against `sprs` (the well-kept Rust CSR crate) by
 //! `cargo bench -p pdecay --bench csr` on the MLP's 300 x 784 layer (2-core CI machine): the
@@ -160,6 +160,38 @@ impl Csr {
         dense
     }
 
+    /// The CSR of the transposed matrix (a counting sort of the entries by column: each
+    /// column's entries keep their row order), so that a product with `Wᵀ` gathers each output
+    /// row instead of scattering into all of them.
+    pub fn transposed(&self) -> Csr {
+        let mut row_offsets = vec![0u32; self.cols + 1];
+        for &c in &self.col_indices {
+            row_offsets[c as usize + 1] += 1;
+        }
+        for c in 0..self.cols {
+            row_offsets[c + 1] += row_offsets[c];
+        }
+        let mut next: Vec<u32> = row_offsets[..self.cols].to_vec();
+        let mut col_indices = vec![0u32; self.nnz()];
+        let mut values = vec![0.0f32; self.nnz()];
+        for row in 0..self.rows {
+            for k in self.row_range(row) {
+                let c = self.col_indices[k] as usize;
+                let at = next[c] as usize;
+                col_indices[at] = row as u32;
+                values[at] = self.values[k];
+                next[c] += 1;
+            }
+        }
+        Csr {
+            rows: self.cols,
+            cols: self.rows,
+            row_offsets,
+            col_indices,
+            values,
+        }
+    }
+
     fn row_range(&self, row: usize) -> std::ops::Range<usize> {
         self.row_offsets[row] as usize..self.row_offsets[row + 1] as usize
     }
@@ -298,57 +330,6 @@ impl Csr {
         }
     }
 
-    /// `Zᵀ = Wᵀ·Xᵀ` for a batch: `x_t` is `[rows, batch]`, `z_t` receives `[cols, batch]`
-    /// (the product with the transpose, without transposing the matrix). Each stored weight
-    /// adds its input row, scaled, into its column's output row; the input row of a matrix row
-    /// stays in registers ([`BATCH_BLOCK`] lanes at a time). Row chunks run on rayon's pool,
-    /// each into its own output, summed at the end.
-    ///
-    /// # Panics
-    /// If the slices' lengths do not match the shapes, or a column index is out of range.
-    pub fn transpose_matmul_t(&self, x_t: &[f32], batch: usize, z_t: &mut [f32]) {
-        assert_eq!(
-            x_t.len(),
-            self.rows * batch,
-            "CSR matmul: x_t is rows x batch"
-        );
-        assert_eq!(
-            z_t.len(),
-            self.cols * batch,
-            "CSR matmul: z_t is cols x batch"
-        );
-        z_t.fill(0.0);
-        if batch == 0 {
-            return;
-        }
-        let into = |rows: std::ops::Range<usize>, z_t: &mut [f32]| {
-            let offsets = &self.row_offsets[rows.start..=rows.end];
-            let x_t = &x_t[rows.start * batch..rows.end * batch];
-            scatter_rows(&self.values, &self.col_indices, offsets, x_t, batch, z_t);
-        };
-        // below ~1M multiply-adds a second output and its sum cost about what they save
-        if self.nnz() * batch < 1 << 20 || rayon::current_num_threads() == 1 {
-            into(0..self.rows, z_t);
-        } else {
-            let parts = rayon::current_num_threads().min(self.rows.max(1));
-            let per_part = self.rows.div_ceil(parts);
-            let partial: Vec<Vec<f32>> = (1..parts)
-                .into_par_iter()
-                .map(|p| {
-                    let mut part = vec![0.0f32; z_t.len()];
-                    into(p * per_part..((p + 1) * per_part).min(self.rows), &mut part);
-                    part
-                })
-                .collect();
-            into(0..per_part.min(self.rows), z_t);
-            for part in partial {
-                for (z, p) in z_t.iter_mut().zip(part) {
-                    *z += p;
-                }
-            }
-        }
-    }
-
     /// `out[k] = a_t[r]·b_t[c]` for each stored entry `k` at `(r, c)`: the product `A·Bᵀ`
     /// sampled at this matrix's support, with `a_t` `[rows, batch]` and `b_t` `[cols, batch]`
     /// row-major. Sparse training's weight gradient is this, `∂W = ∂Yᵀ·X` at `W`'s non-zeros.
@@ -482,47 +463,6 @@ crate::dispatched! {
                     let at = c as usize * batch + start;
                     for (o, &x) in out.iter_mut().zip(&x_t[at..at + len]) {
                         *o += w * x;
-                    }
-                }
-            }
-        }
-    }
-}
-
-crate::dispatched! {
-    /// `z_t[cols[k], :] += values[k]·x_t[r, :]` over the rows `r` of this chunk (`x_t` holds
-    /// the chunk's rows, `offsets` index `values` and `cols` absolutely).
-    fn scatter_rows(
-        values: &[f32],
-        cols: &[u32],
-        offsets: &[u32],
-        x_t: &[f32],
-        batch: usize,
-        z_t: &mut [f32]
-    ) {
-        for r in 0..offsets.len() - 1 {
-            let range = offsets[r] as usize..offsets[r + 1] as usize;
-            let (values, cols) = (&values[range.clone()], &cols[range]);
-            let x_row = &x_t[r * batch..(r + 1) * batch];
-            let mut start = 0;
-            while start + BATCH_BLOCK <= batch {
-                let x: &[f32; BATCH_BLOCK] = x_row[start..start + BATCH_BLOCK].try_into().unwrap();
-                for (&w, &c) in values.iter().zip(cols) {
-                    let at = c as usize * batch + start;
-                    let z: &mut [f32; BATCH_BLOCK] =
-                        (&mut z_t[at..at + BATCH_BLOCK]).try_into().unwrap();
-                    for lane in 0..BATCH_BLOCK {
-                        z[lane] += w * x[lane];
-                    }
-                }
-                start += BATCH_BLOCK;
-            }
-            if start < batch {
-                let x = &x_row[start..];
-                for (&w, &c) in values.iter().zip(cols) {
-                    let at = c as usize * batch + start;
-                    for (z, &x) in z_t[at..at + x.len()].iter_mut().zip(x) {
-                        *z += w * x;
                     }
                 }
             }
@@ -801,8 +741,11 @@ mod tests {
                     prop_assert_eq!(y_t[r * batch + b], want);
                 }
             }
+            // the transpose's support, and its product gathered per output row
+            let transposed = csr.transposed();
+            prop_assert_eq!(transposed.to_dense(), transpose(&dense, rows, cols));
             let mut z_t = vec![f32::NAN; cols * batch];
-            csr.transpose_matmul_t(&a_t, batch, &mut z_t);
+            transposed.matmul_t(&a_t, batch, None, &mut z_t);
             for c in 0..cols {
                 for b in 0..batch {
                     let want: f32 = (0..rows).map(|r| dense[r * cols + c] * a_t[r * batch + b]).sum();

@@ -6,8 +6,8 @@
 //! never used, and a layer can run over its non-zeros only without changing the run: with `X`
 //! `[M, K]` and burn's `W` `[K, N]` (`Linear`'s `[d_input, d_output]`),
 //!
-//! - forward `Yᵀ = Wᵀ·Xᵀ`: each stored weight of a CSR of `W` adds its input row, scaled,
-//!   into its output row;
+//! - forward `Yᵀ = Wᵀ·Xᵀ`: each row of `Yᵀ` summed over the stored weights of its column of
+//!   `W` (a CSR of `Wᵀ`, sorted from `W`'s in one pass over its non-zeros);
 //! - backward `∂Xᵀ = W·∂Yᵀ` (each row of `∂Xᵀ` summed over its stored weights) and
 //!   `∂W = Xᵀ·∂Y` computed only at `W`'s non-zeros (a sampled product, zero elsewhere).
 //!
@@ -73,8 +73,12 @@ fn forward(x: &FlexTensor, w: &FlexTensor) -> (FlexTensor, Saved) {
     let ([batch, inputs], [_, outputs]) = (matrix_dims(&x), matrix_dims(&w));
     let support = Csr::nonzeros(w.storage::<f32>(), inputs, outputs);
     let x_t = transposed(&x);
+    // gathered per output row (rows split over threads), where scattering from `W`'s rows
+    // needs a whole output per thread and a sum of them
     let mut y_t = vec![0.0f32; outputs * batch];
-    support.transpose_matmul_t(x_t.storage::<f32>(), batch, &mut y_t);
+    support
+        .transposed()
+        .matmul_t(x_t.storage::<f32>(), batch, None, &mut y_t);
     let y = transposed(&FlexTensor::from_data(TensorData::new(
         y_t,
         [outputs, batch],
