@@ -1,63 +1,103 @@
 #!/usr/bin/env bash
-# Sparse training's whole-run speed-up: the same run with --sparse-training auto and off,
-# alternated (off, auto, off, ...) so that drift in machine load hits both alike; prints, per
-# model, the medians of wall time, accuracy and sparsity of each, and
-# `sparse training speed-up: R (MODEL)` (R > 1: auto faster). A benchmark, not a test.
+# Sparse training's whole-run speed-up: the same run with --sparse-training auto and off, and
+# the paper's pAdam in PyTorch on the same settings (bench/torch_ref.py --whole-run, reading the
+# pdecay run's config.toml), alternated (off, auto, torch, off, ...) so that drift in machine
+# load hits all alike. Prints, per model, the medians of speed, accuracy (the GPT: validation
+# loss) and sparsity of each, then
+#   sparse training speed-up: R (MODEL)                  (auto / off; R > 1: auto faster)
+#   pdecay/PyTorch-pAdam whole-run ratio: R (MODEL)      (auto / torch; R > 1: pdecay faster)
+# and last `slowest pdecay/PyTorch-pAdam whole-run ratio: R (MODEL)`. A benchmark, not a test.
 #
 #   bench/sparse_training.sh [REPEATS [MODEL...]]   (default 3; MODEL: mlp mlp-lambda0.1 cnn
-#                                                    cnn-lambda0.1; data: $PDECAY_DATA, else
-#                                                    ../shared/data/fashion-mnist)
+#                                                    cnn-lambda0.1 gpt; data: $PDECAY_DATA, else
+#                                                    ../shared/data/fashion-mnist, and
+#                                                    $PDECAY_TEXT, else Tiny Shakespeare there)
 #
 # mlp: pAdam p 0.8, lambda 1e-2, 20 epochs; mlp-lambda0.1: lambda 1e-1, 20 epochs; cnn: p 0.8,
 # lambda 1e-2, 10 epochs; cnn-lambda0.1: lambda 1e-1, 4 epochs (about 98% sparse, where its
-# convolutions' sparse product pays). The time is the trainer's training time
-# (summary.json's samples_per_second, evaluation excluded).
-# Still to come (issue 18): the GPT, and PyTorch's pAdam on the same runs (bench/torch_ref.py).
+# convolutions' sparse product pays); gpt: configs/shakespeare-cpu-padam.toml (2,000
+# iterations, p from 2 to 0.8 over the first half). Speeds are the trainers' training time
+# (evaluation excluded): images/s, or iterations/s for the GPT. PyTorch needs bench/.venv
+# (python3 -m venv bench/.venv && bench/.venv/bin/pip install torch==2.15.0 numpy==2.4.6);
+# PYTHON overrides it, and PYTHON=none leaves PyTorch out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repeats=${1:-3}
 shift || true
 models=("$@")
-[ ${#models[@]} -eq 0 ] && models=(mlp mlp-lambda0.1 cnn cnn-lambda0.1)
+[ ${#models[@]} -eq 0 ] && models=(mlp mlp-lambda0.1 cnn cnn-lambda0.1 gpt)
 data=${PDECAY_DATA:-../shared/data/fashion-mnist}
+text=${PDECAY_TEXT:-../shared/data/tinyshakespeare/input.txt}
+python=${PYTHON:-bench/.venv/bin/python}
+modes=(off auto torch)
+[ "$python" = none ] && modes=(off auto)
 cargo build --release --quiet
 bin=target/release/pdecay
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-key() { grep -o "\"$1\": [0-9.e-]*" "$2/summary.json" | awk '{print $2}'; }
+key() { grep -o "\"$1\": [0-9.e-]*" "$2" | head -1 | awk '{print $2}'; }
+slowest=""
 
-measure() { # model name, then its flags
+measure() { # model name, then its pdecay flags
   local name=$1; shift
+  local gpt=0 speed score
+  [ "$name" = gpt ] && gpt=1
   for i in $(seq "$repeats"); do
-    for mode in off auto; do
-      local dir="$work/$name-$mode-$i"
-      "$bin" train "$@" --optim padam --p 0.8 --data "$data" --sparse-training "$mode" \
-        --out "$dir" >/dev/null
-      key samples_per_second "$dir" >>"$work/$name-$mode.speed"
-      key final_test_accuracy "$dir" >>"$work/$name-$mode.acc"
-      key sparsity "$dir" >>"$work/$name-$mode.sparsity"
-      [ "$mode" = auto ] && printf '%-14s auto, run %d: %s\n' "$name" "$i" \
-        "$(tail -1 "$dir/metrics.jsonl" | grep -o '"sparse_layers":\[[^]]*\]')"
+    for mode in "${modes[@]}"; do
+      local out="$work/$name-$mode-$i.json"
+      if [ "$mode" = torch ]; then
+        # the settings of this repeat's pdecay run
+        "$python" bench/torch_ref.py --whole-run "$work/$name-auto-$i/config.toml" \
+          --images "$data" --text "$text" >"$out"
+      else
+        local dir="$work/$name-$mode-$i"
+        "$bin" train "$@" --sparse-training "$mode" --out "$dir" >/dev/null
+        cp "$dir/summary.json" "$out"
+        [ "$mode" = auto ] && printf '%-14s auto, run %d: %s\n' "$name" "$i" \
+          "$(tail -1 "$dir/metrics.jsonl" | grep -o '"sparse_layers":\[[^]]*\]')"
+      fi
+      if [ $gpt = 1 ]; then
+        awk -v s="$(key seconds_per_iter "$out")" 'BEGIN {print 1 / s}' >>"$work/$name-$mode.speed"
+        key final_val_loss "$out" >>"$work/$name-$mode.score"
+      else
+        key samples_per_second "$out" >>"$work/$name-$mode.speed"
+        key final_test_accuracy "$out" | awk '{print 100 * $1}' >>"$work/$name-$mode.score"
+      fi
+      key sparsity "$out" >>"$work/$name-$mode.sparsity"
     done
   done
-  for mode in off auto; do
-    printf '%-14s %-4s  %8.0f samples/s   accuracy %.2f%%   sparsity %.1f%%  (median of %d)\n' \
-      "$name" "$mode" "$(median <"$work/$name-$mode.speed")" \
-      "$(median <"$work/$name-$mode.acc" | awk '{print 100 * $1}')" \
+  local unit="samples/s" what="accuracy"
+  [ $gpt = 1 ] && unit="iters/s" what="val loss"
+  for mode in "${modes[@]}"; do
+    printf '%-14s %-5s  %9.2f %s   %s %.4f   sparsity %.1f%%  (median of %d)\n' \
+      "$name" "$mode" "$(median <"$work/$name-$mode.speed")" "$unit" "$what" \
+      "$(median <"$work/$name-$mode.score")" \
       "$(median <"$work/$name-$mode.sparsity" | awk '{print 100 * $1}')" "$repeats"
   done
-  printf 'sparse training speed-up: %.3f (%s)\n' "$(awk -v a="$(median <"$work/$name-off.speed")" \
-    -v b="$(median <"$work/$name-auto.speed")" 'BEGIN {print b / a}')" "$name"
+  ratio() { awk -v a="$(median <"$work/$name-$2.speed")" -v b="$(median <"$work/$name-$1.speed")" \
+    'BEGIN {printf "%.3f", b / a}'; }
+  printf 'sparse training speed-up: %s (%s)\n' "$(ratio auto off)" "$name"
+  if [ "$python" != none ]; then
+    local r; r=$(ratio auto torch)
+    printf 'pdecay/PyTorch-pAdam whole-run ratio: %s (%s)\n' "$r" "$name"
+    if [ -z "$slowest" ] || awk -v r="$r" -v s="${slowest%% *}" 'BEGIN {exit !(r < s)}'; then
+      slowest="$r ($name)"
+    fi
+  fi
 }
 
 for model in "${models[@]}"; do
   case $model in
-    mlp) measure mlp --model mlp --lambda 1e-2 --epochs 20 ;;
-    mlp-lambda0.1) measure mlp-lambda0.1 --model mlp --lambda 1e-1 --epochs 20 ;;
-    cnn) measure cnn --model cnn --lambda 1e-2 --epochs 10 ;;
-    cnn-lambda0.1) measure cnn-lambda0.1 --model cnn --lambda 1e-1 --epochs 4 ;;
-    *) echo "unknown model $model (mlp, mlp-lambda0.1, cnn, cnn-lambda0.1)" >&2; exit 2 ;;
+    mlp|mlp-lambda0.1|cnn|cnn-lambda0.1)
+      lambda=1e-2 epochs=20
+      case $model in mlp-lambda0.1) lambda=1e-1 ;; cnn) epochs=10 ;; cnn-lambda0.1) lambda=1e-1 epochs=4 ;; esac
+      measure "$model" --model "${model%-lambda0.1}" --optim padam --p 0.8 --lambda "$lambda" \
+        --epochs "$epochs" --data "$data" ;;
+    gpt) measure gpt --config configs/shakespeare-cpu-padam.toml --data "$text" ;;
+    *) echo "unknown model $model (mlp, mlp-lambda0.1, cnn, cnn-lambda0.1, gpt)" >&2; exit 2 ;;
   esac
 done
+[ -n "$slowest" ] && printf 'slowest pdecay/PyTorch-pAdam whole-run ratio: %s\n' "$slowest"
+exit 0

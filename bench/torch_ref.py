@@ -5,6 +5,14 @@ object with samples per second.
     python bench/torch_ref.py --model mlp|cnn|resnet18|resnet20|gpt --optim adamw|padam --steps N \
         [--threads T] [--images DIR] [--cifar DIR] [--batch B] [--text FILE] [--device cpu|cuda] \
         [--preset cpu|paper]
+    python bench/torch_ref.py --whole-run RUN/config.toml [--threads T] [--images DIR] [--text FILE]
+
+`--whole-run` (bench/sparse_training.sh) trains the paper's pAdam for the whole run a pdecay
+config describes (an MLP, the CNN or the GPT; its lr, p, lambda, epochs or iterations, batch,
+warm-up and cosine, p schedule from `p_start` and lambda release as pdecay's
+config/optim.rs builds them), then prints the training time, samples per second, the final
+test accuracy (classifiers; the GPT: validation loss and next-character accuracy over
+`eval_batches` seeded windows) and the share of decayed weights below 1e-13.
 
 Models (as crates/pdecay-cli/src/models/classifier.rs and gpt.rs):
 - mlp: 784-300-100-10, ReLU, batch 128;
@@ -51,7 +59,10 @@ def read_idx(path):
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def load_images(folder):
+def load_images(folder, split="train", stats_of=None):
+    """`split`'s images, flattened and normalised by the mean and std of `stats_of` (the
+    training images; their own when not given), and labels."""
+
     def find(stem):
         for name in (stem, stem + ".gz"):
             path = os.path.join(folder, name)
@@ -59,32 +70,40 @@ def load_images(folder):
                 return path
         raise SystemExit(f"{stem} not found in {folder}")
 
-    images = read_idx(find("train-images-idx3-ubyte")).reshape(-1, 784)
-    labels = read_idx(find("train-labels-idx1-ubyte"))
+    images = read_idx(find(f"{split}-images-idx3-ubyte")).reshape(-1, 784)
+    labels = read_idx(find(f"{split}-labels-idx1-ubyte"))
     x = torch.from_numpy(images.astype(np.float32) / 255.0)
-    x = (x - x.mean()) / x.std()
+    if stats_of is None:
+        x = (x - x.mean()) / x.std()
+    else:
+        # stats_of is normalised already: its raw mean and std come back from the raw file
+        raw = torch.from_numpy(read_idx(find("train-images-idx3-ubyte")).astype(np.float32) / 255.0)
+        x = (x - raw.mean()) / raw.std()
     return x, torch.from_numpy(labels.astype(np.int64))
 
 
 class Mlp(nn.Module):
-    def __init__(self):
+    def __init__(self, hidden=(300, 100)):
         super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)
-        )
+        layers, width = [], 784
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.layers = nn.Sequential(*layers, nn.Linear(width, 10))
 
     def forward(self, x):
         return self.layers(x)
 
 
 class Cnn(nn.Module):
-    def __init__(self):
+    def __init__(self, widths=(32, 64, 128)):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
-        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
-        self.dense = nn.Linear(64 * 7 * 7, 128)
+        c1, c2, units = widths
+        self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
+        self.dense = nn.Linear(c2 * 7 * 7, units)
         self.dropout = nn.Dropout(0.2)
-        self.output = nn.Linear(128, 10)
+        self.output = nn.Linear(units, 10)
 
     def forward(self, x):
         x = x.view(-1, 1, 28, 28)
@@ -221,7 +240,8 @@ class Gpt(nn.Module):
 
 
 class PAdam(torch.optim.Adam):
-    """Adam, then pWD on the rank >= 2 tensors (the paper's formula, from the pre-step weight)."""
+    """Adam, then pWD on the rank >= 2 tensors (the paper's formula, from the pre-step weight).
+    `p` and `lam` may be changed between steps (the schedules of a whole run)."""
 
     def __init__(self, params, lr, betas, p, lam):
         super().__init__(params, lr=lr, betas=betas)
@@ -245,13 +265,156 @@ def optimizer(model, name, betas):
     return PAdam(model.parameters(), lr=1e-3, betas=betas, p=0.8, lam=1e-2)
 
 
+def between(a, b, t):
+    return a * (1.0 - t) + b * t
+
+
+def schedule_value(kind, start, end, steps, step):
+    """pdecay's schedule.rs: `linear` or `cosine` from start to end over steps."""
+    t = min(step, steps) / steps
+    if kind == "linear":
+        return between(start, end, t)
+    return between(end, start, 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+def warmup_then(start, warmup, then, step):
+    """Linear from `start` to then(0) over `warmup` steps, then `then(step - warmup)`."""
+    if step < warmup:
+        return between(start, then(0), step / warmup)
+    return then(step - warmup)
+
+
+def whole_run(args):
+    """The whole run of a pdecay config.toml with PyTorch's pAdam (see the module's doc)."""
+    import tomllib
+
+    with open(args.whole_run, "rb") as f:
+        c = tomllib.load(f)
+    if c["optim"] != "padam":
+        raise SystemExit(f"--whole-run runs pAdam, the config has optim = {c['optim']}")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(c.get("seed", 0))
+    generator = torch.Generator().manual_seed(c.get("seed", 0))
+    gpt = c["model"] == "gpt"
+    if gpt:
+        g = c["gpt"]
+        if g.get("bias") or g.get("dropout", 0.0) > 0.0:
+            raise SystemExit("--whole-run's GPT has no biases and no dropout (pdecay's CPU preset)")
+        with open(args.text, encoding="utf-8") as f:
+            text = f.read()
+        chars = sorted(set(text))
+        index = {ch: i for i, ch in enumerate(chars)}
+        tokens = torch.tensor([index[ch] for ch in text], dtype=torch.long)
+        split = int(0.9 * len(tokens))
+        train, val = tokens[:split], tokens[split:]
+        block, batch = g["block_size"], g["batch_size"]
+        model = Gpt(len(chars), g["layers"], g["heads"], g["width"], block, 0.0)
+        total, betas = g["iters"], (0.9, g.get("beta2", 0.99))
+        warmup = min(g["warmup_iters"], total)
+        after = max(total - warmup, 1)
+        lr_end = c["lr"] * g["min_lr_ratio"]
+        offsets = torch.arange(block + 1)
+
+        def windows(data, gen):
+            starts = torch.randint(len(data) - block - 1, (batch,), generator=gen)
+            w = data[starts[:, None] + offsets]
+            return w[:, :-1], w[:, 1:]
+
+        def loss_of(x, y):
+            logits = model(x)
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)), logits
+
+        def steps_of_run():
+            for _ in range(total):
+                x, y = windows(train, generator)
+                yield loss_of(x, y)[0]
+        samples_per_step = batch
+    else:
+        images, labels = load_images(args.images)
+        test_x, test_y = load_images(args.images, "t10k", stats_of=images)
+        if c["model"] not in ("mlp", "cnn"):
+            raise SystemExit(f"--whole-run trains the MLP, the CNN or the GPT, not {c['model']}")
+        model = Mlp(c["hidden"]) if c["model"] == "mlp" else Cnn(c["cnn_widths"])
+        batch, epochs = c["batch_size"], c["epochs"]
+        per_epoch = math.ceil(len(images) / batch)
+        total, betas = per_epoch * epochs, (0.9, 0.999)
+        warmup = round(c["warmup_epochs"] * per_epoch)
+        after = max(total - warmup, 1)
+        lr_end = c["lr"] * c["min_lr_ratio"]
+
+        def steps_of_run():
+            for _ in range(epochs):
+                order = torch.randperm(len(images), generator=generator)
+                for start in range(0, len(images), batch):
+                    picked = order[start : start + batch]
+                    yield F.cross_entropy(model(images[picked]), labels[picked])
+        samples_per_step = None
+    opt = PAdam(model.parameters(), lr=0.0, betas=betas, p=c["p"], lam=c["lambda"])
+    p_start, release = c.get("p_start"), c.get("lambda_release")
+    lam_end = c["lambda"] * c.get("lambda_release_ratio", 0.01)
+    release_steps = max(round(total * release), 1) if release else 0
+
+    def lr_at(step):
+        return warmup_then(0.0, warmup, lambda s: schedule_value("cosine", c["lr"], lr_end, after, s), step)
+
+    def p_at(step):
+        if p_start is None:
+            return c["p"]
+        return schedule_value("linear", p_start, c["p"], max(total // 2, 1), step)
+
+    def lam_at(step):
+        if not release:
+            return c["lambda"]
+        hold = max(total - release_steps, 0)
+        fall = lambda s: schedule_value("cosine", c["lambda"], lam_end, release_steps, s)
+        return warmup_then(c["lambda"], hold, fall, step)
+
+    model.train()
+    seen, step = 0, 0
+    began = time.perf_counter()
+    for loss in steps_of_run():
+        opt.param_groups[0]["lr"] = lr_at(step)
+        opt.p, opt.lam = p_at(step), lam_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if gpt and c["gpt"].get("grad_clip", 0.0) > 0.0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), c["gpt"]["grad_clip"])
+        opt.step()
+        seen += samples_per_step or batch
+        step += 1
+    seconds = time.perf_counter() - began
+    model.eval()
+    result = {"model": c["model"], "steps": step, "seconds": seconds, "threads": torch.get_num_threads()}
+    with torch.no_grad():
+        decayed = [q for q in model.parameters() if q.dim() >= 2]
+        small = sum(int((q.abs() < 1e-13).sum()) for q in decayed)
+        result["sparsity"] = small / sum(q.numel() for q in decayed)
+        if gpt:
+            eval_gen = torch.Generator().manual_seed(c.get("seed", 0) + 0x5EED)
+            losses, correct, count = [], 0, 0
+            for _ in range(c["gpt"]["eval_batches"]):
+                x, y = windows(val, eval_gen)
+                loss, logits = loss_of(x, y)
+                losses.append(float(loss))
+                correct += int((logits.argmax(-1) == y).sum())
+                count += y.numel()
+            result["final_val_loss"] = sum(losses) / len(losses)
+            result["final_val_accuracy"] = correct / count
+            result["seconds_per_iter"] = seconds / step
+        else:
+            predicted = torch.cat([model(test_x[i : i + 1000]).argmax(1) for i in range(0, len(test_x), 1000)])
+            result["final_test_accuracy"] = float((predicted == test_y).float().mean())
+            result["samples_per_second"] = len(images) * epochs / seconds
+    result["torch"] = torch.__version__
+    print(json.dumps(result))
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument(
-        "--model", choices=["mlp", "cnn", "resnet18", "resnet20", "gpt"], required=True
-    )
-    parser.add_argument("--optim", choices=["adamw", "padam"], required=True)
-    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--model", choices=["mlp", "cnn", "resnet18", "resnet20", "gpt"])
+    parser.add_argument("--optim", choices=["adamw", "padam"])
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--whole-run", metavar="CONFIG", help="a pdecay run's config.toml")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--images", default="../shared/data/fashion-mnist")
     parser.add_argument("--cifar", help="CIFAR-10's binary batches (the ResNets' data)")
@@ -260,6 +423,10 @@ def main():
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--preset", choices=sorted(GPT_PRESETS), default="cpu")
     args = parser.parse_args()
+    if args.whole_run:
+        return whole_run(args)
+    if not (args.model and args.optim and args.steps):
+        parser.error("--model, --optim and --steps are required (or --whole-run CONFIG)")
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
