@@ -55,6 +55,9 @@ measure() { # model name, then its pdecay flags
         local dir="$work/$name-$mode-$i"
         "$bin" train "$@" --sparse-training "$mode" --out "$dir" >/dev/null
         cp "$dir/summary.json" "$out"
+        printf '%-14s %-4s run %d, ms per step at each evaluation: %s\n' "$name" "$mode" "$i" \
+          "$(grep -o '"step_seconds":[0-9.e-]*' "$dir/metrics.jsonl" | cut -d: -f2 |
+            awk '{printf "%.1f ", 1e3 * $1}')"
         [ "$mode" = auto ] && printf '%-14s auto, run %d: %s\n' "$name" "$i" \
           "$(tail -1 "$dir/metrics.jsonl" | grep -o '"sparse_layers":\[[^]]*\]')"
       fi
