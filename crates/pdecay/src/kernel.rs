@@ -336,15 +336,63 @@ impl AdamStep {
     }
 }
 
+/// Weights per block that [`adam_pwd_in_place`] checks for being all dead (16: one AVX-512
+/// register; at 99% zeros 85% of random blocks are dead, at 90% 19%).
+const DEAD_BLOCK: usize = 16;
+
+/// Adam's moment updates for one weight.
+#[inline(always)]
+fn adam_moments(g: f32, m: &mut f32, v: &mut f32, a: &AdamConstants) {
+    *m = *m * a.beta_1 + g * (1.0 - a.beta_1);
+    *v = *v * a.beta_2 + g * g * (1.0 - a.beta_2);
+}
+
+/// Adam then pWD on some weights.
+#[inline(always)]
+fn adam_pwd_weights(
+    w: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    a: &AdamConstants,
+    k: &Constants,
+) {
+    for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        adam_moments(g, m, v, a);
+        let stepped = *w - (*m * a.combined / (v.sqrt() + a.epsilon)) * a.lr;
+        *w = flush_subnormal(k.decay(stepped, *w));
+    }
+}
+
 dispatched! {
-    /// Adam then pWD on one chunk.
+    /// Adam then pWD on one chunk, a block of [`DEAD_BLOCK`] weights at a time. Where zeros
+    /// are absorbing (p < 2, `p·η·λ > 0`) a block of exactly-zero weights gets its moments
+    /// only: pWD would return its weights as zeros whatever the step, so the step, the power
+    /// and the division are skipped (the moments are still kept as Adam keeps them, so a run
+    /// whose λ later reaches 0 goes on exactly as it would have). Only the sign of such a zero
+    /// can differ from the full computation's (`±0 / ∞`).
     fn adam_pwd_chunk(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], a: AdamConstants, k: Constants) {
-        for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-            *m = *m * a.beta_1 + g * (1.0 - a.beta_1);
-            *v = *v * a.beta_2 + g * g * (1.0 - a.beta_2);
-            let stepped = *w - (*m * a.combined / (v.sqrt() + a.epsilon)) * a.lr;
-            *w = flush_subnormal(k.decay(stepped, *w));
+        let absorbing = k.exponent < 0.0 && k.lp_strength > 0.0;
+        let whole = w.len() / DEAD_BLOCK * DEAD_BLOCK;
+        let (w, w_rest) = w.split_at_mut(whole);
+        let (g, g_rest) = g.split_at(whole);
+        let (m, m_rest) = m.split_at_mut(whole);
+        let (v, v_rest) = v.split_at_mut(whole);
+        let blocks = w
+            .chunks_exact_mut(DEAD_BLOCK)
+            .zip(g.chunks_exact(DEAD_BLOCK))
+            .zip(m.chunks_exact_mut(DEAD_BLOCK))
+            .zip(v.chunks_exact_mut(DEAD_BLOCK));
+        for (((w, g), m), v) in blocks {
+            if absorbing && w.iter().all(|&x| x == 0.0) {
+                for ((&g, m), v) in g.iter().zip(m.iter_mut()).zip(v.iter_mut()) {
+                    adam_moments(g, m, v, &a);
+                }
+            } else {
+                adam_pwd_weights(w, g, m, v, &a, &k);
+            }
         }
+        adam_pwd_weights(w_rest, g_rest, m_rest, v_rest, &a, &k);
     }
 }
 
@@ -662,6 +710,53 @@ mod tests {
                 assert_eq!(v1, v2);
                 assert_eq!(w1, w2, "n={n} p={p}");
             }
+        }
+    }
+
+    #[test]
+    fn dead_blocks_skip_the_step_but_not_the_moments() {
+        // whole blocks of zeros (16..48), a zero inside a live block (50), a zero tail
+        let n = 3 * DEAD_BLOCK + 7;
+        let w0: Vec<f32> = (0..n)
+            .map(|i| match i {
+                16..48 | 50 => 0.0,
+                _ if i >= 3 * DEAD_BLOCK => 0.0,
+                _ => ((i as f32) * 0.61).sin() * 0.2 + 0.3,
+            })
+            .collect();
+        // absorbing (p 0.8), not absorbing (p 2; lr 0), and lambda 0 after absorbing steps
+        for (p, lrs) in [
+            (0.8, [0.01, 0.01, 0.01]),
+            (2.0, [0.01, 0.01, 0.01]),
+            (0.8, [0.0, 0.01, 0.0]),
+        ] {
+            let (mut w1, mut w2) = (w0.clone(), w0.clone());
+            let (mut m1, mut m2, mut v1, mut v2) =
+                (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+            for (time, lr) in (1..=6u32).zip(lrs.iter().cycle()) {
+                let g: Vec<f32> = (0..n)
+                    .map(|i| ((i as f32 + time as f32) * 1.3).cos())
+                    .collect();
+                let a = AdamStep {
+                    beta_1: 0.9,
+                    beta_2: 0.999,
+                    epsilon: 1e-8,
+                    time,
+                };
+                // the last two steps without decay: the zeros move again, from their moments
+                let lambda = if time > 4 { 0.0 } else { 0.05 };
+                let c = coef(p, *lr, lambda);
+                adam_pwd_in_place(&mut w1, &g, &mut m1, &mut v1, &a, &c);
+                adam_then_decay(&mut w2, &g, &mut m2, &mut v2, &a, &c);
+                assert_eq!(m1, m2, "p={p} step {time}");
+                assert_eq!(v1, v2, "p={p} step {time}");
+                // == counts -0 and +0 as equal: the sign of a dead zero may differ
+                assert_eq!(w1, w2, "p={p} step {time}");
+            }
+            assert!(
+                w1[16..48].iter().all(|&w| w != 0.0),
+                "the zeros moved again"
+            );
         }
     }
 
