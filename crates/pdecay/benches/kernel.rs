@@ -43,7 +43,9 @@ fn fused_adam_pwd_p08_zero_share(bencher: divan::Bencher, zeros: f64) {
     let (mut w, g) = data(n);
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     for x in &mut w {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         if ((state >> 11) as f64 / (1u64 << 53) as f64) < zeros {
             *x = 0.0;
         }
@@ -57,6 +59,43 @@ fn fused_adam_pwd_p08_zero_share(bencher: divan::Bencher, zeros: f64) {
         time: 10,
     };
     bencher.bench_local(|| adam_pwd_in_place(&mut w, &g, &mut m, &mut v, &adam, &c));
+}
+
+/// The fused pAdam step on 1M weights whose Adam moments are subnormal (dead weights: a zero
+/// gradient decays `m` by β₁ each step into the subnormal range), on a rayon pool of two threads
+/// with and without flush-to-zero / denormals-are-zero
+/// (`pdecay::kernel::flush_subnormals_on_this_thread`). Where subnormal operands cost a
+/// microcode assist (Intel cores), `flushed = false` is many times slower; AMD's Zen cores
+/// handle them at about full speed.
+#[divan::bench(args = [false, true])]
+fn fused_adam_pwd_subnormal_moments(bencher: divan::Bencher, flushed: bool) {
+    let n = 1_000_000;
+    let (mut w, _) = data(n);
+    let g = vec![0.0f32; n];
+    let tiny = f32::MIN_POSITIVE / 8.0;
+    let (mut m, mut v) = (vec![tiny; n], vec![tiny; n]);
+    let c = DecayCoefficients::new(0.8, 1e-3, 1e-3, 0.0).unwrap();
+    let adam = AdamStep {
+        beta_1: 0.9,
+        beta_2: 0.999,
+        epsilon: 1e-8,
+        time: 10,
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .start_handler(move |_| {
+            if flushed {
+                pdecay::kernel::flush_subnormals_on_this_thread();
+            }
+        })
+        .build()
+        .unwrap();
+    bencher.bench_local(|| {
+        // the moments stay subnormal from one call to the next (0.9 and 0.999 per step)
+        m.fill(tiny);
+        v.fill(tiny);
+        pool.install(|| adam_pwd_in_place(&mut w, &g, &mut m, &mut v, &adam, &c))
+    });
 }
 
 #[divan::bench(args = SIZES)]
