@@ -13,6 +13,14 @@ fn data(n: usize) -> (Vec<f32>, Vec<f32>) {
     (stepped, reference)
 }
 
+/// Adam's PyTorch defaults at step 10.
+const ADAM: AdamStep = AdamStep {
+    beta_1: 0.9,
+    beta_2: 0.999,
+    epsilon: 1e-8,
+    time: 10,
+};
+
 #[divan::bench(args = SIZES)]
 fn pwd_kernel_p08(bencher: divan::Bencher, n: usize) {
     let (mut stepped, reference) = data(n);
@@ -25,13 +33,7 @@ fn fused_adam_pwd_p08(bencher: divan::Bencher, n: usize) {
     let (mut w, g) = data(n);
     let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
     let c = DecayCoefficients::new(0.8, 1e-3, 1e-3, 0.0).unwrap();
-    let adam = AdamStep {
-        beta_1: 0.9,
-        beta_2: 0.999,
-        epsilon: 1e-8,
-        time: 10,
-    };
-    bencher.bench_local(|| adam_pwd_in_place(&mut w, &g, &mut m, &mut v, &adam, &c));
+    bencher.bench_local(|| adam_pwd_in_place(&mut w, &g, &mut m, &mut v, &ADAM, &c));
 }
 
 /// The fused pAdam step on a 1M-weight tensor with a share of its weights exactly zero
@@ -52,13 +54,7 @@ fn fused_adam_pwd_p08_zero_share(bencher: divan::Bencher, zeros: f64) {
     }
     let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
     let c = DecayCoefficients::new(0.8, 1e-3, 1e-3, 0.0).unwrap();
-    let adam = AdamStep {
-        beta_1: 0.9,
-        beta_2: 0.999,
-        epsilon: 1e-8,
-        time: 10,
-    };
-    bencher.bench_local(|| adam_pwd_in_place(&mut w, &g, &mut m, &mut v, &adam, &c));
+    bencher.bench_local(|| adam_pwd_in_place(&mut w, &g, &mut m, &mut v, &ADAM, &c));
 }
 
 /// The fused pAdam step on 1M weights whose Adam moments are subnormal (dead weights: a zero
@@ -75,12 +71,6 @@ fn fused_adam_pwd_subnormal_moments(bencher: divan::Bencher, flushed: bool) {
     let tiny = f32::MIN_POSITIVE / 8.0;
     let (mut m, mut v) = (vec![tiny; n], vec![tiny; n]);
     let c = DecayCoefficients::new(0.8, 1e-3, 1e-3, 0.0).unwrap();
-    let adam = AdamStep {
-        beta_1: 0.9,
-        beta_2: 0.999,
-        epsilon: 1e-8,
-        time: 10,
-    };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .start_handler(move |_| {
@@ -94,7 +84,7 @@ fn fused_adam_pwd_subnormal_moments(bencher: divan::Bencher, flushed: bool) {
         // the moments stay subnormal from one call to the next (0.9 and 0.999 per step)
         m.fill(tiny);
         v.fill(tiny);
-        pool.install(|| adam_pwd_in_place(&mut w, &g, &mut m, &mut v, &adam, &c))
+        pool.install(|| adam_pwd_in_place(&mut w, &g, &mut m, &mut v, &ADAM, &c))
     });
 }
 

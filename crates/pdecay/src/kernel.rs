@@ -728,31 +728,43 @@ mod tests {
         apply_decay_in_place(w, &before, c);
     }
 
+    /// Runs the fused kernel and Adam-then-pWD from `w0` for steps 1, 2, ... with the
+    /// coefficients `coefficients` gives each, and checks after every step that weights (by
+    /// `==`: -0 and +0 count as equal) and moments agree.
+    fn fused_follows_composed(
+        w0: &[f32],
+        coefficients: &[DecayCoefficients],
+        label: &str,
+    ) -> Vec<f32> {
+        let n = w0.len();
+        let (mut w1, mut w2) = (w0.to_vec(), w0.to_vec());
+        let (mut m1, mut m2, mut v1, mut v2) =
+            (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        for (time, c) in (1u32..).zip(coefficients) {
+            let g: Vec<f32> = (0..n)
+                .map(|i| ((i as f32 + time as f32) * 1.3).cos())
+                .collect();
+            let a = AdamStep {
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-8,
+                time,
+            };
+            adam_pwd_in_place(&mut w1, &g, &mut m1, &mut v1, &a, c);
+            adam_then_decay(&mut w2, &g, &mut m2, &mut v2, &a, c);
+            assert_eq!(m1, m2, "{label} step {time}");
+            assert_eq!(v1, v2, "{label} step {time}");
+            assert_eq!(w1, w2, "{label} step {time}");
+        }
+        w1
+    }
+
     #[test]
     fn fused_adam_pwd_equals_adam_then_pwd() {
         for n in [5, 64, 3 * PARALLEL_CHUNK + 3] {
             for p in [0.8, 2.0] {
-                let c = coef(p, 0.01, 0.05);
                 let w0: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.61).sin() * 0.2).collect();
-                let (mut w1, mut w2) = (w0.clone(), w0.clone());
-                let (mut m1, mut m2, mut v1, mut v2) =
-                    (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-                for time in 1..=5u32 {
-                    let g: Vec<f32> = (0..n)
-                        .map(|i| ((i as f32 + time as f32) * 1.3).cos())
-                        .collect();
-                    let a = AdamStep {
-                        beta_1: 0.9,
-                        beta_2: 0.999,
-                        epsilon: 1e-8,
-                        time,
-                    };
-                    adam_pwd_in_place(&mut w1, &g, &mut m1, &mut v1, &a, &c);
-                    adam_then_decay(&mut w2, &g, &mut m2, &mut v2, &a, &c);
-                }
-                assert_eq!(m1, m2);
-                assert_eq!(v1, v2);
-                assert_eq!(w1, w2, "n={n} p={p}");
+                fused_follows_composed(&w0, &[coef(p, 0.01, 0.05); 5], &format!("n={n} p={p}"));
             }
         }
     }
@@ -768,39 +780,18 @@ mod tests {
                 _ => ((i as f32) * 0.61).sin() * 0.2 + 0.3,
             })
             .collect();
-        // absorbing (p 0.8), not absorbing (p 2; lr 0), and lambda 0 after absorbing steps
+        // absorbing (p 0.8), not absorbing (p 2; lr 0); the last two steps without decay, so
+        // the zeros move again, from their moments
         for (p, lrs) in [
             (0.8, [0.01, 0.01, 0.01]),
             (2.0, [0.01, 0.01, 0.01]),
             (0.8, [0.0, 0.01, 0.0]),
         ] {
-            let (mut w1, mut w2) = (w0.clone(), w0.clone());
-            let (mut m1, mut m2, mut v1, mut v2) =
-                (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-            for (time, lr) in (1..=6u32).zip(lrs.iter().cycle()) {
-                let g: Vec<f32> = (0..n)
-                    .map(|i| ((i as f32 + time as f32) * 1.3).cos())
-                    .collect();
-                let a = AdamStep {
-                    beta_1: 0.9,
-                    beta_2: 0.999,
-                    epsilon: 1e-8,
-                    time,
-                };
-                // the last two steps without decay: the zeros move again, from their moments
-                let lambda = if time > 4 { 0.0 } else { 0.05 };
-                let c = coef(p, *lr, lambda);
-                adam_pwd_in_place(&mut w1, &g, &mut m1, &mut v1, &a, &c);
-                adam_then_decay(&mut w2, &g, &mut m2, &mut v2, &a, &c);
-                assert_eq!(m1, m2, "p={p} step {time}");
-                assert_eq!(v1, v2, "p={p} step {time}");
-                // == counts -0 and +0 as equal: the sign of a dead zero may differ
-                assert_eq!(w1, w2, "p={p} step {time}");
-            }
-            assert!(
-                w1[16..48].iter().all(|&w| w != 0.0),
-                "the zeros moved again"
-            );
+            let steps: Vec<DecayCoefficients> = (0..6)
+                .map(|k| coef(p, lrs[k % 3], if k >= 4 { 0.0 } else { 0.05 }))
+                .collect();
+            let w = fused_follows_composed(&w0, &steps, &format!("p={p} lrs {lrs:?}"));
+            assert!(w[16..48].iter().all(|&w| w != 0.0), "the zeros moved again");
         }
     }
 
