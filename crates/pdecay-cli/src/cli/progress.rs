@@ -80,14 +80,12 @@ pub fn for_stdout() -> Box<dyn Progress> {
 /// starting 100,000 of them stalls the process before it prints anything).
 const MAX_THREADS_PER_CORE: usize = 4;
 
-/// Builds rayon's global pool (the CPU threads of every kernel), of `threads` threads (at
+/// Sizes rayon's global pool (the CPU threads of every kernel) when `threads` is given: at
 /// least 1, a warning above the machine's cores, an error above `MAX_THREADS_PER_CORE` times
-/// them) or one per core, with subnormals flushed to zero on each of them and on this thread
-/// (`pdecay::kernel::flush_subnormals_on_this_thread`: training must not slow down as pWD
-/// drives moments through the subnormal range).
+/// them. Then flushes subnormals to zero on every thread of the pool and on this one
+/// (`pdecay::kernel::flush_subnormals_on_this_thread`): training must not slow down as pWD
+/// drives dead weights' moments through the subnormal range.
 pub fn set_threads(threads: Option<usize>) -> Result<()> {
-    let mut pool = rayon::ThreadPoolBuilder::new()
-        .start_handler(|_| pdecay::kernel::flush_subnormals_on_this_thread());
     if let Some(threads) = threads {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         check_threads(threads, cores)?;
@@ -96,10 +94,13 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
                 "warning: --threads {threads} is more than this machine's {cores} cores; the extra threads wait for a core"
             );
         }
-        pool = pool.num_threads(threads);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("setting the number of threads")?;
     }
-    pool.build_global()
-        .context("setting up the compute threads")?;
+    // the pool's threads live as long as the process: set once, it holds for every kernel
+    rayon::broadcast(|_| pdecay::kernel::flush_subnormals_on_this_thread());
     pdecay::kernel::flush_subnormals_on_this_thread();
     Ok(())
 }
