@@ -59,9 +59,8 @@ def read_idx(path):
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def load_images(folder, split="train", stats_of=None):
-    """`split`'s images, flattened and normalised by the mean and std of `stats_of` (the
-    training images; their own when not given), and labels."""
+def read_images(folder, split="train"):
+    """`split`'s images of an IDX folder, flattened, in [0, 1], and their labels."""
 
     def find(stem):
         for name in (stem, stem + ".gz"):
@@ -72,14 +71,13 @@ def load_images(folder, split="train", stats_of=None):
 
     images = read_idx(find(f"{split}-images-idx3-ubyte")).reshape(-1, 784)
     labels = read_idx(find(f"{split}-labels-idx1-ubyte"))
-    x = torch.from_numpy(images.astype(np.float32) / 255.0)
-    if stats_of is None:
-        x = (x - x.mean()) / x.std()
-    else:
-        # stats_of is normalised already: its raw mean and std come back from the raw file
-        raw = torch.from_numpy(read_idx(find("train-images-idx3-ubyte")).astype(np.float32) / 255.0)
-        x = (x - raw.mean()) / raw.std()
-    return x, torch.from_numpy(labels.astype(np.int64))
+    return torch.from_numpy(images.astype(np.float32) / 255.0), torch.from_numpy(labels.astype(np.int64))
+
+
+def load_images(folder):
+    """The training images, normalised by their own mean and std, and labels."""
+    x, labels = read_images(folder)
+    return (x - x.mean()) / x.std(), labels
 
 
 class Mlp(nn.Module):
@@ -328,10 +326,12 @@ def whole_run(args):
             for _ in range(total):
                 x, y = windows(train, generator)
                 yield loss_of(x, y)[0]
-        samples_per_step = batch
     else:
-        images, labels = load_images(args.images)
-        test_x, test_y = load_images(args.images, "t10k", stats_of=images)
+        images, labels = read_images(args.images)
+        test_x, test_y = read_images(args.images, "t10k")
+        # both by the training images' mean and std, as pdecay normalises
+        mean, std = images.mean(), images.std()
+        images, test_x = (images - mean) / std, (test_x - mean) / std
         if c["model"] not in ("mlp", "cnn"):
             raise SystemExit(f"--whole-run trains the MLP, the CNN or the GPT, not {c['model']}")
         model = Mlp(c["hidden"]) if c["model"] == "mlp" else Cnn(c["cnn_widths"])
@@ -348,7 +348,6 @@ def whole_run(args):
                 for start in range(0, len(images), batch):
                     picked = order[start : start + batch]
                     yield F.cross_entropy(model(images[picked]), labels[picked])
-        samples_per_step = None
     opt = PAdam(model.parameters(), lr=0.0, betas=betas, p=c["p"], lam=c["lambda"])
     p_start, release = c.get("p_start"), c.get("lambda_release")
     lam_end = c["lambda"] * c.get("lambda_release_ratio", 0.01)
@@ -370,7 +369,7 @@ def whole_run(args):
         return warmup_then(c["lambda"], hold, fall, step)
 
     model.train()
-    seen, step = 0, 0
+    step = 0
     began = time.perf_counter()
     for loss in steps_of_run():
         opt.param_groups[0]["lr"] = lr_at(step)
@@ -380,7 +379,6 @@ def whole_run(args):
         if gpt and c["gpt"].get("grad_clip", 0.0) > 0.0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), c["gpt"]["grad_clip"])
         opt.step()
-        seen += samples_per_step or batch
         step += 1
     seconds = time.perf_counter() - began
     model.eval()

@@ -148,6 +148,12 @@ impl Constants {
         }
     }
 
+    /// Whether an exactly-zero weight comes out zero whatever its step: `|0|^(p-2)` is
+    /// infinite for p < 2, so with `p·η·λ > 0` the denominator is.
+    fn keeps_zeros(&self) -> bool {
+        self.exponent < 0.0 && self.lp_strength > 0.0
+    }
+
     /// `stepped / (1 + η·λ₂ + p·η·λ·|r|^(p-2))`: pWD applied to one weight. A true division
     /// of the stepped weight, not a factor `1/(...)` multiplied in: one rounding instead of two,
     /// which at small p is the difference between tracking the float64 trajectory as closely
@@ -416,7 +422,7 @@ dispatched! {
     /// whose λ later reaches 0 goes on exactly as it would have). Only the sign of such a zero
     /// can differ from the full computation's (`±0 / ∞`).
     fn adam_pwd_chunk(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], a: AdamConstants, k: Constants) {
-        let absorbing = k.exponent < 0.0 && k.lp_strength > 0.0;
+        let absorbing = k.keeps_zeros();
         let whole = w.len() / DEAD_BLOCK * DEAD_BLOCK;
         let (w, w_rest) = w.split_at_mut(whole);
         let (g, g_rest) = g.split_at(whole);

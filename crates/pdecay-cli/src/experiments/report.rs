@@ -21,7 +21,7 @@ use super::plots::{
 };
 use super::score::{RunPoint, Score};
 use crate::config::optim::variant_words;
-use crate::config::{OptimKind, TrainConfig};
+use crate::config::{OptimKind, TrainConfig, flag_name};
 use crate::models::{Classifier, Gpt, ModelKind};
 use crate::run::{
     Diverged, EpochMetrics, GptEval, Outcome, RunDir, RunSummary, Unit, write_atomic,
@@ -302,8 +302,7 @@ impl Varying {
             words += &format!(", seed {}", c.seed);
         }
         if self.sparse_training {
-            let mode = format!("{:?}", c.sparse_training).to_lowercase();
-            words += &format!(", sparse training {mode}");
+            words += &format!(", sparse training {}", flag_name(c.sparse_training));
         }
         words
     }
