@@ -6,7 +6,9 @@
 //! time of each (alternated call by call, same process) and sparse / dense. Shapes: the CNN's
 //! two convolutions and ResNet-20's 3×3 convolutions of each stage on Fashion-MNIST, batch 128.
 //! `SPARSE_CONV_REPEATS` sets the repeats (default 9), `SPARSE_CONV_ONLY` keeps the layers
-//! whose name contains it, `SPARSE_CONV_SPARSITY` (a fraction) runs that sparsity alone.
+//! whose name contains it, `SPARSE_CONV_SPARSITY` (a fraction) runs that sparsity alone, and
+//! `SPARSE_BENCH_TSV` prints tab-separated rows (`layer shape sparsity dense_ms sparse_ms
+//! ratio`) for bench/sparse_layers.sh.
 
 use std::time::Instant;
 
@@ -76,11 +78,14 @@ fn main() {
         None => SPARSITIES.to_vec(),
     };
     let device = Device::flex().autodiff();
-    println!("convolution forward + backward, median of {repeats} alternated runs (ms):");
-    println!(
-        "{:<16} {:>22} {:>9} {:>9} {:>9} {:>14}",
-        "layer", "batch x c x side->out", "sparsity", "dense", "sparse", "sparse/dense"
-    );
+    let tsv = env("SPARSE_BENCH_TSV").is_some();
+    if !tsv {
+        println!("convolution forward + backward, median of {repeats} alternated runs (ms):");
+        println!(
+            "{:<16} {:>22} {:>9} {:>9} {:>9} {:>14}",
+            "layer", "batch x c x side->out", "sparsity", "dense", "sparse", "sparse/dense"
+        );
+    }
     for (name, batch, channels, side, outputs, k, stride, padding) in
         SHAPES.into_iter().filter(|s| s.0.contains(&only))
     {
@@ -119,10 +124,21 @@ fn main() {
                 times[1].push(step(true));
             }
             let [dense, sparse] = times.map(median);
+            let shape = format!("{batch}x{channels}x{side}->{outputs}");
+            if tsv {
+                // bench/sparse_layers.sh joins these rows with SparseProp's
+                println!(
+                    "{name}\t{shape}\t{sparsity}\t{:.3}\t{:.3}\t{:.3}",
+                    1e3 * dense,
+                    1e3 * sparse,
+                    sparse / dense
+                );
+                continue;
+            }
             println!(
                 "{:<16} {:>22} {:>8.0}% {:>9.3} {:>9.3} {:>13.2}x",
                 name,
-                format!("{batch}x{channels}x{side}->{outputs}"),
+                shape,
                 100.0 * sparsity,
                 1e3 * dense,
                 1e3 * sparse,
@@ -130,5 +146,7 @@ fn main() {
             );
         }
     }
-    println!("(ratios below 1: the sparse convolution is faster)");
+    if !tsv {
+        println!("(ratios below 1: the sparse convolution is faster)");
+    }
 }

@@ -7,7 +7,8 @@
 //! the MLP's layers at batch 128, the CPU GPT's (batch 12 x 64 positions), and 1024x1024 and
 //! 4096x1024 (`out x in`) at batch 256. `SPARSE_LINEAR_REPEATS` sets the repeats (default 15),
 //! `SPARSE_LINEAR_ONLY` keeps the layers whose name contains it, `SPARSE_LINEAR_SPARSITY` (a
-//! fraction) runs that sparsity alone.
+//! fraction) runs that sparsity alone, and `SPARSE_BENCH_TSV` prints tab-separated rows
+//! (`layer shape sparsity dense_ms sparse_ms ratio`) for bench/sparse_layers.sh.
 
 use std::time::Instant;
 
@@ -61,11 +62,14 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(15);
     let device = Device::flex().autodiff();
-    println!("linear layer forward + backward, median of {repeats} alternated runs (ms):");
-    println!(
-        "{:<16} {:>16} {:>9} {:>9} {:>9} {:>14}",
-        "layer", "batch x in->out", "sparsity", "dense", "sparse", "sparse/dense"
-    );
+    let tsv = std::env::var_os("SPARSE_BENCH_TSV").is_some();
+    if !tsv {
+        println!("linear layer forward + backward, median of {repeats} alternated runs (ms):");
+        println!(
+            "{:<16} {:>16} {:>9} {:>9} {:>9} {:>14}",
+            "layer", "batch x in->out", "sparsity", "dense", "sparse", "sparse/dense"
+        );
+    }
     let only = std::env::var("SPARSE_LINEAR_ONLY").unwrap_or_default();
     for (name, batch, inputs, outputs) in SHAPES.into_iter().filter(|s| s.0.contains(&only)) {
         let x = Tensor::<2>::random([batch, inputs], Distribution::Normal(0.0, 1.0), &device)
@@ -99,10 +103,21 @@ fn main() {
                 times[1].push(step(true));
             }
             let [dense, sparse] = times.map(median);
+            let shape = format!("{batch}x{inputs}->{outputs}");
+            if tsv {
+                // bench/sparse_layers.sh joins these rows with SparseProp's
+                println!(
+                    "{name}\t{shape}\t{sparsity}\t{:.3}\t{:.3}\t{:.3}",
+                    1e3 * dense,
+                    1e3 * sparse,
+                    sparse / dense
+                );
+                continue;
+            }
             println!(
                 "{:<16} {:>16} {:>8.0}% {:>9.3} {:>9.3} {:>13.2}x",
                 name,
-                format!("{batch}x{inputs}->{outputs}"),
+                shape,
                 100.0 * sparsity,
                 1e3 * dense,
                 1e3 * sparse,
@@ -110,5 +125,7 @@ fn main() {
             );
         }
     }
-    println!("(ratios below 1: the sparse product is faster)");
+    if !tsv {
+        println!("(ratios below 1: the sparse product is faster)");
+    }
 }

@@ -90,17 +90,20 @@ impl Evaluation for EpochMetrics {
     }
 }
 
-/// `, sparse training: hidden.0, hidden.1` (empty when every layer is dense; past four
-/// layers, a count: the GPT has four per block, and metrics.jsonl names them).
+/// `, 2 layers run sparse: hidden.0, hidden.1` (empty when every layer is dense; past four
+/// layers, the count alone: the GPT has four per block, and metrics.jsonl names them). The
+/// count comes first so that a layer's name (the CNN's is `dense`) does not read as a mode.
 fn sparse_words(layers: &[SparseLayer]) -> String {
-    if layers.is_empty() {
-        return String::new();
-    }
+    let count = match layers.len() {
+        0 => return String::new(),
+        1 => "1 layer runs".to_string(),
+        n => format!("{n} layers run"),
+    };
     if layers.len() > 4 {
-        return format!(", sparse training: {} layers", layers.len());
+        return format!(", {count} sparse");
     }
     let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
-    format!(", sparse training: {}", names.join(", "))
+    format!(", {count} sparse: {}", names.join(", "))
 }
 
 /// `summary.json` of an image classifier's run.
@@ -458,6 +461,29 @@ mod tests {
         assert_eq!(
             (at("best_iter").as_str(), at("sparsity").as_str()),
             ("250", "0.5")
+        );
+    }
+
+    #[test]
+    fn progress_words_count_the_sparse_layers_before_naming_them() {
+        let layers = |names: &[&str]| -> Vec<SparseLayer> {
+            names
+                .iter()
+                .map(|name| SparseLayer {
+                    name: name.to_string(),
+                    since_step: 1,
+                })
+                .collect()
+        };
+        assert_eq!(sparse_words(&[]), "");
+        assert_eq!(sparse_words(&layers(&["dense"])), ", 1 layer runs sparse: dense");
+        assert_eq!(
+            sparse_words(&layers(&["hidden.0", "hidden.1"])),
+            ", 2 layers run sparse: hidden.0, hidden.1"
+        );
+        assert_eq!(
+            sparse_words(&layers(&["a", "b", "c", "d", "e"])),
+            ", 5 layers run sparse"
         );
     }
 
