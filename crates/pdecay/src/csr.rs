@@ -395,7 +395,7 @@ const ROW_CHUNK: usize = 16;
 pub const BATCH_BLOCK: usize = 128;
 
 /// Partial sums of each dot product in [`Csr::sampled_products_t`] (one AVX-512 register).
-const DOT_LANES: usize = 16;
+pub(crate) const DOT_LANES: usize = 16;
 
 /// Batch lanes of [`scaled_row_sums`]' narrower register block, for batches under
 /// [`BATCH_BLOCK`] (a GPT decoder recomputing half a window: 32 positions).
@@ -433,7 +433,7 @@ crate::dispatched! {
     /// `y_t[r, :] = bias[r] + Σ values[k]·x_t[cols[k], :]` over `k` in
     /// `offsets[r]..offsets[r + 1]` (offsets index `values` and `cols` absolutely), for the
     /// rows of this chunk, `BATCH_BLOCK` lanes at a time, then `NARROW_BLOCK`, then the rest.
-    fn scaled_row_sums(
+    pub(crate) fn scaled_row_sums(
         values: &[f32],
         cols: &[u32],
         offsets: &[u32],

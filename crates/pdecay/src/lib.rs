@@ -29,6 +29,7 @@ pub mod csr;
 pub mod factor;
 pub mod im2col;
 pub mod kernel;
+pub mod lane_conv;
 pub mod schedule;
 pub mod sell;
 pub mod sparse_conv;

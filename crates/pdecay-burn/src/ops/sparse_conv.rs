@@ -30,7 +30,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor, TensorData};
 use pdecay::csr::Csr;
 use pdecay::im2col::ConvShape;
-use pdecay::sparse_conv;
+use pdecay::{lane_conv, sparse_conv};
 
 use crate::flex::on_flex;
 
@@ -59,16 +59,27 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
     [d[0], d[1], d[2], d[3]]
 }
 
+/// How the forward product ran, with the input in the layout its backward products read.
+#[derive(Debug, Clone)]
+enum Input {
+    /// Directly on the images (`pdecay::sparse_conv`): the forward's input `[B, C, H, W]`.
+    Images(Arc<FlexTensor>),
+    /// Batch innermost (`pdecay::lane_conv`): the padded position-major input and the taps.
+    Lanes(Arc<lane_conv::Saved>),
+}
+
 /// What the backward step needs: the kernel's support with its values (CSR of `[O, C·k²]`),
 /// the forward's input, and the geometry.
 #[derive(Debug, Clone)]
 struct Saved {
     w: Arc<Csr>,
-    x: Arc<FlexTensor>,
+    input: Input,
     shape: ConvShape,
 }
 
-/// The convolution over `W`'s non-zeros, and what its backward step needs.
+/// The convolution over `W`'s non-zeros, and what its backward step needs: through lanes
+/// where `pdecay::lane_conv` pays (stride 1, 32 taps per output channel or more), directly on
+/// the images elsewhere.
 fn forward(x: &FlexTensor, w: &FlexTensor, stride: usize, padding: usize) -> (FlexTensor, Saved) {
     let (x, w) = (x.to_contiguous(), w.to_contiguous());
     let ([batch, channels, height, width], [outputs, _, kernel, _]) = (dims4(&x), dims4(&w));
@@ -83,11 +94,17 @@ fn forward(x: &FlexTensor, w: &FlexTensor, stride: usize, padding: usize) -> (Fl
     };
     let support = Csr::nonzeros(w.storage::<f32>(), outputs, shape.patch_rows());
     let (ho, wo) = shape.output_size();
-    let mut y = vec![0.0f32; batch * outputs * ho * wo];
-    sparse_conv::forward(&support, x.storage::<f32>(), &shape, &mut y);
+    let (y, input) = if lane_conv::pays(&shape) {
+        let (y, saved) = lane_conv::forward(&support, x.storage::<f32>(), &shape);
+        (y, Input::Lanes(Arc::new(saved)))
+    } else {
+        let mut y = vec![0.0f32; batch * outputs * ho * wo];
+        sparse_conv::forward(&support, x.storage::<f32>(), &shape, &mut y);
+        (y, Input::Images(Arc::new(x)))
+    };
     let saved = Saved {
         w: Arc::new(support),
-        x: Arc::new(x),
+        input,
         shape,
     };
     let y = FlexTensor::from_data(TensorData::new(y, [batch, outputs, ho, wo]));
@@ -100,19 +117,29 @@ fn backward(
     grad: &FlexTensor,
     with_x_grad: bool,
 ) -> (Option<FlexTensor>, FlexTensor) {
-    let Saved { w, x, shape } = saved;
+    let Saved { w, input, shape } = saved;
     let grad = grad.to_contiguous();
     let grad = grad.storage::<f32>();
-    let x_grad = with_x_grad.then(|| {
-        let mut dx = vec![0.0f32; shape.batch * shape.channels * shape.height * shape.width];
-        sparse_conv::input_grad(w, grad, shape, &mut dx);
+    let (dx, at_support) = match input {
+        Input::Lanes(lanes) => lane_conv::backward(w, lanes, grad, with_x_grad),
+        Input::Images(x) => {
+            let dx = with_x_grad.then(|| {
+                let mut dx =
+                    vec![0.0f32; shape.batch * shape.channels * shape.height * shape.width];
+                sparse_conv::input_grad(w, grad, shape, &mut dx);
+                dx
+            });
+            let mut at_support = vec![0.0f32; w.nnz()];
+            sparse_conv::weight_grad(w, x.storage::<f32>(), grad, shape, &mut at_support);
+            (dx, at_support)
+        }
+    };
+    let x_grad = dx.map(|dx| {
         FlexTensor::from_data(TensorData::new(
             dx,
             [shape.batch, shape.channels, shape.height, shape.width],
         ))
     });
-    let mut at_support = vec![0.0f32; w.nnz()];
-    sparse_conv::weight_grad(w, x.storage::<f32>(), grad, shape, &mut at_support);
     let k = shape.kernel;
     let w_grad = FlexTensor::from_data(TensorData::new(
         w.dense_with(&at_support),
@@ -322,9 +349,11 @@ mod tests {
 
     #[test]
     fn values_and_gradients_match_burns_convolution() {
-        // the CNN's second conv, a ResNet stride-2 conv and projection, odd sizes, batch 1,
-        // an empty and a full kernel
+        // the CNN's second conv and a ResNet-20 first-stage conv (through lanes), a ResNet
+        // stride-2 conv and projection, odd sizes, batch 1, an empty and a full kernel; 27 taps
+        // or fewer per output channel run directly on the images, 32 or more through lanes
         check([4, 32, 14, 14], 64, 3, 1, 1, 0.9);
+        check([2, 16, 28, 28], 16, 3, 1, 1, 0.8);
         check([3, 8, 9, 9], 16, 3, 2, 1, 0.5);
         check([2, 8, 8, 8], 16, 1, 2, 0, 0.7);
         check([1, 3, 7, 5], 5, 3, 1, 1, 0.0);
@@ -334,37 +363,44 @@ mod tests {
 
     #[test]
     fn a_shrinking_support_gets_no_gradient_where_it_died() {
-        let device = Device::flex().autodiff();
-        let x = Tensor::<4>::random([2, 2, 5, 5], Distribution::Normal(0.0, 1.0), &device);
-        let w = sparse_kernel([3, 2, 3, 3], 0.3, 7, &device);
-        let mut values = w.to_data().try_to_vec::<f32>().unwrap();
-        let live = values.iter().position(|v| *v != 0.0).unwrap();
-        let w0 = w.require_grad();
-        let grads = sparse_conv2d(x.clone(), w0.clone(), None, 1, 1)
-            .sum()
-            .backward();
-        let before = w0
-            .grad(&grads)
-            .unwrap()
-            .to_data()
-            .try_to_vec::<f32>()
-            .unwrap();
-        assert_ne!(before[live], 0.0);
-        // the same weight with that entry now zero: no gradient there, the rest unchanged
-        values[live] = 0.0;
-        let w1 =
-            Tensor::<4>::from_data(TensorData::new(values, [3, 2, 3, 3]), &device).require_grad();
-        let grads = sparse_conv2d(x, w1.clone(), None, 1, 1).sum().backward();
-        let after = w1
-            .grad(&grads)
-            .unwrap()
-            .to_data()
-            .try_to_vec::<f32>()
-            .unwrap();
-        assert_eq!(after[live], 0.0);
-        for (i, (a, b)) in after.iter().zip(&before).enumerate() {
-            if i != live {
-                assert!((a - b).abs() <= 1e-5, "{i}: {a} vs {b}");
+        // 2 channels (18 taps: directly on the images) and 4 (36: through lanes)
+        for channels in [2, 4] {
+            let device = Device::flex().autodiff();
+            let x =
+                Tensor::<4>::random([2, channels, 5, 5], Distribution::Normal(0.0, 1.0), &device);
+            let w = sparse_kernel([3, channels, 3, 3], 0.3, 7, &device);
+            let mut values = w.to_data().try_to_vec::<f32>().unwrap();
+            let live = values.iter().position(|v| *v != 0.0).unwrap();
+            let w0 = w.require_grad();
+            let grads = sparse_conv2d(x.clone(), w0.clone(), None, 1, 1)
+                .sum()
+                .backward();
+            let before = w0
+                .grad(&grads)
+                .unwrap()
+                .to_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            assert_ne!(before[live], 0.0);
+            // the same weight with that entry now zero: no gradient there, the rest unchanged
+            values[live] = 0.0;
+            let w1 = Tensor::<4>::from_data(TensorData::new(values, [3, channels, 3, 3]), &device)
+                .require_grad();
+            let grads = sparse_conv2d(x, w1.clone(), None, 1, 1).sum().backward();
+            let after = w1
+                .grad(&grads)
+                .unwrap()
+                .to_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            assert_eq!(after[live], 0.0, "{channels} channels");
+            for (i, (a, b)) in after.iter().zip(&before).enumerate() {
+                if i != live {
+                    assert!(
+                        (a - b).abs() <= 1e-5,
+                        "{channels} channels, {i}: {a} vs {b}"
+                    );
+                }
             }
         }
     }

@@ -476,7 +476,10 @@ mod tests {
                 .collect()
         };
         assert_eq!(sparse_words(&[]), "");
-        assert_eq!(sparse_words(&layers(&["dense"])), ", 1 layer runs sparse: dense");
+        assert_eq!(
+            sparse_words(&layers(&["dense"])),
+            ", 1 layer runs sparse: dense"
+        );
         assert_eq!(
             sparse_words(&layers(&["hidden.0", "hidden.1"])),
             ", 2 layers run sparse: hidden.0, hidden.1"
