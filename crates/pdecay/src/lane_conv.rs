@@ -161,8 +161,8 @@ pub fn correlate(taps: &Csr, x: Positions, out_height: usize, out_width: usize, 
     }
 }
 
-/// The kernel gradient at the stored taps: `out[k] = Σ_{i, j} dy[i, j, r, :] · x[(i·Wp + j)·C
-/// + col_k, :]` for entry `k` at `(r, col_k)` of `taps`, with `dy` the output gradient
+/// The kernel gradient at the stored taps: for entry `k` at `(r, col_k)` of `taps`,
+/// `out[k] = Σ_{i, j} dy[i, j, r, :] · x[(i·Wp + j)·C + col_k, :]`, with `dy` the output gradient
 /// `[out_height, out_width, taps.rows, batch]` seen from `dy_offset` rows and columns in (its
 /// padding, when it is the padded input of the input-gradient product).
 ///
