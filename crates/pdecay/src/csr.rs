@@ -540,12 +540,42 @@ crate::dispatched! {
     }
 }
 
-/// Transposes a row-major `rows × cols` matrix, in `TILE × TILE` tiles so that reads and
-/// writes both stay within a few cache lines (a plain loop writes with a stride of `rows`,
-/// missing the cache on every element of a large matrix), bands of output rows split over
-/// rayon's pool once the matrix passes `2^16` elements.
+/// Side of the square tiles in which [`transpose_into`] moves values: a tile reads and writes
+/// 16 runs of 16 floats (a cache line each), where a plain loop over one side would touch a
+/// new cache line, and on large matrices a new page, with every value on the other.
+pub(crate) const TILE: usize = 16;
+
+/// `dst[j·dst_stride + i] = src[i·src_stride + j]` for `i < rows`, `j < cols`, tile by tile
+/// through a local tile, so that both sides move contiguous runs.
+pub(crate) fn transpose_into(
+    src: &[f32],
+    src_stride: usize,
+    dst: &mut [f32],
+    dst_stride: usize,
+    rows: usize,
+    cols: usize,
+) {
+    let mut tile = [[0.0f32; TILE]; TILE];
+    for i0 in (0..rows).step_by(TILE) {
+        let ni = TILE.min(rows - i0);
+        for j0 in (0..cols).step_by(TILE) {
+            let nj = TILE.min(cols - j0);
+            for i in 0..ni {
+                let from = &src[(i0 + i) * src_stride + j0..][..nj];
+                for (j, &v) in from.iter().enumerate() {
+                    tile[j][i] = v;
+                }
+            }
+            for (j, run) in tile.iter().enumerate().take(nj) {
+                dst[(j0 + j) * dst_stride + i0..][..ni].copy_from_slice(&run[..ni]);
+            }
+        }
+    }
+}
+
+/// Transposes a row-major `rows × cols` matrix ([`transpose_into`]'s tiles), bands of output
+/// rows split over rayon's pool once the matrix passes `2^16` elements.
 pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 16;
     assert_eq!(m.len(), rows * cols, "transpose: length is rows * cols");
     let mut t = vec![0.0; m.len()];
     if m.is_empty() {
@@ -553,16 +583,8 @@ pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     }
     // band `b` of the output is input columns `b·TILE..`, each output row `rows` long
     let band = |(b, out): (usize, &mut [f32])| {
-        let c0 = b * TILE;
         let width = out.len() / rows;
-        for r0 in (0..rows).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                let source = &m[r * cols + c0..r * cols + c0 + width];
-                for (c, &v) in source.iter().enumerate() {
-                    out[c * rows + r] = v;
-                }
-            }
-        }
+        transpose_into(&m[b * TILE..], cols, out, rows, rows, width);
     };
     if m.len() < 1 << 16 {
         t.chunks_mut(TILE * rows).enumerate().for_each(band);

@@ -25,11 +25,11 @@
 //! channels together.
 //!
 //! [`forward`] and [`backward`] take and give burn's `[B, C, H, W]`, converting with
-//! [`to_positions`] and [`from_positions`].
+//! [`to_positions`] and [`from_positions`] (tiled as [`crate::csr::transpose`]).
 
 use rayon::prelude::*;
 
-use crate::csr::{Csr, DOT_LANES, scaled_row_sums};
+use crate::csr::{Csr, DOT_LANES, TILE, scaled_row_sums, transpose_into};
 use crate::im2col::ConvShape;
 
 /// Below this many multiply-adds a product runs on the calling thread (the hand-off to
@@ -348,39 +348,6 @@ pub fn backward(
     let mut dw = vec![0.0f32; w.nnz()];
     tap_gradients(&saved.taps, saved.input(), dy, pad, &mut dw);
     (dx, dw)
-}
-
-/// Side of the square tiles in which the layout conversions move values: a tile reads and
-/// writes 16 runs of 16 floats (a cache line each), where a plain loop over one side would
-/// touch a new cache line and page with every value on the other.
-const TILE: usize = 16;
-
-/// `dst[j·dst_stride + i] = src[i·src_stride + j]` for `i < rows`, `j < cols`, tile by tile
-/// through a local tile, so that both sides move contiguous runs.
-fn transpose_into(
-    src: &[f32],
-    src_stride: usize,
-    dst: &mut [f32],
-    dst_stride: usize,
-    rows: usize,
-    cols: usize,
-) {
-    let mut tile = [[0.0f32; TILE]; TILE];
-    for i0 in (0..rows).step_by(TILE) {
-        let ni = TILE.min(rows - i0);
-        for j0 in (0..cols).step_by(TILE) {
-            let nj = TILE.min(cols - j0);
-            for i in 0..ni {
-                let from = &src[(i0 + i) * src_stride + j0..][..nj];
-                for (j, &v) in from.iter().enumerate() {
-                    tile[j][i] = v;
-                }
-            }
-            for (j, run) in tile.iter().enumerate().take(nj) {
-                dst[(j0 + j) * dst_stride + i0..][..ni].copy_from_slice(&run[..ni]);
-            }
-        }
-    }
 }
 
 /// Images `[B, C, H, W]` as position-major `[H + 2·pad, W + 2·pad, C, B]`, zero around.

@@ -33,7 +33,7 @@ use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{DType, Tensor, TensorData};
-use pdecay::csr::Csr;
+use pdecay::csr::{Csr, transpose};
 
 use crate::flex::on_flex;
 
@@ -46,10 +46,16 @@ pub(crate) trait SparseMatmul: Backend {
     }
 }
 
-/// The contiguous transpose of a rank-2 tensor: flex's tiled strided copy (faster than a
-/// tiled scalar loop).
-fn transposed(t: &FlexTensor) -> FlexTensor {
-    t.transpose(0, 1).to_contiguous()
+/// The transpose of a contiguous rank-2 tensor's values, `[rows, cols]` -> `[cols, rows]`
+/// (`pdecay::csr::transpose`: tiles through a local buffer, bands over rayon's pool).
+fn transposed(t: &FlexTensor) -> Vec<f32> {
+    let [rows, cols] = matrix_dims(t);
+    transpose(t.storage::<f32>(), rows, cols)
+}
+
+/// `values` `[rows, cols]` transposed into a `[cols, rows]` tensor.
+fn transposed_tensor(values: &[f32], rows: usize, cols: usize) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(transpose(values, rows, cols), [cols, rows]))
 }
 
 /// `[rows, cols]` of a rank-2 tensor.
@@ -63,7 +69,7 @@ fn matrix_dims(t: &FlexTensor) -> [usize; 2] {
 #[derive(Debug, Clone)]
 struct Saved {
     w: Arc<Csr>,
-    x_t: Arc<FlexTensor>,
+    x_t: Arc<Vec<f32>>,
     batch: usize,
 }
 
@@ -76,13 +82,8 @@ fn forward(x: &FlexTensor, w: &FlexTensor) -> (FlexTensor, Saved) {
     // gathered per output row (rows split over threads), where scattering from `W`'s rows
     // needs a whole output per thread and a sum of them
     let mut y_t = vec![0.0f32; outputs * batch];
-    support
-        .transposed()
-        .matmul_t(x_t.storage::<f32>(), batch, None, &mut y_t);
-    let y = transposed(&FlexTensor::from_data(TensorData::new(
-        y_t,
-        [outputs, batch],
-    )));
+    support.transposed().matmul_t(&x_t, batch, None, &mut y_t);
+    let y = transposed_tensor(&y_t, outputs, batch);
     let saved = Saved {
         w: Arc::new(support),
         x_t: Arc::new(x_t),
@@ -99,18 +100,14 @@ fn backward(
 ) -> (Option<FlexTensor>, FlexTensor) {
     let Saved { w, x_t, batch } = saved;
     let (batch, inputs, outputs) = (*batch, w.rows, w.cols);
-    let grad_t = transposed(grad);
-    let grad_t = grad_t.storage::<f32>();
+    let grad_t = transposed(&grad.to_contiguous());
     let x_grad = with_x_grad.then(|| {
         let mut x_grad_t = vec![0.0f32; inputs * batch];
-        w.matmul_t(grad_t, batch, None, &mut x_grad_t);
-        transposed(&FlexTensor::from_data(TensorData::new(
-            x_grad_t,
-            [inputs, batch],
-        )))
+        w.matmul_t(&grad_t, batch, None, &mut x_grad_t);
+        transposed_tensor(&x_grad_t, inputs, batch)
     });
     let mut at_support = vec![0.0f32; w.nnz()];
-    w.sampled_products_t(x_t.storage::<f32>(), grad_t, batch, &mut at_support);
+    w.sampled_products_t(x_t, &grad_t, batch, &mut at_support);
     let w_grad = FlexTensor::from_data(TensorData::new(
         w.dense_with(&at_support),
         [inputs, outputs],
