@@ -435,8 +435,9 @@ mod tests {
 
     #[test]
     fn a_single_tap_shifts_each_image_as_worked_by_hand() {
-        // one 1x1 image channel 3x3, kernel 3x3 with only W[0, 0, 0, 2] = 2 (row above, column
-        // to the right), padding 1: y[i, j] = 2·x[i − 1, j + 1], zero where that is outside
+        // two single-channel 3x3 images, a 3x3 kernel with only W[0, 0, 0, 2] = 2 (the row
+        // above, the column to the right), padding 1: y[i, j] = 2·x[i − 1, j + 1], zero where
+        // that is outside the image
         let s = ConvShape {
             batch: 2,
             channels: 1,

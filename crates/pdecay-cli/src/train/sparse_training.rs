@@ -27,12 +27,19 @@ use crate::models::SparseCandidate;
 use crate::models::classifier::{conv_geometry, conv_output};
 use crate::run::SparseLayer;
 
-/// Below this share of exact zeros a layer is not timed (bench/README.md, `bench/sparse_layers.sh`):
-/// at 50% zeros every linear shape measured 1.4-1.9x dense time, so they move only later, while
-/// the convolutions through lanes took 0.48-0.75x there (the CNN's conv2 at lambda 3e-2 is 63%
-/// zero after its third epoch; a gate at 75%, set when only 90% zeros paid, held it dense
-/// until its sixth).
-const MIN_ZERO_SHARE: f64 = 0.5;
+/// Below this share of exact zeros a layer is not timed (bench/README.md,
+/// `bench/sparse_layers.sh`): a linear layer's sparse product measured slower than dense up to
+/// about 80% zeros on every shape (1.4-1.9x at 50%), a convolution's through lanes faster from
+/// 50% or less (0.48-0.75x there; the CNN's conv2 at lambda 3e-2 is 63% zero after its third
+/// epoch, where a gate at 75% held it dense until its sixth). Timing a layer costs 18 calls of
+/// its products at every evaluation until it moves, which the GPT's 16 linear layers would pay
+/// for nothing between 50% and 75%.
+fn min_zero_share(layer: SparseCandidate) -> f64 {
+    match layer {
+        SparseCandidate::Linear(_) => 0.75,
+        SparseCandidate::Conv(..) => 0.5,
+    }
+}
 
 /// A layer kept dense by a timing is timed again once its zero share has grown by this much.
 const RETIME_AFTER: f64 = 0.01;
@@ -140,7 +147,7 @@ impl SparsePlan {
                 SparseTraining::Off => false,
                 SparseTraining::Auto => {
                     let zeros = zero_share(layer);
-                    if zeros < MIN_ZERO_SHARE || zeros < self.timed_at[i] + RETIME_AFTER {
+                    if zeros < min_zero_share(layer) || zeros < self.timed_at[i] + RETIME_AFTER {
                         false
                     } else if sparse_is_faster(layer, batch, device) {
                         true
