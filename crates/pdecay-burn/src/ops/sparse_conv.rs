@@ -3,12 +3,16 @@
 //! ones.
 //!
 //! Each stored weight `W[o, c, ky, kx]` of a CSR of the kernel's `[O, C·k²]` view links input
-//! plane `c` to output plane `o`, shifted (`pdecay::sparse_conv`, directly on the images, no
-//! patch matrix):
+//! plane `c` to output plane `o`, shifted. Two ways to run that, picked per shape:
 //!
-//! - forward: it adds input plane `c`, shifted and scaled, into output plane `o`;
-//! - backward: `∂X` gets `∂Y`'s plane `o` shifted back and scaled, and `∂W` is computed only
-//!   at the non-zeros (a dot product of shifted planes each; exactly zero elsewhere).
+//! - through lanes (`pdecay::lane_conv`; stride 1 with 32 or more taps per output channel):
+//!   the images laid out `[H, W, C, B]`, each output position one sparse row product over the
+//!   kernel's taps with the batch in registers; `∂X` the same over the flipped kernel, `∂W`
+//!   dot products at the non-zeros only;
+//! - directly on the images (`pdecay::sparse_conv`; stride 2, and few taps such as a
+//!   one-channel input's): each stored weight adds input plane `c`, shifted and scaled, into
+//!   output plane `o`, `∂X` gets `∂Y`'s plane `o` shifted back, and `∂W` is a dot product of
+//!   shifted planes at each non-zero (exactly zero elsewhere).
 //!
 //! A zero weight stays zero under pWD with `p < 2` and `p·η·λ > 0`, so its gradient is never
 //! used and the layer trains over its non-zeros without changing the run (summation order
