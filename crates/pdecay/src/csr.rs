@@ -196,6 +196,29 @@ impl Csr {
         self.row_offsets[row] as usize..self.row_offsets[row + 1] as usize
     }
 
+    /// `out`, one value per stored entry, cut at every `rows`-th row: each piece with its rows,
+    /// so that tasks over row chunks each write only their own entries.
+    ///
+    /// # Panics
+    /// If `out` does not hold one value per stored entry or `rows` is 0.
+    pub(crate) fn entries_by_rows<'a>(
+        &self,
+        out: &'a mut [f32],
+        rows: usize,
+    ) -> Vec<(std::ops::Range<usize>, &'a mut [f32])> {
+        assert_eq!(out.len(), self.nnz(), "one value per stored entry");
+        let mut pieces = Vec::with_capacity(self.rows.div_ceil(rows));
+        let mut rest = out;
+        for first in (0..self.rows).step_by(rows) {
+            let last = (first + rows).min(self.rows);
+            let len = (self.row_offsets[last] - self.row_offsets[first]) as usize;
+            let (piece, tail) = rest.split_at_mut(len);
+            pieces.push((first..last, piece));
+            rest = tail;
+        }
+        pieces
+    }
+
     /// `y = W·x + bias` for one input vector (`x.len() == cols`), rows split over threads.
     pub fn matvec(&self, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
         assert_eq!(x.len(), self.cols, "CSR matvec: x has cols entries");
@@ -352,27 +375,13 @@ impl Csr {
             self.nnz(),
             "CSR SDDMM: one output per stored entry"
         );
-        let row_chunks = self.rows.div_ceil(ROW_CHUNK);
-        let chunk = |c: usize| {
-            let rows = c * ROW_CHUNK..((c + 1) * ROW_CHUNK).min(self.rows);
-            (
-                rows.start,
-                self.row_offsets[rows.start] as usize..self.row_offsets[rows.end] as usize,
-            )
-        };
-        // each chunk writes only its own rows' entries: split `out` at the chunk boundaries
-        let mut pieces = Vec::with_capacity(row_chunks);
-        let mut rest = out;
-        for c in 0..row_chunks {
-            let (first, range) = chunk(c);
-            let (piece, tail) = rest.split_at_mut(range.len());
-            pieces.push((first, range.start, piece));
-            rest = tail;
-        }
-        let work = |(first, start, piece): (usize, usize, &mut [f32])| {
-            let count = ROW_CHUNK.min(self.rows - first);
+        // each chunk writes only its own rows' entries
+        let pieces = self.entries_by_rows(out, ROW_CHUNK);
+        let work = |(rows, piece): (std::ops::Range<usize>, &mut [f32])| {
+            let (first, count) = (rows.start, rows.len());
             let offsets = &self.row_offsets[first..=first + count];
             let a_t = &a_t[first * batch..(first + count) * batch];
+            let start = self.row_offsets[first] as usize;
             let cols = &self.col_indices[start..start + piece.len()];
             sampled_dots(offsets, cols, a_t, b_t, batch, piece);
         };

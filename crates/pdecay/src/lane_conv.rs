@@ -185,16 +185,9 @@ pub fn tap_gradients(taps: &Csr, x: Positions, dy: Positions, dy_offset: usize, 
     let batch = x.batch;
     // a task per few output channels, each summing its taps over every position
     const ROWS_PER_TASK: usize = 4;
-    let mut tasks = Vec::new();
-    let mut rest = out;
-    for first in (0..taps.rows).step_by(ROWS_PER_TASK) {
-        let last = (first + ROWS_PER_TASK).min(taps.rows);
-        let len = (taps.row_offsets[last] - taps.row_offsets[first]) as usize;
-        let (piece, tail) = rest.split_at_mut(len);
-        tasks.push((first, last, piece));
-        rest = tail;
-    }
-    let task = |(first, last, piece): (usize, usize, &mut [f32])| {
+    let tasks = taps.entries_by_rows(out, ROWS_PER_TASK);
+    let task = |(rows, piece): (std::ops::Range<usize>, &mut [f32])| {
+        let (first, last) = (rows.start, rows.end);
         let offsets = &taps.row_offsets[first..=last];
         let entries = offsets[0] as usize..offsets[last - first] as usize;
         let cols = &taps.col_indices[entries];

@@ -412,15 +412,10 @@ impl Wide {
 
 /// `out` (one value per stored weight of `w`) cut into each row's stored weights.
 fn split_by_row<'a>(w: &Csr, out: &'a mut [f32]) -> Vec<&'a mut [f32]> {
-    let mut rows = Vec::with_capacity(w.rows);
-    let mut rest = out;
-    for row in 0..w.rows {
-        let n = (w.row_offsets[row + 1] - w.row_offsets[row]) as usize;
-        let (head, tail) = rest.split_at_mut(n);
-        rows.push(head);
-        rest = tail;
-    }
-    rows
+    w.entries_by_rows(out, 1)
+        .into_iter()
+        .map(|(_, piece)| piece)
+        .collect()
 }
 
 /// The lengths every product checks: `x` (or `dx`) `[B, C, H, W]`, `y` (or `dy`)
