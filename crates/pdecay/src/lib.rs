@@ -5,7 +5,7 @@
 //! them ([`kernel`]), schedules for lr, p and lambda ([`schedule`]), sparsity statistics
 //! ([`sparsity`]), input validation ([`validate`]), the CSR matrices sparse inference and sparse
 //! training run on ([`csr`]) and the row-sliced layout of its batch-1 product ([`sell`]), convolutions as their products ([`im2col`]) and directly over a
-//! sparse kernel ([`sparse_conv`]).
+//! sparse kernel ([`sparse_conv`]), and 2x2 max pooling ([`pool`]).
 //!
 //! The objective is `L(w) = L0(w) + lambda * sum_i |w_i|^p`. After any base optimizer step,
 //! pWD sets
@@ -30,6 +30,7 @@ pub mod factor;
 pub mod im2col;
 pub mod kernel;
 pub mod lane_conv;
+pub mod pool;
 pub mod schedule;
 pub mod sell;
 pub mod sparse_conv;

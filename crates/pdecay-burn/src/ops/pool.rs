@@ -3,7 +3,8 @@
 //! burn's `MaxPool2d` on flex goes through a generic 3-d pooling kernel that computes each
 //! output's window bounds and walks it with bounds checks: about 24 ns per output, 17% of a CNN
 //! training step (bench/README.md). For the 2x2 / stride 2 window every CNN here uses, the four
-//! candidates of an output sit at fixed offsets, so one pass over each input plane does it.
+//! candidates of an output sit at fixed offsets, so one pass over each input plane does it
+//! ([`pdecay::pool`], which chooses without branches).
 //!
 //! The op is a burn backend extension. Flex gets the fast forward. Autodiff records the
 //! argmax of each window and, on the way back, hands it to the backend's own
@@ -81,52 +82,27 @@ impl MaxPool2x2 for Flex {
 
 /// Pools `planes` contiguous `height x width` planes; odd last rows and columns are dropped.
 fn pool_planes(input: &[f32], planes: usize, height: usize, width: usize) -> (Vec<f32>, Vec<i64>) {
-    let (rows, cols) = (height / 2, width / 2);
-    let out_len = rows * cols;
+    let out_len = (height / 2) * (width / 2);
     let mut values = vec![0.0f32; planes * out_len];
     let mut indices = vec![0i64; planes * out_len];
-    let pool_plane = |(plane, (out, idx)): (usize, (&mut [f32], &mut [i64]))| {
-        let x = &input[plane * height * width..(plane + 1) * height * width];
-        let out_rows = out
-            .chunks_exact_mut(cols.max(1))
-            .zip(idx.chunks_exact_mut(cols.max(1)));
-        for (r, (out_row, idx_row)) in out_rows.enumerate() {
-            let top_start = 2 * r * width;
-            let top = &x[top_start..top_start + 2 * cols];
-            let bottom = &x[top_start + width..top_start + width + 2 * cols];
-            let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
-            for (c, ((t, b), (value, index))) in windows
-                .zip(out_row.iter_mut().zip(idx_row.iter_mut()))
-                .enumerate()
-            {
-                // row-major window order; a later candidate wins when strictly greater or NaN
-                // (burn's and PyTorch's rule), written so it compiles to selects, not branches
-                let (mut best, mut at) = (t[0], 0);
-                for (k, candidate) in [t[1], b[0], b[1]].into_iter().enumerate() {
-                    let wins = (candidate > best) | candidate.is_nan();
-                    best = if wins { candidate } else { best };
-                    at = if wins { k + 1 } else { at };
-                }
-                *value = best;
-                // the window's corner (top left, top right, bottom left, bottom right) in the plane
-                *index = (top_start + 2 * c + (at & 1) + (at >> 1) * width) as i64;
-            }
-        }
-    };
-    let chunk = out_len.max(1);
+    let plane_len = height * width;
     // one plane is a few microseconds of work: only many of them are worth the threads
-    if planes * out_len >= 1 << 16 {
-        values
-            .par_chunks_mut(chunk)
-            .zip(indices.par_chunks_mut(chunk))
-            .enumerate()
-            .for_each(pool_plane);
+    let chunk = if planes * out_len >= 1 << 16 {
+        planes.div_ceil(rayon::current_num_threads() * 4).max(1)
     } else {
+        planes.max(1)
+    };
+    if out_len > 0 {
         values
-            .chunks_mut(chunk)
-            .zip(indices.chunks_mut(chunk))
+            .par_chunks_mut(chunk * out_len)
+            .zip(indices.par_chunks_mut(chunk * out_len))
             .enumerate()
-            .for_each(pool_plane);
+            .for_each(|(i, (values, indices))| {
+                let first = i * chunk * plane_len;
+                let planes = values.len() / out_len;
+                let input = &input[first..first + planes * plane_len];
+                pdecay::pool::max_pool_2x2(input, planes, height, width, values, indices);
+            });
     }
     (values, indices)
 }
@@ -196,22 +172,14 @@ mod tests {
     }
 
     #[test]
-    fn a_hand_worked_plane() {
-        // one 2x4 plane: windows [[1, 5], [3, 2]] and [[4, 4], [-1, 0]] (a tie: the first wins)
-        let (values, indices) = pool_planes(&[1.0, 5.0, 4.0, 4.0, 3.0, 2.0, -1.0, 0.0], 1, 2, 4);
-        assert_eq!(values, [5.0, 4.0]);
-        assert_eq!(indices, [1, 2]);
-        // odd sizes drop the last row and column; a NaN wins its window
-        let (values, indices) =
-            pool_planes(&[0.0, f32::NAN, 7.0, 1.0, 2.0, 8.0, 9.0, 9.0, 9.0], 1, 3, 3);
-        assert!(values[0].is_nan());
-        assert_eq!(indices, [1]);
-    }
-
-    #[test]
     fn values_and_gradients_equal_burns_max_pool() {
         for device in [Device::flex(), Device::flex().autodiff()] {
-            for [b, c, h, w] in [[2, 3, 6, 8], [1, 2, 7, 5], [4, 32, 28, 28]] {
+            for [b, c, h, w] in [
+                [2, 3, 6, 8],
+                [1, 2, 7, 5],
+                [4, 32, 28, 28],
+                [16, 33, 13, 14],
+            ] {
                 let x = Tensor::<4>::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device);
                 // ReLU-like inputs: many exact ties at zero
                 let x = x.clamp_min(0.0);
