@@ -3,7 +3,10 @@
 //! at the sparsities pWD passes through.
 //!
 //! `cargo bench -p pdecay-burn --bench sparse_conv` prints, per shape and sparsity, the median
-//! time of each (alternated call by call, same process) and sparse / dense. Shapes: the CNN's
+//! time of each (alternated call by call, same process) and sparse / dense; then, per shape,
+//! burn's dense `conv2d` against `pdecay_burn::dense_conv2d` (the direct product over every
+//! weight where the kernel has few taps, burn's elsewhere), the input's gradient not asked,
+//! as for a first layer. Shapes: the CNN's
 //! two convolutions and ResNet-20's 3×3 convolutions of each stage on Fashion-MNIST, batch 128.
 //! `SPARSE_CONV_REPEATS` sets the repeats (default 9), `SPARSE_CONV_ONLY` keeps the layers
 //! whose name contains it, `SPARSE_CONV_SPARSITY` (a fraction) runs that sparsity alone, and
@@ -14,7 +17,7 @@ use std::time::Instant;
 
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use pdecay_burn::sparse_conv2d;
+use pdecay_burn::{dense_conv2d, sparse_conv2d};
 
 /// (name, batch, input channels, side, output channels, kernel, stride, padding)
 type Shape = (
@@ -34,6 +37,15 @@ const SHAPES: [Shape; 5] = [
     ("resnet20 layer1", 128, 16, 28, 16, 3, 1, 1),
     ("resnet20 layer2", 128, 32, 14, 32, 3, 1, 1),
     ("resnet20 layer3", 128, 64, 7, 64, 3, 1, 1),
+];
+
+/// The dense comparison's shapes: first layers over one or three channels (direct), and the
+/// CNN's conv2 as a control (burn's own convolution on both sides).
+const DENSE_SHAPES: [Shape; 4] = [
+    ("cnn conv1", 128, 1, 28, 32, 3, 1, 1),
+    ("resnet20 stem", 128, 1, 28, 16, 3, 1, 1),
+    ("cifar stem", 128, 3, 32, 16, 3, 1, 1),
+    ("cnn conv2", 128, 32, 14, 64, 3, 1, 1),
 ];
 
 // the CLI's allocator: glibc's hands each large buffer back to the kernel and faults it in again
@@ -146,7 +158,52 @@ fn main() {
             );
         }
     }
-    if !tsv {
-        println!("(ratios below 1: the sparse convolution is faster)");
+    if tsv {
+        return;
+    }
+    println!("(ratios below 1: the sparse convolution is faster)");
+    println!(
+        "dense convolution forward + kernel gradient, median of {repeats} alternated runs (ms):"
+    );
+    println!(
+        "{:<16} {:>22} {:>9} {:>9} {:>14}",
+        "layer", "batch x c x side->out", "burn", "pdecay", "pdecay/burn"
+    );
+    for (name, batch, channels, side, outputs, k, stride, padding) in
+        DENSE_SHAPES.into_iter().filter(|s| s.0.contains(&only))
+    {
+        let x = Tensor::<4>::random(
+            [batch, channels, side, side],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let w = kernel([outputs, channels, k, k], 0.0, &device).require_grad();
+        let options = ConvOptions::new([stride; 2], [padding; 2], [1; 2], 1);
+        let step = |ours: bool| {
+            let start = Instant::now();
+            let y = if ours {
+                dense_conv2d(x.clone(), w.clone(), None, stride, padding)
+            } else {
+                burn::tensor::module::conv2d(x.clone(), w.clone(), None, options.clone())
+            };
+            let grads = y.sum().backward();
+            std::hint::black_box(w.grad(&grads).map(|g| g.into_data()));
+            start.elapsed().as_secs_f64()
+        };
+        let (_, _) = (step(false), step(true));
+        let mut times = [Vec::new(), Vec::new()];
+        for _ in 0..repeats {
+            times[0].push(step(false));
+            times[1].push(step(true));
+        }
+        let [burn, ours] = times.map(median);
+        println!(
+            "{:<16} {:>22} {:>9.3} {:>9.3} {:>13.2}x",
+            name,
+            format!("{batch}x{channels}x{side}->{outputs}"),
+            1e3 * burn,
+            1e3 * ours,
+            ours / burn
+        );
     }
 }

@@ -252,6 +252,15 @@ impl Csr {
         Self::kept(dense, rows, cols, |w| w != 0.0)
     }
 
+    /// Every entry of a row-major dense matrix, zeros included: the sparse products then compute
+    /// the dense ones, every gradient included (a dense convolution run directly on the images).
+    ///
+    /// # Panics
+    /// If `dense.len() != rows * cols`, or the matrix exceeds `u32` indexing (callers' bugs).
+    pub fn every_entry(dense: &[f32], rows: usize, cols: usize) -> Self {
+        Self::kept(dense, rows, cols, |_| true)
+    }
+
     /// The entries of a row-major dense matrix for which `keep` holds, in one branch-free pass
     /// (each entry is written, and kept only if `keep` says so), so the scan costs the same at
     /// every density; blocks of rows split over rayon's pool for large matrices.

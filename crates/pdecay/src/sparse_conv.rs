@@ -18,11 +18,16 @@
 //! nothing, and unlike im2col no `[C·k², B·H'·W']` matrix is written and read back, which at
 //! high sparsity cost more than the products. Work splits over rayon's pool by output plane
 //! (forward), input plane (input gradient) and kernel row (kernel gradient), so every task
-//! writes its own memory and the result does not depend on the thread count.
+//! writes its own memory and the result does not depend on the thread count. Each task is
+//! compiled for AVX2 and AVX-512 as well ([`crate::dispatched`]), and each kernel-gradient dot
+//! product keeps 8 or 16 partial sums, so that it runs in vector registers.
+//!
+//! Over a CSR holding every entry ([`Csr::every_entry`]) the three are the dense convolution;
+//! for a first layer's few taps that beats a patch matrix and gemm.
 
 use rayon::prelude::*;
 
-use crate::csr::Csr;
+use crate::csr::{Csr, DOT_LANES};
 use crate::im2col::ConvShape;
 
 /// The output columns `j` (a range) whose input column `j·s + offset − q` lies in `0..size`,
@@ -94,18 +99,9 @@ fn shifted_axpy(
 /// # Panics
 /// If the slices' lengths or `w`'s shape do not match `shape`.
 pub fn forward(w: &Csr, x: &[f32], shape: &ConvShape, y: &mut [f32]) {
-    let ConvShape {
-        channels,
-        height,
-        width,
-        kernel: k,
-        stride: s,
-        padding: q,
-        ..
-    } = *shape;
     let (ho, wo) = shape.output_size();
     check(w, x, y, shape);
-    let (plane, out_plane) = (height * width, ho * wo);
+    let out_plane = ho * wo;
     if out_plane == 0 {
         return;
     }
@@ -114,29 +110,37 @@ pub fn forward(w: &Csr, x: &[f32], shape: &ConvShape, y: &mut [f32]) {
     }
     y.par_chunks_mut(out_plane)
         .enumerate()
-        .for_each(|(bo, out)| {
-            let (b, o) = (bo / w.rows.max(1), bo % w.rows.max(1));
-            out.fill(0.0);
-            for tap in taps_of_row(w, o, k) {
-                let image = &x[(b * channels + tap.input) * plane..][..plane];
-                let cols = inside(wo, width, tap.kx, shape);
-                if cols.is_empty() {
-                    continue;
-                }
-                for i in inside(ho, height, tap.ky, shape) {
-                    let row = i * s + tap.ky - q;
-                    let start = cols.start * s + tap.kx - q;
-                    shifted_axpy(
-                        &mut out[i * wo..(i + 1) * wo],
-                        &image[row * width..(row + 1) * width],
-                        tap.weight,
-                        cols.clone(),
-                        s,
-                        start,
-                    );
-                }
+        .for_each(|(bo, out)| forward_plane(w, x, shape, bo, out));
+}
+
+crate::dispatched! {
+    /// Output plane `bo = b·O + o` of [`forward`], row by row.
+    fn forward_plane(w: &Csr, x: &[f32], shape: &ConvShape, bo: usize, out: &mut [f32]) {
+        let ConvShape { channels, height, width, kernel: k, stride: s, padding: q, .. } = *shape;
+        let (ho, wo) = shape.output_size();
+        let plane = height * width;
+        let (b, o) = (bo / w.rows.max(1), bo % w.rows.max(1));
+        out.fill(0.0);
+        for tap in taps_of_row(w, o, k) {
+            let image = &x[(b * channels + tap.input) * plane..][..plane];
+            let cols = inside(wo, width, tap.kx, shape);
+            if cols.is_empty() {
+                continue;
             }
-        });
+            for i in inside(ho, height, tap.ky, shape) {
+                let row = i * s + tap.ky - q;
+                let start = cols.start * s + tap.kx - q;
+                shifted_axpy(
+                    &mut out[i * wo..(i + 1) * wo],
+                    &image[row * width..(row + 1) * width],
+                    tap.weight,
+                    cols.clone(),
+                    s,
+                    start,
+                );
+            }
+        }
+    }
 }
 
 /// The input gradient `∂x` `[B, C, H, W]` (overwritten) from the output gradient `dy`
@@ -150,11 +154,8 @@ pub fn input_grad(w: &Csr, dy: &[f32], shape: &ConvShape, dx: &mut [f32]) {
         height,
         width,
         kernel: k,
-        stride: s,
-        padding: q,
         ..
     } = *shape;
-    let (ho, wo) = shape.output_size();
     check(w, dx, dy, shape);
     // the taps grouped by input channel, each group in output-channel order
     let mut by_input: Vec<Vec<Tap>> = vec![Vec::new(); channels];
@@ -163,7 +164,7 @@ pub fn input_grad(w: &Csr, dy: &[f32], shape: &ConvShape, dx: &mut [f32]) {
             by_input[tap.input].push(tap);
         }
     }
-    let (plane, out_plane) = (height * width, ho * wo);
+    let plane = height * width;
     if plane == 0 {
         return;
     }
@@ -172,32 +173,47 @@ pub fn input_grad(w: &Csr, dy: &[f32], shape: &ConvShape, dx: &mut [f32]) {
     }
     dx.par_chunks_mut(plane)
         .enumerate()
-        .for_each(|(bc, image)| {
-            let (b, c) = (bc / channels.max(1), bc % channels.max(1));
-            image.fill(0.0);
-            for tap in &by_input[c] {
-                let grad = &dy[(b * w.rows + tap.output) * out_plane..][..out_plane];
-                let cols = inside(wo, width, tap.kx, shape);
-                if cols.is_empty() {
-                    continue;
-                }
-                for i in inside(ho, height, tap.ky, shape) {
-                    let row = &mut image[(i * s + tap.ky - q) * width..][..width];
-                    let from = &grad[i * wo..(i + 1) * wo];
-                    let start = cols.start * s + tap.kx - q;
-                    if s == 1 {
-                        let n = cols.len();
-                        for (d, g) in row[start..start + n].iter_mut().zip(&from[cols.clone()]) {
-                            *d += tap.weight * g;
-                        }
-                    } else {
-                        for (n, j) in cols.clone().enumerate() {
-                            row[start + n * s] += tap.weight * from[j];
-                        }
+        .for_each(|(bc, image)| input_grad_plane(&by_input, w.rows, dy, shape, bc, image));
+}
+
+crate::dispatched! {
+    /// Input plane `bc = b·C + c` of [`input_grad`] from the taps reading channel `c`.
+    fn input_grad_plane(
+        by_input: &[Vec<Tap>],
+        outputs: usize,
+        dy: &[f32],
+        shape: &ConvShape,
+        bc: usize,
+        image: &mut [f32]
+    ) {
+        let ConvShape { channels, height, width, stride: s, padding: q, .. } = *shape;
+        let (ho, wo) = shape.output_size();
+        let out_plane = ho * wo;
+        let (b, c) = (bc / channels.max(1), bc % channels.max(1));
+        image.fill(0.0);
+        for tap in &by_input[c] {
+            let grad = &dy[(b * outputs + tap.output) * out_plane..][..out_plane];
+            let cols = inside(wo, width, tap.kx, shape);
+            if cols.is_empty() {
+                continue;
+            }
+            for i in inside(ho, height, tap.ky, shape) {
+                let row = &mut image[(i * s + tap.ky - q) * width..][..width];
+                let from = &grad[i * wo..(i + 1) * wo];
+                let start = cols.start * s + tap.kx - q;
+                if s == 1 {
+                    let n = cols.len();
+                    for (d, g) in row[start..start + n].iter_mut().zip(&from[cols.clone()]) {
+                        *d += tap.weight * g;
+                    }
+                } else {
+                    for (n, j) in cols.clone().enumerate() {
+                        row[start + n * s] += tap.weight * from[j];
                     }
                 }
             }
-        });
+        }
+    }
 }
 
 /// The kernel gradient at `w`'s non-zeros, in `w`'s storage order (`out[n]` for the `n`-th
@@ -206,23 +222,12 @@ pub fn input_grad(w: &Csr, dy: &[f32], shape: &ConvShape, dx: &mut [f32]) {
 /// # Panics
 /// If the slices' lengths or `w`'s shape do not match `shape`.
 pub fn weight_grad(w: &Csr, x: &[f32], dy: &[f32], shape: &ConvShape, out: &mut [f32]) {
-    let ConvShape {
-        batch,
-        channels,
-        height,
-        width,
-        kernel: k,
-        stride: s,
-        padding: q,
-    } = *shape;
-    let (ho, wo) = shape.output_size();
     check(w, x, dy, shape);
     assert_eq!(
         out.len(),
         w.nnz(),
         "weight_grad: one value per stored weight"
     );
-    let (plane, out_plane) = (height * width, ho * wo);
     if Wide::pays(shape) {
         return Wide::new(shape).weight_grad(w, x, dy, out);
     }
@@ -230,36 +235,73 @@ pub fn weight_grad(w: &Csr, x: &[f32], dy: &[f32], shape: &ConvShape, out: &mut 
     split_by_row(w, out)
         .into_par_iter()
         .enumerate()
-        .for_each(|(o, sums)| {
-            for (tap, sum) in taps_of_row(w, o, k).zip(sums.iter_mut()) {
-                let cols = inside(wo, width, tap.kx, shape);
-                let mut total = 0.0f32;
-                if !cols.is_empty() {
-                    for b in 0..batch {
-                        let image = &x[(b * channels + tap.input) * plane..][..plane];
-                        let grad = &dy[(b * w.rows + o) * out_plane..][..out_plane];
-                        for i in inside(ho, height, tap.ky, shape) {
-                            let row = &image[(i * s + tap.ky - q) * width..][..width];
-                            let from = &grad[i * wo..(i + 1) * wo];
-                            let start = cols.start * s + tap.kx - q;
-                            if s == 1 {
-                                let n = cols.len();
-                                total += row[start..start + n]
-                                    .iter()
-                                    .zip(&from[cols.clone()])
-                                    .map(|(a, b)| a * b)
-                                    .sum::<f32>();
-                            } else {
-                                for (n, j) in cols.clone().enumerate() {
-                                    total += row[start + n * s] * from[j];
-                                }
+        .for_each(|(o, sums)| weight_grad_row(w, x, dy, shape, o, sums));
+}
+
+/// Partial sums of a row-by-row kernel-gradient dot product: output rows are 7 to 28 long
+/// here, so 8 lanes leave short tails.
+const ROW_DOT_LANES: usize = 8;
+
+/// `partial[l] += a[n]·b[n]` for `n ≡ l` (mod `N`): a dot product's terms in `N` independent
+/// sums, which the compiler keeps in vector registers (one running sum would make every add
+/// wait on the one before, and floating-point order keeps the compiler from splitting it).
+#[inline(always)]
+fn add_products<const N: usize>(partial: &mut [f32; N], a: &[f32], b: &[f32]) {
+    let (a_chunks, b_chunks) = (a.chunks_exact(N), b.chunks_exact(N));
+    for (lane, (x, y)) in a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .enumerate()
+    {
+        partial[lane] += x * y;
+    }
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for lane in 0..N {
+            partial[lane] += x[lane] * y[lane];
+        }
+    }
+}
+
+crate::dispatched! {
+    /// Row `o` of [`weight_grad`]: one dot product per stored weight, over every image and
+    /// output row.
+    fn weight_grad_row(
+        w: &Csr,
+        x: &[f32],
+        dy: &[f32],
+        shape: &ConvShape,
+        o: usize,
+        sums: &mut [f32]
+    ) {
+        let ConvShape { batch, channels, height, width, kernel: k, stride: s, padding: q } = *shape;
+        let (ho, wo) = shape.output_size();
+        let (plane, out_plane) = (height * width, ho * wo);
+        for (tap, sum) in taps_of_row(w, o, k).zip(sums.iter_mut()) {
+            let cols = inside(wo, width, tap.kx, shape);
+            let mut partial = [0.0f32; ROW_DOT_LANES];
+            if !cols.is_empty() {
+                for b in 0..batch {
+                    let image = &x[(b * channels + tap.input) * plane..][..plane];
+                    let grad = &dy[(b * w.rows + o) * out_plane..][..out_plane];
+                    for i in inside(ho, height, tap.ky, shape) {
+                        let row = &image[(i * s + tap.ky - q) * width..][..width];
+                        let from = &grad[i * wo..(i + 1) * wo];
+                        let start = cols.start * s + tap.kx - q;
+                        if s == 1 {
+                            let n = cols.len();
+                            add_products(&mut partial, &row[start..start + n], &from[cols.clone()]);
+                        } else {
+                            for (n, j) in cols.clone().enumerate() {
+                                partial[n % ROW_DOT_LANES] += row[start + n * s] * from[j];
                             }
                         }
                     }
                 }
-                *sum = total;
             }
-        });
+            *sum = partial.iter().sum();
+        }
+    }
 }
 
 /// Stride 1 on "wide" planes: each image padded by `q` on every side (rows of `Wp = W + 2q`),
@@ -339,74 +381,103 @@ impl Wide {
     }
 
     fn forward(&self, w: &Csr, x: &[f32], y: &mut [f32]) {
-        let (ho, wo) = self.output;
-        let (hp, wp) = self.padded;
-        let (k, channels) = (self.shape.kernel, self.shape.channels);
         let padded = self.pad(x);
-        let run = self.run();
-        y.par_chunks_mut(ho * wo).enumerate().for_each(|(bo, out)| {
-            let (b, o) = (bo / w.rows.max(1), bo % w.rows.max(1));
-            let mut wide = vec![0.0f32; run];
-            for tap in taps_of_row(w, o, k) {
-                let image = &padded[(b * channels + tap.input) * hp * wp..][..hp * wp];
-                let from = &image[self.offset(&tap)..][..run];
-                for (o, x) in wide.iter_mut().zip(from) {
-                    *o += tap.weight * x;
-                }
-            }
-            for (r, row) in out.chunks_exact_mut(wo).enumerate() {
-                row.copy_from_slice(&wide[r * wp..][..wo]);
-            }
-        });
+        y.par_chunks_mut(self.output.0 * self.output.1)
+            .enumerate()
+            .for_each(|(bo, out)| wide_forward_plane(self, w, &padded, bo, out));
     }
 
     fn input_grad(&self, by_input: &[Vec<Tap>], dy: &[f32], outputs: usize, dx: &mut [f32]) {
-        let (ho, _) = self.output;
-        let (hp, wp) = self.padded;
-        let (h, w, q) = (self.shape.height, self.shape.width, self.shape.padding);
-        let channels = self.shape.channels;
         let wide_dy = self.widen(dy);
-        let run = self.run();
-        dx.par_chunks_mut(h * w)
+        dx.par_chunks_mut(self.shape.height * self.shape.width)
             .enumerate()
             .for_each(|(bc, image)| {
-                let (b, c) = (bc / channels.max(1), bc % channels.max(1));
-                let mut padded = vec![0.0f32; hp * wp];
-                for tap in &by_input[c] {
-                    let grad = &wide_dy[(b * outputs + tap.output) * ho * wp..][..run];
-                    let into = &mut padded[self.offset(tap)..][..run];
-                    for (d, g) in into.iter_mut().zip(grad) {
-                        *d += tap.weight * g;
-                    }
-                }
-                for (r, row) in image.chunks_exact_mut(w).enumerate() {
-                    row.copy_from_slice(&padded[(r + q) * wp + q..][..w]);
-                }
+                wide_input_grad_plane(self, by_input, &wide_dy, outputs, bc, image)
             });
     }
 
     fn weight_grad(&self, w: &Csr, x: &[f32], dy: &[f32], out: &mut [f32]) {
-        let (ho, _) = self.output;
-        let (hp, wp) = self.padded;
-        let (k, channels, batch) = (self.shape.kernel, self.shape.channels, self.shape.batch);
         let (padded, wide_dy) = (self.pad(x), self.widen(dy));
-        let run = self.run();
-        let rows = split_by_row(w, out);
-        rows.into_par_iter().enumerate().for_each(|(o, sums)| {
-            for (tap, sum) in taps_of_row(w, o, k).zip(sums.iter_mut()) {
-                let mut total = 0.0f32;
-                for b in 0..batch {
-                    let image = &padded[(b * channels + tap.input) * hp * wp..][..hp * wp];
-                    let grad = &wide_dy[(b * w.rows + o) * ho * wp..][..run];
-                    total += image[self.offset(&tap)..][..run]
-                        .iter()
-                        .zip(grad)
-                        .map(|(a, g)| a * g)
-                        .sum::<f32>();
-                }
-                *sum = total;
+        split_by_row(w, out)
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(o, sums)| wide_weight_grad_row(self, w, &padded, &wide_dy, o, sums));
+    }
+}
+
+crate::dispatched! {
+    /// Output plane `bo = b·O + o` of [`Wide::forward`] from the padded input: one run per tap.
+    fn wide_forward_plane(wide: &Wide, w: &Csr, padded: &[f32], bo: usize, out: &mut [f32]) {
+        let (_, wo) = wide.output;
+        let (hp, wp) = wide.padded;
+        let (k, channels) = (wide.shape.kernel, wide.shape.channels);
+        let (b, o) = (bo / w.rows.max(1), bo % w.rows.max(1));
+        let mut sums = vec![0.0f32; wide.run()];
+        for tap in taps_of_row(w, o, k) {
+            let image = &padded[(b * channels + tap.input) * hp * wp..][..hp * wp];
+            let from = &image[wide.offset(&tap)..][..sums.len()];
+            for (o, x) in sums.iter_mut().zip(from) {
+                *o += tap.weight * x;
             }
-        });
+        }
+        for (r, row) in out.chunks_exact_mut(wo).enumerate() {
+            row.copy_from_slice(&sums[r * wp..][..wo]);
+        }
+    }
+}
+
+crate::dispatched! {
+    /// Input plane `bc = b·C + c` of [`Wide::input_grad`] from the widened `∂y`.
+    fn wide_input_grad_plane(
+        wide: &Wide,
+        by_input: &[Vec<Tap>],
+        wide_dy: &[f32],
+        outputs: usize,
+        bc: usize,
+        image: &mut [f32]
+    ) {
+        let (ho, _) = wide.output;
+        let (hp, wp) = wide.padded;
+        let (w, q, channels) = (wide.shape.width, wide.shape.padding, wide.shape.channels);
+        let (b, c) = (bc / channels.max(1), bc % channels.max(1));
+        let run = wide.run();
+        let mut padded = vec![0.0f32; hp * wp];
+        for tap in &by_input[c] {
+            let grad = &wide_dy[(b * outputs + tap.output) * ho * wp..][..run];
+            let into = &mut padded[wide.offset(tap)..][..run];
+            for (d, g) in into.iter_mut().zip(grad) {
+                *d += tap.weight * g;
+            }
+        }
+        for (r, row) in image.chunks_exact_mut(w).enumerate() {
+            row.copy_from_slice(&padded[(r + q) * wp + q..][..w]);
+        }
+    }
+}
+
+crate::dispatched! {
+    /// Row `o` of [`Wide::weight_grad`]: one dot product of runs per stored weight and image.
+    fn wide_weight_grad_row(
+        wide: &Wide,
+        w: &Csr,
+        padded: &[f32],
+        wide_dy: &[f32],
+        o: usize,
+        sums: &mut [f32]
+    ) {
+        let (ho, _) = wide.output;
+        let (hp, wp) = wide.padded;
+        let (k, channels, batch) = (wide.shape.kernel, wide.shape.channels, wide.shape.batch);
+        let run = wide.run();
+        for (tap, sum) in taps_of_row(w, o, k).zip(sums.iter_mut()) {
+            let mut partial = [0.0f32; DOT_LANES];
+            for b in 0..batch {
+                let image = &padded[(b * channels + tap.input) * hp * wp..][..hp * wp];
+                let grad = &wide_dy[(b * w.rows + o) * ho * wp..][..run];
+                add_products(&mut partial, &image[wide.offset(&tap)..][..run], grad);
+            }
+            *sum = partial.iter().sum();
+        }
     }
 }
 

@@ -13,7 +13,7 @@ mod sparse_linear;
 pub use attention::causal_softmax;
 pub use gelu::gelu;
 pub use pool::max_pool_2x2;
-pub use sparse_conv::sparse_conv2d;
+pub use sparse_conv::{dense_conv2d, sparse_conv2d};
 pub use sparse_linear::sparse_linear;
 
 use burn::backend::Flex;

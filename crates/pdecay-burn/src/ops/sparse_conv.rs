@@ -47,13 +47,16 @@ fn conv_options(stride: usize, padding: usize) -> ConvOptions<2> {
 #[backend_extension(Flex, Autodiff)]
 pub(crate) trait SparseConv: Backend {
     /// `conv2d(x, w)` for `x` `[B, C, H, W]` and a square kernel `w` `[O, C, k, k]`, with
-    /// `stride` and zero `padding` on every side.
+    /// `stride` and zero `padding` on every side, over `w`'s non-zeros, or over all its
+    /// entries (every gradient computed) when `every_weight`.
     fn sparse_conv(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
         stride: usize,
         padding: usize,
+        every_weight: bool,
     ) -> FloatTensor<Self> {
+        let _ = every_weight;
         Self::conv2d(x, w, None, conv_options(stride, padding))
     }
 }
@@ -84,7 +87,13 @@ struct Saved {
 /// The convolution over `W`'s non-zeros, and what its backward step needs: through lanes
 /// where `pdecay::lane_conv` pays (stride 1, 32 taps per output channel or more), directly on
 /// the images elsewhere.
-fn forward(x: &FlexTensor, w: &FlexTensor, stride: usize, padding: usize) -> (FlexTensor, Saved) {
+fn forward(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    stride: usize,
+    padding: usize,
+    every_weight: bool,
+) -> (FlexTensor, Saved) {
     let (x, w) = (x.to_contiguous(), w.to_contiguous());
     let ([batch, channels, height, width], [outputs, _, kernel, _]) = (dims4(&x), dims4(&w));
     let shape = ConvShape {
@@ -96,7 +105,11 @@ fn forward(x: &FlexTensor, w: &FlexTensor, stride: usize, padding: usize) -> (Fl
         stride,
         padding,
     };
-    let support = Csr::nonzeros(w.storage::<f32>(), outputs, shape.patch_rows());
+    let support = if every_weight {
+        Csr::every_entry(w.storage::<f32>(), outputs, shape.patch_rows())
+    } else {
+        Csr::nonzeros(w.storage::<f32>(), outputs, shape.patch_rows())
+    };
     let (ho, wo) = shape.output_size();
     let (y, input) = if lane_conv::pays(&shape) {
         let (y, saved) = lane_conv::forward(&support, x.storage::<f32>(), &shape);
@@ -162,11 +175,12 @@ impl SparseConv for Flex {
         w: FloatTensor<Self>,
         stride: usize,
         padding: usize,
+        every_weight: bool,
     ) -> FloatTensor<Self> {
         if !all_f32(&[&x, &w]) {
             return Self::conv2d(x, w, None, conv_options(stride, padding));
         }
-        forward(&x, &w, stride, padding).0
+        forward(&x, &w, stride, padding, every_weight).0
     }
 }
 
@@ -195,6 +209,7 @@ impl<C: CheckpointStrategy> SparseConv for Autodiff<Flex, C> {
         w: FloatTensor<Self>,
         stride: usize,
         padding: usize,
+        every_weight: bool,
     ) -> FloatTensor<Self> {
         if !all_f32(&[x.primitive(), w.primitive()]) {
             return Self::conv2d(x, w, None, conv_options(stride, padding));
@@ -205,11 +220,14 @@ impl<C: CheckpointStrategy> SparseConv for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (output, saved) = forward(x.primitive(), w.primitive(), stride, padding);
+                let (output, saved) =
+                    forward(x.primitive(), w.primitive(), stride, padding, every_weight);
                 prep.finish(saved, output)
             }
             OpsKind::UnTracked(prep) => {
-                prep.finish(forward(x.primitive(), w.primitive(), stride, padding).0)
+                let (output, _) =
+                    forward(x.primitive(), w.primitive(), stride, padding, every_weight);
+                prep.finish(output)
             }
         }
     }
@@ -230,6 +248,41 @@ pub fn sparse_conv2d(
     stride: usize,
     padding: usize,
 ) -> Tensor<4> {
+    convolve(x, weight, bias, stride, padding, false)
+}
+
+/// `conv2d(x, weight) + bias` as [`sparse_conv2d`] takes it, dense: every weight takes part
+/// and gets its gradient. On flex, a kernel with fewer than `pdecay::lane_conv::LANES_FROM_TAPS`
+/// taps per output channel (`C·k²`: a first layer over one or three input channels) runs
+/// directly on the images, where burn's im2col writes a nine-fold copy of the input for a
+/// product too thin for its gemm (`cargo bench -p pdecay-burn --bench sparse_conv`, the
+/// `direct` column); every other kernel, and every other device, takes burn's `conv2d`.
+///
+/// # Panics
+/// If the kernel is not square or its input channels are not `x`'s.
+pub fn dense_conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    stride: usize,
+    padding: usize,
+) -> Tensor<4> {
+    let [_, channels, k, _] = weight.dims();
+    if channels * k * k >= lane_conv::LANES_FROM_TAPS {
+        return burn::tensor::module::conv2d(x, weight, bias, conv_options(stride, padding));
+    }
+    convolve(x, weight, bias, stride, padding, true)
+}
+
+/// The sparse op over `weight`'s non-zeros, or over all of it when `every_weight`.
+fn convolve(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    stride: usize,
+    padding: usize,
+    every_weight: bool,
+) -> Tensor<4> {
     let [_, channels, kh, kw] = weight.dims();
     assert_eq!(kh, kw, "sparse_conv2d takes square kernels");
     assert_eq!(
@@ -245,6 +298,7 @@ pub fn sparse_conv2d(
         weight.into_dispatch(),
         stride,
         padding,
+        every_weight,
     ));
     match bias {
         Some(bias) => {
@@ -282,7 +336,8 @@ mod tests {
     }
 
     /// Values, `∂x`, `∂w` and `∂b` of the sparse op against burn's dense `conv2d`, the dense
-    /// `∂w` masked to the support; `∂w` at the zeros exactly zero.
+    /// `∂w` masked to the support; `∂w` at the zeros exactly zero. With `every_weight`,
+    /// [`dense_conv2d`] against burn's, `∂w` unmasked.
     fn check(
         x_dims: [usize; 4],
         outputs: usize,
@@ -290,6 +345,7 @@ mod tests {
         stride: usize,
         padding: usize,
         zeros: f64,
+        every_weight: bool,
     ) {
         let device = Device::flex().autodiff();
         let seed = x_dims.iter().sum::<usize>() as u64 * 31 + outputs as u64;
@@ -310,7 +366,9 @@ mod tests {
                 w.clone().require_grad(),
                 b.clone().require_grad(),
             );
-            let y = if sparse {
+            let y = if sparse && every_weight {
+                dense_conv2d(x.clone(), w.clone(), Some(b.clone()), stride, padding)
+            } else if sparse {
                 sparse_conv2d(x.clone(), w.clone(), Some(b.clone()), stride, padding)
             } else {
                 burn::tensor::module::conv2d(
@@ -332,7 +390,11 @@ mod tests {
         let (y_d, dx_d, dw_d, db_d) = run(false);
         assert_eq!(y_s.dims(), y_d.dims());
         let support = w.clone().inner().not_equal_elem(0.0);
-        let dw_d = dw_d.mask_fill(support.clone().bool_not(), 0.0);
+        let dw_d = if every_weight {
+            dw_d
+        } else {
+            dw_d.mask_fill(support.clone().bool_not(), 0.0)
+        };
         // sums of up to C·k² (values, ∂x) or B·P (∂w, ∂b) terms of magnitude ~1 in either order
         let terms =
             (x_dims[1] * kernel * kernel).max(y_d.dims()[0] * y_d.dims()[2] * y_d.dims()[3]);
@@ -342,12 +404,14 @@ mod tests {
         assert!(max_abs_diff(y_s, y_d) <= tolerance, "values, {case}");
         assert!(max_abs_diff(dx_s, dx_d) <= tolerance, "dx, {case}");
         assert!(max_abs_diff(dw_s.clone(), dw_d) <= tolerance, "dw, {case}");
-        let dead = dw_s
-            .mask_fill(support, 0.0)
-            .abs()
-            .max()
-            .into_scalar::<f32>();
-        assert_eq!(dead, 0.0, "dw at the zeros, {case}");
+        if !every_weight {
+            let dead = dw_s
+                .mask_fill(support, 0.0)
+                .abs()
+                .max()
+                .into_scalar::<f32>();
+            assert_eq!(dead, 0.0, "dw at the zeros, {case}");
+        }
         assert!(max_abs_diff(db_s, db_d) <= tolerance, "db, {case}");
     }
 
@@ -356,13 +420,23 @@ mod tests {
         // the CNN's second conv and a ResNet-20 first-stage conv (through lanes), a ResNet
         // stride-2 conv and projection, odd sizes, batch 1, an empty and a full kernel; 27 taps
         // or fewer per output channel run directly on the images, 32 or more through lanes
-        check([4, 32, 14, 14], 64, 3, 1, 1, 0.9);
-        check([2, 16, 28, 28], 16, 3, 1, 1, 0.8);
-        check([3, 8, 9, 9], 16, 3, 2, 1, 0.5);
-        check([2, 8, 8, 8], 16, 1, 2, 0, 0.7);
-        check([1, 3, 7, 5], 5, 3, 1, 1, 0.0);
-        check([2, 4, 6, 6], 3, 3, 1, 0, 1.0);
-        check([5, 1, 11, 11], 7, 5, 3, 2, 0.95);
+        check([4, 32, 14, 14], 64, 3, 1, 1, 0.9, false);
+        check([2, 16, 28, 28], 16, 3, 1, 1, 0.8, false);
+        check([3, 8, 9, 9], 16, 3, 2, 1, 0.5, false);
+        check([2, 8, 8, 8], 16, 1, 2, 0, 0.7, false);
+        check([1, 3, 7, 5], 5, 3, 1, 1, 0.0, false);
+        check([2, 4, 6, 6], 3, 3, 1, 0, 1.0, false);
+        check([5, 1, 11, 11], 7, 5, 3, 2, 0.95, false);
+    }
+
+    #[test]
+    fn the_dense_convolution_is_burns_with_every_gradient() {
+        // first layers (9 and 27 taps: directly on the images, zeros computed like any weight),
+        // stride 2, and 36 taps (burn's own convolution)
+        check([3, 1, 28, 28], 32, 3, 1, 1, 0.5, true);
+        check([2, 3, 9, 11], 5, 3, 1, 1, 0.3, true);
+        check([2, 1, 9, 9], 4, 3, 2, 1, 0.0, true);
+        check([2, 4, 6, 6], 3, 3, 1, 1, 0.5, true);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
-use pdecay_burn::{max_pool_2x2, sparse_conv2d};
+use pdecay_burn::{dense_conv2d, max_pool_2x2, sparse_conv2d};
 
 /// A multi-layer perceptron on flattened images.
 #[derive(Module, Debug)]
@@ -77,19 +77,15 @@ pub fn conv_output(layer: &Conv2d, [_, height, width]: [usize; 3]) -> [usize; 3]
     [layer.weight.dims()[0], h, w]
 }
 
-/// `layer`'s output, over its kernel's non-zeros when `sparse`.
+/// `layer`'s output, over its kernel's non-zeros when `sparse`, else dense (directly on the
+/// images for a kernel with few taps, see [`dense_conv2d`]).
 pub(super) fn conv(layer: &Conv2d, x: Tensor<4>, sparse: bool) -> Tensor<4> {
+    let (stride, padding) = conv_geometry(layer);
+    let (weight, bias) = (layer.weight.val(), layer.bias.as_ref().map(|b| b.val()));
     if sparse {
-        let (stride, padding) = conv_geometry(layer);
-        sparse_conv2d(
-            x,
-            layer.weight.val(),
-            layer.bias.as_ref().map(|b| b.val()),
-            stride,
-            padding,
-        )
+        sparse_conv2d(x, weight, bias, stride, padding)
     } else {
-        layer.forward(x)
+        dense_conv2d(x, weight, bias, stride, padding)
     }
 }
 

@@ -18,9 +18,8 @@
 use std::time::Instant;
 
 use anyhow::{Result, ensure};
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
-use pdecay_burn::{sparse_conv2d, sparse_linear};
+use pdecay_burn::{dense_conv2d, sparse_conv2d, sparse_linear};
 
 use crate::config::{SparseTraining, TrainConfig};
 use crate::models::SparseCandidate;
@@ -192,13 +191,12 @@ fn sparse_is_faster(layer: SparseCandidate, batch: usize, device: &Device) -> bo
         SparseCandidate::Conv(conv, [channels, height, width]) => {
             let (stride, padding) = conv_geometry(conv);
             let [outputs, out_height, out_width] = conv_output(conv, [channels, height, width]);
-            let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
             faster(
                 [batch, channels, height, width],
                 [batch, outputs, out_height, out_width],
                 conv.weight.val(),
                 device,
-                |x, w| burn::tensor::module::conv2d(x, w, None, options.clone()),
+                |x, w| dense_conv2d(x, w, None, stride, padding),
                 |x, w| sparse_conv2d(x, w, None, stride, padding),
             )
         }
