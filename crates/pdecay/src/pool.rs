@@ -52,6 +52,11 @@ pub fn max_pool_2x2(
     }
 }
 
+/// Outputs chosen together: one vector register of lanes, so that the compiler turns each
+/// step of [`pool_block`] into one vector instruction (it does not vectorise the row loop,
+/// whose inputs interleave).
+const BLOCK: usize = 8;
+
 crate::dispatched! {
     /// One output row: windows `top[2c..2c+2]` over `bottom[2c..2c+2]`. `start` is the
     /// plane index of `top[0]` and `width` the plane's row length.
@@ -63,17 +68,53 @@ crate::dispatched! {
         values: &mut [f32],
         indices: &mut [i64]
     ) {
-        let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
-        let outputs = values.iter_mut().zip(indices.iter_mut());
-        for (c, ((t, b), (value, index))) in windows.zip(outputs).enumerate() {
-            let (mut best, mut at) = (t[0], 0u32);
-            for (k, candidate) in [(1u32, t[1]), (2, b[0]), (3, b[1])] {
-                (best, at) = take_if_wins(best, at, candidate, k);
-            }
-            *value = best;
-            // corner `at` (0 top left, 1 top right, 2 bottom left, 3 bottom right)
-            *index = start + 2 * c as i64 + (at & 1) as i64 + (at >> 1) as i64 * width;
+        let blocks = values.len() / BLOCK * BLOCK;
+        for first in (0..blocks).step_by(BLOCK) {
+            let window = 2 * first..2 * (first + BLOCK);
+            pool_block::<BLOCK>(
+                &top[window.clone()],
+                &bottom[window],
+                start + 2 * first as i64,
+                width,
+                (&mut values[first..first + BLOCK]).try_into().unwrap(),
+                (&mut indices[first..first + BLOCK]).try_into().unwrap(),
+            );
         }
+        for c in blocks..values.len() {
+            pool_block::<1>(
+                &top[2 * c..2 * c + 2],
+                &bottom[2 * c..2 * c + 2],
+                start + 2 * c as i64,
+                width,
+                (&mut values[c..c + 1]).try_into().unwrap(),
+                (&mut indices[c..c + 1]).try_into().unwrap(),
+            );
+        }
+    }
+}
+
+/// `N` adjacent outputs: `N` windows of 2x2, the first starting at plane index `start`.
+#[inline(always)]
+fn pool_block<const N: usize>(
+    top: &[f32],
+    bottom: &[f32],
+    start: i64,
+    width: i64,
+    values: &mut [f32; N],
+    indices: &mut [i64; N],
+) {
+    let mut best: [f32; N] = std::array::from_fn(|l| top[2 * l]);
+    let mut at = [0u32; N];
+    for (k, row, column) in [(1u32, top, 1), (2, bottom, 0), (3, bottom, 1)] {
+        for l in 0..N {
+            (best[l], at[l]) = take_if_wins(best[l], at[l], row[2 * l + column], k);
+        }
+    }
+    *values = best;
+    for l in 0..N {
+        // corner `at` (0 top left, 1 top right, 2 bottom left, 3 bottom right)
+        let corner = (at[l] & 1) as i64 + (at[l] >> 1) as i64 * width;
+        indices[l] = start + 2 * l as i64 + corner;
     }
 }
 
