@@ -105,7 +105,7 @@ pub fn forward(w: &Csr, x: &[f32], shape: &ConvShape, y: &mut [f32]) {
     if out_plane == 0 {
         return;
     }
-    if Wide::pays(shape) {
+    if Wide::pays(shape, w) {
         return Wide::new(shape).forward(w, x, y);
     }
     y.par_chunks_mut(out_plane)
@@ -168,7 +168,7 @@ pub fn input_grad(w: &Csr, dy: &[f32], shape: &ConvShape, dx: &mut [f32]) {
     if plane == 0 {
         return;
     }
-    if Wide::pays(shape) {
+    if Wide::pays(shape, w) {
         return Wide::new(shape).input_grad(&by_input, dy, w.rows, dx);
     }
     dx.par_chunks_mut(plane)
@@ -228,7 +228,7 @@ pub fn weight_grad(w: &Csr, x: &[f32], dy: &[f32], shape: &ConvShape, out: &mut 
         w.nnz(),
         "weight_grad: one value per stored weight"
     );
-    if Wide::pays(shape) {
+    if Wide::pays(shape, w) {
         return Wide::new(shape).weight_grad(w, x, dy, out);
     }
     // one task per output channel: its stored weights, contiguous in `out`
@@ -324,11 +324,20 @@ struct Wide {
 /// zeros, wide planes 0.66x; on 14- and 7-wide planes wide took 0.58-0.94x, rows 0.76-1.71x).
 const WIDE_BELOW: usize = 16;
 
+/// Stored weights per input channel from which long output rows run on [`Wide`] planes too:
+/// each padded copy of an input plane then serves that many runs. On the CNN's conv1 (28-wide,
+/// one channel, 288 taps when dense) wide planes took 10-16 ms forward and backward where rows
+/// took 19-20 at 0% zeros, 11-12 against 14 at 50%, about the same at 90% (29 taps), and 6-12
+/// against 4-5 at 99% (`SPARSE_CONV_ONLY="cnn conv1"`, two rounds of 15 alternated runs).
+const WIDE_FROM_TAPS: usize = 32;
+
 impl Wide {
-    /// Whether `shape` takes the wide path: stride 1, some output, short output rows.
-    fn pays(shape: &ConvShape) -> bool {
+    /// Whether `shape` and `w` take the wide path: stride 1, some output, and short output
+    /// rows or many stored weights per input channel.
+    fn pays(shape: &ConvShape, w: &Csr) -> bool {
         let (ho, wo) = shape.output_size();
-        shape.stride == 1 && ho > 0 && wo > 0 && wo < WIDE_BELOW
+        let many_taps = w.nnz() >= WIDE_FROM_TAPS * shape.channels;
+        shape.stride == 1 && ho > 0 && wo > 0 && (wo < WIDE_BELOW || many_taps)
     }
 
     fn new(shape: &ConvShape) -> Self {
@@ -591,10 +600,11 @@ mod tests {
 
         /// The direct products equal the im2col ones for any geometry and support: strides,
         /// padding, kernels larger than the image, empty and full kernels, batch 1, output rows
-        /// either side of [`WIDE_BELOW`] (row by row and on wide planes).
+        /// either side of [`WIDE_BELOW`], kernels either side of [`WIDE_FROM_TAPS`] (row by
+        /// row and on wide planes).
         #[test]
         fn direct_products_equal_the_patch_products(
-            batch in 1usize..3, channels in 1usize..4, outputs in 1usize..4,
+            batch in 1usize..3, channels in 1usize..4, outputs in 1usize..6,
             height in 1usize..8, width in 1usize..22, kernel in 1usize..4, stride in 1usize..3,
             padding in 0usize..3, zeros in 0.0f64..1.0, seed in 0u64..1000,
         ) {
