@@ -263,6 +263,7 @@ impl Trainer for ClassifierTrainer<'_> {
     ) -> EpochMetrics {
         let (test_loss, test_accuracy) = evaluate(
             &model.valid(),
+            &self.plan.flags(),
             self.data,
             &self.stats,
             &self.device.clone().inner(),
@@ -334,9 +335,11 @@ fn augment_draws<'a>(config: &TrainConfig, rng: &'a mut StdRng) -> Option<Augmen
     })
 }
 
-/// Test loss and accuracy of `model` (no autodiff, no dropout).
+/// Test loss and accuracy of `model` (no autodiff, no dropout), its layers run sparse where
+/// `sparse` says (as training runs them).
 fn evaluate(
     model: &Classifier,
+    sparse: &[bool],
     data: &ImageSplits,
     stats: &[(f64, f64)],
     device: &Device,
@@ -347,7 +350,7 @@ fn evaluate(
     let indices: Vec<usize> = (0..n).collect();
     for chunk in indices.chunks(EVAL_BATCH) {
         let (x, y) = data.test.batch(chunk, stats, device);
-        let logits = model.forward(x);
+        let logits = model.forward_with(x, sparse);
         loss_sum += loss_fn
             .forward(logits.clone(), y.clone())
             .into_scalar::<f32>() as f64

@@ -183,8 +183,10 @@ impl Trainer for GptTrainer<'_> {
         let valid = model.valid();
         let inner = self.device.clone().inner();
         let eval_seed = self.config.seed.wrapping_add(0x5eed);
-        let (train_loss, _) = evaluate(&valid, &self.text.train, self.s, eval_seed, &inner);
-        let (val_loss, val_accuracy) = evaluate(&valid, &self.text.val, self.s, eval_seed, &inner);
+        let flags = self.plan.flags();
+        let run = |tokens| evaluate(&valid, tokens, &flags, self.s, eval_seed, &inner);
+        let (train_loss, _) = run(&self.text.train);
+        let (val_loss, val_accuracy) = run(&self.text.val);
         let report_at = |threshold| optim.sparsity_report(model, threshold, false);
         let sparse = report_at(self.config.threshold);
         // decided here, before the checkpoint that this line goes with: a resumed run takes the
@@ -247,10 +249,11 @@ fn next_evaluation(done: usize, interval: usize, last: usize) -> usize {
 }
 
 /// Mean loss and next-character accuracy of `model` on `eval_batches` seeded windows of
-/// `tokens`.
+/// `tokens`, its layers run sparse where `sparse` says (as training runs them).
 fn evaluate(
     model: &Gpt,
     tokens: &[u32],
+    sparse: &[bool],
     s: &GptSettings,
     seed: u64,
     device: &Device,
@@ -262,7 +265,7 @@ fn evaluate(
         let (x, y) = random_windows(tokens, s.block_size, s.batch_size, &mut rng);
         let n = y.len();
         let logits = model
-            .forward(tokens_tensor(x, s.batch_size, s.block_size, device))
+            .forward_with(tokens_tensor(x, s.batch_size, s.block_size, device), sparse)
             .reshape([n, usize::MAX]);
         let targets = Tensor::<1, Int>::from_data(TensorData::new(y, [n]), device);
         let predicted = logits.clone().argmax(1).reshape([n]);
