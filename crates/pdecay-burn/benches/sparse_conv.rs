@@ -76,6 +76,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Median times of `step(false)` and `step(true)` over `repeats` alternated calls, after one
+/// warm-up call of each.
+fn alternated(repeats: usize, step: impl Fn(bool) -> f64) -> [f64; 2] {
+    let (_, _) = (step(false), step(true));
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..repeats {
+        times[0].push(step(false));
+        times[1].push(step(true));
+    }
+    times.map(median)
+}
+
 fn main() {
     let env = |key: &str| std::env::var(key).ok();
     let repeats: usize = env("SPARSE_CONV_REPEATS")
@@ -129,13 +141,7 @@ fn main() {
                 std::hint::black_box(x.grad(&grads).map(|g| g.into_data()));
                 start.elapsed().as_secs_f64()
             };
-            let (_, _) = (step(false), step(true));
-            let mut times = [Vec::new(), Vec::new()];
-            for _ in 0..repeats {
-                times[0].push(step(false));
-                times[1].push(step(true));
-            }
-            let [dense, sparse] = times.map(median);
+            let [dense, sparse] = alternated(repeats, step);
             let shape = format!("{batch}x{channels}x{side}->{outputs}");
             if tsv {
                 // bench/sparse_layers.sh joins these rows with SparseProp's
@@ -190,13 +196,7 @@ fn main() {
             std::hint::black_box(w.grad(&grads).map(|g| g.into_data()));
             start.elapsed().as_secs_f64()
         };
-        let (_, _) = (step(false), step(true));
-        let mut times = [Vec::new(), Vec::new()];
-        for _ in 0..repeats {
-            times[0].push(step(false));
-            times[1].push(step(true));
-        }
-        let [burn, ours] = times.map(median);
+        let [burn, ours] = alternated(repeats, step);
         println!(
             "{:<16} {:>22} {:>9.3} {:>9.3} {:>13.2}x",
             name,
