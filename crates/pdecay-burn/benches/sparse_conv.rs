@@ -5,8 +5,8 @@
 //! `cargo bench -p pdecay-burn --bench sparse_conv` prints, per shape and sparsity, the median
 //! time of each (alternated call by call, same process) and sparse / dense; then, per shape,
 //! burn's dense `conv2d` against `pdecay_burn::dense_conv2d` (the direct product over every
-//! weight where the kernel has few taps, burn's elsewhere), the input's gradient not asked,
-//! as for a first layer. Shapes: the CNN's
+//! weight where the kernel has few taps, gemm per output position for stride 1 otherwise), the
+//! input's gradient not asked for first layers. Shapes: the CNN's
 //! two convolutions and ResNet-20's 3×3 convolutions of each stage on Fashion-MNIST, batch 128.
 //! `SPARSE_CONV_REPEATS` sets the repeats (default 9), `SPARSE_CONV_ONLY` keeps the layers
 //! whose name contains it, `SPARSE_CONV_SPARSITY` (a fraction) runs that sparsity alone, and
@@ -39,13 +39,16 @@ const SHAPES: [Shape; 5] = [
     ("resnet20 layer3", 128, 64, 7, 64, 3, 1, 1),
 ];
 
-/// The dense comparison's shapes: first layers over one or three channels (direct), and the
-/// CNN's conv2 as a control (burn's own convolution on both sides).
-const DENSE_SHAPES: [Shape; 4] = [
-    ("cnn conv1", 128, 1, 28, 32, 3, 1, 1),
-    ("resnet20 stem", 128, 1, 28, 16, 3, 1, 1),
-    ("cifar stem", 128, 3, 32, 16, 3, 1, 1),
-    ("cnn conv2", 128, 32, 14, 64, 3, 1, 1),
+/// The dense comparison's shapes: first layers over one or three channels (direct, no input
+/// gradient), then the CNN's conv2 and ResNet-20's stages (gemm per position, with `∂x`).
+const DENSE_SHAPES: [(Shape, bool); 7] = [
+    (("cnn conv1", 128, 1, 28, 32, 3, 1, 1), false),
+    (("resnet20 stem", 128, 1, 28, 16, 3, 1, 1), false),
+    (("cifar stem", 128, 3, 32, 16, 3, 1, 1), false),
+    (("cnn conv2", 128, 32, 14, 64, 3, 1, 1), true),
+    (("resnet20 layer1", 128, 16, 28, 16, 3, 1, 1), true),
+    (("resnet20 layer2", 128, 32, 14, 32, 3, 1, 1), true),
+    (("resnet20 layer3", 128, 64, 7, 64, 3, 1, 1), true),
 ];
 
 // the CLI's allocator: glibc's hands each large buffer back to the kernel and faults it in again
@@ -169,20 +172,21 @@ fn main() {
     }
     println!("(ratios below 1: the sparse convolution is faster)");
     println!(
-        "dense convolution forward + kernel gradient, median of {repeats} alternated runs (ms):"
+        "dense convolution forward + backward (no input gradient for first layers), median of {repeats} alternated runs (ms):"
     );
     println!(
         "{:<16} {:>22} {:>9} {:>9} {:>14}",
         "layer", "batch x c x side->out", "burn", "pdecay", "pdecay/burn"
     );
-    for (name, batch, channels, side, outputs, k, stride, padding) in
-        DENSE_SHAPES.into_iter().filter(|s| s.0.contains(&only))
+    for ((name, batch, channels, side, outputs, k, stride, padding), input_grad) in
+        DENSE_SHAPES.into_iter().filter(|s| s.0.0.contains(&only))
     {
         let x = Tensor::<4>::random(
             [batch, channels, side, side],
             Distribution::Normal(0.0, 1.0),
             &device,
         );
+        let x = if input_grad { x.require_grad() } else { x };
         let w = kernel([outputs, channels, k, k], 0.0, &device).require_grad();
         let options = ConvOptions::new([stride; 2], [padding; 2], [1; 2], 1);
         let step = |ours: bool| {
@@ -194,6 +198,7 @@ fn main() {
             };
             let grads = y.sum().backward();
             std::hint::black_box(w.grad(&grads).map(|g| g.into_data()));
+            std::hint::black_box(x.grad(&grads).map(|g| g.into_data()));
             start.elapsed().as_secs_f64()
         };
         let [burn, ours] = alternated(repeats, step);

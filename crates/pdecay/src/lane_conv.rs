@@ -110,11 +110,11 @@ pub struct Positions<'a> {
 
 impl Positions<'_> {
     /// The offset of position `(i, j)`'s first value.
-    fn at(&self, i: usize, j: usize) -> usize {
+    pub(crate) fn at(&self, i: usize, j: usize) -> usize {
         (i * self.width + j) * self.channels * self.batch
     }
 
-    fn check(&self) {
+    pub(crate) fn check(&self) {
         assert_eq!(
             self.data.len(),
             self.height * self.width * self.channels * self.batch,
