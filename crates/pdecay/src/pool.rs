@@ -9,7 +9,9 @@
 //! The choice is written with bit masks, not branches. After a ReLU half the windows tie at
 //! zero and the rest are random, so a branch per candidate mispredicts often: the branchy loop
 //! cost about 11 ns per output on the CNN's planes, 10-19% of its training step. Without
-//! branches the row loop compiles to vector blends.
+//! branches the row loop compiles to vector blends, eight outputs at a time; a row's last
+//! block overlaps the one before, so the CNN's short rows (14 and 7 outputs) run in vector
+//! blocks too (the pooling fell from 10.7% to 4.8% of a sparse CNN step's samples).
 
 /// Pools `planes` contiguous `height x width` planes of `input` into `values` and `indices`
 /// (`planes x height/2 x width/2` each). An odd last row or column is dropped.
@@ -57,6 +59,49 @@ pub fn max_pool_2x2(
 /// whose inputs interleave).
 const BLOCK: usize = 8;
 
+/// The narrower block for rows of 4 to 7 outputs (the CNN's second pooling has 7).
+const HALF_BLOCK: usize = 4;
+
+/// Pools the outputs `first..first + N` of a row into their slots.
+#[inline(always)]
+fn pool_at<const N: usize>(
+    top: &[f32],
+    bottom: &[f32],
+    start: i64,
+    width: i64,
+    first: usize,
+    values: &mut [f32],
+    indices: &mut [i64],
+) {
+    let window = 2 * first..2 * (first + N);
+    pool_block::<N>(
+        &top[window.clone()],
+        &bottom[window],
+        start + 2 * first as i64,
+        width,
+        (&mut values[first..first + N]).try_into().unwrap(),
+        (&mut indices[first..first + N]).try_into().unwrap(),
+    );
+}
+
+/// The row's outputs in blocks of `N`, the last block ending at the row's end (overlapping
+/// the one before when `N` does not divide the row: those outputs are computed twice, the
+/// same both times), so that a short row still runs in vector blocks. `values.len() >= N`.
+#[inline(always)]
+fn pool_blocks<const N: usize>(
+    top: &[f32],
+    bottom: &[f32],
+    start: i64,
+    width: i64,
+    values: &mut [f32],
+    indices: &mut [i64],
+) {
+    let n = values.len();
+    for first in (0..n - N).step_by(N).chain([n - N]) {
+        pool_at::<N>(top, bottom, start, width, first, values, indices);
+    }
+}
+
 crate::dispatched! {
     /// One output row: windows `top[2c..2c+2]` over `bottom[2c..2c+2]`. `start` is the
     /// plane index of `top[0]` and `width` the plane's row length.
@@ -68,27 +113,16 @@ crate::dispatched! {
         values: &mut [f32],
         indices: &mut [i64]
     ) {
-        let blocks = values.len() / BLOCK * BLOCK;
-        for first in (0..blocks).step_by(BLOCK) {
-            let window = 2 * first..2 * (first + BLOCK);
-            pool_block::<BLOCK>(
-                &top[window.clone()],
-                &bottom[window],
-                start + 2 * first as i64,
-                width,
-                (&mut values[first..first + BLOCK]).try_into().unwrap(),
-                (&mut indices[first..first + BLOCK]).try_into().unwrap(),
-            );
-        }
-        for c in blocks..values.len() {
-            pool_block::<1>(
-                &top[2 * c..2 * c + 2],
-                &bottom[2 * c..2 * c + 2],
-                start + 2 * c as i64,
-                width,
-                (&mut values[c..c + 1]).try_into().unwrap(),
-                (&mut indices[c..c + 1]).try_into().unwrap(),
-            );
+        match values.len() {
+            n if n >= BLOCK => pool_blocks::<BLOCK>(top, bottom, start, width, values, indices),
+            n if n >= HALF_BLOCK => {
+                pool_blocks::<HALF_BLOCK>(top, bottom, start, width, values, indices)
+            }
+            n => {
+                for c in 0..n {
+                    pool_at::<1>(top, bottom, start, width, c, values, indices);
+                }
+            }
         }
     }
 }
@@ -192,7 +226,7 @@ mod tests {
         fn equals_the_branchy_rule(
             planes in 1usize..4,
             height in 1usize..9,
-            width in 1usize..21,
+            width in 1usize..35,
             seed in any::<u64>(),
         ) {
             // few distinct values (ties), negatives, zeros and NaNs
