@@ -1,6 +1,7 @@
 //! One convolution, forward + backward, on the flex CPU backend: the sparse-training product
-//! (`pdecay_burn::sparse_conv2d`, over the kernel's non-zeros) against burn's dense `conv2d`,
-//! at the sparsities pWD passes through.
+//! (`pdecay_burn::sparse_conv2d`, over the kernel's non-zeros) against the dense one a layer
+//! runs otherwise (`pdecay_burn::dense_conv2d`: what `--sparse-training off` trains with, and
+//! what `auto` times the sparse product against), at the sparsities pWD passes through.
 //!
 //! `cargo bench -p pdecay-burn --bench sparse_conv` prints, per shape and sparsity, the median
 //! time of each (alternated call by call, same process) and sparse / dense; then, per shape,
@@ -137,7 +138,7 @@ fn main() {
                 let y = if sparse {
                     sparse_conv2d(x.clone(), w.clone(), None, stride, padding)
                 } else {
-                    burn::tensor::module::conv2d(x.clone(), w.clone(), None, options.clone())
+                    dense_conv2d(x.clone(), w.clone(), None, stride, padding)
                 };
                 let grads = (y * g.clone()).sum().backward();
                 std::hint::black_box(w.grad(&grads).map(|g| g.into_data()));
