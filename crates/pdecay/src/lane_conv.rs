@@ -416,6 +416,7 @@ pub fn from_positions(x: &[f32], [height, width, channels, batch]: [usize; 4]) -
 mod tests {
     use super::*;
     use crate::sparse_conv;
+    use crate::test_support::{assert_close, uniforms};
     use proptest::prelude::*;
 
     /// The three products through position-major layouts, back in `[B, C, H, W]` order and
@@ -470,16 +471,6 @@ mod tests {
         assert_eq!(dw, vec![16.0 + 52.0]);
     }
 
-    fn close(a: &[f32], b: &[f32], what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}: lengths");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
-                "{what}[{i}]: {x} against {y}"
-            );
-        }
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         #[test]
@@ -496,13 +487,7 @@ mod tests {
             let s = ConvShape { batch, channels, height, width, kernel, stride: 1, padding };
             let (ho, wo) = s.output_size();
             prop_assume!(ho > 0 && wo > 0);
-            let mut state = seed | 1;
-            let mut next = move || {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32
-            };
+            let mut next = uniforms(seed);
             let dense: Vec<f32> = (0..outputs * s.patch_rows())
                 .map(|_| if (next() as f64) < zeros { 0.0 } else { next() - 0.5 })
                 .collect();
@@ -517,9 +502,9 @@ mod tests {
             sparse_conv::input_grad(&w, &dy, &s, &mut dx_direct);
             let mut dw_direct = vec![0.0; dw.len()];
             sparse_conv::weight_grad(&w, &x, &dy, &s, &mut dw_direct);
-            close(&y, &y_direct, "y");
-            close(&dx, &dx_direct, "dx");
-            close(&dw, &dw_direct, "dw");
+            assert_close(&y, &y_direct, "y");
+            assert_close(&dx, &dx_direct, "dx");
+            assert_close(&dw, &dw_direct, "dw");
         }
     }
 }

@@ -310,6 +310,7 @@ mod tests {
     use super::*;
     use crate::csr::Csr;
     use crate::sparse_conv;
+    use crate::test_support::{assert_close, uniforms};
     use proptest::prelude::*;
 
     #[test]
@@ -337,16 +338,6 @@ mod tests {
         assert_eq!(flipped[at(0, 1, 1, 1)], 1110.0); // W[1, 1, 1, 0]
     }
 
-    fn close(a: &[f32], b: &[f32], what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}: lengths");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
-                "{what}[{i}]: {x} against {y}"
-            );
-        }
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
         /// Against the direct products over every entry of the kernel (zeros stored too,
@@ -365,13 +356,7 @@ mod tests {
             let s = ConvShape { batch, channels, height, width, kernel, stride: 1, padding };
             let (ho, wo) = s.output_size();
             prop_assume!(ho > 0 && wo > 0);
-            let mut state = seed | 1;
-            let mut next = move || {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32
-            };
+            let mut next = uniforms(seed);
             let w: Vec<f32> = (0..outputs * s.patch_rows())
                 .map(|_| if (next() as f64) < zeros { 0.0 } else { next() - 0.5 })
                 .collect();
@@ -387,9 +372,9 @@ mod tests {
             sparse_conv::input_grad(&every, &dy, &s, &mut dx_direct);
             let mut dw_direct = vec![0.0; w.len()];
             sparse_conv::weight_grad(&every, &x, &dy, &s, &mut dw_direct);
-            close(&y, &y_direct, "y");
-            close(&dx.unwrap(), &dx_direct, "dx");
-            close(&dw, &dw_direct, "dw");
+            assert_close(&y, &y_direct, "y");
+            assert_close(&dx.unwrap(), &dx_direct, "dx");
+            assert_close(&dw, &dw_direct, "dw");
         }
     }
 }

@@ -37,6 +37,8 @@ pub mod schedule;
 pub mod sell;
 pub mod sparse_conv;
 pub mod sparsity;
+#[cfg(test)]
+mod test_support;
 pub mod validate;
 
 /// The README's quick start, run as a doctest so that it stays true.
