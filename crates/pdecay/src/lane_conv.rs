@@ -108,6 +108,41 @@ pub struct Positions<'a> {
     pub batch: usize,
 }
 
+/// Images `[B, C, H, W]` laid out position-major and zero-padded ([`to_positions`]): what the
+/// backward products keep of a forward input, and the padded `∂y` they read.
+#[derive(Debug, Clone)]
+pub struct Padded {
+    data: Vec<f32>,
+    height: usize,
+    width: usize,
+    channels: usize,
+    batch: usize,
+}
+
+impl Padded {
+    /// Images `x` `[B, C, H, W]` padded by `pad` zeros on every side.
+    pub fn new(x: &[f32], [batch, channels, height, width]: [usize; 4], pad: usize) -> Self {
+        Self {
+            data: to_positions(x, [batch, channels, height, width], pad),
+            height: height + 2 * pad,
+            width: width + 2 * pad,
+            channels,
+            batch,
+        }
+    }
+
+    /// The products' view of them.
+    pub fn positions(&self) -> Positions<'_> {
+        Positions {
+            data: &self.data,
+            height: self.height,
+            width: self.width,
+            channels: self.channels,
+            batch: self.batch,
+        }
+    }
+}
+
 impl Positions<'_> {
     /// The offset of position `(i, j)`'s first value.
     pub(crate) fn at(&self, i: usize, j: usize) -> usize {
@@ -268,22 +303,9 @@ pub fn pays(shape: &ConvShape) -> bool {
 /// forward taps.
 #[derive(Debug, Clone)]
 pub struct Saved {
-    x: Vec<f32>,
+    x: Padded,
     taps: Csr,
     shape: ConvShape,
-}
-
-impl Saved {
-    fn input(&self) -> Positions<'_> {
-        let s = &self.shape;
-        Positions {
-            data: &self.x,
-            height: s.height + 2 * s.padding,
-            width: s.width + 2 * s.padding,
-            channels: s.channels,
-            batch: s.batch,
-        }
-    }
 }
 
 /// The forward product of images `x` `[B, C, H, W]` with the kernel `w` (a CSR of `[O,
@@ -297,7 +319,7 @@ pub fn forward(w: &Csr, x: &[f32], shape: &ConvShape) -> (Vec<f32>, Saved) {
         "lane_conv: stride 1 and padding < kernel only"
     );
     let s = shape;
-    let x = to_positions(x, [s.batch, s.channels, s.height, s.width], s.padding);
+    let x = Padded::new(x, [s.batch, s.channels, s.height, s.width], s.padding);
     let taps = taps(w, s.kernel, s.channels, s.width + 2 * s.padding);
     let saved = Saved {
         x,
@@ -306,7 +328,7 @@ pub fn forward(w: &Csr, x: &[f32], shape: &ConvShape) -> (Vec<f32>, Saved) {
     };
     let (ho, wo) = s.output_size();
     let mut y = vec![0.0f32; ho * wo * w.rows * s.batch];
-    correlate(&saved.taps, saved.input(), ho, wo, &mut y);
+    correlate(&saved.taps, saved.x.positions(), ho, wo, &mut y);
     (from_positions(&y, [ho, wo, w.rows, s.batch]), saved)
 }
 
@@ -324,14 +346,8 @@ pub fn backward(
     let s = &saved.shape;
     let (ho, wo) = s.output_size();
     let pad = s.kernel - 1 - s.padding;
-    let dy = to_positions(dy, [s.batch, w.rows, ho, wo], pad);
-    let dy = Positions {
-        data: &dy,
-        height: ho + 2 * pad,
-        width: wo + 2 * pad,
-        channels: w.rows,
-        batch: s.batch,
-    };
+    let dy = Padded::new(dy, [s.batch, w.rows, ho, wo], pad);
+    let dy = dy.positions();
     let dx = with_x_grad.then(|| {
         let flipped = flipped_taps(w, s.kernel, s.channels, dy.width);
         let mut dx = vec![0.0f32; s.height * s.width * s.channels * s.batch];
@@ -339,7 +355,7 @@ pub fn backward(
         from_positions(&dx, [s.height, s.width, s.channels, s.batch])
     });
     let mut dw = vec![0.0f32; w.nnz()];
-    tap_gradients(&saved.taps, saved.input(), dy, pad, &mut dw);
+    tap_gradients(&saved.taps, saved.x.positions(), dy, pad, &mut dw);
     (dx, dw)
 }
 

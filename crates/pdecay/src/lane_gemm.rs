@@ -25,7 +25,7 @@
 use rayon::prelude::*;
 
 use crate::im2col::ConvShape;
-use crate::lane_conv::{Positions, from_positions, supports, to_positions};
+use crate::lane_conv::{Padded, Positions, from_positions, supports};
 
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_WORK: usize = 1 << 20;
@@ -213,21 +213,8 @@ fn kernel_gradient(kernel: usize, x: Positions, dy: Positions, dy_offset: usize)
 /// What the backward products need of a forward one: the padded position-major input.
 #[derive(Debug, Clone)]
 pub struct Saved {
-    x: Vec<f32>,
+    x: Padded,
     shape: ConvShape,
-}
-
-impl Saved {
-    fn input(&self) -> Positions<'_> {
-        let s = &self.shape;
-        Positions {
-            data: &self.x,
-            height: s.height + 2 * s.padding,
-            width: s.width + 2 * s.padding,
-            channels: s.channels,
-            batch: s.batch,
-        }
-    }
 }
 
 /// The convolution of images `x` `[B, C, H, W]` with the dense kernel `w` `[O, C, k, k]`:
@@ -249,13 +236,13 @@ pub fn forward(w: &[f32], x: &[f32], shape: &ConvShape) -> (Vec<f32>, Saved) {
         "lane_gemm: w is O x C x k x k"
     );
     let saved = Saved {
-        x: to_positions(x, [s.batch, s.channels, s.height, s.width], s.padding),
+        x: Padded::new(x, [s.batch, s.channels, s.height, s.width], s.padding),
         shape: *shape,
     };
     let (ho, wo) = s.output_size();
     let rows = kernel_rows(w, outputs, s.channels, s.kernel, false);
     let mut y = vec![0.0f32; ho * wo * outputs * s.batch];
-    correlate(&rows, s.kernel, saved.input(), [ho, wo], &mut y);
+    correlate(&rows, s.kernel, saved.x.positions(), [ho, wo], &mut y);
     (from_positions(&y, [ho, wo, outputs, s.batch]), saved)
 }
 
@@ -275,14 +262,8 @@ pub fn backward(
     let outputs = w.len() / s.patch_rows();
     let (ho, wo) = s.output_size();
     let pad = k - 1 - s.padding;
-    let dy = to_positions(dy, [s.batch, outputs, ho, wo], pad);
-    let dy = Positions {
-        data: &dy,
-        height: ho + 2 * pad,
-        width: wo + 2 * pad,
-        channels: outputs,
-        batch: s.batch,
-    };
+    let dy = Padded::new(dy, [s.batch, outputs, ho, wo], pad);
+    let dy = dy.positions();
     let dx = with_x_grad.then(|| {
         let flipped = kernel_rows(w, outputs, s.channels, k, true);
         let mut dx = vec![0.0f32; s.height * s.width * s.channels * s.batch];
@@ -290,7 +271,7 @@ pub fn backward(
         from_positions(&dx, [s.height, s.width, s.channels, s.batch])
     });
     // [k, O, k, C] back to [O, C, k, k]
-    let by_rows = kernel_gradient(k, saved.input(), dy, pad);
+    let by_rows = kernel_gradient(k, saved.x.positions(), dy, pad);
     let mut dw = vec![0.0f32; w.len()];
     for ky in 0..k {
         for o in 0..outputs {
