@@ -42,7 +42,10 @@ mod optim;
 #[cfg(feature = "train")]
 pub use metric::{SparsityInput, SparsityMetric};
 
-pub use ops::{causal_softmax, dense_conv2d, gelu, max_pool_2x2, sparse_conv2d, sparse_linear};
+pub use ops::{
+    bias_relu_max_pool_2x2, causal_softmax, dense_conv2d, gelu, max_pool_2x2, sparse_conv2d,
+    sparse_linear,
+};
 pub use optim::{
     DEFAULT_MIN_RANK, DecayRule, DecaySummary, DecaysTensors, Decoupled, DecoupledL2,
     DecoupledState, Kernel, L1Prox, MagnitudePruning, MagnitudePruningConfig, Mode, NaiveLp,

@@ -12,7 +12,11 @@
 //! branches the row loop compiles to vector blends, eight outputs at a time; a row's last
 //! block overlaps the one before, so the CNN's short rows (14 and 7 outputs) run in vector
 //! blocks too (the pooling fell from 10.7% to 4.8% of a sparse CNN step's samples).
-
+//!
+//! A CNN pools `relu(conv(x) + b)`. [`bias_relu_max_pool_2x2`] does the bias and the ReLU as
+//! it loads each candidate, and [`max_unpool_2x2`] is the backward of all three, so the
+//! convolution's full-size output is read once forward and written once backward, where the
+//! bias, the ReLU and the pooling each read and wrote it (twice with their gradients).
 /// Pools `planes` contiguous `height x width` planes of `input` into `values` and `indices`
 /// (`planes x height/2 x width/2` each). An odd last row or column is dropped.
 ///
@@ -24,6 +28,45 @@ pub fn max_pool_2x2(
     planes: usize,
     height: usize,
     width: usize,
+    values: &mut [f32],
+    indices: &mut [i64],
+) {
+    pool_planes(input, planes, height, width, |_| None, values, indices);
+}
+
+/// `max_pool_2x2(relu(x + bias))` for `planes` contiguous `height x width` planes of `input`
+/// ordered `[batch, channels]`, `bias` one per channel, ReLU as burn's (`x` where `x > 0` or
+/// NaN, else 0): the same values, and the same indices where the pooled value is positive or
+/// NaN. Where it is 0 the ReLU passes no gradient back, and the index is -1.
+///
+/// # Panics
+/// If `input` holds fewer than `planes * height * width` values, the outputs a different
+/// number than `planes * (height / 2) * (width / 2)`, or `bias` is empty or does not divide
+/// `planes`.
+pub fn bias_relu_max_pool_2x2(
+    input: &[f32],
+    planes: usize,
+    height: usize,
+    width: usize,
+    bias: &[f32],
+    values: &mut [f32],
+    indices: &mut [i64],
+) {
+    assert!(
+        !bias.is_empty() && planes.is_multiple_of(bias.len()),
+        "one bias per channel of [batch, channels] planes"
+    );
+    let bias_of = |plane: usize| Some(bias[plane % bias.len()]);
+    pool_planes(input, planes, height, width, bias_of, values, indices);
+}
+
+/// The pooling, each plane's candidates through `relu(x + b)` where `bias_of` gives a `b`.
+fn pool_planes(
+    input: &[f32],
+    planes: usize,
+    height: usize,
+    width: usize,
+    bias_of: impl Fn(usize) -> Option<f32>,
     values: &mut [f32],
     indices: &mut [i64],
 ) {
@@ -48,9 +91,54 @@ pub fn max_pool_2x2(
             &input[top + width..top + width + 2 * cols],
             (2 * row * width) as i64,
             width as i64,
+            bias_of(plane),
             values,
             indices,
         );
+    }
+}
+
+/// The backward step of [`bias_relu_max_pool_2x2`] (and of [`max_pool_2x2`]): each output's
+/// gradient `grad` goes to its window's maximum in `dx` (`planes` planes of `height x width`,
+/// zero elsewhere), none where its index is -1; `sums[plane]` is the gradient passed on
+/// within each plane, summed in output order (the bias's, before summing over the batch).
+///
+/// # Panics
+/// If the lengths do not match the shapes, or an index is outside its plane (not one that
+/// the pooling gave).
+pub fn max_unpool_2x2(
+    grad: &[f32],
+    indices: &[i64],
+    planes: usize,
+    height: usize,
+    width: usize,
+    dx: &mut [f32],
+    sums: &mut [f32],
+) {
+    let (plane_len, out_len) = (height * width, (height / 2) * (width / 2));
+    assert_eq!(grad.len(), planes * out_len, "grad: one per output");
+    assert_eq!(indices.len(), grad.len(), "indices: one per output");
+    assert_eq!(dx.len(), planes * plane_len, "dx: planes x height x width");
+    assert_eq!(sums.len(), planes, "sums: one per plane");
+    if out_len == 0 {
+        dx.fill(0.0);
+        sums.fill(0.0);
+        return;
+    }
+    let planes_of = dx.chunks_exact_mut(plane_len.max(1));
+    let outputs = grad
+        .chunks_exact(out_len)
+        .zip(indices.chunks_exact(out_len));
+    for ((dx, (grad, indices)), sum) in planes_of.zip(outputs).zip(sums.iter_mut()) {
+        dx.fill(0.0);
+        let mut passed = 0.0;
+        for (&g, &at) in grad.iter().zip(indices) {
+            if at >= 0 {
+                dx[at as usize] = g;
+                passed += g;
+            }
+        }
+        *sum = passed;
     }
 }
 
@@ -64,21 +152,24 @@ const HALF_BLOCK: usize = 4;
 
 /// Pools the outputs `first..first + N` of a row into their slots.
 #[inline(always)]
-fn pool_at<const N: usize>(
+#[allow(clippy::too_many_arguments)]
+fn pool_at<const N: usize, const RELU: bool>(
     top: &[f32],
     bottom: &[f32],
     start: i64,
     width: i64,
+    bias: f32,
     first: usize,
     values: &mut [f32],
     indices: &mut [i64],
 ) {
     let window = 2 * first..2 * (first + N);
-    pool_block::<N>(
+    pool_block::<N, RELU>(
         &top[window.clone()],
         &bottom[window],
         start + 2 * first as i64,
         width,
+        bias,
         (&mut values[first..first + N]).try_into().unwrap(),
         (&mut indices[first..first + N]).try_into().unwrap(),
     );
@@ -88,68 +179,100 @@ fn pool_at<const N: usize>(
 /// the one before when `N` does not divide the row: those outputs are computed twice, the
 /// same both times), so that a short row still runs in vector blocks. `values.len() >= N`.
 #[inline(always)]
-fn pool_blocks<const N: usize>(
+fn pool_blocks<const N: usize, const RELU: bool>(
     top: &[f32],
     bottom: &[f32],
     start: i64,
     width: i64,
+    bias: f32,
     values: &mut [f32],
     indices: &mut [i64],
 ) {
     let n = values.len();
     for first in (0..n - N).step_by(N).chain([n - N]) {
-        pool_at::<N>(top, bottom, start, width, first, values, indices);
+        pool_at::<N, RELU>(top, bottom, start, width, bias, first, values, indices);
     }
 }
 
-crate::dispatched! {
-    /// One output row: windows `top[2c..2c+2]` over `bottom[2c..2c+2]`. `start` is the
-    /// plane index of `top[0]` and `width` the plane's row length.
-    fn pool_row(
-        top: &[f32],
-        bottom: &[f32],
-        start: i64,
-        width: i64,
-        values: &mut [f32],
-        indices: &mut [i64]
-    ) {
-        match values.len() {
-            n if n >= BLOCK => pool_blocks::<BLOCK>(top, bottom, start, width, values, indices),
-            n if n >= HALF_BLOCK => {
-                pool_blocks::<HALF_BLOCK>(top, bottom, start, width, values, indices)
-            }
-            n => {
-                for c in 0..n {
-                    pool_at::<1>(top, bottom, start, width, c, values, indices);
-                }
+/// One output row in blocks: [`BLOCK`] outputs at a time, [`HALF_BLOCK`] on rows shorter than
+/// it, one at a time on rows shorter than that.
+#[inline(always)]
+fn pool_row_blocks<const RELU: bool>(
+    top: &[f32],
+    bottom: &[f32],
+    start: i64,
+    width: i64,
+    bias: f32,
+    values: &mut [f32],
+    indices: &mut [i64],
+) {
+    let (t, b, s, w) = (top, bottom, start, width);
+    match values.len() {
+        n if n >= BLOCK => pool_blocks::<BLOCK, RELU>(t, b, s, w, bias, values, indices),
+        n if n >= HALF_BLOCK => pool_blocks::<HALF_BLOCK, RELU>(t, b, s, w, bias, values, indices),
+        n => {
+            for c in 0..n {
+                pool_at::<1, RELU>(t, b, s, w, bias, c, values, indices);
             }
         }
     }
 }
 
-/// `N` adjacent outputs: `N` windows of 2x2, the first starting at plane index `start`.
+crate::dispatched! {
+    /// One output row: windows `top[2c..2c+2]` over `bottom[2c..2c+2]`, each candidate
+    /// through `relu(x + bias)` when there is a bias. `start` is the plane index of `top[0]`
+    /// and `width` the plane's row length.
+    fn pool_row(
+        top: &[f32],
+        bottom: &[f32],
+        start: i64,
+        width: i64,
+        bias: Option<f32>,
+        values: &mut [f32],
+        indices: &mut [i64]
+    ) {
+        match bias {
+            None => pool_row_blocks::<false>(top, bottom, start, width, 0.0, values, indices),
+            Some(b) => pool_row_blocks::<true>(top, bottom, start, width, b, values, indices),
+        }
+    }
+}
+
+/// `N` adjacent outputs: `N` windows of 2x2, the first starting at plane index `start`; with
+/// `RELU`, of `relu(x + bias)`, index -1 where the maximum is 0.
 #[inline(always)]
-fn pool_block<const N: usize>(
+fn pool_block<const N: usize, const RELU: bool>(
     top: &[f32],
     bottom: &[f32],
     start: i64,
     width: i64,
+    bias: f32,
     values: &mut [f32; N],
     indices: &mut [i64; N],
 ) {
-    let mut best: [f32; N] = std::array::from_fn(|l| top[2 * l]);
+    let load = |x: f32| if RELU { relu(x + bias) } else { x };
+    let mut best: [f32; N] = std::array::from_fn(|l| load(top[2 * l]));
     let mut at = [0u32; N];
     for (k, row, column) in [(1u32, top, 1), (2, bottom, 0), (3, bottom, 1)] {
         for l in 0..N {
-            (best[l], at[l]) = take_if_wins(best[l], at[l], row[2 * l + column], k);
+            (best[l], at[l]) = take_if_wins(best[l], at[l], load(row[2 * l + column]), k);
         }
     }
     *values = best;
     for l in 0..N {
         // corner `at` (0 top left, 1 top right, 2 bottom left, 3 bottom right)
         let corner = (at[l] & 1) as i64 + (at[l] >> 1) as i64 * width;
-        indices[l] = start + 2 * l as i64 + corner;
+        let index = start + 2 * l as i64 + corner;
+        // the ReLU's gradient is 0 where it gave 0 (a bitwise select, as in `take_if_wins`)
+        let passes = (!RELU || best[l] != 0.0) as i64;
+        indices[l] = (index & passes.wrapping_neg()) | (passes - 1);
     }
+}
+
+/// burn's ReLU: `x` where `x > 0` or NaN (it propagates), else 0 (`-0.0` included).
+#[inline(always)]
+fn relu(x: f32) -> f32 {
+    if x.is_nan() || x > 0.0 { x } else { 0.0 }
 }
 
 /// `(candidate, k)` when `candidate` is greater than `best` or NaN, else `(best, at)`: as a
@@ -221,7 +344,85 @@ mod tests {
         (values, indices)
     }
 
+    #[test]
+    fn bias_and_relu_worked_by_hand() {
+        // two planes (batch 1, channels 2) of 2x4; biases -2 and 1
+        let input = [
+            1.0, 5.0, 4.0, 4.0, 3.0, 2.0, -1.0, 0.0, // channel 0
+            -3.0, -2.0, 0.5, -1.0, -4.0, -1.0, -0.5, 0.25, // channel 1
+        ];
+        let (mut values, mut indices) = (vec![0.0; 4], vec![0; 4]);
+        bias_relu_max_pool_2x2(&input, 2, 2, 4, &[-2.0, 1.0], &mut values, &mut indices);
+        // relu(x - 2): [[0, 3], [1, 0]] -> 3 at 1; [[2, 2], [0, 0]] -> 2 at 2 (the first);
+        // relu(x + 1): [[0, 0], [0, 0]] -> 0, no gradient; [[1.5, 0], [0.5, 1.25]] -> 1.5 at 2
+        assert_eq!(values, [3.0, 2.0, 0.0, 1.5]);
+        assert_eq!(indices, [1, 2, -1, 2]);
+        // backward: each gradient to its index, none from the -1
+        let (mut dx, mut sums) = (vec![9.0; 16], vec![9.0; 2]);
+        max_unpool_2x2(
+            &[10.0, 20.0, 30.0, 40.0],
+            &indices,
+            2,
+            2,
+            4,
+            &mut dx,
+            &mut sums,
+        );
+        let mut want = vec![0.0; 16];
+        (want[1], want[2], want[8 + 2]) = (10.0, 20.0, 40.0);
+        assert_eq!(dx, want);
+        assert_eq!(sums, [30.0, 40.0]);
+    }
+
     proptest! {
+        #[test]
+        fn bias_relu_pooling_is_the_pooling_of_the_relu(
+            batch in 1usize..3,
+            channels in 1usize..4,
+            height in 1usize..9,
+            width in 1usize..35,
+            seed in any::<u64>(),
+        ) {
+            let planes = batch * channels;
+            // halves and NaNs: sums with the bias tie, cross zero and land on it
+            let draw = |i: u64| {
+                let h = (i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58;
+                if h == 63 { f32::NAN } else { h as f32 / 2.0 - 16.0 }
+            };
+            let input: Vec<f32> = (0..(planes * height * width) as u64).map(draw).collect();
+            let bias: Vec<f32> = (0..channels as u64).map(|c| draw((c + 1) << 40) / 4.0).collect();
+            let relu_of: Vec<f32> = input
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| relu(x + bias[i / (height * width) % channels]))
+                .collect();
+            let (want_values, want_indices) = reference(&relu_of, planes, height, width);
+            let n = want_values.len();
+            let (mut values, mut indices) = (vec![0.0; n], vec![0; n]);
+            bias_relu_max_pool_2x2(&input, planes, height, width, &bias, &mut values, &mut indices);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&values), bits(&want_values));
+            for (k, (&at, &want)) in indices.iter().zip(&want_indices).enumerate() {
+                prop_assert_eq!(at, if want_values[k] == 0.0 { -1 } else { want });
+            }
+            // backward: the scatter of PyTorch's max_unpool, gated by the ReLU
+            let grad: Vec<f32> = (0..n as u64).map(|k| draw((k + 1) << 50)).collect();
+            let plane_len = height * width;
+            let (mut dx, mut sums) = (vec![f32::NAN; planes * plane_len], vec![0.0; planes]);
+            max_unpool_2x2(&grad, &indices, planes, height, width, &mut dx, &mut sums);
+            let mut want_dx = vec![0.0f32; planes * plane_len];
+            let mut want_sums = vec![0.0f32; planes];
+            let out_len = n / planes;
+            for k in 0..n {
+                if want_values[k] != 0.0 {
+                    want_dx[k / out_len * plane_len + want_indices[k] as usize] = grad[k];
+                    want_sums[k / out_len] += grad[k];
+                }
+            }
+            prop_assert_eq!(bits(&dx), bits(&want_dx));
+            prop_assert_eq!(bits(&sums), bits(&want_sums));
+        }
+
         #[test]
         fn equals_the_branchy_rule(
             planes in 1usize..4,

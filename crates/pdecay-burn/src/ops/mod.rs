@@ -1,8 +1,8 @@
 //! Model operations with fast loops on the flex CPU backend (burn backend extensions with
-//! their own autodiff step): 2x2 max pooling, the exact GELU, and the causal softmax of
-//! attention, and the linear and convolutional layers' products over their weights' non-zeros
-//! (sparse training).
-//! Elsewhere each falls back to burn's composite.
+//! their own autodiff step): 2x2 max pooling (alone, or with the bias and ReLU before it), the
+//! exact GELU, the causal softmax of attention, and the linear and convolutional layers'
+//! products over their weights' non-zeros (sparse training). Elsewhere each falls back to
+//! burn's composite.
 
 mod attention;
 mod gelu;
@@ -12,7 +12,7 @@ mod sparse_linear;
 
 pub use attention::causal_softmax;
 pub use gelu::gelu;
-pub use pool::max_pool_2x2;
+pub use pool::{bias_relu_max_pool_2x2, max_pool_2x2};
 pub use sparse_conv::{dense_conv2d, sparse_conv2d};
 pub use sparse_linear::sparse_linear;
 
@@ -21,9 +21,10 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::Ops;
 use burn::backend::flex::FlexTensor;
 
-/// The backward step of a product of an input `x` and a weight over the weight's non-zeros
-/// (sparse training's linear and convolution): `backward(saved, ∂output, whether x tracks a
-/// gradient)` gives `(∂x, ∂weight)`, each registered with the node that tracks it.
+/// The backward step of an op of an input `x` and a parameter (sparse training's linear and
+/// convolution products over a weight's non-zeros, the fused bias, ReLU and pooling):
+/// `backward(saved, ∂output, whether x tracks a gradient)` gives `(∂x, ∂parameter)`, each
+/// registered with the node that tracks it.
 fn product_backward<S>(
     ops: Ops<S, 2>,
     grads: &mut Gradients,

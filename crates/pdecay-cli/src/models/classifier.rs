@@ -9,7 +9,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
-use pdecay_burn::{dense_conv2d, max_pool_2x2, sparse_conv2d};
+use pdecay_burn::{bias_relu_max_pool_2x2, dense_conv2d, sparse_conv2d};
 
 /// A multi-layer perceptron on flattened images.
 #[derive(Module, Debug)]
@@ -80,8 +80,20 @@ pub fn conv_output(layer: &Conv2d, [_, height, width]: [usize; 3]) -> [usize; 3]
 /// `layer`'s output, over its kernel's non-zeros when `sparse`, else dense (directly on the
 /// images for a kernel with few taps, see [`dense_conv2d`]).
 pub(super) fn conv(layer: &Conv2d, x: Tensor<4>, sparse: bool) -> Tensor<4> {
+    conv_with(layer, x, sparse, layer.bias.as_ref().map(|b| b.val()))
+}
+
+/// `max_pool_2x2(relu(layer(x)))`, the bias added in the pooling's pass
+/// ([`bias_relu_max_pool_2x2`]) instead of over the convolution's full-size output.
+fn conv_relu_pool(layer: &Conv2d, x: Tensor<4>, sparse: bool) -> Tensor<4> {
+    let y = conv_with(layer, x, sparse, None);
+    bias_relu_max_pool_2x2(y, layer.bias.as_ref().map(|b| b.val()))
+}
+
+/// [`conv`] with `bias` in place of the layer's.
+fn conv_with(layer: &Conv2d, x: Tensor<4>, sparse: bool, bias: Option<Tensor<1>>) -> Tensor<4> {
     let (stride, padding) = conv_geometry(layer);
-    let (weight, bias) = (layer.weight.val(), layer.bias.as_ref().map(|b| b.val()));
+    let weight = layer.weight.val();
     if sparse {
         sparse_conv2d(x, weight, bias, stride, padding)
     } else {
@@ -133,9 +145,9 @@ impl Cnn {
     pub fn forward_with(&self, x: Tensor<2>, sparse: &[bool]) -> Tensor<2> {
         let on = |i: usize| sparse.get(i).copied().unwrap_or(false);
         let x = unflatten(x, self.conv1.weight.dims()[1]);
-        // 2x2 max pooling, stride 2 (burn's MaxPool2d, with a fast kernel on the CPU)
-        let x = max_pool_2x2(relu(conv(&self.conv1, x, on(0))));
-        let x = max_pool_2x2(relu(conv(&self.conv2, x, on(1))));
+        // each convolution's bias, ReLU and 2x2 max pooling (burn's MaxPool2d) in one pass
+        let x = conv_relu_pool(&self.conv1, x, on(0));
+        let x = conv_relu_pool(&self.conv2, x, on(1));
         let x = x.flatten::<2>(1, 3);
         let x = self.dropout.forward(relu(linear(&self.dense, x, on(2))));
         linear(&self.output, x, on(3))
