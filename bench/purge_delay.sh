@@ -5,9 +5,10 @@
 # that drift in machine load hits both alike; prints the median of each and their ratio. A
 # benchmark, not a test: it asserts nothing.
 #
-#   bench/purge_delay.sh [REPEATS]   (default 5; data: $PDECAY_DATA, else
-#                                     ../shared/data/fashion-mnist, and $PDECAY_TEXT, else
-#                                     ../shared/data/tinyshakespeare/input.txt)
+#   bench/purge_delay.sh [REPEATS [MODEL...]]   (default 5, mlp cnn gpt; data: $PDECAY_DATA,
+#                                                else ../shared/data/fashion-mnist, and
+#                                                $PDECAY_TEXT, else
+#                                                ../shared/data/tinyshakespeare/input.txt)
 #
 # MLP 2 epochs and CNN 1 epoch of full Fashion-MNIST (pAdam p 0.8, lambda 1e-2), GPT 500
 # iterations of the CPU preset. Speeds are the trainers' own (training time only, no
@@ -15,6 +16,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repeats=${1:-5}
+shift || true
+models=("$@")
+[ ${#models[@]} -eq 0 ] && models=(mlp cnn gpt)
 data=${PDECAY_DATA:-../shared/data/fashion-mnist}
 text=${PDECAY_TEXT:-../shared/data/tinyshakespeare/input.txt}
 cargo build --release --quiet
@@ -55,6 +59,11 @@ measure() { # name, then the run's flags
     "$(awk -v a="$mimalloc" -v b="$ours" 'BEGIN {print b / a}')" "$repeats"
 }
 
-measure mlp --model mlp --data "$data" --epochs 2 --lambda 1e-2
-measure cnn --model cnn --data "$data" --epochs 1 --lambda 1e-2
-measure gpt --model gpt --data "$text" --iters 500 --eval-interval 500 --eval-batches 1
+for model in "${models[@]}"; do
+  case $model in
+    mlp) measure mlp --model mlp --data "$data" --epochs 2 --lambda 1e-2 ;;
+    cnn) measure cnn --model cnn --data "$data" --epochs 1 --lambda 1e-2 ;;
+    gpt) measure gpt --model gpt --data "$text" --iters 500 --eval-interval 500 --eval-batches 1 ;;
+    *) echo "unknown model $model: give mlp, cnn or gpt" >&2; exit 1 ;;
+  esac
+done
