@@ -7,8 +7,10 @@
 //! time of each (alternated call by call, same process) and sparse / dense; then, per shape,
 //! burn's dense `conv2d` against `pdecay_burn::dense_conv2d` (the direct product over every
 //! weight where the kernel has few taps, gemm per output position for stride 1 otherwise), the
-//! input's gradient not asked for first layers. Shapes: the CNN's
-//! two convolutions and ResNet-20's 3×3 convolutions of each stage on Fashion-MNIST, batch 128.
+//! input's gradient not asked for first layers; last, on the CNN's two convolution outputs,
+//! burn's bias, ReLU and 2x2 max pooling (three ops) against `pdecay_burn::bias_relu_max_pool_2x2`
+//! (one pass each way). Shapes: the CNN's two convolutions and ResNet-20's 3×3 convolutions of
+//! each stage on Fashion-MNIST, batch 128.
 //! `SPARSE_CONV_REPEATS` sets the repeats (default 9), `SPARSE_CONV_ONLY` keeps the layers
 //! whose name contains it, `SPARSE_CONV_SPARSITY` (a fraction) runs that sparsity alone, and
 //! `SPARSE_BENCH_TSV` prints tab-separated rows (`layer shape sparsity dense_ms sparse_ms
@@ -16,9 +18,10 @@
 
 use std::time::Instant;
 
+use burn::tensor::activation::relu;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use pdecay_burn::{dense_conv2d, sparse_conv2d};
+use pdecay_burn::{bias_relu_max_pool_2x2, dense_conv2d, max_pool_2x2, sparse_conv2d};
 
 /// (name, batch, input channels, side, output channels, kernel, stride, padding)
 type Shape = (
@@ -210,6 +213,45 @@ fn main() {
             1e3 * burn,
             1e3 * ours,
             ours / burn
+        );
+    }
+    println!(
+        "bias + ReLU + 2x2 max pooling of a convolution's output, forward + backward, median of {repeats} alternated runs (ms):"
+    );
+    println!(
+        "{:<16} {:>22} {:>9} {:>9} {:>14}",
+        "after", "batch x c x side", "3 ops", "fused", "fused/3 ops"
+    );
+    for (name, batch, channels, side) in [("cnn conv1", 128, 32, 28), ("cnn conv2", 128, 64, 14)]
+        .into_iter()
+        .filter(|s| s.0.contains(&only))
+    {
+        let dims = [batch, channels, side, side];
+        let y = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let b =
+            Tensor::<1>::random([channels], Distribution::Normal(0.0, 0.1), &device).require_grad();
+        let pooled = [batch, channels, side / 2, side / 2];
+        let g = Tensor::<4>::random(pooled, Distribution::Normal(0.0, 1.0), &device);
+        let step = |fused: bool| {
+            let start = Instant::now();
+            let out = if fused {
+                bias_relu_max_pool_2x2(y.clone(), Some(b.clone()))
+            } else {
+                max_pool_2x2(relu(y.clone() + b.clone().reshape([1, channels, 1, 1])))
+            };
+            let grads = (out * g.clone()).sum().backward();
+            std::hint::black_box(y.grad(&grads).map(|g| g.into_data()));
+            std::hint::black_box(b.grad(&grads).map(|g| g.into_data()));
+            start.elapsed().as_secs_f64()
+        };
+        let [composite, fused] = alternated(repeats, step);
+        println!(
+            "{:<16} {:>22} {:>9.3} {:>9.3} {:>13.2}x",
+            name,
+            format!("{batch}x{channels}x{side}"),
+            1e3 * composite,
+            1e3 * fused,
+            fused / composite
         );
     }
 }

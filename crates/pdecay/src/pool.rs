@@ -195,7 +195,9 @@ fn pool_blocks<const N: usize, const RELU: bool>(
 }
 
 /// One output row in blocks: [`BLOCK`] outputs at a time, [`HALF_BLOCK`] on rows shorter than
-/// it, one at a time on rows shorter than that.
+/// it, one at a time on rows shorter than that. With the bias and ReLU, always [`HALF_BLOCK`]:
+/// the compiler left blocks of 8 of that longer body scalar (the fused op then took 2x the
+/// three ops' time on conv1's output; in blocks of 4, 0.8x: the `sparse_conv` bench).
 #[inline(always)]
 fn pool_row_blocks<const RELU: bool>(
     top: &[f32],
@@ -208,12 +210,18 @@ fn pool_row_blocks<const RELU: bool>(
 ) {
     let (t, b, s, w) = (top, bottom, start, width);
     match values.len() {
-        n if n >= BLOCK => pool_blocks::<BLOCK, RELU>(t, b, s, w, bias, values, indices),
+        n if n >= BLOCK && !RELU => pool_blocks::<BLOCK, RELU>(t, b, s, w, bias, values, indices),
         n if n >= HALF_BLOCK => pool_blocks::<HALF_BLOCK, RELU>(t, b, s, w, bias, values, indices),
         n => {
             for c in 0..n {
                 pool_at::<1, RELU>(t, b, s, w, bias, c, values, indices);
             }
+        }
+    }
+    if RELU {
+        // the ReLU passes no gradient where it gave 0: index -1 (all bits set)
+        for (index, &value) in indices.iter_mut().zip(values.iter()) {
+            *index |= -((value == 0.0) as i64);
         }
     }
 }
@@ -239,7 +247,7 @@ crate::dispatched! {
 }
 
 /// `N` adjacent outputs: `N` windows of 2x2, the first starting at plane index `start`; with
-/// `RELU`, of `relu(x + bias)`, index -1 where the maximum is 0.
+/// `RELU`, of `relu(x + bias)`.
 #[inline(always)]
 fn pool_block<const N: usize, const RELU: bool>(
     top: &[f32],
@@ -262,17 +270,16 @@ fn pool_block<const N: usize, const RELU: bool>(
     for l in 0..N {
         // corner `at` (0 top left, 1 top right, 2 bottom left, 3 bottom right)
         let corner = (at[l] & 1) as i64 + (at[l] >> 1) as i64 * width;
-        let index = start + 2 * l as i64 + corner;
-        // the ReLU's gradient is 0 where it gave 0 (a bitwise select, as in `take_if_wins`)
-        let passes = (!RELU || best[l] != 0.0) as i64;
-        indices[l] = (index & passes.wrapping_neg()) | (passes - 1);
+        indices[l] = start + 2 * l as i64 + corner;
     }
 }
 
-/// burn's ReLU: `x` where `x > 0` or NaN (it propagates), else 0 (`-0.0` included).
+/// burn's ReLU: `x` where `x > 0` or NaN (it propagates), else 0 (`-0.0` included), as a
+/// bitwise select like [`take_if_wins`], so that it stays a vector blend.
 #[inline(always)]
 fn relu(x: f32) -> f32 {
-    if x.is_nan() || x > 0.0 { x } else { 0.0 }
+    let keep = (((x > 0.0) | x.is_nan()) as u32).wrapping_neg();
+    f32::from_bits(x.to_bits() & keep)
 }
 
 /// `(candidate, k)` when `candidate` is greater than `best` or NaN, else `(best, at)`: as a
