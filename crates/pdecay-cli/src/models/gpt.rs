@@ -216,14 +216,14 @@ impl Gpt {
                 block.forward(x, std::array::from_fn(|k| on(4 * b + k)))
             });
         let x = self.ln_f.forward(x);
-        // the output layer is the token embedding, transposed: one tensor, two uses
+        // the output layer is the token embedding, transposed: one tensor, two uses; one
+        // product over every position (its gradient one product too, where a batched product
+        // of the expanded weight summed one per sequence)
         let wte = self.wte.weight.val();
         let [vocab, width] = wte.dims();
-        x.matmul(
-            wte.transpose()
-                .unsqueeze::<3>()
-                .expand([batch, width, vocab]),
-        )
+        x.reshape([batch * time, width])
+            .matmul(wte.transpose())
+            .reshape([batch, time, vocab])
     }
 }
 

@@ -37,13 +37,11 @@ impl SparseCandidate<'_> {
 }
 
 /// [`linear`] for the GPT's `[batch, time, inputs]` activations: every position is a row of
-/// one product. Dense, it is burn's `Linear` on rank 3, as before sparse training.
+/// one product, dense too (on rank 3, burn keeps a block of 64 positions per batched product
+/// and packs the weight once per sequence).
 pub(super) fn linear_3d(layer: &Linear, x: Tensor<3>, sparse: bool) -> Tensor<3> {
-    if !sparse {
-        return layer.forward(x);
-    }
     let [batch, time, inputs] = x.dims();
-    let y = linear(layer, x.reshape([batch * time, inputs]), true);
+    let y = linear(layer, x.reshape([batch * time, inputs]), sparse);
     let outputs = y.dims()[1];
     y.reshape([batch, time, outputs])
 }
