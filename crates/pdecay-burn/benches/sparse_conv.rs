@@ -55,9 +55,7 @@ const DENSE_SHAPES: [(Shape, bool); 7] = [
     (("resnet20 layer3", 128, 64, 7, 64, 3, 1, 1), true),
 ];
 
-// the CLI's allocator: glibc's hands each large buffer back to the kernel and faults it in again
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod allocator;
 
 const SPARSITIES: [f64; 6] = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99];
 
@@ -96,6 +94,7 @@ fn alternated(repeats: usize, step: impl Fn(bool) -> f64) -> [f64; 2] {
 }
 
 fn main() {
+    allocator::keep_freed_pages();
     let env = |key: &str| std::env::var(key).ok();
     let repeats: usize = env("SPARSE_CONV_REPEATS")
         .and_then(|r| r.parse().ok())

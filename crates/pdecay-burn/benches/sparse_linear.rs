@@ -28,9 +28,7 @@ const SHAPES: [(&str, usize, usize, usize); 9] = [
     ("4096x1024", 256, 1024, 4096),
 ];
 
-// the CLI's allocator: glibc's hands each large buffer back to the kernel and faults it in again
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod allocator;
 
 const SPARSITIES: [f64; 6] = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99];
 
@@ -57,6 +55,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    allocator::keep_freed_pages();
     let repeats: usize = std::env::var("SPARSE_LINEAR_REPEATS")
         .ok()
         .and_then(|r| r.parse().ok())

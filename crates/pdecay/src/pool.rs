@@ -86,15 +86,14 @@ fn pool_planes(
     for (r, (values, indices)) in out_rows.enumerate() {
         let (plane, row) = (r / rows.max(1), r % rows.max(1));
         let top = plane * height * width + 2 * row * width;
-        pool_row(
-            &input[top..top + 2 * cols],
-            &input[top + width..top + width + 2 * cols],
-            (2 * row * width) as i64,
-            width as i64,
-            bias_of(plane),
-            values,
-            indices,
-        );
+        let reads = Rows {
+            top: &input[top..top + 2 * cols],
+            bottom: &input[top + width..top + width + 2 * cols],
+            start: (2 * row * width) as i64,
+            width: width as i64,
+            bias: 0.0,
+        };
+        pool_row(reads, bias_of(plane), values, indices);
     }
 }
 
@@ -150,26 +149,35 @@ const BLOCK: usize = 8;
 /// The narrower block for rows of 4 to 7 outputs (the CNN's second pooling has 7).
 const HALF_BLOCK: usize = 4;
 
-/// Pools the outputs `first..first + N` of a row into their slots.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn pool_at<const N: usize, const RELU: bool>(
-    top: &[f32],
-    bottom: &[f32],
+/// What one output row reads: windows `top[2c..2c+2]` over `bottom[2c..2c+2]`, `start` the
+/// plane index of `top[0]`, `width` the plane's row length, and the `bias` of `relu(x + bias)`
+/// (read only where the candidates go through the ReLU).
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    top: &'a [f32],
+    bottom: &'a [f32],
     start: i64,
     width: i64,
     bias: f32,
+}
+
+/// Pools the outputs `first..first + N` of a row into their slots.
+#[inline(always)]
+fn pool_at<const N: usize, const RELU: bool>(
+    rows: Rows,
     first: usize,
     values: &mut [f32],
     indices: &mut [i64],
 ) {
     let window = 2 * first..2 * (first + N);
+    let block = Rows {
+        top: &rows.top[window.clone()],
+        bottom: &rows.bottom[window],
+        start: rows.start + 2 * first as i64,
+        ..rows
+    };
     pool_block::<N, RELU>(
-        &top[window.clone()],
-        &bottom[window],
-        start + 2 * first as i64,
-        width,
-        bias,
+        block,
         (&mut values[first..first + N]).try_into().unwrap(),
         (&mut indices[first..first + N]).try_into().unwrap(),
     );
@@ -180,17 +188,13 @@ fn pool_at<const N: usize, const RELU: bool>(
 /// same both times), so that a short row still runs in vector blocks. `values.len() >= N`.
 #[inline(always)]
 fn pool_blocks<const N: usize, const RELU: bool>(
-    top: &[f32],
-    bottom: &[f32],
-    start: i64,
-    width: i64,
-    bias: f32,
+    rows: Rows,
     values: &mut [f32],
     indices: &mut [i64],
 ) {
     let n = values.len();
     for first in (0..n - N).step_by(N).chain([n - N]) {
-        pool_at::<N, RELU>(top, bottom, start, width, bias, first, values, indices);
+        pool_at::<N, RELU>(rows, first, values, indices);
     }
 }
 
@@ -199,22 +203,13 @@ fn pool_blocks<const N: usize, const RELU: bool>(
 /// the compiler left blocks of 8 of that longer body scalar (the fused op then took 2x the
 /// three ops' time on conv1's output; in blocks of 4, 0.8x: the `sparse_conv` bench).
 #[inline(always)]
-fn pool_row_blocks<const RELU: bool>(
-    top: &[f32],
-    bottom: &[f32],
-    start: i64,
-    width: i64,
-    bias: f32,
-    values: &mut [f32],
-    indices: &mut [i64],
-) {
-    let (t, b, s, w) = (top, bottom, start, width);
+fn pool_row_blocks<const RELU: bool>(rows: Rows, values: &mut [f32], indices: &mut [i64]) {
     match values.len() {
-        n if n >= BLOCK && !RELU => pool_blocks::<BLOCK, RELU>(t, b, s, w, bias, values, indices),
-        n if n >= HALF_BLOCK => pool_blocks::<HALF_BLOCK, RELU>(t, b, s, w, bias, values, indices),
+        n if n >= BLOCK && !RELU => pool_blocks::<BLOCK, RELU>(rows, values, indices),
+        n if n >= HALF_BLOCK => pool_blocks::<HALF_BLOCK, RELU>(rows, values, indices),
         n => {
             for c in 0..n {
-                pool_at::<1, RELU>(t, b, s, w, bias, c, values, indices);
+                pool_at::<1, RELU>(rows, c, values, indices);
             }
         }
     }
@@ -227,37 +222,35 @@ fn pool_row_blocks<const RELU: bool>(
 }
 
 crate::dispatched! {
-    /// One output row: windows `top[2c..2c+2]` over `bottom[2c..2c+2]`, each candidate
-    /// through `relu(x + bias)` when there is a bias. `start` is the plane index of `top[0]`
-    /// and `width` the plane's row length.
+    /// One output row, each candidate through `relu(x + bias)` when there is a `bias`.
     fn pool_row(
-        top: &[f32],
-        bottom: &[f32],
-        start: i64,
-        width: i64,
+        rows: Rows<'_>,
         bias: Option<f32>,
         values: &mut [f32],
         indices: &mut [i64]
     ) {
         match bias {
-            None => pool_row_blocks::<false>(top, bottom, start, width, 0.0, values, indices),
-            Some(b) => pool_row_blocks::<true>(top, bottom, start, width, b, values, indices),
+            None => pool_row_blocks::<false>(rows, values, indices),
+            Some(bias) => pool_row_blocks::<true>(Rows { bias, ..rows }, values, indices),
         }
     }
 }
 
-/// `N` adjacent outputs: `N` windows of 2x2, the first starting at plane index `start`; with
-/// `RELU`, of `relu(x + bias)`.
+/// `N` adjacent outputs: `N` windows of 2x2, the first starting at plane index `rows.start`;
+/// with `RELU`, of `relu(x + bias)`.
 #[inline(always)]
 fn pool_block<const N: usize, const RELU: bool>(
-    top: &[f32],
-    bottom: &[f32],
-    start: i64,
-    width: i64,
-    bias: f32,
+    rows: Rows,
     values: &mut [f32; N],
     indices: &mut [i64; N],
 ) {
+    let Rows {
+        top,
+        bottom,
+        start,
+        width,
+        bias,
+    } = rows;
     let load = |x: f32| if RELU { relu(x + bias) } else { x };
     let mut best: [f32; N] = std::array::from_fn(|l| load(top[2 * l]));
     let mut at = [0u32; N];
