@@ -17,6 +17,7 @@
 //! it loads each candidate, and [`max_unpool_2x2`] is the backward of all three, so the
 //! convolution's full-size output is read once forward and written once backward, where the
 //! bias, the ReLU and the pooling each read and wrote it (twice with their gradients).
+
 /// Pools `planes` contiguous `height x width` planes of `input` into `values` and `indices`
 /// (`planes x height/2 x width/2` each). An odd last row or column is dropped.
 ///
