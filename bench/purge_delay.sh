@@ -26,8 +26,7 @@ bin=target/release/pdecay
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-key() { grep -o "\"$1\": [0-9.e-]*" "$2" | head -1 | awk '{print $2}'; }
+source bench/common.sh
 speed() { # a run's summary.json: samples/s, or iterations/s for the GPT
   if grep -q seconds_per_iter "$1"; then
     awk -v s="$(key seconds_per_iter "$1")" 'BEGIN {print 1 / s}'

@@ -17,7 +17,7 @@ bin=target/release/pdecay
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+source bench/common.sh
 
 measure() { # name, then the flags shared by both optimizers
   local name=$1; shift

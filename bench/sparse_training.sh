@@ -36,8 +36,7 @@ bin=target/release/pdecay
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-key() { grep -o "\"$1\": [0-9.e-]*" "$2" | head -1 | awk '{print $2}'; }
+source bench/common.sh
 slowest=""
 
 measure() { # model name, then its pdecay flags
