@@ -100,8 +100,9 @@ fn pool_planes(
 
 /// The backward step of [`bias_relu_max_pool_2x2`] (and of [`max_pool_2x2`]): each output's
 /// gradient `grad` goes to its window's maximum in `dx` (`planes` planes of `height x width`,
-/// zero elsewhere), none where its index is -1; `sums[plane]` is the gradient passed on
-/// within each plane, summed in output order (the bias's, before summing over the batch).
+/// zero on entry: a fresh zeroed buffer, so that the full-size gradient is not zeroed twice),
+/// none where its index is -1; `sums[plane]` is the gradient passed on within each plane,
+/// summed in output order (the bias's, before summing over the batch).
 ///
 /// # Panics
 /// If the lengths do not match the shapes, or an index is outside its plane (not one that
@@ -121,7 +122,6 @@ pub fn max_unpool_2x2(
     assert_eq!(dx.len(), planes * plane_len, "dx: planes x height x width");
     assert_eq!(sums.len(), planes, "sums: one per plane");
     if out_len == 0 {
-        dx.fill(0.0);
         sums.fill(0.0);
         return;
     }
@@ -130,7 +130,6 @@ pub fn max_unpool_2x2(
         .chunks_exact(out_len)
         .zip(indices.chunks_exact(out_len));
     for ((dx, (grad, indices)), sum) in planes_of.zip(outputs).zip(sums.iter_mut()) {
-        dx.fill(0.0);
         let mut passed = 0.0;
         for (&g, &at) in grad.iter().zip(indices) {
             if at >= 0 {
@@ -359,7 +358,7 @@ mod tests {
         assert_eq!(values, [3.0, 2.0, 0.0, 1.5]);
         assert_eq!(indices, [1, 2, -1, 2]);
         // backward: each gradient to its index, none from the -1
-        let (mut dx, mut sums) = (vec![9.0; 16], vec![9.0; 2]);
+        let (mut dx, mut sums) = (vec![0.0; 16], vec![9.0; 2]);
         max_unpool_2x2(
             &[10.0, 20.0, 30.0, 40.0],
             &indices,
@@ -409,7 +408,7 @@ mod tests {
             // backward: the scatter of PyTorch's max_unpool, gated by the ReLU
             let grad: Vec<f32> = (0..n as u64).map(|k| draw((k + 1) << 50)).collect();
             let plane_len = height * width;
-            let (mut dx, mut sums) = (vec![f32::NAN; planes * plane_len], vec![0.0; planes]);
+            let (mut dx, mut sums) = (vec![0.0; planes * plane_len], vec![f32::NAN; planes]);
             max_unpool_2x2(&grad, &indices, planes, height, width, &mut dx, &mut sums);
             let mut want_dx = vec![0.0f32; planes * plane_len];
             let mut want_sums = vec![0.0f32; planes];
