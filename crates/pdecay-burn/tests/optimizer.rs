@@ -124,7 +124,7 @@ fn groups_override_p_and_lambda_or_switch_decay_off() {
     assert!(
         summary
             .rule
-            .ends_with("; 2 parameter groups set their own rules"),
+            .ends_with("; 2 parameter groups have an optimizer of their own"),
         "{}",
         summary.rule
     );

@@ -164,8 +164,8 @@ impl SparseOptimizer {
         };
         match self.rules.len() - 1 {
             0 => default,
-            1 => format!("{default}; 1 parameter group sets its own rule"),
-            n => format!("{default}; {n} parameter groups set their own rules"),
+            1 => format!("{default}; 1 parameter group has an optimizer of its own"),
+            n => format!("{default}; {n} parameter groups have an optimizer of their own"),
         }
     }
 

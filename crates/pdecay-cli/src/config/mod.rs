@@ -10,6 +10,8 @@ pub mod gpt;
 pub mod optim;
 pub mod preset;
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, Result, ensure};
 use pdecay::schedule::Schedule;
 use serde::{Deserialize, Serialize};
@@ -167,6 +169,14 @@ pub struct TrainConfig {
     pub lambda_release_ratio: f64,
     /// pWD variant: structured (whole neurons and channels).
     pub structured: bool,
+    /// pWD's λ for single layers: a `[layer_lambda]` table of `"Cnn.conv2" = 5e-3`, each layer
+    /// named by its weight's path without `.weight`, as the `layers` of metrics.jsonl and the
+    /// decay plan printed at the start name them (the CNN's `Cnn.conv1`, `Cnn.conv2`,
+    /// `Cnn.dense`, `Cnn.output`; the MLP's `Mlp.hidden.0`, ..., `Mlp.output`). Every other
+    /// layer takes `lambda`, and a λ release scales each layer's λ alike. pAdam and pSGD only;
+    /// each λ must be > 0, so that the layer's zeros stay zero (a small λ keeps a layer nearly
+    /// dense).
+    pub layer_lambda: BTreeMap<String, f64>,
     /// Magnitude pruning: final sparsity ([`defaults::GMP_FINAL_SPARSITY`]).
     pub gmp_final_sparsity: f64,
     /// Magnitude pruning: share of training when pruning ends ([`defaults::GMP_END_FRACTION`]).
@@ -219,6 +229,7 @@ impl Default for TrainConfig {
             lambda_release: None,
             lambda_release_ratio: defaults::LAMBDA_RELEASE_RATIO,
             structured: false,
+            layer_lambda: BTreeMap::new(),
             gmp_final_sparsity: defaults::GMP_FINAL_SPARSITY,
             gmp_end_fraction: defaults::GMP_END_FRACTION,
             gmp_frequency: defaults::GMP_FREQUENCY,
@@ -419,6 +430,17 @@ impl TrainConfig {
                     && self.lambda_release_ratio <= 1.0,
                 "lambda_release_ratio must lie in (0, 1] (at 0 pWD switches off and the zeroed weights grow back), got {}",
                 self.lambda_release_ratio
+            );
+        }
+        ensure!(
+            self.layer_lambda.is_empty() || self.optim.uses_pwd(),
+            "layer_lambda sets pWD's lambda per layer: it needs --optim padam or psgd, got {}",
+            flag_name(self.optim)
+        );
+        for (layer, &lambda) in &self.layer_lambda {
+            ensure!(
+                lambda.is_finite() && lambda > 0.0,
+                "layer_lambda.{layer} must be a finite number > 0 (at 0 pWD is off in that layer and its zeroed weights grow back; a small lambda keeps it nearly dense), got {lambda}"
             );
         }
         if self.model == ModelKind::Gpt {

@@ -1,11 +1,13 @@
 //! The optimizers a run can use, and everything the application knows about each: how to
 //! build it from a config, what its `lambda` means, its name and its settings in words.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
+use burn::module::ParamGroup;
+use burn::optim::Optimizer;
 use pdecay::schedule::Schedule;
 use pdecay_burn::{
-    Decoupled, DecoupledL2, MagnitudePruningConfig, NoDecay, PNormConfig, SparseOptimizer,
-    adam_gmp, adam_l1, adam_naive_lp, adam_pytorch, padam_with, psgd,
+    DecaySummary, DecaysTensors, Decoupled, DecoupledL2, MagnitudePruningConfig, NoDecay,
+    PNormConfig, SparseOptimizer, adam_gmp, adam_l1, adam_naive_lp, adam_pytorch, padam_with, psgd,
 };
 use serde::{Deserialize, Serialize};
 
@@ -79,13 +81,12 @@ impl OptimKind {
         let invalid = || format!("invalid settings for --optim {}", super::flag_name(self));
         let adam = || adam_pytorch().with_beta_2(beta2 as f32).build();
         let optim = match self {
-            Self::Padam => SparseOptimizer::new(
-                padam_with(0.9, beta2 as f32, 1e-8, &pnorm(config, total_steps)?)
-                    .with_context(invalid)?,
-            ),
-            Self::Psgd => SparseOptimizer::new(
-                psgd(0.9, false, &pnorm(config, total_steps)?).with_context(invalid)?,
-            ),
+            Self::Padam => pwd_by_layer(config, total_steps, |pnorm| {
+                padam_with(0.9, beta2 as f32, 1e-8, pnorm).with_context(invalid)
+            })?,
+            Self::Psgd => pwd_by_layer(config, total_steps, |pnorm| {
+                psgd(0.9, false, pnorm).with_context(invalid)
+            })?,
             Self::Adamw => SparseOptimizer::new(Decoupled::new(
                 adam(),
                 DecoupledL2::new(config.lambda).with_context(invalid)?,
@@ -126,6 +127,46 @@ impl OptimKind {
     }
 }
 
+/// The pWD optimizer that `make` builds from `config`'s settings, with each layer that
+/// `config.layer_lambda` names in a parameter group of its own λ (its weight: biases never
+/// decay, so they stay in the default group).
+fn pwd_by_layer<O: Optimizer + DecaysTensors>(
+    config: &TrainConfig,
+    total_steps: u64,
+    make: impl Fn(&PNormConfig) -> Result<O>,
+) -> Result<SparseOptimizer> {
+    let mut optim = SparseOptimizer::new(make(&pnorm(config, total_steps)?)?);
+    for (layer, &lambda) in &config.layer_lambda {
+        let own = TrainConfig {
+            lambda,
+            ..config.clone()
+        };
+        let group = ParamGroup::from_path(format!("{layer}.weight"));
+        optim = optim.with_group(group, make(&pnorm(&own, total_steps)?)?);
+    }
+    Ok(optim)
+}
+
+/// Checks that every layer `config.layer_lambda` names is a decayed layer of the model
+/// `summary` describes: a misspelt name would otherwise leave that layer at `lambda` unnoticed.
+pub fn check_layer_lambda(config: &TrainConfig, summary: &DecaySummary) -> Result<()> {
+    let layers: Vec<&str> = summary
+        .tensors
+        .iter()
+        .filter(|(_, _, decayed)| *decayed)
+        .filter_map(|(path, _, _)| path.strip_suffix(".weight"))
+        .collect();
+    for layer in config.layer_lambda.keys() {
+        ensure!(
+            layers.contains(&layer.as_str()),
+            "layer_lambda names `{layer}`, which is not a decayed layer of this --model {}: its decayed layers are {}",
+            super::flag_name(config.model),
+            layers.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// pWD's variants that a run turns on, as `, p from 2, elastic net 1e-4, ...` (empty for plain
 /// pWD).
 pub fn variant_words(c: &TrainConfig) -> String {
@@ -145,6 +186,9 @@ pub fn variant_words(c: &TrainConfig) -> String {
             100.0 * share,
             c.lambda_release_ratio
         );
+    }
+    for (layer, lambda) in &c.layer_lambda {
+        words += &format!(", {layer} lambda {lambda:e}");
     }
     if c.late {
         words += ", late";
@@ -224,6 +268,133 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(plain.lambda_at(999), TrainConfig::default().lambda);
+    }
+
+    /// An MLP of 4 inputs, one hidden layer of 3 and 10 outputs, and the pAdam of `config`.
+    fn small_mlp(
+        config: &TrainConfig,
+    ) -> (
+        crate::models::Classifier,
+        SparseOptimizer,
+        burn::tensor::Device,
+    ) {
+        use crate::data::ImageShape;
+        use crate::models::{Classifier, ModelKind};
+        let device = burn::tensor::Device::default().autodiff();
+        device.seed(3);
+        let model = Classifier::new(ModelKind::Mlp, ImageShape::new(1, 2, 2), &[3], &device);
+        (model, config.optimizer(100).unwrap(), device)
+    }
+
+    #[test]
+    fn a_layers_own_lambda_sets_its_pwd_factor_and_the_others_keep_lambda() {
+        use burn::optim::GradientsParams;
+        use burn::tensor::{Tensor, TensorData};
+        let config = TrainConfig {
+            p: 0.8,
+            lambda: 0.05,
+            layer_lambda: [("Mlp.output".to_string(), 2.0)].into(),
+            ..TrainConfig::default()
+        };
+        config.validate().unwrap();
+        let (model, mut optim, device) = small_mlp(&config);
+        // A zero gradient makes Adam's step zero, so each weight is its pWD factor times itself:
+        // w · |w|^(2-p) / (|w|^(2-p) + p·lr·λ).
+        let x = Tensor::<2>::from_data(TensorData::new(vec![0.5f32; 4], [1, 4]), &device);
+        let loss = model.forward_with(x, &[]).sum() * 0.0;
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let weights = |m: &crate::models::Classifier| -> Vec<Vec<f32>> {
+            let values = pdecay_burn::parameter_values(m);
+            ["Mlp.hidden.0.weight", "Mlp.output.weight"]
+                .map(|path| {
+                    let found = values.iter().find(|v| v.name == path);
+                    found.expect(path).values.clone()
+                })
+                .to_vec()
+        };
+        let before = weights(&model);
+        let lr = 0.1;
+        let after = weights(&optim.step(lr, model.clone(), grads).unwrap());
+        for (layer, lambda) in [(0, 0.05), (1, 2.0)] {
+            for (&w, &got) in before[layer].iter().zip(&after[layer]) {
+                let (w, got) = (f64::from(w), f64::from(got));
+                let keep = w.abs().powf(1.2);
+                let want = w * keep / (keep + 0.8 * lr * lambda);
+                assert!(
+                    (got - want).abs() <= 1e-6 * w.abs(),
+                    "layer {layer}: {w} -> {got}, want {want}"
+                );
+            }
+        }
+        // biases never decay, in the layer's group or not
+        let summary = optim.decay_summary(&model);
+        let decayed: Vec<&str> = summary
+            .tensors
+            .iter()
+            .filter(|t| t.2)
+            .map(|t| t.0.as_str())
+            .collect();
+        assert_eq!(decayed, ["Mlp.hidden.0.weight", "Mlp.output.weight"]);
+        check_layer_lambda(&config, &summary).unwrap();
+    }
+
+    #[test]
+    fn a_layer_lambda_must_name_a_decayed_layer_be_positive_and_go_with_pwd() {
+        let named = |layer: &str, lambda: f64| TrainConfig {
+            layer_lambda: [(layer.to_string(), lambda)].into(),
+            ..TrainConfig::default()
+        };
+        let (model, optim, _) = small_mlp(&TrainConfig::default());
+        let summary = optim.decay_summary(&model);
+        for layer in [
+            "output",
+            "Mlp.hidden",
+            "Mlp.hidden.0.bias",
+            "Cnn.conv2",
+            "Mlp.output.weight",
+        ] {
+            let message = check_layer_lambda(&named(layer, 1e-3), &summary)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains(&format!("`{layer}`"))
+                    && message.ends_with("its decayed layers are Mlp.hidden.0, Mlp.output"),
+                "{message}"
+            );
+        }
+        for lambda in [0.0, -1e-3, f64::NAN, f64::INFINITY] {
+            let message = named("Mlp.output", lambda)
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.starts_with("layer_lambda.Mlp.output must be"),
+                "{message}"
+            );
+        }
+        let adamw = TrainConfig {
+            optim: OptimKind::Adamw,
+            ..named("Mlp.output", 1e-3)
+        };
+        let message = adamw.validate().unwrap_err().to_string();
+        assert!(message.contains("needs --optim padam or psgd"), "{message}");
+        // a table in config.toml, quoted where a name holds a dot, read back as written
+        let config = TrainConfig {
+            layer_lambda: [
+                ("Mlp.hidden.0".to_string(), 1e-2),
+                ("Mlp.output".to_string(), 5e-4),
+            ]
+            .into(),
+            ..TrainConfig::default()
+        };
+        let text = config.to_toml().unwrap();
+        assert!(text.contains("[layer_lambda]"), "{text}");
+        assert_eq!(TrainConfig::from_toml(&text, "saved").unwrap(), config);
+        assert!(
+            variant_words(&config).contains(", Mlp.hidden.0 lambda 1e-2, Mlp.output lambda 5e-4"),
+            "{}",
+            variant_words(&config)
+        );
     }
 
     #[test]

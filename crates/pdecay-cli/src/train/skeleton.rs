@@ -239,6 +239,8 @@ pub(crate) fn run_loop<T: Trainer>(
     let mut position = RunPosition::start(T::UNIT);
     let mut history: Vec<T::Eval> = Vec::new();
     let mut metrics = None;
+    let decay = optim.decay_summary(&model);
+    crate::config::optim::check_layer_lambda(config, &decay)?;
     let _lock = options.out.as_ref().map(RunDir::lock).transpose()?;
     if let Some(run) = &options.out {
         if options.resume {
@@ -255,7 +257,7 @@ pub(crate) fn run_loop<T: Trainer>(
             create(run)?;
         }
     }
-    progress.start(&optim.decay_summary(&model));
+    progress.start(&decay);
     trainer.begin(&model, &optim, history.last());
     let clock = Instant::now();
     let earlier_wall = position.wall_seconds;
