@@ -518,6 +518,17 @@ fn a_run_that_would_train_nothing_or_ignore_a_setting_is_refused_before_it_start
         &["train", "--embedded", "--config", file.to_str().unwrap()],
         &["`p_start`", "--optim adamw"],
     );
+    // a layer's own lambda for a layer the model does not have: refused with the names it has
+    let file = root.join("layer-typo.toml");
+    std::fs::write(
+        &file,
+        "model = \"cnn\"\nepochs = 1\n[layer_lambda]\n\"Cnn.conv3\" = 1e-3\n",
+    )
+    .unwrap();
+    refused(
+        &["train", "--embedded", "--config", file.to_str().unwrap()],
+        &["`Cnn.conv3`", "Cnn.conv1, Cnn.conv2, Cnn.dense, Cnn.output"],
+    );
     let file = root.join("mlp.toml");
     std::fs::write(&file, "epochs = 1\n[gpt]\nlayers = 2\n").unwrap();
     refused(
