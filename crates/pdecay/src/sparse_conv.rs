@@ -466,6 +466,10 @@ crate::dispatched! {
 
 crate::dispatched! {
     /// Row `o` of [`Wide::weight_grad`]: one dot product of runs per stored weight and image.
+    /// Images outermost: each image's gradient run is read once for all the row's taps (from
+    /// L1), where a tap-by-tap pass read every one of them once per tap, from memory on the
+    /// CNN's conv1 (128 images of 3.4 KB per output channel). Each tap's partial sums still
+    /// take the images in order, so the sums are the same.
     fn wide_weight_grad_row(
         wide: &Wide,
         w: &Csr,
@@ -478,13 +482,16 @@ crate::dispatched! {
         let (hp, wp) = wide.padded;
         let (k, channels, batch) = (wide.shape.kernel, wide.shape.channels, wide.shape.batch);
         let run = wide.run();
-        for (tap, sum) in taps_of_row(w, o, k).zip(sums.iter_mut()) {
-            let mut partial = [0.0f32; DOT_LANES];
-            for b in 0..batch {
+        let taps: Vec<Tap> = taps_of_row(w, o, k).collect();
+        let mut partials = vec![[0.0f32; DOT_LANES]; taps.len()];
+        for b in 0..batch {
+            let grad = &wide_dy[(b * w.rows + o) * ho * wp..][..run];
+            for (tap, partial) in taps.iter().zip(partials.iter_mut()) {
                 let image = &padded[(b * channels + tap.input) * hp * wp..][..hp * wp];
-                let grad = &wide_dy[(b * w.rows + o) * ho * wp..][..run];
-                add_products(&mut partial, &image[wide.offset(&tap)..][..run], grad);
+                add_products(partial, &image[wide.offset(tap)..][..run], grad);
             }
+        }
+        for (sum, partial) in sums.iter_mut().zip(&partials) {
             *sum = partial.iter().sum();
         }
     }
