@@ -2,7 +2,9 @@
 //!
 //! Each output takes the largest of its window's four inputs `[t0, t1; b0, b1]` and remembers
 //! which one: its index in the input plane (`row * width + col`), as `max_pool2d_with_indices`
-//! of burn and PyTorch gives it, so that their backward scatters can use it unchanged. Ties go
+//! of burn and PyTorch gives it, so that their backward scatters can use it unchanged. Indices
+//! are i32 (planes hold at most `i32::MAX` values): eight of them fill a vector register as
+//! eight f32 values do, and they are half the bytes that i64 indices write and read back. Ties go
 //! to the first candidate in row-major order; a NaN beats every number (and a later NaN an
 //! earlier one), as in PyTorch.
 //!
@@ -22,15 +24,15 @@
 /// (`planes x height/2 x width/2` each). An odd last row or column is dropped.
 ///
 /// # Panics
-/// If `input` holds fewer than `planes * height * width` values, or the outputs a different
-/// number than `planes * (height / 2) * (width / 2)`.
+/// If `input` holds fewer than `planes * height * width` values, the outputs a different
+/// number than `planes * (height / 2) * (width / 2)`, or a plane holds more than `i32::MAX` values.
 pub fn max_pool_2x2(
     input: &[f32],
     planes: usize,
     height: usize,
     width: usize,
     values: &mut [f32],
-    indices: &mut [i64],
+    indices: &mut [i32],
 ) {
     pool_planes(input, planes, height, width, |_| None, values, indices);
 }
@@ -42,8 +44,8 @@ pub fn max_pool_2x2(
 ///
 /// # Panics
 /// If `input` holds fewer than `planes * height * width` values, the outputs a different
-/// number than `planes * (height / 2) * (width / 2)`, or `bias` is empty or does not divide
-/// `planes`.
+/// number than `planes * (height / 2) * (width / 2)`, `bias` is empty or does not divide
+/// `planes`, or a plane holds more than `i32::MAX` values.
 pub fn bias_relu_max_pool_2x2(
     input: &[f32],
     planes: usize,
@@ -51,7 +53,7 @@ pub fn bias_relu_max_pool_2x2(
     width: usize,
     bias: &[f32],
     values: &mut [f32],
-    indices: &mut [i64],
+    indices: &mut [i32],
 ) {
     assert!(
         !bias.is_empty() && planes.is_multiple_of(bias.len()),
@@ -69,7 +71,7 @@ fn pool_planes(
     width: usize,
     bias_of: impl Fn(usize) -> Option<f32>,
     values: &mut [f32],
-    indices: &mut [i64],
+    indices: &mut [i32],
 ) {
     let (rows, cols) = (height / 2, width / 2);
     assert!(
@@ -78,6 +80,10 @@ fn pool_planes(
     );
     assert_eq!(values.len(), planes * rows * cols, "values length");
     assert_eq!(indices.len(), values.len(), "indices length");
+    assert!(
+        i32::try_from(height * width).is_ok(),
+        "a plane of more than i32::MAX values: its indices do not fit an i32"
+    );
     if cols == 0 {
         return;
     }
@@ -90,8 +96,8 @@ fn pool_planes(
         let reads = Rows {
             top: &input[top..top + 2 * cols],
             bottom: &input[top + width..top + width + 2 * cols],
-            start: (2 * row * width) as i64,
-            width: width as i64,
+            start: (2 * row * width) as i32,
+            width: width as i32,
             bias: 0.0,
         };
         pool_row(reads, bias_of(plane), values, indices);
@@ -109,7 +115,7 @@ fn pool_planes(
 /// the pooling gave).
 pub fn max_unpool_2x2(
     grad: &[f32],
-    indices: &[i64],
+    indices: &[i32],
     planes: usize,
     height: usize,
     width: usize,
@@ -156,8 +162,8 @@ const HALF_BLOCK: usize = 4;
 struct Rows<'a> {
     top: &'a [f32],
     bottom: &'a [f32],
-    start: i64,
-    width: i64,
+    start: i32,
+    width: i32,
     bias: f32,
 }
 
@@ -167,13 +173,13 @@ fn pool_at<const N: usize, const RELU: bool>(
     rows: Rows,
     first: usize,
     values: &mut [f32],
-    indices: &mut [i64],
+    indices: &mut [i32],
 ) {
     let window = 2 * first..2 * (first + N);
     let block = Rows {
         top: &rows.top[window.clone()],
         bottom: &rows.bottom[window],
-        start: rows.start + 2 * first as i64,
+        start: rows.start + 2 * first as i32,
         ..rows
     };
     pool_block::<N, RELU>(
@@ -190,7 +196,7 @@ fn pool_at<const N: usize, const RELU: bool>(
 fn pool_blocks<const N: usize, const RELU: bool>(
     rows: Rows,
     values: &mut [f32],
-    indices: &mut [i64],
+    indices: &mut [i32],
 ) {
     let n = values.len();
     for first in (0..n - N).step_by(N).chain([n - N]) {
@@ -203,7 +209,7 @@ fn pool_blocks<const N: usize, const RELU: bool>(
 /// the compiler left blocks of 8 of that longer body scalar (the fused op then took 2x the
 /// three ops' time on conv1's output; in blocks of 4, 0.8x: the `sparse_conv` bench).
 #[inline(always)]
-fn pool_row_blocks<const RELU: bool>(rows: Rows, values: &mut [f32], indices: &mut [i64]) {
+fn pool_row_blocks<const RELU: bool>(rows: Rows, values: &mut [f32], indices: &mut [i32]) {
     match values.len() {
         n if n >= BLOCK && !RELU => pool_blocks::<BLOCK, RELU>(rows, values, indices),
         n if n >= HALF_BLOCK => pool_blocks::<HALF_BLOCK, RELU>(rows, values, indices),
@@ -216,7 +222,7 @@ fn pool_row_blocks<const RELU: bool>(rows: Rows, values: &mut [f32], indices: &m
     if RELU {
         // the ReLU passes no gradient where it gave 0: index -1 (all bits set)
         for (index, &value) in indices.iter_mut().zip(values.iter()) {
-            *index |= -((value == 0.0) as i64);
+            *index |= -((value == 0.0) as i32);
         }
     }
 }
@@ -227,7 +233,7 @@ crate::dispatched! {
         rows: Rows<'_>,
         bias: Option<f32>,
         values: &mut [f32],
-        indices: &mut [i64]
+        indices: &mut [i32]
     ) {
         match bias {
             None => pool_row_blocks::<false>(rows, values, indices),
@@ -242,7 +248,7 @@ crate::dispatched! {
 fn pool_block<const N: usize, const RELU: bool>(
     rows: Rows,
     values: &mut [f32; N],
-    indices: &mut [i64; N],
+    indices: &mut [i32; N],
 ) {
     let Rows {
         top,
@@ -262,8 +268,8 @@ fn pool_block<const N: usize, const RELU: bool>(
     *values = best;
     for l in 0..N {
         // corner `at` (0 top left, 1 top right, 2 bottom left, 3 bottom right)
-        let corner = (at[l] & 1) as i64 + (at[l] >> 1) as i64 * width;
-        indices[l] = start + 2 * l as i64 + corner;
+        let corner = (at[l] & 1) as i32 + (at[l] >> 1) as i32 * width;
+        indices[l] = start + 2 * l as i32 + corner;
     }
 }
 
@@ -289,7 +295,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn pool(input: &[f32], planes: usize, height: usize, width: usize) -> (Vec<f32>, Vec<i64>) {
+    fn pool(input: &[f32], planes: usize, height: usize, width: usize) -> (Vec<f32>, Vec<i32>) {
         let n = planes * (height / 2) * (width / 2);
         let (mut values, mut indices) = (vec![0.0; n], vec![0; n]);
         max_pool_2x2(input, planes, height, width, &mut values, &mut indices);
@@ -321,7 +327,7 @@ mod tests {
         planes: usize,
         height: usize,
         width: usize,
-    ) -> (Vec<f32>, Vec<i64>) {
+    ) -> (Vec<f32>, Vec<i32>) {
         let (mut values, mut indices) = (vec![], vec![]);
         for p in 0..planes {
             for r in 0..height / 2 {
@@ -337,7 +343,7 @@ mod tests {
                     }
                     let (value, at) = best.unwrap();
                     values.push(value);
-                    indices.push(at as i64);
+                    indices.push(at as i32);
                 }
             }
         }

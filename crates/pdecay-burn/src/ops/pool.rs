@@ -90,11 +90,13 @@ fn generic_max_pool_2x2_with_indices<B: Backend>(
 
 impl MaxPool2x2 for Flex {
     fn max_pool_2x2_with_indices(x: FloatTensor<Self>) -> (FloatTensor<Self>, IntTensor<Self>) {
-        if x.dtype() != DType::F32 {
+        if !poolable(&x) {
             return generic_max_pool_2x2_with_indices::<Self>(x);
         }
         let (values, indices) = pool(&x, None);
         let shape = values.layout().shape().clone();
+        // burn's index tensors are i64
+        let indices: Vec<i64> = indices.into_iter().map(i64::from).collect();
         (
             values,
             FlexTensor::from_data(TensorData::new(indices, shape)),
@@ -104,11 +106,18 @@ impl MaxPool2x2 for Flex {
 
 impl BiasReluMaxPool2x2 for Flex {
     fn bias_relu_max_pool_2x2(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
-        if x.dtype() != DType::F32 || bias.dtype() != DType::F32 {
+        if !poolable(&x) || bias.dtype() != DType::F32 {
             return relu_pool_composite::<Self>(x, bias);
         }
         pool(&x, Some(&bias)).0
     }
+}
+
+/// Whether `pdecay::pool` takes `x`: f32, with planes whose indices fit its i32 (burn's own
+/// pooling takes any other).
+fn poolable(x: &FlexTensor) -> bool {
+    let [_, _, height, width] = dims4(x);
+    x.dtype() == DType::F32 && i32::try_from(height * width).is_ok()
 }
 
 /// `[B, C, H, W]` of a rank-4 tensor.
@@ -120,7 +129,7 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
 /// The planes of `x` `[B, C, H, W]` (f32) pooled, each candidate through `relu(x + bias)`
 /// when there is a `bias` `[C]`: the values `[B, C, H/2, W/2]` and each one's index in its
 /// plane (-1 where the ReLU passes no gradient). Odd last rows and columns are dropped.
-fn pool(x: &FlexTensor, bias: Option<&FlexTensor>) -> (FlexTensor, Vec<i64>) {
+fn pool(x: &FlexTensor, bias: Option<&FlexTensor>) -> (FlexTensor, Vec<i32>) {
     let x = x.to_contiguous();
     let [batch, channels, height, width] = dims4(&x);
     let bias = bias.map(|b| b.to_contiguous());
@@ -129,7 +138,7 @@ fn pool(x: &FlexTensor, bias: Option<&FlexTensor>) -> (FlexTensor, Vec<i64>) {
     let (planes, out_len, plane_len) =
         (batch * channels, (height / 2) * (width / 2), height * width);
     let mut values = vec![0.0f32; planes * out_len];
-    let mut indices = vec![0i64; planes * out_len];
+    let mut indices = vec![0i32; planes * out_len];
     if out_len > 0 {
         let chunk = planes_per_task(planes, channels, out_len);
         values
@@ -217,7 +226,7 @@ impl<B: Backend + MaxPool2x2, C: CheckpointStrategy> MaxPool2x2 for Autodiff<B, 
 /// gradient) and the input's `[B, C, H, W]`.
 #[derive(Debug, Clone)]
 struct Winners {
-    indices: Arc<Vec<i64>>,
+    indices: Arc<Vec<i32>>,
     dims: [usize; 4],
 }
 
@@ -277,8 +286,7 @@ impl Backward<Flex, 2> for BiasReluMaxPool2x2Backward {
 
 impl<C: CheckpointStrategy> BiasReluMaxPool2x2 for Autodiff<Flex, C> {
     fn bias_relu_max_pool_2x2(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
-        let f32s = x.primitive().dtype() == DType::F32 && bias.primitive().dtype() == DType::F32;
-        if !f32s {
+        if !poolable(x.primitive()) || bias.primitive().dtype() != DType::F32 {
             return relu_pool_composite::<Self>(x, bias);
         }
         match BiasReluMaxPool2x2Backward
