@@ -175,7 +175,8 @@ pub struct TrainConfig {
     /// `Cnn.dense`, `Cnn.output`; the MLP's `Mlp.hidden.0`, ..., `Mlp.output`). Every other
     /// layer takes `lambda`, and a λ release scales each layer's λ alike. pAdam and pSGD only;
     /// each λ must be > 0, so that the layer's zeros stay zero (a small λ keeps a layer nearly
-    /// dense).
+    /// dense). Left out of config.toml when empty.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub layer_lambda: BTreeMap<String, f64>,
     /// Magnitude pruning: final sparsity ([`defaults::GMP_FINAL_SPARSITY`]).
     pub gmp_final_sparsity: f64,

@@ -389,6 +389,9 @@ mod tests {
         };
         let text = config.to_toml().unwrap();
         assert!(text.contains("[layer_lambda]"), "{text}");
+        // a run without one writes no empty table
+        let plain = TrainConfig::default().to_toml().unwrap();
+        assert!(!plain.contains("layer_lambda"), "{plain}");
         assert_eq!(TrainConfig::from_toml(&text, "saved").unwrap(), config);
         assert!(
             variant_words(&config).contains(", Mlp.hidden.0 lambda 1e-2, Mlp.output lambda 5e-4"),
