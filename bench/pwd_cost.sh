@@ -24,8 +24,7 @@ measure() { # name, then the flags shared by both optimizers
   for i in $(seq "$repeats"); do
     for optim in adamw padam; do
       "$bin" train "$@" --optim "$optim" --lambda 1e-2 --out "$work/$name-$optim-$i" >/dev/null
-      grep -o '"samples_per_second": [0-9.]*' "$work/$name-$optim-$i/summary.json" \
-        | awk '{print $2}' >>"$work/$name-$optim"
+      key samples_per_second "$work/$name-$optim-$i/summary.json" >>"$work/$name-$optim"
     done
   done
   local adamw padam

@@ -39,23 +39,22 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 source bench/common.sh
-field() { grep -o "\"$1\": *[0-9.e+-]*" "$2" | head -1 | sed 's/.*: *//'; }
 
 pdecay_run() { # model optim out -> samples/s
   local model=$1 optim=$2 out=$3
   case $model in
     mlp) "$bin" train --model mlp --data "$images" --epochs 1 --optim "$optim" --lambda 1e-2 \
            --threads "$threads" --out "$out" >/dev/null
-         field samples_per_second "$out/summary.json" ;;
+         key samples_per_second "$out/summary.json" ;;
     cnn) "$bin" train --model cnn --embedded --epochs 2 --optim "$optim" --lambda 1e-2 \
            --threads "$threads" --out "$out" >/dev/null
-         field samples_per_second "$out/summary.json" ;;
+         key samples_per_second "$out/summary.json" ;;
     resnet20) "$bin" train --model resnet20 --embedded --epochs 1 --optim "$optim" --lambda 1e-2 \
            --threads "$threads" --out "$out" >/dev/null
-         field samples_per_second "$out/summary.json" ;;
+         key samples_per_second "$out/summary.json" ;;
     gpt) "$bin" train --model gpt --data "$text" --iters 100 --eval-interval 100 --eval-batches 1 \
            --optim "$optim" --lambda 1e-2 --threads "$threads" --out "$out" >/dev/null
-         awk -v s="$(field seconds_per_iter "$out/summary.json")" 'BEGIN {print 12 / s}' ;;
+         awk -v s="$(key seconds_per_iter "$out/summary.json")" 'BEGIN {print 12 / s}' ;;
   esac
 }
 
@@ -64,7 +63,7 @@ torch_run() { # model optim -> samples/s
   case $1 in mlp) steps=469 ;; cnn) steps=86 ;; resnet20) steps=43 ;; gpt) steps=100 ;; esac
   "$py" bench/torch_ref.py --model "$1" --optim "$2" --steps "$steps" --threads "$threads" \
     --images "$images" --text "$text" >"$work/torch.json"
-  field samples_per_second "$work/torch.json"
+  key samples_per_second "$work/torch.json"
 }
 
 echo "threads: $threads; PyTorch $("$py" -c 'import torch; print(torch.__version__)'); $repeats repeats"
