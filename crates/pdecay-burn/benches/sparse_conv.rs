@@ -9,7 +9,10 @@
 //! weight where the kernel has few taps, gemm per output position for stride 1 otherwise), the
 //! input's gradient not asked for first layers; last, on the CNN's two convolution outputs,
 //! burn's bias, ReLU and 2x2 max pooling (three ops) against `pdecay_burn::bias_relu_max_pool_2x2`
-//! (one pass each way). Shapes: the CNN's two convolutions and ResNet-20's 3×3 convolutions of
+//! (one pass each way); and the CNN's conv2 block (convolution, bias, ReLU, pooling), dense
+//! and at each sparsity from 50%, as the convolution then the fused pooling against
+//! `pdecay_burn::conv2d_relu_max_pool_2x2` (one op, the pooling in the lanes' layout). Shapes:
+//! the CNN's two convolutions and ResNet-20's 3×3 convolutions of
 //! each stage on Fashion-MNIST, batch 128.
 //! `SPARSE_CONV_REPEATS` sets the repeats (default 9), `SPARSE_CONV_ONLY` keeps the layers
 //! whose name contains it, `SPARSE_CONV_SPARSITY` (a fraction) runs that sparsity alone, and
@@ -21,7 +24,9 @@ use std::time::Instant;
 use burn::tensor::activation::relu;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use pdecay_burn::{bias_relu_max_pool_2x2, dense_conv2d, max_pool_2x2, sparse_conv2d};
+use pdecay_burn::{
+    bias_relu_max_pool_2x2, conv2d_relu_max_pool_2x2, dense_conv2d, max_pool_2x2, sparse_conv2d,
+};
 
 /// (name, batch, input channels, side, output channels, kernel, stride, padding)
 type Shape = (
@@ -251,6 +256,53 @@ fn main() {
             1e3 * composite,
             1e3 * fused,
             fused / composite
+        );
+    }
+    println!(
+        "the CNN's conv2 block (convolution, bias, ReLU, 2x2 max pooling), forward + backward, median of {repeats} alternated runs (ms):"
+    );
+    println!(
+        "{:<16} {:>22} {:>9} {:>9} {:>14}",
+        "product", "zeros", "2 ops", "1 op", "1 op/2 ops"
+    );
+    let (batch, channels, side, outputs) = (128, 32, 14, 64);
+    let blocks = [(false, 0.0)]
+        .into_iter()
+        .chain(sparsities.iter().filter(|&&z| z >= 0.5).map(|&z| (true, z)));
+    for (sparse, zeros) in blocks.filter(|_| "cnn conv2".contains(&only)) {
+        let dims = [batch, channels, side, side];
+        let x = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let w = kernel([outputs, channels, 3, 3], zeros, &device).require_grad();
+        let b =
+            Tensor::<1>::random([outputs], Distribution::Normal(0.0, 0.1), &device).require_grad();
+        let pooled = [batch, outputs, side / 2, side / 2];
+        let g = Tensor::<4>::random(pooled, Distribution::Normal(0.0, 1.0), &device);
+        let step = |one_op: bool| {
+            let start = Instant::now();
+            let out = if one_op {
+                conv2d_relu_max_pool_2x2(x.clone(), w.clone(), b.clone(), 1, 1, sparse)
+            } else if sparse {
+                let y = sparse_conv2d(x.clone(), w.clone(), None, 1, 1);
+                bias_relu_max_pool_2x2(y, Some(b.clone()))
+            } else {
+                let y = dense_conv2d(x.clone(), w.clone(), None, 1, 1);
+                bias_relu_max_pool_2x2(y, Some(b.clone()))
+            };
+            let grads = (out * g.clone()).sum().backward();
+            for grad in [x.grad(&grads), w.grad(&grads)] {
+                std::hint::black_box(grad.map(|g| g.into_data()));
+            }
+            std::hint::black_box(b.grad(&grads).map(|g| g.into_data()));
+            start.elapsed().as_secs_f64()
+        };
+        let [two_ops, one_op] = alternated(repeats, step);
+        println!(
+            "{:<16} {:>22} {:>9.3} {:>9.3} {:>13.2}x",
+            if sparse { "sparse" } else { "dense" },
+            format!("{:.0}%", 100.0 * zeros),
+            1e3 * two_ops,
+            1e3 * one_op,
+            one_op / two_ops
         );
     }
 }

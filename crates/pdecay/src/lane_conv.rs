@@ -25,7 +25,9 @@
 //! channels together.
 //!
 //! [`forward`] and [`backward`] take and give burn's `[B, C, H, W]`, converting with
-//! [`to_positions`] and [`from_positions`] (tiled as [`crate::csr::transpose`]).
+//! [`to_positions`] and [`from_positions`] (tiled as [`crate::csr::transpose`]);
+//! [`forward_positions`] and [`backward_positions`] leave `y` and `∂y` position-major, for a
+//! pooling that reads and writes them there ([`crate::lane_pool`]).
 
 use rayon::prelude::*;
 
@@ -129,6 +131,22 @@ impl Padded {
             channels,
             batch,
         }
+    }
+
+    /// Position-major `data` `[height, width, channels, batch]`, its padding (zeros) included.
+    ///
+    /// # Panics
+    /// If the length does not match the shape (a caller's bug).
+    pub fn from_positions(data: Vec<f32>, [height, width, channels, batch]: [usize; 4]) -> Self {
+        let padded = Self {
+            data,
+            height,
+            width,
+            channels,
+            batch,
+        };
+        padded.positions().check();
+        padded
     }
 
     /// The products' view of them.
@@ -314,6 +332,17 @@ pub struct Saved {
 /// # Panics
 /// If `shape` is not [`supports`]ed or the lengths do not match it (callers' bugs).
 pub fn forward(w: &Csr, x: &[f32], shape: &ConvShape) -> (Vec<f32>, Saved) {
+    let (y, saved) = forward_positions(w, x, shape);
+    let (ho, wo) = shape.output_size();
+    (from_positions(&y, [ho, wo, w.rows, shape.batch]), saved)
+}
+
+/// [`forward`] with `y` left position-major, `[H', W', O, B]`: for a consumer that reads that
+/// layout (the pooling of [`crate::lane_pool`]).
+///
+/// # Panics
+/// As [`forward`].
+pub fn forward_positions(w: &Csr, x: &[f32], shape: &ConvShape) -> (Vec<f32>, Saved) {
     assert!(
         supports(shape),
         "lane_conv: stride 1 and padding < kernel only"
@@ -329,7 +358,13 @@ pub fn forward(w: &Csr, x: &[f32], shape: &ConvShape) -> (Vec<f32>, Saved) {
     let (ho, wo) = s.output_size();
     let mut y = vec![0.0f32; ho * wo * w.rows * s.batch];
     correlate(&saved.taps, saved.x.positions(), ho, wo, &mut y);
-    (from_positions(&y, [ho, wo, w.rows, s.batch]), saved)
+    (y, saved)
+}
+
+/// The padding of `∂y` that the input gradient's product reads (`k − 1 − q`, the kernel
+/// flipped): [`backward_positions`] takes `∂y` padded by it.
+pub fn grad_padding(shape: &ConvShape) -> usize {
+    shape.kernel - 1 - shape.padding
 }
 
 /// The input gradient `∂x` `[B, C, H, W]` (when asked) and the kernel gradient at `w`'s stored
@@ -345,9 +380,30 @@ pub fn backward(
 ) -> (Option<Vec<f32>>, Vec<f32>) {
     let s = &saved.shape;
     let (ho, wo) = s.output_size();
-    let pad = s.kernel - 1 - s.padding;
-    let dy = Padded::new(dy, [s.batch, w.rows, ho, wo], pad);
+    let dy = Padded::new(dy, [s.batch, w.rows, ho, wo], grad_padding(s));
+    backward_positions(w, saved, &dy, with_x_grad)
+}
+
+/// [`backward`] from `dy` already position-major and padded by [`grad_padding`] (as the
+/// backward step of [`crate::lane_pool`] writes it).
+///
+/// # Panics
+/// As [`backward`].
+pub fn backward_positions(
+    w: &Csr,
+    saved: &Saved,
+    dy: &Padded,
+    with_x_grad: bool,
+) -> (Option<Vec<f32>>, Vec<f32>) {
+    let s = &saved.shape;
+    let pad = grad_padding(s);
     let dy = dy.positions();
+    let (ho, wo) = s.output_size();
+    assert_eq!(
+        [dy.height, dy.width, dy.channels, dy.batch],
+        [ho + 2 * pad, wo + 2 * pad, w.rows, s.batch],
+        "lane_conv: dy is the output's shape, padded"
+    );
     let dx = with_x_grad.then(|| {
         let flipped = flipped_taps(w, s.kernel, s.channels, dy.width);
         let mut dx = vec![0.0f32; s.height * s.width * s.channels * s.batch];
@@ -373,6 +429,9 @@ pub fn to_positions(
     let (hp, wp) = (height + 2 * pad, width + 2 * pad);
     let row = wp * channels * batch; // one padded image row of positions
     let mut out = vec![0.0f32; hp * row];
+    if out.is_empty() {
+        return out;
+    }
     let plane = height * width;
     out.par_chunks_mut(row)
         .skip(pad)

@@ -25,7 +25,7 @@
 use rayon::prelude::*;
 
 use crate::im2col::ConvShape;
-use crate::lane_conv::{Padded, Positions, from_positions, supports};
+use crate::lane_conv::{Padded, Positions, from_positions, grad_padding, supports};
 
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_WORK: usize = 1 << 20;
@@ -224,6 +224,18 @@ pub struct Saved {
 /// If `shape` is not [`supports`]ed (stride 1, padding below the kernel) or the lengths do not
 /// match it (callers' bugs).
 pub fn forward(w: &[f32], x: &[f32], shape: &ConvShape) -> (Vec<f32>, Saved) {
+    let (y, saved) = forward_positions(w, x, shape);
+    let (ho, wo) = shape.output_size();
+    let outputs = w.len() / shape.patch_rows();
+    (from_positions(&y, [ho, wo, outputs, shape.batch]), saved)
+}
+
+/// [`forward`] with `y` left position-major, `[H', W', O, B]` (as
+/// [`crate::lane_conv::forward_positions`]).
+///
+/// # Panics
+/// As [`forward`].
+pub fn forward_positions(w: &[f32], x: &[f32], shape: &ConvShape) -> (Vec<f32>, Saved) {
     assert!(
         supports(shape),
         "lane_gemm: stride 1 and padding < kernel only"
@@ -243,7 +255,7 @@ pub fn forward(w: &[f32], x: &[f32], shape: &ConvShape) -> (Vec<f32>, Saved) {
     let rows = kernel_rows(w, outputs, s.channels, s.kernel, false);
     let mut y = vec![0.0f32; ho * wo * outputs * s.batch];
     correlate(&rows, s.kernel, saved.x.positions(), [ho, wo], &mut y);
-    (from_positions(&y, [ho, wo, outputs, s.batch]), saved)
+    (y, saved)
 }
 
 /// The input gradient `∂x` `[B, C, H, W]` (when asked) and the kernel gradient `[O, C, k, k]`
@@ -258,12 +270,33 @@ pub fn backward(
     with_x_grad: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>) {
     let s = &saved.shape;
+    let outputs = w.len() / s.patch_rows();
+    let (ho, wo) = s.output_size();
+    let dy = Padded::new(dy, [s.batch, outputs, ho, wo], grad_padding(s));
+    backward_positions(w, saved, &dy, with_x_grad)
+}
+
+/// [`backward`] from `dy` already position-major and padded by [`grad_padding`].
+///
+/// # Panics
+/// As [`backward`].
+pub fn backward_positions(
+    w: &[f32],
+    saved: &Saved,
+    dy: &Padded,
+    with_x_grad: bool,
+) -> (Option<Vec<f32>>, Vec<f32>) {
+    let s = &saved.shape;
     let k = s.kernel;
     let outputs = w.len() / s.patch_rows();
     let (ho, wo) = s.output_size();
-    let pad = k - 1 - s.padding;
-    let dy = Padded::new(dy, [s.batch, outputs, ho, wo], pad);
+    let pad = grad_padding(s);
     let dy = dy.positions();
+    assert_eq!(
+        [dy.height, dy.width, dy.channels, dy.batch],
+        [ho + 2 * pad, wo + 2 * pad, outputs, s.batch],
+        "lane_gemm: dy is the output's shape, padded"
+    );
     let dx = with_x_grad.then(|| {
         let flipped = kernel_rows(w, outputs, s.channels, k, true);
         let mut dx = vec![0.0f32; s.height * s.width * s.channels * s.batch];

@@ -6,7 +6,8 @@
 //! ([`sparsity`]), input validation ([`validate`]), the CSR matrices sparse inference and sparse
 //! training run on ([`csr`]) and the row-sliced layout of its batch-1 product ([`sell`]), convolutions as their products ([`im2col`]), directly over a
 //! sparse kernel ([`sparse_conv`]), with the batch innermost over a sparse kernel ([`lane_conv`])
-//! or a dense one ([`lane_gemm`]), and 2x2 max pooling ([`pool`]).
+//! or a dense one ([`lane_gemm`]), and 2x2 max pooling ([`pool`], and in the lanes' layout
+//! [`lane_pool`]).
 //!
 //! The objective is `L(w) = L0(w) + lambda * sum_i |w_i|^p`. After any base optimizer step,
 //! pWD sets
@@ -32,6 +33,7 @@ pub mod im2col;
 pub mod kernel;
 pub mod lane_conv;
 pub mod lane_gemm;
+pub mod lane_pool;
 pub mod pool;
 pub mod schedule;
 pub mod sell;

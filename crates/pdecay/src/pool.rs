@@ -276,7 +276,7 @@ fn pool_block<const N: usize, const RELU: bool>(
 /// burn's ReLU: `x` where `x > 0` or NaN (it propagates), else 0 (`-0.0` included), as a
 /// bitwise select like [`take_if_wins`], so that it stays a vector blend.
 #[inline(always)]
-fn relu(x: f32) -> f32 {
+pub(crate) fn relu(x: f32) -> f32 {
     let keep = (((x > 0.0) | x.is_nan()) as u32).wrapping_neg();
     f32::from_bits(x.to_bits() & keep)
 }
@@ -284,7 +284,7 @@ fn relu(x: f32) -> f32 {
 /// `(candidate, k)` when `candidate` is greater than `best` or NaN, else `(best, at)`: as a
 /// bitwise select, so that no branch depends on the data.
 #[inline(always)]
-fn take_if_wins(best: f32, at: u32, candidate: f32, k: u32) -> (f32, u32) {
+pub(crate) fn take_if_wins(best: f32, at: u32, candidate: f32, k: u32) -> (f32, u32) {
     let mask = (((candidate > best) | candidate.is_nan()) as u32).wrapping_neg();
     let value = (candidate.to_bits() & mask) | (best.to_bits() & !mask);
     (f32::from_bits(value), (k & mask) | (at & !mask))

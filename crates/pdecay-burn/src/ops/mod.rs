@@ -5,12 +5,14 @@
 //! burn's composite.
 
 mod attention;
+mod conv_pool;
 mod gelu;
 mod pool;
 mod sparse_conv;
 mod sparse_linear;
 
 pub use attention::causal_softmax;
+pub use conv_pool::conv2d_relu_max_pool_2x2;
 pub use gelu::gelu;
 pub use pool::{bias_relu_max_pool_2x2, max_pool_2x2};
 pub use sparse_conv::{dense_conv2d, sparse_conv2d};

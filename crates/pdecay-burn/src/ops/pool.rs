@@ -65,7 +65,10 @@ pub(crate) trait BiasReluMaxPool2x2: Backend {
 }
 
 /// `max_pool2d(relu(x + bias))` in the backend's own three ops.
-fn relu_pool_composite<B: Backend>(x: FloatTensor<B>, bias: FloatTensor<B>) -> FloatTensor<B> {
+pub(super) fn relu_pool_composite<B: Backend>(
+    x: FloatTensor<B>,
+    bias: FloatTensor<B>,
+) -> FloatTensor<B> {
     let channels = bias.shape()[0];
     let bias = B::float_reshape(bias, Shape::new([1, channels, 1, 1]));
     let x = B::relu(B::float_add(x, bias));

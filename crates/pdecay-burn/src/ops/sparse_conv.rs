@@ -43,7 +43,7 @@ use pdecay::{lane_conv, lane_gemm, sparse_conv};
 use crate::flex::on_flex;
 
 /// burn's options for a square kernel's `stride` and `padding`.
-fn conv_options(stride: usize, padding: usize) -> ConvOptions<2> {
+pub(super) fn conv_options(stride: usize, padding: usize) -> ConvOptions<2> {
     ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1)
 }
 
@@ -65,7 +65,7 @@ pub(crate) trait SparseConv: Backend {
     }
 }
 
-fn dims4(t: &FlexTensor) -> [usize; 4] {
+pub(super) fn dims4(t: &FlexTensor) -> [usize; 4] {
     let d = t.layout().shape().to_vec();
     [d[0], d[1], d[2], d[3]]
 }
@@ -90,18 +90,17 @@ struct Saved {
     shape: ConvShape,
 }
 
-/// The convolution over `W`'s non-zeros, and what its backward step needs: through lanes
-/// where `pdecay::lane_conv` pays (stride 1, 32 taps per output channel or more), directly on
-/// the images elsewhere.
-fn forward(
+/// The convolution's geometry for `x` `[B, C, H, W]` and a square kernel `w` `[O, C, k, k]`,
+/// and the kernel as a CSR of `[O, C·k²]`: its non-zeros, or every entry when `every_weight`.
+pub(super) fn geometry(
     x: &FlexTensor,
     w: &FlexTensor,
     stride: usize,
     padding: usize,
     every_weight: bool,
-) -> (FlexTensor, Saved) {
-    let (x, w) = (x.to_contiguous(), w.to_contiguous());
-    let ([batch, channels, height, width], [outputs, _, kernel, _]) = (dims4(&x), dims4(&w));
+) -> (ConvShape, Csr) {
+    let w = w.to_contiguous();
+    let ([batch, channels, height, width], [outputs, _, kernel, _]) = (dims4(x), dims4(&w));
     let shape = ConvShape {
         batch,
         channels,
@@ -116,6 +115,22 @@ fn forward(
     } else {
         Csr::nonzeros(w.storage::<f32>(), outputs, shape.patch_rows())
     };
+    (shape, support)
+}
+
+/// The convolution over `W`'s non-zeros, and what its backward step needs: through lanes
+/// where `pdecay::lane_conv` pays (stride 1, 32 taps per output channel or more), directly on
+/// the images elsewhere.
+fn forward(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    stride: usize,
+    padding: usize,
+    every_weight: bool,
+) -> (FlexTensor, Saved) {
+    let x = x.to_contiguous();
+    let (shape, support) = geometry(&x, w, stride, padding, every_weight);
+    let (batch, outputs) = (shape.batch, support.rows);
     let (ho, wo) = shape.output_size();
     let (y, input) = if every_weight && lane_conv::pays(&shape) {
         let (y, saved) = lane_gemm::forward(&support.values, x.storage::<f32>(), &shape);
@@ -161,6 +176,17 @@ fn backward(
             (dx, at_support)
         }
     };
+    gradients(w, shape, dx, &at_support)
+}
+
+/// `∂x` `[B, C, H, W]` and `∂W` `[O, C, k, k]` as tensors, from the products' `dx` and the
+/// kernel gradient at `w`'s stored weights (zero elsewhere).
+pub(super) fn gradients(
+    w: &Csr,
+    shape: &ConvShape,
+    dx: Option<Vec<f32>>,
+    at_support: &[f32],
+) -> (Option<FlexTensor>, FlexTensor) {
     let x_grad = dx.map(|dx| {
         FlexTensor::from_data(TensorData::new(
             dx,
@@ -169,13 +195,13 @@ fn backward(
     });
     let k = shape.kernel;
     let w_grad = FlexTensor::from_data(TensorData::new(
-        w.dense_with(&at_support),
+        w.dense_with(at_support),
         [w.rows, shape.channels, k, k],
     ));
     (x_grad, w_grad)
 }
 
-fn all_f32(tensors: &[&FlexTensor]) -> bool {
+pub(super) fn all_f32(tensors: &[&FlexTensor]) -> bool {
     tensors.iter().all(|t| t.dtype() == DType::F32)
 }
 

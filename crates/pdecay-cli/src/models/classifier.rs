@@ -9,7 +9,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
-use pdecay_burn::{bias_relu_max_pool_2x2, dense_conv2d, sparse_conv2d};
+use pdecay_burn::{bias_relu_max_pool_2x2, conv2d_relu_max_pool_2x2, dense_conv2d, sparse_conv2d};
 
 /// A multi-layer perceptron on flattened images.
 #[derive(Module, Debug)]
@@ -84,10 +84,15 @@ pub(super) fn conv(layer: &Conv2d, x: Tensor<4>, sparse: bool) -> Tensor<4> {
 }
 
 /// `max_pool_2x2(relu(layer(x)))`, the bias added in the pooling's pass
-/// ([`bias_relu_max_pool_2x2`]) instead of over the convolution's full-size output.
+/// ([`bias_relu_max_pool_2x2`]) instead of over the convolution's full-size output, and the
+/// four as one op where the convolution runs with the batch innermost
+/// ([`conv2d_relu_max_pool_2x2`]).
 fn conv_relu_pool(layer: &Conv2d, x: Tensor<4>, sparse: bool) -> Tensor<4> {
-    let y = conv_with(layer, x, sparse, None);
-    bias_relu_max_pool_2x2(y, layer.bias.as_ref().map(|b| b.val()))
+    let Some(bias) = &layer.bias else {
+        return bias_relu_max_pool_2x2(conv_with(layer, x, sparse, None), None);
+    };
+    let (stride, padding) = conv_geometry(layer);
+    conv2d_relu_max_pool_2x2(x, layer.weight.val(), bias.val(), stride, padding, sparse)
 }
 
 /// [`conv`] with `bias` in place of the layer's.
