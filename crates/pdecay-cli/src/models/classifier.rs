@@ -87,7 +87,7 @@ pub(super) fn conv(layer: &Conv2d, x: Tensor<4>, sparse: bool) -> Tensor<4> {
 /// ([`bias_relu_max_pool_2x2`]) instead of over the convolution's full-size output, and the
 /// four as one op where the convolution runs with the batch innermost
 /// ([`conv2d_relu_max_pool_2x2`]).
-fn conv_relu_pool(layer: &Conv2d, x: Tensor<4>, sparse: bool) -> Tensor<4> {
+pub(crate) fn conv_relu_pool(layer: &Conv2d, x: Tensor<4>, sparse: bool) -> Tensor<4> {
     let Some(bias) = &layer.bias else {
         return bias_relu_max_pool_2x2(conv_with(layer, x, sparse, None), None);
     };
@@ -238,8 +238,14 @@ impl Classifier {
             Self::Cnn(m) => {
                 let [in1, in2] = m.conv_inputs(shape);
                 vec![
-                    ("conv1".to_string(), SparseCandidate::Conv(&m.conv1, in1)),
-                    ("conv2".to_string(), SparseCandidate::Conv(&m.conv2, in2)),
+                    (
+                        "conv1".to_string(),
+                        SparseCandidate::PooledConv(&m.conv1, in1),
+                    ),
+                    (
+                        "conv2".to_string(),
+                        SparseCandidate::PooledConv(&m.conv2, in2),
+                    ),
                     linear("dense", &m.dense),
                     linear("output", &m.output),
                 ]

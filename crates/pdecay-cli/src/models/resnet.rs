@@ -419,7 +419,9 @@ mod tests {
         // the input shapes follow the strides: layer2.0 takes 9x9, its conv2 and layer2.1 5x5
         let shape_of = |name: &str| match candidates.iter().find(|(n, _)| n == name).unwrap().1 {
             SparseCandidate::Conv(_, input) => input,
-            SparseCandidate::Linear(_) => panic!("{name} is a conv"),
+            SparseCandidate::Linear(_) | SparseCandidate::PooledConv(..) => {
+                panic!("{name} is a conv without pooling")
+            }
         };
         assert_eq!(shape_of("stages.1.0.conv1"), [4, 9, 9]);
         assert_eq!(shape_of("stages.1.0.shortcut.conv"), [4, 9, 9]);

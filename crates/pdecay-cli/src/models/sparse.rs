@@ -24,6 +24,10 @@ pub enum SparseCandidate<'a> {
     /// A convolution (`pdecay_burn::sparse_conv2d`) with its input's `[channels, height,
     /// width]`.
     Conv(&'a Conv2d, [usize; 3]),
+    /// A convolution whose output goes through its bias, ReLU and 2x2 max pooling (the CNN's,
+    /// `pdecay_burn::conv2d_relu_max_pool_2x2`), with its input's `[channels, height, width]`:
+    /// timed as that block, which is what it runs.
+    PooledConv(&'a Conv2d, [usize; 3]),
 }
 
 impl SparseCandidate<'_> {
@@ -31,7 +35,7 @@ impl SparseCandidate<'_> {
     pub fn weight_values(&self) -> Tensor<1> {
         match self {
             Self::Linear(l) => l.weight.val().flatten(0, 1),
-            Self::Conv(c, _) => c.weight.val().flatten(0, 3),
+            Self::Conv(c, _) | Self::PooledConv(c, _) => c.weight.val().flatten(0, 3),
         }
     }
 }

@@ -1,14 +1,15 @@
 //! Which of a model's layers train over their weights' non-zeros, from which step.
 //!
 //! A linear layer (the classifiers', the GPT's four per block) moves to
-//! `pdecay_burn::sparse_linear`, a convolution (the CNN's, a ResNet's) to
-//! `pdecay_burn::sparse_conv2d`, only once its zeros are absorbing (pWD, p < 2,
+//! `pdecay_burn::sparse_linear`, a convolution (a ResNet's) to `pdecay_burn::sparse_conv2d`,
+//! and the CNN's with its bias, ReLU and pooling to the sparse
+//! `pdecay_burn::conv2d_relu_max_pool_2x2`, only once its zeros are absorbing (pWD, p < 2,
 //! λ > 0: [`TrainConfig::zeros_absorbing_from`]), and then stays there: its support only shrinks,
 //! and the sparse product reads it at every step. Decisions are taken before the first step
 //! and at each evaluation (an image classifier's epoch end, the GPT's `eval_interval`), before
 //! its checkpoint. `on` moves every layer at the first such
-//! point; `auto` moves a layer that is mostly zero when an alternated timing of both products,
-//! forward and backward on its own shapes and its current weight, finds the sparse one clearly
+//! point; `auto` moves a layer that is mostly zero when an alternated timing of both products
+//! (the CNN's: of both blocks), forward and backward on its own shapes and its current weight, finds the sparse one clearly
 //! faster.
 //! The plan is recorded in every metrics line, and a resumed run takes it from the last one
 //! kept, so it continues exactly as the uninterrupted run did and a layer never returns to
@@ -18,12 +19,14 @@
 use std::time::Instant;
 
 use anyhow::{Result, ensure};
+use burn::module::Param;
+use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, Tensor, TensorData};
 use pdecay_burn::{dense_conv2d, sparse_conv2d, sparse_linear};
 
 use crate::config::{SparseTraining, TrainConfig};
 use crate::models::SparseCandidate;
-use crate::models::classifier::{conv_geometry, conv_output};
+use crate::models::classifier::{conv_geometry, conv_output, conv_relu_pool};
 use crate::run::SparseLayer;
 
 /// Below this share of exact zeros a layer is not timed (bench/README.md,
@@ -36,7 +39,7 @@ use crate::run::SparseLayer;
 fn min_zero_share(layer: SparseCandidate) -> f64 {
     match layer {
         SparseCandidate::Linear(_) => 0.75,
-        SparseCandidate::Conv(..) => 0.5,
+        SparseCandidate::Conv(..) | SparseCandidate::PooledConv(..) => 0.5,
     }
 }
 
@@ -200,7 +203,31 @@ fn sparse_is_faster(layer: SparseCandidate, batch: usize, device: &Device) -> bo
                 |x, w| sparse_conv2d(x, w, None, stride, padding),
             )
         }
+        SparseCandidate::PooledConv(conv, input) => faster(
+            [batch, input[0], input[1], input[2]],
+            pooled_output(conv, input, batch),
+            conv.weight.val(),
+            device,
+            |x, w| pooled_block(conv, x, w, false),
+            |x, w| pooled_block(conv, x, w, true),
+        ),
     }
+}
+
+/// The `[batch, outputs, height/2, width/2]` that `conv`'s block gives for a batch of inputs
+/// of `input`'s shape.
+fn pooled_output(conv: &Conv2d, input: [usize; 3], batch: usize) -> [usize; 4] {
+    let [outputs, height, width] = conv_output(conv, input);
+    [batch, outputs, height / 2, width / 2]
+}
+
+/// `conv`'s block (convolution, bias, ReLU, pooling) with the kernel `w` in place of its own.
+fn pooled_block(conv: &Conv2d, x: Tensor<4>, w: Tensor<4>, sparse: bool) -> Tensor<4> {
+    let conv = Conv2d {
+        weight: Param::from_tensor(w),
+        ..conv.clone()
+    };
+    conv_relu_pool(&conv, x, sparse)
 }
 
 /// Whether `sparse(x, w)` takes clearly less time than `dense(x, w)`, forward and backward
@@ -254,6 +281,7 @@ mod tests {
     use crate::config::OptimKind;
     use crate::data::ImageShape;
     use crate::models::{Classifier, ModelKind};
+    use burn::tensor::Distribution;
 
     fn mlp(device: &Device) -> Classifier {
         Classifier::new(ModelKind::Mlp, ImageShape::new(1, 4, 4), &[5, 3], device)
@@ -261,6 +289,36 @@ mod tests {
 
     fn layers(model: &Classifier) -> Vec<(String, SparseCandidate<'_>)> {
         model.sparse_candidates([1, 4, 4])
+    }
+
+    #[test]
+    fn a_cnns_convolutions_are_timed_as_their_blocks() {
+        // what `auto` times for the CNN's two convolutions: the block the model runs, dense and
+        // sparse alike (the same values on a kernel with zeros), of the shape it gives
+        let device = Device::flex().autodiff();
+        let model = Classifier::new(
+            ModelKind::Cnn,
+            ImageShape::new(1, 8, 8),
+            &[4, 36, 6],
+            &device,
+        );
+        let candidates = model.sparse_candidates([1, 8, 8]);
+        let mut x = Tensor::<4>::random([3, 1, 8, 8], Distribution::Default, &device);
+        for (name, candidate) in &candidates[..2] {
+            let SparseCandidate::PooledConv(conv, input) = *candidate else {
+                panic!("{name} is a pooled convolution")
+            };
+            assert_eq!(x.dims()[1..], input, "{name}");
+            // the smallest weights zero (15-30% of each kernel)
+            let w = conv.weight.val();
+            let w = w.clone().mask_fill(w.abs().lower_elem(0.05), 0.0).detach();
+            let dense = pooled_block(conv, x.clone(), w.clone(), false);
+            let sparse = pooled_block(conv, x.clone(), w, true);
+            assert_eq!(dense.dims(), pooled_output(conv, input, 3), "{name}");
+            let diff: f32 = (dense.clone() - sparse).abs().max().into_scalar();
+            assert!(diff <= 1e-4, "{name}: {diff}");
+            x = pooled_block(conv, x, conv.weight.val(), false);
+        }
     }
 
     #[test]
