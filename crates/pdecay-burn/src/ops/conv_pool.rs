@@ -1,6 +1,7 @@
 //! `max_pool_2x2(relu(conv2d(x, W) + b))`, a CNN's convolution block, as one op on burn's
-//! flex CPU backend where the convolution runs through lanes (stride 1, 32 taps per output
-//! channel or more: the CNN's conv2), over the kernel's non-zeros or all of it.
+//! flex CPU backend where the convolution runs through lanes at stride 1: over the kernel's
+//! non-zeros with 32 taps per output channel or more (the CNN's conv2), or over all of it
+//! (both of the CNN's convolutions).
 //!
 //! Through lanes the convolution's output is position-major, `[H, W, O, B]`. Run as two ops,
 //! [`super::sparse_conv2d`] converts it to `[B, O, H, W]` for [`super::bias_relu_max_pool_2x2`]
@@ -226,9 +227,10 @@ impl<C: CheckpointStrategy> ConvReluPool for Autodiff<Flex, C> {
 /// `max_pool_2x2(relu(conv2d(x, weight) + bias))` for `x` `[B, C, H, W]`, a square kernel
 /// `weight` `[O, C, k, k]` with `stride` and zero `padding` on every side, and `bias` `[O]`:
 /// over the kernel's non-zeros when `sparse` ([`sparse_conv2d`]), else over all of it
-/// ([`dense_conv2d`]), then [`bias_relu_max_pool_2x2`]. On flex, where the convolution runs
-/// through lanes (stride 1, `pdecay::lane_conv::pays`), the four are one op whose pooling
-/// reads the lanes' layout; the values and gradients are the same up to summation order.
+/// ([`dense_conv2d`]), then [`bias_relu_max_pool_2x2`]. On flex, at stride 1, the four are
+/// one op whose pooling reads the lanes' layout where the convolution runs through lanes: a
+/// sparse kernel with `pdecay::lane_conv::LANES_FROM_TAPS` taps or more, and a dense kernel of
+/// any width. The values and gradients are the same up to summation order.
 ///
 /// # Panics
 /// If the kernel is not square, its input channels are not `x`'s, or `bias` does not have one
@@ -252,10 +254,11 @@ pub fn conv2d_relu_max_pool_2x2(
         stride,
         padding,
     };
-    let fused = on_flex(&x.device(), true)
-        && lane_conv::pays(&shape)
-        && x.dims()[1] == channels
-        && bias.dims() == [outputs];
+    // a sparse kernel with few taps (a first layer) runs faster directly on the images; dense,
+    // its block runs faster in lanes, where the pooling costs a fifth of the images' pooling
+    let lanes = lane_conv::pays(&shape) || (!sparse && lane_conv::supports(&shape));
+    let fused =
+        on_flex(&x.device(), true) && lanes && x.dims()[1] == channels && bias.dims() == [outputs];
     if !fused {
         let y = if sparse {
             sparse_conv2d(x, weight, None, stride, padding)
@@ -358,7 +361,10 @@ mod tests {
         let g_dims = fused(x.clone(), w.clone(), b.clone()).dims();
         let g = Tensor::<4>::random(g_dims, Distribution::Normal(0.0, 1.0), &device);
         let case = format!("{x_dims:?} -> {outputs_}, padding {padding}, {zeros} zeros");
-        for track_x in [true, false] {
+        // a first layer's two ops run directly on the images: other sums, checked against
+        // burn's below
+        let same_products = channels * 9 >= lane_conv::LANES_FROM_TAPS;
+        for track_x in [true, false].into_iter().filter(|_| same_products) {
             let (got, db) = outputs(fused, [&x, &w, &g], &b, track_x);
             let (want, want_db) = outputs(two_ops, [&x, &w, &g], &b, track_x);
             // (not assert_eq: its message would print every value)
@@ -409,11 +415,14 @@ mod tests {
         check([3, 5, 6, 7], 4, 0, 0.3, false);
         check([1, 8, 5, 4], 6, 1, 0.7, true);
         check([2, 4, 6, 6], 5, 1, 1.0, true);
+        // a dense first layer (9 taps) runs through lanes too
+        check([3, 1, 9, 8], 5, 1, 0.0, false);
     }
 
     #[test]
     fn without_lanes_it_is_the_two_ops() {
-        // few taps (a first layer) and stride 2: the convolution, then the fused pooling
+        // a sparse kernel of few taps (a first layer) and stride 2: the convolution, then the
+        // fused pooling
         let device = Device::flex().autodiff();
         for (channels, stride) in [(1, 1), (8, 2)] {
             let x = Tensor::<4>::random([2, channels, 8, 8], Distribution::Default, &device);
