@@ -65,7 +65,7 @@ pub(crate) trait SparseConv: Backend {
     }
 }
 
-pub(super) fn dims4(t: &FlexTensor) -> [usize; 4] {
+fn dims4(t: &FlexTensor) -> [usize; 4] {
     let d = t.layout().shape().to_vec();
     [d[0], d[1], d[2], d[3]]
 }
