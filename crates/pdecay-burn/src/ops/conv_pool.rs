@@ -23,12 +23,13 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{Tensor, TensorData};
-use pdecay::csr::Csr;
 use pdecay::im2col::ConvShape;
 use pdecay::{lane_conv, lane_gemm, lane_pool};
 
 use super::pool::{bias_relu_max_pool_2x2, relu_pool_composite};
-use super::sparse_conv::{all_f32, conv_options, dense_conv2d, geometry, gradients, sparse_conv2d};
+use super::sparse_conv::{
+    self, Input, all_f32, conv_options, dense_conv2d, geometry, gradients, sparse_conv2d,
+};
 use crate::flex::on_flex;
 
 /// The convolution block as a backend operation.
@@ -60,22 +61,11 @@ fn composite<B: Backend>(
     relu_pool_composite::<B>(y, bias)
 }
 
-/// The forward product's input, as the backward products read it.
-#[derive(Debug, Clone)]
-enum Lanes {
-    /// Over the kernel's non-zeros (`pdecay::lane_conv`).
-    Sparse(Arc<lane_conv::Saved>),
-    /// Over all of it (`pdecay::lane_gemm`).
-    Dense(Arc<lane_gemm::Saved>),
-}
-
-/// What the backward step needs: the kernel (CSR of `[O, C·k²]`), the product's input, the
-/// geometry, and each pooled output's window corner.
+/// What the backward step needs: the convolution's (through lanes) and each pooled output's
+/// window corner.
 #[derive(Debug, Clone)]
 struct Saved {
-    w: Arc<Csr>,
-    input: Lanes,
-    shape: ConvShape,
+    conv: sparse_conv::Saved,
     corners: Arc<Vec<i8>>,
 }
 
@@ -91,10 +81,10 @@ fn forward(
     let (shape, w) = geometry(&x, w, 1, padding, every_weight);
     let (y, input) = if every_weight {
         let (y, saved) = lane_gemm::forward_positions(&w.values, x.storage::<f32>(), &shape);
-        (y, Lanes::Dense(Arc::new(saved)))
+        (y, Input::DenseLanes(Arc::new(saved)))
     } else {
         let (y, saved) = lane_conv::forward_positions(&w, x.storage::<f32>(), &shape);
-        (y, Lanes::Sparse(Arc::new(saved)))
+        (y, Input::Lanes(Arc::new(saved)))
     };
     let (ho, wo) = shape.output_size();
     let (batch, outputs) = (shape.batch, w.rows);
@@ -104,9 +94,11 @@ fn forward(
     let pooled = lane_conv::from_positions(&pooled, [ho / 2, wo / 2, outputs, batch]);
     let output = FlexTensor::from_data(TensorData::new(pooled, [batch, outputs, ho / 2, wo / 2]));
     let saved = Saved {
-        w: Arc::new(w),
-        input,
-        shape,
+        conv: sparse_conv::Saved {
+            w: Arc::new(w),
+            input,
+            shape,
+        },
         corners: Arc::new(corners),
     };
     (output, saved)
@@ -119,12 +111,8 @@ fn backward(
     grad: &FlexTensor,
     with_x_grad: bool,
 ) -> (Option<FlexTensor>, FlexTensor, FlexTensor) {
-    let Saved {
-        w,
-        input,
-        shape,
-        corners,
-    } = saved;
+    let Saved { conv, corners } = saved;
+    let sparse_conv::Saved { w, input, shape } = conv;
     let grad = grad.to_contiguous();
     let (ho, wo) = shape.output_size();
     let (batch, outputs) = (shape.batch, w.rows);
@@ -132,8 +120,11 @@ fn backward(
     let pad = lane_conv::grad_padding(shape);
     let (dy, bias_grad) = lane_pool::max_unpool(&grad, corners, [ho, wo, outputs, batch], pad);
     let (dx, at_support) = match input {
-        Lanes::Sparse(lanes) => lane_conv::backward_positions(w, lanes, &dy, with_x_grad),
-        Lanes::Dense(lanes) => lane_gemm::backward_positions(&w.values, lanes, &dy, with_x_grad),
+        Input::Lanes(lanes) => lane_conv::backward_positions(w, lanes, &dy, with_x_grad),
+        Input::DenseLanes(lanes) => {
+            lane_gemm::backward_positions(&w.values, lanes, &dy, with_x_grad)
+        }
+        Input::Images(_) => unreachable!("the block's forward runs through lanes"),
     };
     let (x_grad, w_grad) = gradients(w, shape, dx, &at_support);
     let bias_grad = FlexTensor::from_data(TensorData::new(bias_grad, [outputs]));
@@ -195,31 +186,15 @@ impl<C: CheckpointStrategy> ConvReluPool for Autodiff<Flex, C> {
         if !all_f32(&[x.primitive(), w.primitive(), bias.primitive()]) {
             return composite::<Self>(x, w, bias, padding);
         }
-        match ConvReluPoolBackward
+        let prep = ConvReluPoolBackward
             .prepare::<C>([x.node(), w.node(), bias.node()])
             .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (output, saved) = forward(
-                    x.primitive(),
-                    w.primitive(),
-                    bias.primitive(),
-                    padding,
-                    every_weight,
-                );
-                prep.finish(saved, output)
-            }
-            OpsKind::UnTracked(prep) => {
-                let (output, _) = forward(
-                    x.primitive(),
-                    w.primitive(),
-                    bias.primitive(),
-                    padding,
-                    every_weight,
-                );
-                prep.finish(output)
-            }
+            .stateful();
+        let (x, w, bias) = (x.primitive(), w.primitive(), bias.primitive());
+        let (output, saved) = forward(x, w, bias, padding, every_weight);
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish(saved, output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
         }
     }
 }

@@ -72,7 +72,7 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
 
 /// How the forward product ran, with the input in the layout its backward products read.
 #[derive(Debug, Clone)]
-enum Input {
+pub(super) enum Input {
     /// Directly on the images (`pdecay::sparse_conv`): the forward's input `[B, C, H, W]`.
     Images(Arc<FlexTensor>),
     /// Batch innermost (`pdecay::lane_conv`): the padded position-major input and the taps.
@@ -84,10 +84,10 @@ enum Input {
 /// What the backward step needs: the kernel's support with its values (CSR of `[O, C·k²]`),
 /// the forward's input, and the geometry.
 #[derive(Debug, Clone)]
-struct Saved {
-    w: Arc<Csr>,
-    input: Input,
-    shape: ConvShape,
+pub(super) struct Saved {
+    pub(super) w: Arc<Csr>,
+    pub(super) input: Input,
+    pub(super) shape: ConvShape,
 }
 
 /// The convolution's geometry for `x` `[B, C, H, W]` and a square kernel `w` `[O, C, k, k]`,
@@ -250,21 +250,14 @@ impl<C: CheckpointStrategy> SparseConv for Autodiff<Flex, C> {
         if !all_f32(&[x.primitive(), w.primitive()]) {
             return Self::conv2d(x, w, None, conv_options(stride, padding));
         }
-        match SparseConvBackward
+        let prep = SparseConvBackward
             .prepare::<C>([x.node(), w.node()])
             .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (output, saved) =
-                    forward(x.primitive(), w.primitive(), stride, padding, every_weight);
-                prep.finish(saved, output)
-            }
-            OpsKind::UnTracked(prep) => {
-                let (output, _) =
-                    forward(x.primitive(), w.primitive(), stride, padding, every_weight);
-                prep.finish(output)
-            }
+            .stateful();
+        let (output, saved) = forward(x.primitive(), w.primitive(), stride, padding, every_weight);
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish(saved, output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
         }
     }
 }
