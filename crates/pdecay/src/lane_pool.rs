@@ -134,7 +134,7 @@ pub fn max_unpool(
                     let run = c * batch..(c + 1) * batch;
                     let output = (i * cols + j) * lanes + c * batch;
                     let output = output..output + batch;
-                    *sum += unpool_lanes(
+                    unpool_lanes(
                         &grad[output.clone()],
                         &corners[output],
                         [
@@ -143,6 +143,7 @@ pub fn max_unpool(
                             &mut bottom_left[run.clone()],
                             &mut bottom_right[run],
                         ],
+                        sum,
                     );
                 }
             }
@@ -167,20 +168,28 @@ pub fn max_unpool(
 /// Lanes summed by separate accumulators in [`unpool_lanes`], so that the sum vectorises.
 const SUM_LANES: usize = 8;
 
-/// One channel of one window: each lane's gradient into the slot of its corner, 0 into the
-/// three others; the sum of the gradients passed on.
-#[inline(always)]
-fn unpool_lanes(grad: &[f32], corners: &[i8], slots: [&mut [f32]; 4]) -> f32 {
-    let mut partial = [0.0f32; SUM_LANES];
-    for (k, slot) in slots.into_iter().enumerate() {
-        for ((s, &g), &corner) in slot.iter_mut().zip(grad).zip(corners) {
-            *s = if corner == k as i8 { g } else { 0.0 };
+crate::dispatched! {
+    /// One channel of one window: each lane's gradient into the slot of its corner, 0 into
+    /// the three others (bitwise selects, no branch on the data); `sum` gets the gradients
+    /// passed on, lane `l` summed in accumulator `l % SUM_LANES`.
+    fn unpool_lanes(grad: &[f32], corners: &[i8], slots: [&mut [f32]; 4], sum: &mut f32) {
+        let n = grad.len();
+        let corners = &corners[..n];
+        for (k, slot) in slots.into_iter().enumerate() {
+            for (s, (&g, &corner)) in slot[..n].iter_mut().zip(grad.iter().zip(corners)) {
+                let keep = ((corner == k as i8) as u32).wrapping_neg();
+                *s = f32::from_bits(g.to_bits() & keep);
+            }
         }
+        let mut partial = [0.0f32; SUM_LANES];
+        for (grad, corners) in grad.chunks(SUM_LANES).zip(corners.chunks(SUM_LANES)) {
+            for (p, (&g, &corner)) in partial.iter_mut().zip(grad.iter().zip(corners)) {
+                let keep = ((corner >= 0) as u32).wrapping_neg();
+                *p += f32::from_bits(g.to_bits() & keep);
+            }
+        }
+        *sum += partial.iter().sum::<f32>();
     }
-    for (l, (&g, &corner)) in grad.iter().zip(corners).enumerate() {
-        partial[l % SUM_LANES] += if corner >= 0 { g } else { 0.0 };
-    }
-    partial.iter().sum()
 }
 
 #[cfg(test)]
