@@ -564,9 +564,9 @@ crate::dispatched! {
 pub(crate) const TILE: usize = 16;
 
 /// `dst[j·dst_stride + i] = src[i·src_stride + j]` for `i < rows`, `j < cols`: blocks of 8x8
-/// in AVX2 registers where the CPU has it (eight row loads, three rounds of shuffles, eight
-/// stores: 0.4-0.7x the tiles' time on the linear layers' shapes), else and at the edges tile
-/// by tile through a local tile, so that both sides move contiguous runs.
+/// in AVX2 registers where the CPU has it and both sides are at least 8 (eight row loads,
+/// three rounds of shuffles, eight stores: 0.4-0.7x the tiles' time on the linear layers'
+/// shapes), else tile by tile through a local tile, so that both sides move contiguous runs.
 ///
 /// # Panics
 /// If `src` or `dst` is too short for the block at its stride.
@@ -585,36 +585,11 @@ pub(crate) fn transpose_into(
         (rows - 1) * src_stride + cols <= src.len() && (cols - 1) * dst_stride + rows <= dst.len(),
         "transpose_into: a {rows}x{cols} block does not fit its slices"
     );
-    let (full_rows, full_cols) = (rows / 8 * 8, cols / 8 * 8);
     #[cfg(target_arch = "x86_64")]
-    if full_rows > 0
-        && full_cols > 0
-        && crate::kernel::simd_allowed(crate::kernel::SimdLevel::Avx2)
-    {
+    if rows >= 8 && cols >= 8 && crate::kernel::simd_allowed(crate::kernel::SimdLevel::Avx2) {
         // SAFETY: the CPU has AVX2 (checked above), and the assert above keeps every 8x8
-        // block of the first `full_rows x full_cols` inside both slices.
-        unsafe { transpose_blocks_avx2(src, src_stride, dst, dst_stride, full_rows, full_cols) };
-        // the columns right of the blocks (all rows), then the rows below them
-        if full_cols < cols {
-            transpose_tiles(
-                &src[full_cols..],
-                src_stride,
-                &mut dst[full_cols * dst_stride..],
-                dst_stride,
-                rows,
-                cols - full_cols,
-            );
-        }
-        if full_rows < rows {
-            transpose_tiles(
-                &src[full_rows * src_stride..],
-                src_stride,
-                &mut dst[full_rows..],
-                dst_stride,
-                rows - full_rows,
-                full_cols,
-            );
-        }
+        // block inside both slices.
+        unsafe { transpose_blocks_avx2(src, src_stride, dst, dst_stride, rows, cols) };
         return;
     }
     transpose_tiles(src, src_stride, dst, dst_stride, rows, cols);
@@ -647,12 +622,16 @@ fn transpose_tiles(
     }
 }
 
-/// [`transpose_into`] of a block whose sides are multiples of 8, 8x8 at a time in registers:
-/// the classic unpack (pairs of rows interleaved), shuffle (quads), and lane permute (halves).
+/// [`transpose_into`] of a block at least 8 by 8, 8x8 at a time in registers: the classic
+/// unpack (pairs of rows interleaved), shuffle (quads), and lane permute (halves). Where a
+/// side is not a multiple of 8 its last block overlaps the one before and writes some values
+/// a second time, the same ones (the CNN's 14- and 28-wide rows would otherwise leave a
+/// quarter to a half of each row to a scalar edge).
 ///
 /// # Safety
-/// The CPU must have AVX2, and every `src[i·src_stride + j]` and `dst[j·dst_stride + i]` for
-/// `i < rows`, `j < cols` must lie inside the slices.
+/// The CPU must have AVX2, `rows` and `cols` must be at least 8, and every
+/// `src[i·src_stride + j]` and `dst[j·dst_stride + i]` for `i < rows`, `j < cols` must lie
+/// inside the slices.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn transpose_blocks_avx2(
@@ -664,8 +643,10 @@ unsafe fn transpose_blocks_avx2(
     cols: usize,
 ) {
     use std::arch::x86_64::*;
-    for i0 in (0..rows).step_by(8) {
-        for j0 in (0..cols).step_by(8) {
+    // block starts every 8, and the last one flush with the end
+    let starts = |len: usize| (0..len - 8).step_by(8).chain([len - 8]);
+    for i0 in starts(rows) {
+        for j0 in starts(cols) {
             // SAFETY: rows i0..i0 + 8 and columns j0..j0 + 8 lie in both slices (caller).
             unsafe {
                 let from = src.as_ptr().add(i0 * src_stride + j0);
