@@ -23,6 +23,7 @@ LINEAR = [
     ("mlp hidden.0", 128, 784, 300),
     ("mlp hidden.1", 128, 300, 100),
     ("mlp output", 128, 100, 10),
+    ("cnn dense", 128, 3136, 128),
     ("gpt c_attn", 768, 128, 384),
     ("gpt attn c_proj", 768, 128, 128),
     ("gpt c_fc", 768, 128, 512),

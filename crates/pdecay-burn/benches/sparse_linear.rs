@@ -4,7 +4,7 @@
 //!
 //! `cargo bench -p pdecay-burn --bench sparse_linear` prints, per shape and sparsity, the
 //! median time of each (alternated call by call, same process) and sparse / dense. Shapes:
-//! the MLP's layers at batch 128, the CPU GPT's (batch 12 x 64 positions), and 1024x1024 and
+//! the MLP's layers and the CNN's dense layer (its 64x7x7 pooled maps in) at batch 128, the CPU GPT's (batch 12 x 64 positions), and 1024x1024 and
 //! 4096x1024 (`out x in`) at batch 256. `SPARSE_LINEAR_REPEATS` sets the repeats (default 15),
 //! `SPARSE_LINEAR_ONLY` keeps the layers whose name contains it, `SPARSE_LINEAR_SPARSITY` (a
 //! fraction) runs that sparsity alone, and `SPARSE_BENCH_TSV` prints tab-separated rows
@@ -16,10 +16,11 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use pdecay_burn::sparse_linear;
 
 /// (name, batch, inputs, outputs)
-const SHAPES: [(&str, usize, usize, usize); 9] = [
+const SHAPES: [(&str, usize, usize, usize); 10] = [
     ("mlp hidden.0", 128, 784, 300),
     ("mlp hidden.1", 128, 300, 100),
     ("mlp output", 128, 100, 10),
+    ("cnn dense", 128, 3136, 128),
     ("gpt c_attn", 768, 128, 384),
     ("gpt attn c_proj", 768, 128, 128),
     ("gpt c_fc", 768, 128, 512),

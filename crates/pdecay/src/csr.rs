@@ -690,8 +690,8 @@ unsafe fn transpose_blocks_avx2(
     }
 }
 
-/// Transposes a row-major `rows × cols` matrix in 16x16 tiles through a local buffer, bands
-/// of output rows split over rayon's pool once the matrix passes `2^16` elements.
+/// Transposes a row-major `rows × cols` matrix ([`transpose_into`] by bands of `TILE` output
+/// rows), the bands split over rayon's pool once the matrix passes `2^16` elements.
 pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     assert_eq!(m.len(), rows * cols, "transpose: length is rows * cols");
     let mut t = vec![0.0; m.len()];
