@@ -690,8 +690,9 @@ unsafe fn transpose_blocks_avx2(
     }
 }
 
-/// Transposes a row-major `rows × cols` matrix ([`transpose_into`] by bands of `TILE` output
-/// rows), the bands split over rayon's pool once the matrix passes `2^16` elements.
+/// Transposes a row-major `rows × cols` matrix in bands of 16 output rows (8x8 blocks in AVX2
+/// registers where the CPU has it, else 16x16 tiles), the bands split over rayon's pool once
+/// the matrix passes `2^16` elements.
 pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     assert_eq!(m.len(), rows * cols, "transpose: length is rows * cols");
     let mut t = vec![0.0; m.len()];
