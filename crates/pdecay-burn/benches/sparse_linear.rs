@@ -4,8 +4,9 @@
 //!
 //! `cargo bench -p pdecay-burn --bench sparse_linear` prints, per shape and sparsity, the
 //! median time of each (alternated call by call, same process) and sparse / dense. Shapes:
-//! the MLP's layers and the CNN's dense layer (its 64x7x7 pooled maps in) at batch 128, the CPU GPT's (batch 12 x 64 positions), and 1024x1024 and
-//! 4096x1024 (`out x in`) at batch 256. `SPARSE_LINEAR_REPEATS` sets the repeats (default 15),
+//! the MLP's layers and the CNN's dense layer (its 64x7x7 pooled maps in) at batch 128, the
+//! CPU GPT's (batch 12 x 64 positions), and 1024x1024 and 4096x1024 (`out x in`) at batch 256.
+//! `SPARSE_LINEAR_REPEATS` sets the repeats (default 15),
 //! `SPARSE_LINEAR_ONLY` keeps the layers whose name contains it, `SPARSE_LINEAR_SPARSITY` (a
 //! fraction) runs that sparsity alone, and `SPARSE_BENCH_TSV` prints tab-separated rows
 //! (`layer shape sparsity dense_ms sparse_ms ratio`) for bench/sparse_layers.sh.

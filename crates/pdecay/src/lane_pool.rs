@@ -24,7 +24,7 @@
 use rayon::prelude::*;
 
 use crate::lane_conv::Padded;
-use crate::pool::{relu, take_if_wins};
+use crate::pool::{kept_if, relu, take_if_wins};
 
 /// The pooled positions `[H/2, W/2, C, B]` and each output's window corner (0 top left, 1 top
 /// right, 2 bottom left, 3 bottom right; -1 where the output is 0), from `y` `[H, W, C, B]`
@@ -177,15 +177,13 @@ crate::dispatched! {
         let corners = &corners[..n];
         for (k, slot) in slots.into_iter().enumerate() {
             for (s, (&g, &corner)) in slot[..n].iter_mut().zip(grad.iter().zip(corners)) {
-                let keep = ((corner == k as i8) as u32).wrapping_neg();
-                *s = f32::from_bits(g.to_bits() & keep);
+                *s = kept_if(g, corner == k as i8);
             }
         }
         let mut partial = [0.0f32; SUM_LANES];
         for (grad, corners) in grad.chunks(SUM_LANES).zip(corners.chunks(SUM_LANES)) {
             for (p, (&g, &corner)) in partial.iter_mut().zip(grad.iter().zip(corners)) {
-                let keep = ((corner >= 0) as u32).wrapping_neg();
-                *p += f32::from_bits(g.to_bits() & keep);
+                *p += kept_if(g, corner >= 0);
             }
         }
         *sum += partial.iter().sum::<f32>();

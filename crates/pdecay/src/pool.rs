@@ -273,12 +273,17 @@ fn pool_block<const N: usize, const RELU: bool>(
     }
 }
 
-/// burn's ReLU: `x` where `x > 0` or NaN (it propagates), else 0 (`-0.0` included), as a
-/// bitwise select like [`take_if_wins`], so that it stays a vector blend.
+/// burn's ReLU: `x` where `x > 0` or NaN (it propagates), else 0 (`-0.0` included).
 #[inline(always)]
 pub(crate) fn relu(x: f32) -> f32 {
-    let keep = (((x > 0.0) | x.is_nan()) as u32).wrapping_neg();
-    f32::from_bits(x.to_bits() & keep)
+    kept_if(x, (x > 0.0) | x.is_nan())
+}
+
+/// `x` where `keep`, else `+0.0`, as a bitwise select like [`take_if_wins`], so that in a
+/// loop over lanes it stays a vector blend with no branch on the data.
+#[inline(always)]
+pub(crate) fn kept_if(x: f32, keep: bool) -> f32 {
+    f32::from_bits(x.to_bits() & (keep as u32).wrapping_neg())
 }
 
 /// `(candidate, k)` when `candidate` is greater than `best` or NaN, else `(best, at)`: as a
