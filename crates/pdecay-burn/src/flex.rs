@@ -14,7 +14,8 @@ pub(crate) const CHUNK: usize = 1 << 14;
 /// wrapped in autodiff (the ops' extensions record their own backward; the optimizers step the
 /// inner, plain tensors).
 pub(crate) fn on_flex(device: &Device, autodiff: bool) -> bool {
-    *device == Device::flex() || (autodiff && *device == Device::flex().autodiff())
+    // burn's `Device` equality ignores autodiff (`Device::flex() == Device::flex().autodiff()`)
+    *device == Device::flex() && (autodiff || !device.is_autodiff())
 }
 
 /// A contiguous copy-on-need of `tensor`, owning its buffer alone when nobody else holds it (so
@@ -41,5 +42,19 @@ pub(crate) fn in_chunks(
             .zip(output.par_chunks_mut(chunk))
             .enumerate()
             .for_each(|(i, (input, output))| body(i, input, output));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// burn's device equality does not tell autodiff apart, so `on_flex` asks for it itself.
+    #[test]
+    fn on_flex_tells_autodiff_apart() {
+        let (plain, autodiff) = (Device::flex(), Device::flex().autodiff());
+        assert!(on_flex(&plain, false) && on_flex(&plain, true));
+        assert!(on_flex(&autodiff, true));
+        assert!(!on_flex(&autodiff, false));
     }
 }

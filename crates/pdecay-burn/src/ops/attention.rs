@@ -13,6 +13,8 @@
 //! As a burn backend extension: flex gets the loops, autodiff a backward step that keeps the
 //! weights, and [`causal_softmax`] falls back to burn's composite on other devices.
 
+use std::sync::Arc;
+
 use burn::backend::TensorMetadata;
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -24,7 +26,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, DType, Tensor, TensorData};
-use pdecay::kernel::exp;
+use pdecay::attention::{self, AttentionShape, softmax_backward_rows, softmax_rows};
 
 use crate::flex::{CHUNK, in_chunks, on_flex, sole_contiguous};
 
@@ -97,45 +99,7 @@ fn causal_softmax_composite(scores: Tensor<4>, scale: f64) -> Tensor<4> {
     )
 }
 
-pdecay::dispatched! {
-    /// Weights of whole `time`-long rows; `first_row` is the index of the first row within its
-    /// `time x time` matrix.
-    fn softmax_rows(scores: &[f32], probs: &mut [f32], time: usize, first_row: usize, scale: f32) {
-        let rows = scores.chunks_exact(time).zip(probs.chunks_exact_mut(time));
-        for (r, (row, out)) in rows.enumerate() {
-            let seen = (first_row + r) % time + 1;
-            let (row, (out, future)) = (&row[..seen], out.split_at_mut(seen));
-            // scale > 0, so the scaled row's maximum is the scaled maximum
-            let max = scale * row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-            for (p, &s) in out.iter_mut().zip(row) {
-                *p = exp(scale * s - max);
-            }
-            let inverse_sum = 1.0 / out.iter().sum::<f32>();
-            for p in out.iter_mut() {
-                *p *= inverse_sum;
-            }
-            future.fill(0.0);
-        }
-    }
-}
-
-pdecay::dispatched! {
-    /// `grad_j = scale·P_j·(grad_j - Σ_k P_k·grad_k)` over whole rows, zero above the diagonal.
-    fn softmax_backward_rows(probs: &[f32], grad: &mut [f32], time: usize, first_row: usize, scale: f32) {
-        let rows = probs.chunks_exact(time).zip(grad.chunks_exact_mut(time));
-        for (r, (row, out)) in rows.enumerate() {
-            let seen = (first_row + r) % time + 1;
-            let (row, (out, future)) = (&row[..seen], out.split_at_mut(seen));
-            let dot: f32 = row.iter().zip(out.iter()).map(|(p, g)| p * g).sum();
-            for (g, &p) in out.iter_mut().zip(row) {
-                *g = scale * p * (*g - dot);
-            }
-            future.fill(0.0);
-        }
-    }
-}
-
-/// Runs `rows` (one of the two loops above) over `input` and `output` in whole-row chunks,
+/// Runs `rows` (one of `pdecay::attention`'s two row loops) over `input` and `output` in whole-row chunks,
 /// in parallel when there is enough work.
 fn over_rows(
     input: &[f32],
@@ -258,6 +222,145 @@ pub fn causal_softmax(scores: Tensor<4>, scale: f64) -> Tensor<4> {
     }
 }
 
+/// Causal self-attention over a fused `qkv` projection as a backend operation.
+#[backend_extension(Flex, Autodiff)]
+pub(crate) trait CausalAttention: Backend {
+    /// The `[B, T, D]` output of `heads`-headed causal attention over `qkv` `[B, T, 3·D]`.
+    fn causal_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
+}
+
+/// What the backward step needs: the input and the weights.
+#[derive(Debug, Clone)]
+struct SavedAttention {
+    qkv: FlexTensor,
+    probs: Arc<Vec<f32>>,
+    shape: AttentionShape,
+}
+
+/// The output `[B, T, D]` and what the backward step needs.
+fn attention_forward(qkv: FlexTensor, heads: usize) -> (FlexTensor, SavedAttention) {
+    let qkv = qkv.to_contiguous();
+    let [batch, time, three_width] = qkv.layout().shape().to_vec()[..] else {
+        unreachable!("causal_attention checks the rank")
+    };
+    let shape = AttentionShape {
+        batch,
+        time,
+        heads,
+        head: three_width / (3 * heads),
+    };
+    let (out, probs) = attention::causal_attention(qkv.storage::<f32>(), &shape);
+    let out = FlexTensor::from_data(TensorData::new(out, [batch, time, shape.width()]));
+    let probs = Arc::new(probs);
+    (out, SavedAttention { qkv, probs, shape })
+}
+
+impl CausalAttention for Flex {
+    fn causal_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        attention_forward(qkv, heads).0
+    }
+}
+
+/// The backward step, from the input and weights the forward pass saved.
+#[derive(Debug)]
+struct CausalAttentionBackward;
+
+impl Backward<Flex, 1> for CausalAttentionBackward {
+    type State = SavedAttention;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [parent] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let Some(node) = parent else { return };
+        let SavedAttention { qkv, probs, shape } = ops.state;
+        let grad = grad.to_contiguous();
+        let grad_qkv = attention::causal_attention_backward(
+            qkv.storage::<f32>(),
+            &probs,
+            grad.storage::<f32>(),
+            &shape,
+        );
+        let dims = qkv.layout().shape().clone();
+        grads.register::<Flex>(
+            node.id,
+            FlexTensor::from_data(TensorData::new(grad_qkv, dims)),
+        );
+    }
+}
+
+/// Only flex runs the fused attention (the dispatch reaches this impl for flex under autodiff).
+impl<C: CheckpointStrategy> CausalAttention for Autodiff<Flex, C> {
+    fn causal_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        let prep = CausalAttentionBackward
+            .prepare::<C>([qkv.node()])
+            .compute_bound()
+            .stateful();
+        let (out, saved) = attention_forward(qkv.primitive().clone(), heads);
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish(saved, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+}
+
+/// Causal attention in burn's tensor ops, with `on_weights` applied to the weights `P`
+/// `[B, H, T, T]` before they multiply `V` (dropout, as nanoGPT's `attn_dropout`).
+pub fn causal_attention_composite(
+    qkv: Tensor<3>,
+    heads: usize,
+    on_weights: impl FnOnce(Tensor<4>) -> Tensor<4>,
+) -> Tensor<3> {
+    let [batch, time, three_width] = qkv.dims();
+    let width = three_width / 3;
+    let head = width / heads;
+    let split = |k: usize| {
+        qkv.clone()
+            .slice([0..batch, 0..time, k * width..(k + 1) * width])
+            .reshape([batch, time, heads, head])
+            .swap_dims(1, 2)
+    };
+    let (q, k, v) = (split(0), split(1), split(2));
+    let scores = q.matmul(k.swap_dims(2, 3));
+    // position t sees 0..=t only: weights softmax(S/√head + M), M = -∞ above the diagonal
+    let weights = causal_softmax(scores, 1.0 / (head as f64).sqrt());
+    on_weights(weights)
+        .matmul(v)
+        .swap_dims(1, 2)
+        .reshape([batch, time, width])
+}
+
+/// Causal self-attention with `heads` heads over a fused projection `qkv` `[B, T, 3·D]` (`Q`,
+/// `K`, `V` side by side, each `D = heads·d` wide): each position attends to itself and the
+/// positions before it, `softmax(Q·Kᵀ/√d + M)·V` per head, heads side by side in the `[B, T,
+/// D]` output. One op on the flex CPU backend with f32 values (`pdecay::attention`: the
+/// products read the heads in place and only the weights are kept for the backward pass),
+/// [`causal_attention_composite`] elsewhere; the same values and gradients up to summation
+/// order.
+///
+/// # Panics
+/// If `heads` is 0 or `qkv`'s last dimension is not a multiple of `3·heads` (a model's
+/// constants).
+pub fn causal_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    let three_width = qkv.dims()[2];
+    assert!(
+        heads > 0 && three_width.is_multiple_of(3 * heads),
+        "causal_attention: qkv's last dimension ({three_width}) must be 3 x heads ({heads}) x the head width"
+    );
+    if on_flex(&qkv.device(), true) && qkv.dtype() == DType::F32 {
+        Tensor::from_dispatch(<Dispatch as CausalAttention>::causal_attention(
+            qkv.into_dispatch(),
+            heads,
+        ))
+    } else {
+        causal_attention_composite(qkv, heads, |weights| weights)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,27 +376,6 @@ mod tests {
                 "{what}[{i}]: {a} vs {b}"
             );
         }
-    }
-
-    #[test]
-    fn a_hand_worked_three_by_three() {
-        // scale 0.5 of [[2, 9, 9], [0, 2 ln 3, 9], [2, 2, 2]]: row 0 is [1, 0, 0]; row 1 is
-        // softmax([0, ln 3]) = [1/4, 3/4]; row 2 is uniform
-        let ln3 = 3.0f32.ln();
-        let scores = [2.0, 9.0, 9.0, 0.0, 2.0 * ln3, 9.0, 2.0, 2.0, 2.0];
-        let mut probs = [f32::NAN; 9];
-        softmax_rows(&scores, &mut probs, 3, 0, 0.5);
-        let third = 1.0 / 3.0;
-        let expected = [1.0, 0.0, 0.0, 0.25, 0.75, 0.0, third, third, third];
-        for (p, e) in probs.iter().zip(expected) {
-            assert!((p - e).abs() < 1e-6, "{probs:?}");
-        }
-        // backward of row 1 with grad [1, 5, 7]: dot = 1/4 + 15/4 = 4, so 0.5·[1/4·(1-4),
-        // 3/4·(5-4)] = [-3/8, 3/8] and 0 in the masked column whatever its gradient
-        let mut grad = [0.0, 0.0, 0.0, 1.0, 5.0, 7.0, 0.0, 0.0, 0.0];
-        softmax_backward_rows(&probs, &mut grad, 3, 0, 0.5);
-        assert!((grad[3] + 0.375).abs() < 1e-6 && (grad[4] - 0.375).abs() < 1e-6);
-        assert_eq!(grad[5], 0.0);
     }
 
     /// Values on both devices and gradients through autodiff against burn's composite: big
@@ -322,7 +404,7 @@ mod tests {
                     causal_softmax_composite(scores.clone(), scale).into_data(),
                     "values",
                 );
-                if device == Device::flex() {
+                if !device.is_autodiff() {
                     continue;
                 }
                 let weights = Tensor::<4>::random([b, h, t, keys], Distribution::Default, &device);
@@ -336,6 +418,49 @@ mod tests {
                     grad(causal_softmax_composite),
                     "gradients",
                 );
+            }
+        }
+    }
+
+    /// The op against burn's composite on both devices: values, and `∂qkv` through autodiff
+    /// for a random loss weighting, on the GPT's shape, one head, batch 1, one position and
+    /// odd sizes.
+    #[test]
+    fn attention_matches_the_composite() {
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            // [batch, time, heads, head]
+            for [b, t, h, d] in [
+                [12, 64, 4, 32],
+                [2, 5, 1, 3],
+                [1, 7, 3, 2],
+                [3, 1, 2, 4],
+                [2, 37, 2, 5],
+            ] {
+                let qkv =
+                    Tensor::<3>::random([b, t, 3 * h * d], Distribution::Normal(0.0, 1.0), &device);
+                let weights = Tensor::<3>::random([b, t, h * d], Distribution::Default, &device);
+                let autodiff = device.is_autodiff();
+                let run = |fused: bool| {
+                    let x = qkv.clone().detach();
+                    let x = if autodiff { x.require_grad() } else { x };
+                    let out = if fused {
+                        causal_attention(x.clone(), h)
+                    } else {
+                        causal_attention_composite(x.clone(), h, |w| w)
+                    };
+                    let values = out.clone().into_data();
+                    let grad = autodiff.then(|| {
+                        x.grad(&(out * weights.clone()).sum().backward())
+                            .unwrap()
+                            .into_data()
+                    });
+                    (values, grad)
+                };
+                let ((values, grad), (expected, expected_grad)) = (run(true), run(false));
+                assert_close(values, expected, "values");
+                if let (Some(grad), Some(expected)) = (grad, expected_grad) {
+                    assert_close(grad, expected, "gradients");
+                }
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Model operations with fast loops on the flex CPU backend (burn backend extensions with
 //! their own autodiff step): 2x2 max pooling (alone, or with the bias and ReLU before it), the
-//! exact GELU, the causal softmax of attention, and the linear and convolutional layers'
+//! exact GELU, causal attention (the softmax alone, or the whole head computation), and the linear and convolutional layers'
 //! products over their weights' non-zeros (sparse training). Elsewhere each falls back to
 //! burn's composite.
 
@@ -11,7 +11,7 @@ mod pool;
 mod sparse_conv;
 mod sparse_linear;
 
-pub use attention::causal_softmax;
+pub use attention::{causal_attention, causal_attention_composite, causal_softmax};
 pub use conv_pool::conv2d_relu_max_pool_2x2;
 pub use gelu::gelu;
 pub use pool::{bias_relu_max_pool_2x2, max_pool_2x2};

@@ -11,7 +11,7 @@ use burn::nn::{
     Linear, LinearConfig,
 };
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use pdecay_burn::{causal_softmax, gelu};
+use pdecay_burn::{causal_attention, causal_attention_composite, gelu};
 
 use super::sparse::{SparseCandidate, linear_3d};
 use serde::{Deserialize, Serialize};
@@ -70,25 +70,14 @@ impl CausalSelfAttention {
     /// `[batch, time, width]` → the same, each position attending to itself and earlier ones;
     /// `sparse`: whether `qkv` and `proj` run over their weights' non-zeros.
     fn forward(&self, x: Tensor<3>, [qkv_sparse, proj_sparse]: [bool; 2]) -> Tensor<3> {
-        let [batch, time, width] = x.dims();
-        let head = width / self.heads;
         let qkv = linear_3d(&self.qkv, x, qkv_sparse);
-        let split = |k: usize| {
-            qkv.clone()
-                .slice([0..batch, 0..time, k * width..(k + 1) * width])
-                .reshape([batch, time, self.heads, head])
-                .swap_dims(1, 2)
+        // dropout on the attention weights (training only: a device with autodiff) needs them
+        // as a tensor: then burn's ops
+        let out = if self.dropout.prob == 0.0 || !qkv.device().is_autodiff() {
+            causal_attention(qkv, self.heads)
+        } else {
+            causal_attention_composite(qkv, self.heads, |weights| self.dropout.forward(weights))
         };
-        let (q, k, v) = (split(0), split(1), split(2));
-        let scores = q.matmul(k.swap_dims(2, 3));
-        // position t sees 0..=t only: weights softmax(S/√head + M), M = -∞ above the diagonal
-        let weights = causal_softmax(scores, 1.0 / (head as f64).sqrt());
-        let out = self
-            .dropout
-            .forward(weights)
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([batch, time, width]);
         self.dropout
             .forward(linear_3d(&self.proj, out, proj_sparse))
     }
