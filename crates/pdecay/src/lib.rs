@@ -3,7 +3,7 @@
 //! The maths of Outmezguine & Levi, *Decoupled Weight Decay for Any p Norm* (2024), with no
 //! tensor library: decay factors and their variants ([`factor`]), the slice kernel that applies
 //! them ([`kernel`]), schedules for lr, p and lambda ([`schedule`]), sparsity statistics
-//! ([`sparsity`]), input validation ([`validate`]), causal self-attention ([`attention`]), the CSR matrices sparse inference and sparse
+//! ([`sparsity`]), input validation ([`validate`]), causal self-attention ([`attention`]), layer normalisation ([`layer_norm`]), the CSR matrices sparse inference and sparse
 //! training run on ([`csr`]) and the row-sliced layout of its batch-1 product ([`sell`]), convolutions as their products ([`im2col`]), directly over a
 //! sparse kernel ([`sparse_conv`]), with the batch innermost over a sparse kernel ([`lane_conv`])
 //! or a dense one ([`lane_gemm`]), and 2x2 max pooling ([`pool`], and in the lanes' layout
@@ -35,6 +35,7 @@ pub mod kernel;
 pub mod lane_conv;
 pub mod lane_gemm;
 pub mod lane_pool;
+pub mod layer_norm;
 pub mod pool;
 pub mod schedule;
 pub mod sell;

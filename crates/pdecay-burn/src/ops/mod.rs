@@ -1,12 +1,14 @@
 //! Model operations with fast loops on the flex CPU backend (burn backend extensions with
 //! their own autodiff step): 2x2 max pooling (alone, or with the bias and ReLU before it), the
-//! exact GELU, causal attention (the softmax alone, or the whole head computation), and the linear and convolutional layers'
+//! exact GELU, layer normalisation, causal attention (the softmax alone, or the whole head
+//! computation), and the linear and convolutional layers'
 //! products over their weights' non-zeros (sparse training). Elsewhere each falls back to
 //! burn's composite.
 
 mod attention;
 mod conv_pool;
 mod gelu;
+mod layer_norm;
 mod pool;
 mod sparse_conv;
 mod sparse_linear;
@@ -14,6 +16,7 @@ mod sparse_linear;
 pub use attention::{causal_attention, causal_attention_composite, causal_softmax};
 pub use conv_pool::conv2d_relu_max_pool_2x2;
 pub use gelu::gelu;
+pub use layer_norm::layer_norm;
 pub use pool::{bias_relu_max_pool_2x2, max_pool_2x2};
 pub use sparse_conv::{dense_conv2d, sparse_conv2d};
 pub use sparse_linear::sparse_linear;

@@ -11,7 +11,7 @@ use burn::nn::{
     Linear, LinearConfig,
 };
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use pdecay_burn::{causal_attention, causal_attention_composite, gelu};
+use pdecay_burn::{causal_attention, causal_attention_composite, gelu, layer_norm};
 
 use super::sparse::{SparseCandidate, linear_3d};
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,22 @@ const INIT_STD: f64 = 0.02;
 
 fn normal(std: f64) -> Initializer {
     Initializer::Normal { mean: 0.0, std }
+}
+
+/// LayerNorm's ε (burn's default), kept here because burn's `LayerNorm` does not expose it.
+const LAYER_NORM_EPSILON: f64 = 1e-5;
+
+fn layer_norm_config(c: &GptConfig) -> LayerNormConfig {
+    LayerNormConfig::new(c.width)
+        .with_bias(c.bias)
+        .with_epsilon(LAYER_NORM_EPSILON)
+}
+
+/// `norm` applied to `x` through [`layer_norm`] (one op forward and backward on the CPU),
+/// what `norm.forward(x)` computes.
+fn normalize(norm: &LayerNorm, x: Tensor<3>) -> Tensor<3> {
+    let beta = norm.beta.as_ref().map(|b| b.val());
+    layer_norm(x, norm.gamma.val(), beta, LAYER_NORM_EPSILON)
 }
 
 /// Causal multi-head self-attention.
@@ -96,7 +112,7 @@ pub struct Block {
 
 impl Block {
     fn new(c: &GptConfig, device: &Device) -> Self {
-        let norm = || LayerNormConfig::new(c.width).with_bias(c.bias).init(device);
+        let norm = || layer_norm_config(c).init(device);
         let residual_std = INIT_STD / (2.0 * c.layers as f64).sqrt();
         Self {
             ln_1: norm(),
@@ -120,8 +136,12 @@ impl Block {
         let x = x.clone()
             + self
                 .attn
-                .forward(self.ln_1.forward(x), [sparse[0], sparse[1]]);
-        let hidden = gelu(linear_3d(&self.fc, self.ln_2.forward(x.clone()), sparse[2]));
+                .forward(normalize(&self.ln_1, x), [sparse[0], sparse[1]]);
+        let hidden = gelu(linear_3d(
+            &self.fc,
+            normalize(&self.ln_2, x.clone()),
+            sparse[2],
+        ));
         let mlp = linear_3d(&self.fc_proj, hidden, sparse[3]);
         x + self.dropout.forward(mlp)
     }
@@ -161,7 +181,7 @@ impl Gpt {
                 .init(device),
             dropout: DropoutConfig::new(c.dropout).init(),
             blocks: (0..c.layers).map(|_| Block::new(c, device)).collect(),
-            ln_f: LayerNormConfig::new(c.width).with_bias(c.bias).init(device),
+            ln_f: layer_norm_config(c).init(device),
         }
     }
 
@@ -204,7 +224,7 @@ impl Gpt {
             .fold(self.dropout.forward(x), |x, (b, block)| {
                 block.forward(x, std::array::from_fn(|k| on(4 * b + k)))
             });
-        let x = self.ln_f.forward(x);
+        let x = normalize(&self.ln_f, x);
         // the output layer is the token embedding, transposed: one tensor, two uses; one
         // product over every position (its gradient one product too, where a batched product
         // of the expanded weight summed one per sequence)
