@@ -201,7 +201,10 @@ fn qkv_view(shape: &AttentionShape, part: usize, h: usize) -> View {
 pub fn causal_attention(qkv: &[f32], shape: &AttentionShape) -> (Vec<f32>, Vec<f32>) {
     shape.check(qkv);
     let &AttentionShape {
-        batch, time, heads, ..
+        batch,
+        time,
+        heads,
+        head,
     } = shape;
     let (width, square) = (shape.width(), time * time);
     let mut out = vec![0.0f32; batch * time * width];
@@ -217,7 +220,6 @@ pub fn causal_attention(qkv: &[f32], shape: &AttentionShape) -> (Vec<f32>, Vec<f
         .zip(weights)
         .for_each(|((qkv, out), probs)| {
             let mut scores = vec![0.0f32; square];
-            let head = shape.head;
             for (h, probs) in probs.chunks_exact_mut(square).enumerate() {
                 let [q, k, v] = [0, 1, 2].map(|part| qkv_view(shape, part, h));
                 let o = View::new(h * head, [width, 1]);

@@ -140,6 +140,11 @@ pub fn layer_norm(
     let mut stats = vec![0.0f32; 2 * rows];
     let rows_per_task = rows_per_task(width);
     let chunk = rows_per_task * width;
+    if x.len() <= chunk {
+        // one task: on this thread (rayon would hand it to its pool and wait)
+        normalize_rows(x, gamma, beta, epsilon, &mut y, &mut stats);
+        return (y, stats);
+    }
     x.par_chunks(chunk)
         .zip(y.par_chunks_mut(chunk))
         .zip(stats.par_chunks_mut(2 * rows_per_task))

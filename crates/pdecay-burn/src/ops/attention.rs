@@ -1,5 +1,5 @@
-//! Causal softmax of attention scores in one pass, forward and backward, for burn's flex CPU
-//! backend.
+//! Causal attention for burn's flex CPU backend: the softmax of the scores in one pass, or the
+//! whole attention as one op, forward and backward.
 //!
 //! A causal attention layer turns the scores `S = Q·Kᵀ` of each head into weights
 //! `P = softmax(c·S + M)`, with `c = 1/√d` and `M` the mask that is `-∞` above the diagonal,
@@ -12,6 +12,12 @@
 //!
 //! As a burn backend extension: flex gets the loops, autodiff a backward step that keeps the
 //! weights, and [`causal_softmax`] falls back to burn's composite on other devices.
+//!
+//! [`causal_attention`] goes further: the whole attention of every head from the fused `qkv`
+//! projection as one op ([`pdecay::attention`]: the products read and write the heads in place
+//! through strides), so none of the composite's slices, transposes and copies are made.
+//! [`causal_attention_composite`] is the composite, for other devices and for dropout on the
+//! weights.
 
 use std::sync::Arc;
 

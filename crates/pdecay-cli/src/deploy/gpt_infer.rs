@@ -20,6 +20,7 @@ use std::time::Instant;
 use anyhow::{Result, ensure};
 use pdecay::csr::{Csr, transpose};
 use pdecay::kernel::{exp, gelu};
+use pdecay::layer_norm::layer_norm;
 use pdecay::sell::Sell;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -184,32 +185,7 @@ struct Norm {
 impl Norm {
     /// Each row of `x` (`[n, C]`) normalised.
     fn rows(&self, x: &[f32]) -> Vec<f32> {
-        let mut out = vec![0.0; x.len()];
-        layer_norm_rows(x, &self.gain, self.bias.as_deref(), &mut out);
-        out
-    }
-}
-
-pdecay::dispatched! {
-    /// `out = (x - mean)/√(var + ε)·gain + bias` for each row of `x`, compiled for the widest
-    /// instruction set (the decoder's own loops would otherwise run on SSE2).
-    fn layer_norm_rows(x: &[f32], gain: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
-        let width = gain.len();
-        for (x, out) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
-            let n = width as f32;
-            let mean = lane_sum(x) / n;
-            // `out` first holds the squared deviations
-            for (o, v) in out.iter_mut().zip(x) {
-                *o = (v - mean) * (v - mean);
-            }
-            let inv = 1.0 / (lane_sum(out) / n + 1e-5).sqrt();
-            for ((o, v), g) in out.iter_mut().zip(x).zip(gain) {
-                *o = (v - mean) * inv * g;
-            }
-            if let Some(b) = bias {
-                out.iter_mut().zip(b).for_each(|(o, b)| *o += b);
-            }
-        }
+        layer_norm(x, &self.gain, self.bias.as_deref(), 1e-5).0
     }
 }
 
