@@ -370,19 +370,11 @@ pub fn causal_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::assert_close;
     use burn::tensor::{Device, Distribution};
 
-    fn assert_close(ours: TensorData, theirs: TensorData, what: &str) {
-        let ours = ours.try_to_vec::<f32>().unwrap();
-        let theirs = theirs.try_to_vec::<f32>().unwrap();
-        assert_eq!(ours.len(), theirs.len());
-        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-            assert!(
-                (a - b).abs() <= 2e-6 * b.abs().max(1.0),
-                "{what}[{i}]: {a} vs {b}"
-            );
-        }
-    }
+    /// Summation order only (relative).
+    const TOLERANCE: f32 = 2e-6;
 
     /// Values on both devices and gradients through autodiff against burn's composite: big
     /// enough for the parallel path, with chunks that start mid-matrix, a transposed
@@ -408,6 +400,7 @@ mod tests {
                 assert_close(
                     causal_softmax(scores.clone(), scale).into_data(),
                     causal_softmax_composite(scores.clone(), scale).into_data(),
+                    TOLERANCE,
                     "values",
                 );
                 if !device.is_autodiff() {
@@ -422,6 +415,7 @@ mod tests {
                 assert_close(
                     grad(causal_softmax),
                     grad(causal_softmax_composite),
+                    TOLERANCE,
                     "gradients",
                 );
             }
@@ -463,9 +457,9 @@ mod tests {
                     (values, grad)
                 };
                 let ((values, grad), (expected, expected_grad)) = (run(true), run(false));
-                assert_close(values, expected, "values");
+                assert_close(values, expected, TOLERANCE, "values");
                 if let (Some(grad), Some(expected)) = (grad, expected_grad) {
-                    assert_close(grad, expected, "gradients");
+                    assert_close(grad, expected, TOLERANCE, "gradients");
                 }
             }
         }

@@ -147,6 +147,7 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::assert_close;
     use burn::tensor::{Device, Distribution};
 
     /// Φ(x) in f64: std has no `erfc`, so the density is integrated by Simpson's rule.
@@ -210,17 +211,8 @@ mod tests {
         assert_eq!(grad[5], 1.0);
     }
 
-    fn assert_close(ours: TensorData, theirs: TensorData, what: &str) {
-        let ours = ours.try_to_vec::<f32>().unwrap();
-        let theirs = theirs.try_to_vec::<f32>().unwrap();
-        assert_eq!(ours.len(), theirs.len());
-        for (a, b) in ours.iter().zip(&theirs) {
-            assert!(
-                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
-                "{what}: {a} vs {b}"
-            );
-        }
-    }
+    /// The formula's error in `Φ` (1.5e-7) and rounding, relative.
+    const TOLERANCE: f32 = 1e-6;
 
     /// Values on both devices and gradients through autodiff against burn's own GELU, on a
     /// tensor long enough for the parallel path, with a transposed (non-contiguous) input and a
@@ -233,6 +225,7 @@ mod tests {
             assert_close(
                 gelu(x.clone()).into_data(),
                 burn::tensor::activation::gelu(x.clone()).into_data(),
+                TOLERANCE,
                 "values",
             );
             if !device.is_autodiff() {
@@ -246,6 +239,7 @@ mod tests {
             assert_close(
                 grad(gelu),
                 grad(burn::tensor::activation::gelu),
+                TOLERANCE,
                 "gradients",
             );
         }

@@ -235,19 +235,11 @@ pub fn layer_norm<const D: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::assert_close;
     use burn::tensor::{Device, Distribution};
 
-    fn assert_close(ours: TensorData, theirs: TensorData, what: &str) {
-        let ours = ours.try_to_vec::<f32>().unwrap();
-        let theirs = theirs.try_to_vec::<f32>().unwrap();
-        assert_eq!(ours.len(), theirs.len());
-        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-            assert!(
-                (a - b).abs() <= 2e-5 * b.abs().max(1.0),
-                "{what}[{i}]: {a} vs {b}"
-            );
-        }
-    }
+    /// Summation order only (relative).
+    const TOLERANCE: f32 = 2e-5;
 
     /// Values on both devices and the gradients of `x`, `γ` and `β` through autodiff against
     /// burn's own layer norm, with and without `β`, on the GPT's shape and odd ones.
@@ -299,7 +291,7 @@ mod tests {
                     (values, grads)
                 };
                 let ((values, grads), (expected, expected_grads)) = (run(true), run(false));
-                assert_close(values, expected, "values");
+                assert_close(values, expected, TOLERANCE, "values");
                 assert_eq!(grads.is_some(), device.is_autodiff());
                 for (i, (g, e)) in grads
                     .into_iter()
@@ -307,7 +299,7 @@ mod tests {
                     .zip(expected_grads.into_iter().flatten())
                     .enumerate()
                 {
-                    assert_close(g, e, &format!("gradient {i}"));
+                    assert_close(g, e, TOLERANCE, &format!("gradient {i}"));
                 }
             }
         }

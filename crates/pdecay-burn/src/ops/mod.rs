@@ -45,3 +45,23 @@ fn product_backward<S>(
         grads.register::<Flex>(node.id, w_grad);
     }
 }
+
+/// `ours` equals `theirs` element by element within `tolerance` relative (absolute below 1):
+/// the ops' tests against burn's composites, which sum in another order.
+#[cfg(test)]
+fn assert_close(
+    ours: burn::tensor::TensorData,
+    theirs: burn::tensor::TensorData,
+    tolerance: f32,
+    what: &str,
+) {
+    let ours = ours.try_to_vec::<f32>().unwrap();
+    let theirs = theirs.try_to_vec::<f32>().unwrap();
+    assert_eq!(ours.len(), theirs.len(), "{what}: lengths");
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        assert!(
+            (a - b).abs() <= tolerance * b.abs().max(1.0),
+            "{what}[{i}]: {a} vs {b}"
+        );
+    }
+}
