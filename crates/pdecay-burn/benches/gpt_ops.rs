@@ -16,15 +16,13 @@ use burn::tensor::{Device, Distribution, Tensor};
 use pdecay_burn::{causal_attention, causal_attention_composite, layer_norm};
 
 mod allocator;
+mod timing;
+
+use timing::alternated;
 
 /// (name, batch, time, heads, head)
 const SHAPES: [(&str, usize, usize, usize, usize); 2] =
     [("cpu gpt", 12, 64, 4, 32), ("nanogpt char", 4, 256, 6, 64)];
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() {
     allocator::keep_freed_pages();
@@ -115,16 +113,4 @@ fn main() {
         );
     }
     println!("(ratios below 1: the fused op is faster)");
-}
-
-/// Medians of `step(false)` and `step(true)`, called in turn `repeats` times after one warm-up
-/// call each.
-fn alternated(repeats: usize, step: impl Fn(bool) -> f64) -> [f64; 2] {
-    let (_, _) = (step(false), step(true));
-    let mut times = [Vec::new(), Vec::new()];
-    for _ in 0..repeats {
-        times[0].push(step(false));
-        times[1].push(step(true));
-    }
-    times.map(median)
 }

@@ -61,6 +61,9 @@ const DENSE_SHAPES: [(Shape, bool); 7] = [
 ];
 
 mod allocator;
+mod timing;
+
+use timing::alternated;
 
 const SPARSITIES: [f64; 6] = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99];
 
@@ -79,23 +82,6 @@ fn kernel(dims: [usize; 4], sparsity: f64, device: &Device) -> Tensor<4> {
         })
         .collect();
     Tensor::from_data(TensorData::new(values, dims), device)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Median times of `step(false)` and `step(true)` over `repeats` alternated calls, after one
-/// warm-up call of each.
-fn alternated(repeats: usize, step: impl Fn(bool) -> f64) -> [f64; 2] {
-    let (_, _) = (step(false), step(true));
-    let mut times = [Vec::new(), Vec::new()];
-    for _ in 0..repeats {
-        times[0].push(step(false));
-        times[1].push(step(true));
-    }
-    times.map(median)
 }
 
 fn main() {

@@ -31,6 +31,9 @@ const SHAPES: [(&str, usize, usize, usize); 10] = [
 ];
 
 mod allocator;
+mod timing;
+
+use timing::alternated;
 
 const SPARSITIES: [f64; 6] = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99];
 
@@ -49,11 +52,6 @@ fn weight(inputs: usize, outputs: usize, sparsity: f64, device: &Device) -> Tens
         })
         .collect();
     Tensor::from_data(TensorData::new(values, [inputs, outputs]), device)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -97,13 +95,7 @@ fn main() {
                 std::hint::black_box(x.grad(&grads).map(|g| g.into_data()));
                 start.elapsed().as_secs_f64()
             };
-            let (_, _) = (step(false), step(true));
-            let mut times = [Vec::new(), Vec::new()];
-            for _ in 0..repeats {
-                times[0].push(step(false));
-                times[1].push(step(true));
-            }
-            let [dense, sparse] = times.map(median);
+            let [dense, sparse] = alternated(repeats, step);
             let shape = format!("{batch}x{inputs}->{outputs}");
             if tsv {
                 // bench/sparse_layers.sh joins these rows with SparseProp's
