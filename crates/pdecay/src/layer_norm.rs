@@ -55,7 +55,14 @@ fn lane_sum(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -
 
 crate::dispatched! {
     /// `y` and `(μ, r)` per row of `x` (rows of `gamma.len()` values).
-    fn normalize_rows(x: &[f32], gamma: &[f32], beta: Option<&[f32]>, epsilon: f32, y: &mut [f32], stats: &mut [f32]) {
+    fn normalize_rows(
+        x: &[f32],
+        gamma: &[f32],
+        beta: Option<&[f32]>,
+        epsilon: f32,
+        y: &mut [f32],
+        stats: &mut [f32]
+    ) {
         let width = gamma.len();
         let rows = x.chunks_exact(width).zip(y.chunks_exact_mut(width));
         for ((x, y), stats) in rows.zip(stats.chunks_exact_mut(2)) {

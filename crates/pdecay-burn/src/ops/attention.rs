@@ -105,8 +105,8 @@ fn causal_softmax_composite(scores: Tensor<4>, scale: f64) -> Tensor<4> {
     )
 }
 
-/// Runs `rows` (one of `pdecay::attention`'s two row loops) over `input` and `output` in whole-row chunks,
-/// in parallel when there is enough work.
+/// Runs `rows` (one of `pdecay::attention`'s two row loops) over `input` and `output` in
+/// whole-row chunks, in parallel when there is enough work.
 fn over_rows(
     input: &[f32],
     output: &mut [f32],
