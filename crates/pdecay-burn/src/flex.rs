@@ -3,7 +3,7 @@
 //! loop across rayon's pool.
 
 use burn::backend::flex::FlexTensor;
-use burn::tensor::Device;
+use burn::tensor::{DType, Device};
 use rayon::prelude::*;
 
 /// Elements per rayon task in [`in_chunks`]: a few microseconds of work, so short tensors stay
@@ -16,6 +16,12 @@ pub(crate) const CHUNK: usize = 1 << 14;
 pub(crate) fn on_flex(device: &Device, autodiff: bool) -> bool {
     // burn's `Device` equality ignores autodiff (`Device::flex() == Device::flex().autodiff()`)
     *device == Device::flex() && (autodiff || !device.is_autodiff())
+}
+
+/// Whether every tensor holds f32 values (the ops' loops are written for f32; other dtypes
+/// take burn's own ops).
+pub(crate) fn all_f32(tensors: &[&FlexTensor]) -> bool {
+    tensors.iter().all(|t| t.dtype() == DType::F32)
 }
 
 /// A contiguous copy-on-need of `tensor`, owning its buffer alone when nobody else holds it (so

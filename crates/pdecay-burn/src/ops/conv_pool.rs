@@ -28,9 +28,9 @@ use pdecay::{lane_conv, lane_gemm, lane_pool};
 
 use super::pool::{bias_relu_max_pool_2x2, relu_pool_composite};
 use super::sparse_conv::{
-    self, Input, all_f32, conv_options, dense_conv2d, geometry, gradients, sparse_conv2d,
+    self, Input, conv_options, dense_conv2d, geometry, gradients, sparse_conv2d,
 };
-use crate::flex::on_flex;
+use crate::flex::{all_f32, on_flex};
 
 /// The convolution block as a backend operation.
 #[backend_extension(Flex, Autodiff)]

@@ -19,7 +19,7 @@ use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{DType, Tensor, TensorData};
 use pdecay::layer_norm as rows;
 
-use crate::flex::on_flex;
+use crate::flex::{all_f32, on_flex};
 
 /// Layer normalisation as a backend operation (two methods: extensions take no optional
 /// tensors).
@@ -51,10 +51,6 @@ struct Saved {
     x: FlexTensor,
     gamma: FlexTensor,
     stats: Vec<f32>,
-}
-
-fn all_f32(tensors: &[&FlexTensor]) -> bool {
-    tensors.iter().all(|t| t.dtype() == DType::F32)
 }
 
 /// The output and what the backward step needs.

@@ -35,12 +35,12 @@ use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use pdecay::csr::Csr;
 use pdecay::im2col::ConvShape;
 use pdecay::{lane_conv, lane_gemm, sparse_conv};
 
-use crate::flex::on_flex;
+use crate::flex::{all_f32, on_flex};
 
 /// burn's options for a square kernel's `stride` and `padding`.
 pub(super) fn conv_options(stride: usize, padding: usize) -> ConvOptions<2> {
@@ -199,10 +199,6 @@ pub(super) fn gradients(
         [w.rows, shape.channels, k, k],
     ));
     (x_grad, w_grad)
-}
-
-pub(super) fn all_f32(tensors: &[&FlexTensor]) -> bool {
-    tensors.iter().all(|t| t.dtype() == DType::F32)
 }
 
 impl SparseConv for Flex {

@@ -32,10 +32,10 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use pdecay::csr::{Csr, transpose};
 
-use crate::flex::on_flex;
+use crate::flex::{all_f32, on_flex};
 
 /// The product over the weight's non-zeros as a backend operation.
 #[backend_extension(Flex, Autodiff)]
@@ -113,10 +113,6 @@ fn backward(
         [inputs, outputs],
     ));
     (x_grad, w_grad)
-}
-
-fn all_f32(tensors: &[&FlexTensor]) -> bool {
-    tensors.iter().all(|t| t.dtype() == DType::F32)
 }
 
 impl SparseMatmul for Flex {
