@@ -83,7 +83,7 @@ impl Csr {
     /// # Panics
     /// If `dense.len() != rows * cols`, or a dimension exceeds `u32` (callers' bugs).
     pub fn from_dense(dense: &[f32], rows: usize, cols: usize, threshold: f32) -> Self {
-        Self::kept(dense, rows, cols, |w| w != 0.0 && w.abs() >= threshold)
+        Self::kept(dense, rows, cols, Kept::AtLeast(threshold))
     }
 
     /// Checks arrays read from a file before any product indexes with them.
@@ -249,7 +249,7 @@ impl Csr {
     /// # Panics
     /// If `dense.len() != rows * cols`, or the matrix exceeds `u32` indexing (callers' bugs).
     pub fn nonzeros(dense: &[f32], rows: usize, cols: usize) -> Self {
-        Self::kept(dense, rows, cols, |w| w != 0.0)
+        Self::kept(dense, rows, cols, Kept::NonZero)
     }
 
     /// Every entry of a row-major dense matrix, zeros included: the sparse products then compute
@@ -258,51 +258,43 @@ impl Csr {
     /// # Panics
     /// If `dense.len() != rows * cols`, or the matrix exceeds `u32` indexing (callers' bugs).
     pub fn every_entry(dense: &[f32], rows: usize, cols: usize) -> Self {
-        Self::kept(dense, rows, cols, |_| true)
+        Self::kept(dense, rows, cols, Kept::Every)
     }
 
-    /// The entries of a row-major dense matrix for which `keep` holds, in one branch-free pass
-    /// (each entry is written, and kept only if `keep` says so), so the scan costs the same at
-    /// every density; blocks of rows split over rayon's pool for large matrices.
-    fn kept(dense: &[f32], rows: usize, cols: usize, keep: impl Fn(f32) -> bool + Sync) -> Self {
+    /// The entries of a row-major dense matrix for which `keep` holds ([`compact_row`]); blocks
+    /// of rows split over rayon's pool for large matrices.
+    fn kept(dense: &[f32], rows: usize, cols: usize, keep: Kept) -> Self {
         assert_eq!(dense.len(), rows * cols, "CSR: dense length is rows * cols");
         assert!(u32::try_from(dense.len()).is_ok(), "CSR: matrix too large");
         // each block of rows compacted alone, on rayon's pool when the matrix is large
         let block_rows = (PARALLEL_SCAN / cols.max(1)).max(1);
+        // per block: where each row's entries end, counted from the block's first entry
         let scan = |block: &[f32]| {
-            let (mut counts, mut col_indices, mut values) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut ends, mut col_indices, mut values) = (Vec::new(), Vec::new(), Vec::new());
             for row in block.chunks(cols.max(1)) {
-                let start = values.len();
-                values.resize(start + cols + 1, 0.0);
-                col_indices.resize(start + cols + 1, 0);
-                let mut end = start;
-                for (c, &w) in row.iter().enumerate() {
-                    values[end] = w;
-                    col_indices[end] = c as u32;
-                    end += keep(w) as usize;
-                }
-                values.truncate(end);
-                col_indices.truncate(end);
-                counts.push((end - start) as u32);
+                compact_row(row, keep, &mut values, &mut col_indices);
+                ends.push(values.len() as u32);
             }
-            (counts, col_indices, values)
+            (ends, col_indices, values)
         };
-        let blocks: Vec<_> = if dense.len() < 2 * PARALLEL_SCAN || cols == 0 {
+        let mut blocks = if dense.len() < 2 * PARALLEL_SCAN || cols == 0 {
             vec![scan(dense)]
         } else {
             dense.par_chunks(block_rows * cols).map(scan).collect()
-        };
-        let nnz = blocks.iter().map(|b| b.2.len()).sum();
+        }
+        .into_iter();
+        // the first block's arrays are the matrix's, the others appended
+        let (ends, mut col_indices, mut values) = blocks.next().unwrap_or_default();
         let mut row_offsets = Vec::with_capacity(rows + 1);
-        let (mut col_indices, mut values) = (Vec::with_capacity(nnz), Vec::with_capacity(nnz));
         row_offsets.push(0u32);
-        for (counts, cols_of_block, values_of_block) in blocks {
-            for count in counts {
-                row_offsets.push(row_offsets[row_offsets.len() - 1] + count);
-            }
+        row_offsets.extend(ends);
+        for (ends, cols_of_block, values_of_block) in blocks {
+            let before = values.len() as u32;
+            row_offsets.extend(ends.into_iter().map(|end| before + end));
             col_indices.extend_from_slice(&cols_of_block);
             values.extend_from_slice(&values_of_block);
         }
+        let nnz = values.len();
         row_offsets.resize(rows + 1, nnz as u32);
         Self {
             rows,
@@ -402,8 +394,146 @@ impl Csr {
     }
 }
 
+/// Which entries of a dense matrix a CSR keeps.
+#[derive(Debug, Clone, Copy)]
+enum Kept {
+    /// `w != 0` (NaN and infinities included): [`Csr::nonzeros`].
+    NonZero,
+    /// `w != 0` and `|w| >= threshold` (NaN dropped): [`Csr::from_dense`].
+    AtLeast(f32),
+    /// Every entry: [`Csr::every_entry`].
+    Every,
+}
+
+impl Kept {
+    fn keeps(self, w: f32) -> bool {
+        match self {
+            Kept::NonZero => w != 0.0,
+            Kept::AtLeast(threshold) => w != 0.0 && w.abs() >= threshold,
+            Kept::Every => true,
+        }
+    }
+}
+
+/// Entries per mask of [`compact_row`].
+const MASK_WIDTH: usize = 16;
+
+/// Appends the entries of `row` that `keep` keeps to `values`, with their columns to
+/// `col_indices`. `keep` is evaluated for 16 entries at a time into a bit mask, and only the
+/// kept entries are then visited, lowest bit first: at pWD's densities (1-20% non-zero) a
+/// block of 16 holds 0-3 of them, where a pass that wrote every entry and kept some paid two
+/// stores for each. The non-zeros, sparse training's support scanned at every step, take
+/// AVX-512's compress where the CPU has it: each block's kept entries and their columns
+/// packed into one register each and stored whole, with no branch per entry. On the MLP's
+/// 784x300 weight that scan takes 0.056 ms at 90% zeros and 0.023 ms at 99%, against 0.18 ms
+/// for the store-every-entry pass (bench/README.md).
+fn compact_row(row: &[f32], keep: Kept, values: &mut Vec<f32>, col_indices: &mut Vec<u32>) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(keep, Kept::NonZero) && crate::kernel::simd_allowed(crate::kernel::SimdLevel::Avx512)
+    {
+        // SAFETY: the CPU supports AVX-512F, checked in `simd_allowed`.
+        unsafe { compact_nonzeros_avx512(row, values, col_indices) };
+        return;
+    }
+    values.reserve(row.len());
+    col_indices.reserve(row.len());
+    let chunks = row.chunks_exact(MASK_WIDTH);
+    let tail = chunks.remainder();
+    let mut base = 0u32;
+    for chunk in chunks {
+        let mut mask = 0u32;
+        for (i, &w) in chunk.iter().enumerate() {
+            mask |= u32::from(keep.keeps(w)) << i;
+        }
+        if mask == (1 << MASK_WIDTH) - 1 {
+            values.extend_from_slice(chunk);
+            col_indices.extend(base..base + MASK_WIDTH as u32);
+        } else {
+            while mask != 0 {
+                let i = mask.trailing_zeros();
+                values.push(chunk[i as usize]);
+                col_indices.push(base + i);
+                mask &= mask - 1;
+            }
+        }
+        base += MASK_WIDTH as u32;
+    }
+    append_kept(tail, base, keep, values, col_indices);
+}
+
+/// Appends the entries of `entries` (columns from `first`) that `keep` keeps, one by one.
+fn append_kept(
+    entries: &[f32],
+    first: u32,
+    keep: Kept,
+    values: &mut Vec<f32>,
+    col_indices: &mut Vec<u32>,
+) {
+    for (c, &w) in (first..).zip(entries) {
+        if keep.keeps(w) {
+            values.push(w);
+            col_indices.push(c);
+        }
+    }
+}
+
+/// [`compact_row`] for the non-zeros with AVX-512: per block of 16, a compare into a mask,
+/// then the kept values and their columns compressed to the front of a register and stored as
+/// 16 lanes at the end of the kept ones, of which the mask's population count are kept.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn compact_nonzeros_avx512(row: &[f32], values: &mut Vec<f32>, col_indices: &mut Vec<u32>) {
+    use std::arch::x86_64::{
+        _CMP_NEQ_UQ, _mm512_add_epi32, _mm512_cmp_ps_mask, _mm512_loadu_ps,
+        _mm512_maskz_compress_epi32, _mm512_maskz_compress_ps, _mm512_set1_epi32,
+        _mm512_setr_epi32, _mm512_setzero_ps, _mm512_storeu_epi32, _mm512_storeu_ps,
+    };
+    // each block stores all 16 lanes: room for one past the last kept entry
+    values.reserve(row.len() + MASK_WIDTH);
+    col_indices.reserve(row.len() + MASK_WIDTH);
+    let mut len = values.len();
+    debug_assert_eq!(len, col_indices.len());
+    let chunks = row.chunks_exact(MASK_WIDTH);
+    let tail = chunks.remainder();
+    let mut columns = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let step = _mm512_set1_epi32(MASK_WIDTH as i32);
+    for chunk in chunks {
+        // SAFETY: `chunk` holds 16 values; the stores write lanes `len..len + 16`, within the
+        // capacity reserved above, since `len` grows by at most 16 per block of `row`; the
+        // entries `set_len` below covers are all written (the kept lanes of each store).
+        unsafe {
+            let w = _mm512_loadu_ps(chunk.as_ptr());
+            // unordered: NaN is kept, as `w != 0.0` keeps it
+            let mask = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(w, _mm512_setzero_ps());
+            // most blocks are empty at 99% zeros: the stores skipped (2x faster there)
+            if mask != 0 {
+                _mm512_storeu_ps(
+                    values.as_mut_ptr().add(len),
+                    _mm512_maskz_compress_ps(mask, w),
+                );
+                _mm512_storeu_epi32(
+                    col_indices.as_mut_ptr().add(len).cast(),
+                    _mm512_maskz_compress_epi32(mask, columns),
+                );
+                len += mask.count_ones() as usize;
+            }
+        }
+        columns = _mm512_add_epi32(columns, step);
+    }
+    // SAFETY: as above, entries below `len` are written.
+    unsafe {
+        values.set_len(len);
+        col_indices.set_len(len);
+    }
+    let first = (row.len() - tail.len()) as u32;
+    append_kept(tail, first, Kept::NonZero, values, col_indices);
+}
+
 /// Elements per task of [`Csr::nonzeros`]' scan (below twice this, one thread scans all).
-const PARALLEL_SCAN: usize = 1 << 16;
+const PARALLEL_SCAN: usize = 1 << 20;
 
 /// Rows per task of the batch products (a few microseconds of work at pWD's densities).
 const ROW_CHUNK: usize = 16;
@@ -860,6 +990,55 @@ mod tests {
                 transpose_into(&src, src_stride, &mut dst, dst_stride, rows, cols);
                 limit_simd(SimdLevel::Avx512);
                 prop_assert_eq!(&dst, &expected, "{:?}", level);
+            }
+        }
+    }
+
+    proptest! {
+        /// The scans against their definitions, entry by entry, by each instruction set this
+        /// CPU runs: rows across several blocks of 16 and a tail, all-zero and all-kept
+        /// blocks, and the entries a compare can get wrong (-0, NaN, infinities, subnormals).
+        #[test]
+        fn scans_keep_exactly_their_entries_at_every_simd_level(
+            rows in 0usize..6,
+            cols in 0usize..70,
+            picks in prop::collection::vec(0usize..16, 420),
+            zeros in 0usize..17,
+        ) {
+            use crate::kernel::{SimdLevel, limit_simd};
+            const SPECIAL: [f32; 7] =
+                [-0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e-40, 1e-3, -7.5];
+            // `zeros` of 16 picks give 0.0: from no zeros to all zeros
+            let dense: Vec<f32> = picks[..rows * cols]
+                .iter()
+                .map(|&p| if p < zeros { 0.0 } else { SPECIAL[p % SPECIAL.len()] })
+                .collect();
+            let expected = |keep: &dyn Fn(f32) -> bool| {
+                let (mut offsets, mut cols_kept, mut bits) = (vec![0u32], vec![], vec![]);
+                for row in dense.chunks(cols.max(1)) {
+                    for (c, &w) in row.iter().enumerate().filter(|e| keep(*e.1)) {
+                        cols_kept.push(c as u32);
+                        bits.push(w.to_bits());
+                    }
+                    offsets.push(cols_kept.len() as u32);
+                }
+                offsets.resize(rows + 1, cols_kept.len() as u32);
+                (offsets, cols_kept, bits)
+            };
+            let found = |csr: Csr| {
+                let bits: Vec<u32> = csr.values.iter().map(|v| v.to_bits()).collect();
+                (csr.row_offsets, csr.col_indices, bits)
+            };
+            let levels = limit_simd(SimdLevel::Avx512);
+            for &level in &levels {
+                limit_simd(level);
+                let nonzeros = found(Csr::nonzeros(&dense, rows, cols));
+                let every = found(Csr::every_entry(&dense, rows, cols));
+                let at_least = found(Csr::from_dense(&dense, rows, cols, 1e-3));
+                limit_simd(SimdLevel::Avx512);
+                prop_assert_eq!(nonzeros, expected(&|w| w != 0.0), "{:?}", level);
+                prop_assert_eq!(every, expected(&|_| true), "{:?}", level);
+                prop_assert_eq!(at_least, expected(&|w| w != 0.0 && w.abs() >= 1e-3), "{:?}", level);
             }
         }
     }
