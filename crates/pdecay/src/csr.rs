@@ -429,7 +429,8 @@ const MASK_WIDTH: usize = 16;
 /// for the store-every-entry pass (bench/README.md).
 fn compact_row(row: &[f32], keep: Kept, values: &mut Vec<f32>, col_indices: &mut Vec<u32>) {
     #[cfg(target_arch = "x86_64")]
-    if matches!(keep, Kept::NonZero) && crate::kernel::simd_allowed(crate::kernel::SimdLevel::Avx512)
+    if matches!(keep, Kept::NonZero)
+        && crate::kernel::simd_allowed(crate::kernel::SimdLevel::Avx512)
     {
         // SAFETY: the CPU supports AVX-512F, checked in `simd_allowed`.
         unsafe { compact_nonzeros_avx512(row, values, col_indices) };
