@@ -76,7 +76,10 @@ impl Cli {
             .command
             .unwrap_or_else(|| Command::Demo(Default::default()))
         {
-            Command::Demo(args) => demo::run(args.device.single()?),
+            Command::Demo(args) => {
+                let device = args.device.single()?;
+                progress::on_pool(|| demo::run(device))
+            }
             Command::Train(args) => train::run_train(&args),
             Command::Sweep(args) => sweep::run_sweep(&args),
             Command::Report(args) => {

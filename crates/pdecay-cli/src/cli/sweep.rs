@@ -8,7 +8,7 @@ use anyhow::{Context, Result, ensure};
 use clap::Args;
 
 use super::device::DeviceSpec;
-use super::progress::{BarProgress, set_threads};
+use super::progress::{BarProgress, on_pool, set_threads};
 use crate::config::TrainConfig;
 use crate::experiments::sweep::{self, PlannedRun, SweepProgress};
 use crate::run::{Outcome, RunState, RunSummary};
@@ -92,7 +92,7 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
         plan.runs.len(),
         out.display()
     );
-    let mut progress: Box<dyn SweepProgress> = if std::io::stdout().is_terminal() {
+    let mut progress: Box<dyn SweepProgress + Send> = if std::io::stdout().is_terminal() {
         Box::new(BarSweep::new(plan.runs.len()))
     } else {
         Box::new(PlainSweep(PlainProgress::quiet()))
@@ -102,13 +102,15 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
     } else {
         args.device.devices()?
     };
-    let results = sweep::run(
-        &plan,
-        &out,
-        &devices,
-        &TrainConfig::load_data,
-        progress.as_mut(),
-    )?;
+    let results = on_pool(|| {
+        sweep::run(
+            &plan,
+            &out,
+            &devices,
+            &TrainConfig::load_data,
+            progress.as_mut(),
+        )
+    })?;
     println!(
         "\n{:<48} {:>9} {:>9} {:>17}",
         "run",

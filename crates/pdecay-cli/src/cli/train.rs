@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::device::DeviceSpec;
-use super::progress::{for_stdout, set_threads};
+use super::progress::{for_stdout, on_pool, set_threads};
 use crate::config::{
     GptPreset, GptSettings, LrSchedule, OptimKind, Preset, SparseTraining, TrainConfig, defaults,
     flag_name as name, with_default,
@@ -286,7 +286,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
                 data.train.len(),
                 data.test.len(),
             );
-            let summary = train_classifier(&config, data, &options, progress.as_mut())?;
+            let summary = on_pool(|| train_classifier(&config, data, &options, progress.as_mut()))?;
             println!(
                 "final test accuracy {:.2}%, sparsity {:.1}% ({} of {} parameters non-zero), {:.0} samples/s",
                 100.0 * summary.final_test_accuracy,
@@ -322,7 +322,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
                 g.iters,
                 g.batch_size,
             );
-            let summary = train_gpt(&config, text, &options, progress.as_mut())?;
+            let summary = on_pool(|| train_gpt(&config, text, &options, progress.as_mut()))?;
             println!(
                 "final val loss {:.4} (best {:.4} at iteration {}), sparsity {:.1}% ({} of {} parameters non-zero), {:.1} ms per iteration",
                 summary.final_val_loss,
