@@ -109,8 +109,8 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
 /// the calling thread waits. From outside the pool every parallel op of the kernels is a job
 /// pushed to the pool's queue: the caller sleeps until woken threads finish it, and between
 /// ops the pool's idle threads spin beside the caller's serial work for the same cores. On a
-/// pool thread an op's first half runs where it was called and only the rest is stolen. A
-/// whole sparse MLP run at lambda 0.1 trains 1.34x faster so (bench/README.md).
+/// pool thread an op's first half runs where it was called and only the rest is stolen. Whole
+/// MLP runs train 1.2x faster so, the GPT 1.1x (bench/README.md).
 pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     // `rayon::scope` runs its body in the global pool, on a worker thread
     rayon::scope(|_| work())
