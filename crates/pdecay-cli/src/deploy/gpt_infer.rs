@@ -26,6 +26,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::gpt_file::GptFile;
+use crate::models::gpt::LAYER_NORM_EPSILON;
 use crate::models::sampling::{Sampling, check_temperature, draw, prompt_tokens};
 
 /// Where the linear layers run sparse (SELL at one position, CSR for several).
@@ -176,7 +177,7 @@ fn lane_sum(values: &[f32]) -> f32 {
     partial.iter().sum::<f32>() + tail
 }
 
-/// LayerNorm over the width, ε = 1e-5 (burn's and PyTorch's default).
+/// LayerNorm over the width, with the trained model's ε.
 struct Norm {
     gain: Vec<f32>,
     bias: Option<Vec<f32>>,
@@ -185,7 +186,13 @@ struct Norm {
 impl Norm {
     /// Each row of `x` (`[n, C]`) normalised.
     fn rows(&self, x: &[f32]) -> Vec<f32> {
-        layer_norm(x, &self.gain, self.bias.as_deref(), 1e-5).0
+        layer_norm(
+            x,
+            &self.gain,
+            self.bias.as_deref(),
+            LAYER_NORM_EPSILON as f32,
+        )
+        .0
     }
 }
 

@@ -41,8 +41,9 @@ fn normal(std: f64) -> Initializer {
     Initializer::Normal { mean: 0.0, std }
 }
 
-/// LayerNorm's ε (burn's default), kept here because burn's `LayerNorm` does not expose it.
-const LAYER_NORM_EPSILON: f64 = 1e-5;
+/// LayerNorm's ε (burn's default), kept here because burn's `LayerNorm` does not expose it
+/// (the KV-cached decoder, which reads no ε from the model file, normalises with it too).
+pub(crate) const LAYER_NORM_EPSILON: f64 = 1e-5;
 
 fn layer_norm_config(c: &GptConfig) -> LayerNormConfig {
     LayerNormConfig::new(c.width)
