@@ -26,6 +26,11 @@ const SHAPES: [(&str, usize, usize, usize, usize); 2] =
 
 fn main() {
     allocator::keep_freed_pages();
+    // on a pool thread, as `pdecay train` runs its loop: the ops split their work as there
+    pdecay_burn::on_pool(run);
+}
+
+fn run() {
     let repeats: usize = std::env::var("GPT_OPS_REPEATS")
         .ok()
         .and_then(|r| r.parse().ok())

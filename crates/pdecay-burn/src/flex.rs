@@ -1,10 +1,22 @@
 //! The flex CPU backend, where the fast paths run: the one device test that the optimizers'
-//! fused kernels and the ops' extensions share, owned contiguous buffers, and splitting a slice
-//! loop across rayon's pool.
+//! fused kernels and the ops' extensions share, owned contiguous buffers, splitting a slice
+//! loop across rayon's pool, and running a training loop on that pool.
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Device};
 use rayon::prelude::*;
+
+/// Runs `work` on a thread of rayon's global pool while the calling thread waits (size the
+/// pool first, if at all). From outside the pool every parallel op (burn's flex ops, the gemm,
+/// pdecay's kernels) is a job pushed to the pool's queue: the caller sleeps until woken
+/// threads finish it, and between ops the pool's idle threads spin beside the caller's serial
+/// work for the same cores. On a pool thread an op's first half runs where it was called and
+/// only the rest is stolen. `pdecay train` runs its loop so (whole MLP runs 1.2x faster, the
+/// GPT 1.1x: bench/README.md), and the layer benches time their ops so.
+pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    // `rayon::scope` runs its body in the global pool, on a worker thread
+    rayon::scope(|_| work())
+}
 
 /// Elements per rayon task in [`in_chunks`]: a few microseconds of work, so short tensors stay
 /// on one thread.
@@ -62,5 +74,20 @@ mod tests {
         assert!(on_flex(&plain, false) && on_flex(&plain, true));
         assert!(on_flex(&autodiff, true));
         assert!(!on_flex(&autodiff, false));
+    }
+
+    #[test]
+    fn on_pool_runs_its_work_on_a_pool_thread() {
+        assert_eq!(
+            rayon::current_thread_index(),
+            None,
+            "a test thread is not the pool's"
+        );
+        let (index, sum) = on_pool(|| {
+            let sum: u64 = (1..=1000u64).into_par_iter().sum();
+            (rayon::current_thread_index(), sum)
+        });
+        assert!(index.is_some(), "the work ran outside rayon's pool");
+        assert_eq!(sum, 500_500);
     }
 }

@@ -42,6 +42,7 @@ mod optim;
 #[cfg(feature = "train")]
 pub use metric::{SparsityInput, SparsityMetric};
 
+pub use flex::on_pool;
 pub use ops::{
     bias_relu_max_pool_2x2, causal_attention, causal_attention_composite, causal_softmax,
     conv2d_relu_max_pool_2x2, dense_conv2d, gelu, layer_norm, max_pool_2x2, sparse_conv2d,

@@ -340,6 +340,7 @@ impl Csr {
                 offsets,
                 x_t,
                 batch,
+                0..batch,
                 bias,
                 out,
             );
@@ -351,6 +352,62 @@ impl Csr {
             y_t.par_chunks_mut(ROW_CHUNK * batch)
                 .enumerate()
                 .for_each(rows);
+        }
+    }
+
+    /// `Y = X·Wᵀ + bias` for a batch, in the layout burn's tensors hold: `x_t` is the input
+    /// transposed (`[cols, batch]`, row-major), `y` receives `[batch, rows]` row-major. The
+    /// same sums as [`Csr::matmul_t`] (bit for bit), but the batch is cut into pieces, one task
+    /// each writing only its own rows of `y`: a piece sums [`ROW_CHUNK`] rows at a time into a
+    /// local tile and transposes the tile into place while it is in cache, so no
+    /// `[rows, batch]` array is written to memory and read back to be transposed.
+    ///
+    /// # Panics
+    /// If the slices' lengths do not match the shapes, or a column index is out of range.
+    pub fn matmul_rows(&self, x_t: &[f32], batch: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+        assert_eq!(
+            x_t.len(),
+            self.cols * batch,
+            "CSR matmul: x_t is cols x batch"
+        );
+        assert_eq!(y.len(), batch * self.rows, "CSR matmul: y is batch x rows");
+        if let Some(bias) = bias {
+            assert_eq!(bias.len(), self.rows, "CSR matmul: bias has rows entries");
+        }
+        if y.is_empty() {
+            return;
+        }
+        let parallel = self.nnz() * batch >= 1 << 20;
+        let piece = if parallel {
+            piece_lanes(batch)
+        } else {
+            BATCH_BLOCK
+        };
+        let rows = self.rows;
+        let work = |(p, out): (usize, &mut [f32])| {
+            let lanes = p * piece..p * piece + out.len() / rows;
+            let width = lanes.len();
+            let mut tile = vec![0.0f32; ROW_CHUNK.min(rows) * width];
+            for first in (0..rows).step_by(ROW_CHUNK) {
+                let count = ROW_CHUNK.min(rows - first);
+                let tile = &mut tile[..count * width];
+                scaled_row_sums(
+                    &self.values,
+                    &self.col_indices,
+                    &self.row_offsets[first..=first + count],
+                    x_t,
+                    batch,
+                    lanes.clone(),
+                    bias.map(|b| &b[first..first + count]),
+                    tile,
+                );
+                transpose_into(tile, width, &mut out[first..], rows, count, width);
+            }
+        };
+        if parallel {
+            y.par_chunks_mut(piece * rows).enumerate().for_each(work);
+        } else {
+            y.chunks_mut(piece * rows).enumerate().for_each(work);
         }
     }
 
@@ -543,6 +600,17 @@ const ROW_CHUNK: usize = 16;
 /// registers, so one pass over a row's entries serves a batch of 128.
 pub const BATCH_BLOCK: usize = 128;
 
+/// Batch lanes per task of [`Csr::matmul_rows`]: [`BATCH_BLOCK`], or narrower where that
+/// leaves fewer than two tasks per thread (a batch of 128 on two threads: four of 32), so
+/// that a thread that finishes early finds work.
+fn piece_lanes(batch: usize) -> usize {
+    let tasks = 2 * rayon::current_num_threads();
+    [BATCH_BLOCK, BATCH_BLOCK / 2, NARROW_BLOCK]
+        .into_iter()
+        .find(|&lanes| batch.div_ceil(lanes) >= tasks)
+        .unwrap_or(NARROW_BLOCK)
+}
+
 /// Partial sums of each dot product in [`Csr::sampled_products_t`] (one AVX-512 register).
 pub(crate) const DOT_LANES: usize = 16;
 
@@ -550,8 +618,9 @@ pub(crate) const DOT_LANES: usize = 16;
 /// [`BATCH_BLOCK`] (a GPT decoder recomputing half a window: 32 positions).
 const NARROW_BLOCK: usize = 32;
 
-/// `y_t[r, start..start + N] = bias[r] + Σ values[k]·x_t[cols[k], start..start + N]` for every
-/// row of the chunk, the `N` sums kept in registers over a row's entries.
+/// `out[r, at..at + N] = bias[r] + Σ values[k]·x_t[cols[k], start..start + N]` for every row
+/// of the chunk (`out` rows `out_stride` apart, `x_t` rows `x_stride` apart), the `N` sums
+/// kept in registers over a row's entries.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn block_sums<const N: usize>(
@@ -559,58 +628,66 @@ fn block_sums<const N: usize>(
     cols: &[u32],
     offsets: &[u32],
     x_t: &[f32],
-    batch: usize,
-    bias: Option<&[f32]>,
+    x_stride: usize,
     start: usize,
-    y_t: &mut [f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    out_stride: usize,
+    at: usize,
 ) {
     for r in 0..offsets.len() - 1 {
         let range = offsets[r] as usize..offsets[r + 1] as usize;
         let mut acc = [bias.map_or(0.0, |b| b[r]); N];
         for (&w, &c) in values[range.clone()].iter().zip(&cols[range]) {
-            let at = c as usize * batch + start;
-            let x: &[f32; N] = x_t[at..at + N].try_into().unwrap();
+            let from = c as usize * x_stride + start;
+            let x: &[f32; N] = x_t[from..from + N].try_into().unwrap();
             for lane in 0..N {
                 acc[lane] += w * x[lane];
             }
         }
-        y_t[r * batch + start..r * batch + start + N].copy_from_slice(&acc);
+        out[r * out_stride + at..r * out_stride + at + N].copy_from_slice(&acc);
     }
 }
 
 crate::dispatched! {
-    /// `y_t[r, :] = bias[r] + Σ values[k]·x_t[cols[k], :]` over `k` in
-    /// `offsets[r]..offsets[r + 1]` (offsets index `values` and `cols` absolutely), for the
-    /// rows of this chunk, `BATCH_BLOCK` lanes at a time, then `NARROW_BLOCK`, then the rest.
+    /// `out[r, b - lanes.start] = bias[r] + Σ values[k]·x_t[cols[k], b]` for `b` in `lanes`
+    /// and `k` in `offsets[r]..offsets[r + 1]` (offsets index `values` and `cols`
+    /// absolutely), for the rows of this chunk: `x_t`'s rows are `x_stride` apart, `out`'s
+    /// `lanes.len()`. `BATCH_BLOCK` lanes at a time, then `NARROW_BLOCK`, then the rest.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn scaled_row_sums(
         values: &[f32],
         cols: &[u32],
         offsets: &[u32],
         x_t: &[f32],
-        batch: usize,
+        x_stride: usize,
+        lanes: std::ops::Range<usize>,
         bias: Option<&[f32]>,
-        y_t: &mut [f32]
+        out: &mut [f32]
     ) {
+        let width = lanes.len();
         // blocks outermost: one block of every input row (`cols × BATCH_BLOCK` floats) is the
         // working set, where a whole row of blocks per output row would be `cols × batch`
-        let mut start = 0;
-        while start + BATCH_BLOCK <= batch {
-            block_sums::<BATCH_BLOCK>(values, cols, offsets, x_t, batch, bias, start, y_t);
-            start += BATCH_BLOCK;
+        let mut at = 0;
+        while at + BATCH_BLOCK <= width {
+            let start = lanes.start + at;
+            block_sums::<BATCH_BLOCK>(values, cols, offsets, x_t, x_stride, start, bias, out, width, at);
+            at += BATCH_BLOCK;
         }
-        while start + NARROW_BLOCK <= batch {
-            block_sums::<NARROW_BLOCK>(values, cols, offsets, x_t, batch, bias, start, y_t);
-            start += NARROW_BLOCK;
+        while at + NARROW_BLOCK <= width {
+            let start = lanes.start + at;
+            block_sums::<NARROW_BLOCK>(values, cols, offsets, x_t, x_stride, start, bias, out, width, at);
+            at += NARROW_BLOCK;
         }
-        if start < batch {
-            let len = batch - start;
+        if at < width {
+            let (start, len) = (lanes.start + at, width - at);
             for r in 0..offsets.len() - 1 {
                 let range = offsets[r] as usize..offsets[r + 1] as usize;
-                let out = &mut y_t[r * batch + start..(r + 1) * batch];
+                let out = &mut out[r * width + at..(r + 1) * width];
                 out.fill(bias.map_or(0.0, |b| b[r]));
                 for (&w, &c) in values[range.clone()].iter().zip(&cols[range]) {
-                    let at = c as usize * batch + start;
-                    for (o, &x) in out.iter_mut().zip(&x_t[at..at + len]) {
+                    let from = c as usize * x_stride + start;
+                    for (o, &x) in out.iter_mut().zip(&x_t[from..from + len]) {
                         *o += w * x;
                     }
                 }
@@ -947,6 +1024,42 @@ mod tests {
     }
 
     #[test]
+    fn products_in_burn_layout_split_over_the_batch_equal_the_transposed_ones() {
+        // past the parallel threshold: pieces of 128, 64 and 32 lanes, a ragged last piece,
+        // a last chunk of rows short of 16, and one under 8 rows (no 8x8 register transpose)
+        let (rows, cols) = (301, 784);
+        let dense: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                if (i * 7919) % 10 < 6 {
+                    0.0
+                } else {
+                    (i % 7) as f32 - 3.0
+                }
+            })
+            .collect();
+        let csr = Csr::nonzeros(&dense, rows, cols);
+        let bias: Vec<f32> = (0..rows).map(|r| (r % 5) as f32).collect();
+        for batch in [1, 20, 128, 130, 256, 770] {
+            assert!(
+                batch == 1 || csr.nnz() * batch >= 1 << 20,
+                "parallel at batch {batch}"
+            );
+            let x_t: Vec<f32> = (0..cols * batch).map(|i| (i % 11) as f32 - 5.0).collect();
+            let mut y_t = vec![0.0; rows * batch];
+            csr.matmul_t(&x_t, batch, Some(&bias), &mut y_t);
+            let mut y = vec![f32::NAN; batch * rows];
+            csr.matmul_rows(&x_t, batch, Some(&bias), &mut y);
+            assert_eq!(y, transpose(&y_t, rows, batch), "batch {batch}");
+        }
+        let narrow = Csr::nonzeros(&dense[..5 * cols], 5, cols);
+        let x_t: Vec<f32> = (0..cols * 300).map(|i| (i % 3) as f32).collect();
+        let (mut y_t, mut y) = (vec![0.0; 5 * 300], vec![f32::NAN; 300 * 5]);
+        narrow.matmul_t(&x_t, 300, None, &mut y_t);
+        narrow.matmul_rows(&x_t, 300, None, &mut y);
+        assert_eq!(y, transpose(&y_t, 5, 300));
+    }
+
+    #[test]
     fn transpose_moves_every_entry() {
         assert_eq!(
             transpose(&[1., 2., 3., 4., 5., 6.], 2, 3),
@@ -1091,6 +1204,13 @@ mod tests {
                     prop_assert_eq!(y_t[r * batch + b], want);
                 }
             }
+            // the same sums, bit for bit, written in burn's layout (NaN until written)
+            let bias: Vec<f32> = (0..rows).map(|r| r as f32 - 2.0).collect();
+            let mut biased_t = vec![0.0; rows * batch];
+            csr.matmul_t(&x_t, batch, Some(&bias), &mut biased_t);
+            let mut y = vec![f32::NAN; batch * rows];
+            csr.matmul_rows(&x_t, batch, Some(&bias), &mut y);
+            prop_assert_eq!(y, transpose(&biased_t, rows, batch));
             // the transpose's support, and its product gathered per output row
             let transposed = csr.transposed();
             prop_assert_eq!(transposed.to_dense(), transpose(&dense, rows, cols));

@@ -201,6 +201,7 @@ pub fn correlate(taps: &Csr, x: Positions, out_height: usize, out_width: usize, 
             &taps.row_offsets,
             &x.data[at..],
             batch,
+            0..batch,
             None,
             out,
         );

@@ -13,7 +13,9 @@
 //!
 //! Each multiply-add of the dense products that touches a zero weight is skipped, so at
 //! density `d` the three products cost about `d` of theirs. The batch runs innermost, each
-//! stored weight scaling one contiguous row of the transposed input (`pdecay::csr`). The
+//! stored weight scaling one contiguous row of the transposed input (`pdecay::csr`); `Xᵀ` and
+//! `∂Yᵀ` are transposed once each, and the two products write `Y` and `∂X` in burn's layout
+//! directly, each tile of sums transposed while it is in cache (`Csr::matmul_rows`). The
 //! weight stays an ordinary dense tensor (checkpoints, optimizer state, export and resume are
 //! unchanged); the support is read from it at every call, so it is right however it shrinks.
 //! Only summation order differs from the dense product (`∂W` at the zeros aside).
@@ -53,11 +55,6 @@ fn transposed(t: &FlexTensor) -> Vec<f32> {
     transpose(t.storage::<f32>(), rows, cols)
 }
 
-/// `values` `[rows, cols]` transposed into a `[cols, rows]` tensor.
-fn transposed_tensor(values: &[f32], rows: usize, cols: usize) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(transpose(values, rows, cols), [cols, rows]))
-}
-
 /// `[rows, cols]` of a rank-2 tensor.
 fn matrix_dims(t: &FlexTensor) -> [usize; 2] {
     let dims = t.layout().shape().to_vec();
@@ -79,11 +76,11 @@ fn forward(x: &FlexTensor, w: &FlexTensor) -> (FlexTensor, Saved) {
     let ([batch, inputs], [_, outputs]) = (matrix_dims(&x), matrix_dims(&w));
     let support = Csr::nonzeros(w.storage::<f32>(), inputs, outputs);
     let x_t = transposed(&x);
-    // gathered per output row (rows split over threads), where scattering from `W`'s rows
-    // needs a whole output per thread and a sum of them
-    let mut y_t = vec![0.0f32; outputs * batch];
-    support.transposed().matmul_t(&x_t, batch, None, &mut y_t);
-    let y = transposed_tensor(&y_t, outputs, batch);
+    // gathered per output row, where scattering from `W`'s rows needs a whole output per
+    // thread and a sum of them
+    let mut y = vec![0.0f32; batch * outputs];
+    support.transposed().matmul_rows(&x_t, batch, None, &mut y);
+    let y = FlexTensor::from_data(TensorData::new(y, [batch, outputs]));
     let saved = Saved {
         w: Arc::new(support),
         x_t: Arc::new(x_t),
@@ -102,9 +99,9 @@ fn backward(
     let (batch, inputs, outputs) = (*batch, w.rows, w.cols);
     let grad_t = transposed(&grad.to_contiguous());
     let x_grad = with_x_grad.then(|| {
-        let mut x_grad_t = vec![0.0f32; inputs * batch];
-        w.matmul_t(&grad_t, batch, None, &mut x_grad_t);
-        transposed_tensor(&x_grad_t, inputs, batch)
+        let mut x_grad = vec![0.0f32; batch * inputs];
+        w.matmul_rows(&grad_t, batch, None, &mut x_grad);
+        FlexTensor::from_data(TensorData::new(x_grad, [batch, inputs]))
     });
     let mut at_support = vec![0.0f32; w.nnz()];
     w.sampled_products_t(x_t, &grad_t, batch, &mut at_support);

@@ -78,7 +78,7 @@ impl Cli {
         {
             Command::Demo(args) => {
                 let device = args.device.single()?;
-                progress::on_pool(|| demo::run(device))
+                pdecay_burn::on_pool(|| demo::run(device))
             }
             Command::Train(args) => train::run_train(&args),
             Command::Sweep(args) => sweep::run_sweep(&args),

@@ -105,17 +105,6 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-/// Runs `work` on a thread of rayon's global pool (size it with [`set_threads`] first) while
-/// the calling thread waits. From outside the pool every parallel op of the kernels is a job
-/// pushed to the pool's queue: the caller sleeps until woken threads finish it, and between
-/// ops the pool's idle threads spin beside the caller's serial work for the same cores. On a
-/// pool thread an op's first half runs where it was called and only the rest is stolen. Whole
-/// MLP runs train 1.2x faster so, the GPT 1.1x (bench/README.md).
-pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
-    // `rayon::scope` runs its body in the global pool, on a worker thread
-    rayon::scope(|_| work())
-}
-
 fn check_threads(threads: usize, cores: usize) -> Result<()> {
     anyhow::ensure!(threads >= 1, "--threads must be at least 1");
     let most = MAX_THREADS_PER_CORE * cores;
@@ -128,8 +117,6 @@ fn check_threads(threads: usize, cores: usize) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use rayon::prelude::*;
-
     use super::*;
 
     #[test]
@@ -139,20 +126,5 @@ mod tests {
         let message = check_threads(100_000, 2).unwrap_err().to_string();
         assert!(message.contains("at most 8"), "{message}");
         assert!(check_threads(0, 2).is_err());
-    }
-
-    #[test]
-    fn training_runs_on_a_pool_thread() {
-        assert_eq!(
-            rayon::current_thread_index(),
-            None,
-            "a test thread is not the pool's"
-        );
-        let (index, sum) = on_pool(|| {
-            let sum: u64 = (1..=1000u64).into_par_iter().sum();
-            (rayon::current_thread_index(), sum)
-        });
-        assert!(index.is_some(), "the work ran outside rayon's pool");
-        assert_eq!(sum, 500_500);
     }
 }

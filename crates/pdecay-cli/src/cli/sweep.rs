@@ -6,9 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, ensure};
 use clap::Args;
+use pdecay_burn::on_pool;
 
 use super::device::DeviceSpec;
-use super::progress::{BarProgress, on_pool, set_threads};
+use super::progress::{BarProgress, set_threads};
 use crate::config::TrainConfig;
 use crate::experiments::sweep::{self, PlannedRun, SweepProgress};
 use crate::run::{Outcome, RunState, RunSummary};

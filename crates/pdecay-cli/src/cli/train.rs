@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use pdecay_burn::on_pool;
 
 use super::device::DeviceSpec;
-use super::progress::{for_stdout, on_pool, set_threads};
+use super::progress::{for_stdout, set_threads};
 use crate::config::{
     GptPreset, GptSettings, LrSchedule, OptimKind, Preset, SparseTraining, TrainConfig, defaults,
     flag_name as name, with_default,
