@@ -4,7 +4,9 @@
 //! what `auto` times the sparse product against), at the sparsities pWD passes through.
 //!
 //! `cargo bench -p pdecay-burn --bench sparse_conv` prints, per shape and sparsity, the median
-//! time of each (alternated call by call, same process) and sparse / dense; then, per shape,
+//! time of each (alternated call by call, same process, on a thread of rayon's pool as training
+//! runs, every backward seeded with ones by `backward()` on the output so that no loss op is
+//! timed) and sparse / dense; then, per shape,
 //! burn's dense `conv2d` against `pdecay_burn::dense_conv2d` (the direct product over every
 //! weight where the kernel has few taps, gemm per output position for stride 1 otherwise), the
 //! input's gradient not asked for first layers; last, on the CNN's two convolution outputs,

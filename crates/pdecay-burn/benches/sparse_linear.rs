@@ -3,7 +3,9 @@
 //! the sparsities pWD passes through.
 //!
 //! `cargo bench -p pdecay-burn --bench sparse_linear` prints, per shape and sparsity, the
-//! median time of each (alternated call by call, same process) and sparse / dense. Shapes:
+//! median time of each (alternated call by call, same process, on a thread of rayon's pool as
+//! training runs, the backward seeded with ones by `y.backward()` so that no loss op is timed)
+//! and sparse / dense. Shapes:
 //! the MLP's layers and the CNN's dense layer (its 64x7x7 pooled maps in) at batch 128, the
 //! CPU GPT's (batch 12 x 64 positions), and 1024x1024 and 4096x1024 (`out x in`) at batch 256.
 //! `SPARSE_LINEAR_REPEATS` sets the repeats (default 15),
