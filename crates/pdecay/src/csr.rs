@@ -22,6 +22,8 @@
 use rayon::prelude::*;
 use thiserror::Error;
 
+use crate::kernel::lane_sum;
+
 /// Why arrays do not form a valid CSR matrix (a corrupt or foreign file).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum CsrError {
@@ -611,9 +613,6 @@ fn piece_lanes(batch: usize) -> usize {
         .unwrap_or(NARROW_BLOCK)
 }
 
-/// Partial sums of each dot product in [`Csr::sampled_products_t`] (one AVX-512 register).
-pub(crate) const DOT_LANES: usize = 16;
-
 /// Batch lanes of [`scaled_row_sums`]' narrower register block, for batches under
 /// [`BATCH_BLOCK`] (a GPT decoder recomputing half a window: 32 positions).
 const NARROW_BLOCK: usize = 32;
@@ -698,8 +697,8 @@ crate::dispatched! {
 
 crate::dispatched! {
     /// `out[k - offsets[0]] = a_t[r, :]·b_t[cols[k], :]` for the rows of this chunk (`a_t`
-    /// holds the chunk's rows only, `cols` and `out` its entries only), with `DOT_LANES`
-    /// partial sums per dot product.
+    /// holds the chunk's rows only, `cols` and `out` its entries only), each dot product in
+    /// `SUM_LANES` partial sums.
     fn sampled_dots(
         offsets: &[u32],
         cols: &[u32],
@@ -714,18 +713,7 @@ crate::dispatched! {
             let range = offsets[r] as usize - base..offsets[r + 1] as usize - base;
             for (o, &c) in out[range.clone()].iter_mut().zip(&cols[range]) {
                 let b = &b_t[c as usize * batch..(c as usize + 1) * batch];
-                let mut partial = [0.0f32; DOT_LANES];
-                let (a_chunks, b_chunks) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
-                let mut tail = 0.0;
-                for (x, y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
-                    tail += x * y;
-                }
-                for (x, y) in a_chunks.zip(b_chunks) {
-                    for lane in 0..DOT_LANES {
-                        partial[lane] += x[lane] * y[lane];
-                    }
-                }
-                *o = partial.iter().sum::<f32>() + tail;
+                *o = lane_sum(a, b, b, |x, y, _| x * y);
             }
         }
     }

@@ -522,6 +522,33 @@ pub fn gelu(x: f32) -> f32 {
     x * normal_cdf_and_density(x).0
 }
 
+/// Partial sums per reduction in [`lane_sum`]: one AVX-512 register.
+pub const SUM_LANES: usize = 16;
+
+/// `Σ_i f(a_i, b_i, c_i)` over the slices' common length, in [`SUM_LANES`] partial sums (`b`
+/// and `c` may repeat `a` where the sum reads fewer slices). f32 addition is not associative,
+/// so one running sum is a chain of dependent adds that the compiler must keep in order; the
+/// partial sums vectorise. Inlined into each caller, so it takes the caller's SIMD level. The
+/// order is fixed (lanes, then the partial sums in order, then the tail), so a sum does not
+/// depend on threads or SIMD level.
+#[inline(always)]
+pub fn lane_sum(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let mut partial = [0.0f32; SUM_LANES];
+    let chunks = |v| <[f32]>::chunks_exact(v, SUM_LANES);
+    let (a_chunks, b_chunks, c_chunks) = (chunks(a), chunks(b), chunks(c));
+    let tail: f32 = (a_chunks.remainder().iter())
+        .zip(b_chunks.remainder())
+        .zip(c_chunks.remainder())
+        .map(|((&a, &b), &c)| f(a, b, c))
+        .sum();
+    for ((a, b), c) in a_chunks.zip(b_chunks).zip(c_chunks) {
+        for lane in 0..SUM_LANES {
+            partial[lane] += f(a[lane], b[lane], c[lane]);
+        }
+    }
+    partial.iter().sum::<f32>() + tail
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

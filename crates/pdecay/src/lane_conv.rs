@@ -31,8 +31,9 @@
 
 use rayon::prelude::*;
 
-use crate::csr::{Csr, DOT_LANES, TILE, scaled_row_sums, transpose_into};
+use crate::csr::{Csr, TILE, scaled_row_sums, transpose_into};
 use crate::im2col::ConvShape;
+use crate::kernel::SUM_LANES;
 
 /// Below this many multiply-adds a product runs on the calling thread (the hand-off to
 /// rayon's pool costs about what it saves).
@@ -245,7 +246,7 @@ pub fn tap_gradients(taps: &Csr, x: Positions, dy: Positions, dy_offset: usize, 
         let offsets = &taps.row_offsets[first..=last];
         let entries = offsets[0] as usize..offsets[last - first] as usize;
         let cols = &taps.col_indices[entries];
-        let mut partial = vec![[0.0f32; DOT_LANES]; piece.len()];
+        let mut partial = vec![[0.0f32; SUM_LANES]; piece.len()];
         for i in 0..out_height {
             for j in 0..out_width {
                 let g = dy.at(i + dy_offset, j + dy_offset) + first * batch;
@@ -266,7 +267,7 @@ pub fn tap_gradients(taps: &Csr, x: Positions, dy: Positions, dy_offset: usize, 
 }
 
 crate::dispatched! {
-    /// `partial[k] += a[r, :]·b[cols[k], :]` lane-wise (`DOT_LANES` partial sums, reduced by
+    /// `partial[k] += a[r, :]·b[cols[k], :]` lane-wise (`SUM_LANES` partial sums, reduced by
     /// the caller), for the rows `r` of this chunk (`offsets` absolute, `cols` and `partial`
     /// the chunk's entries, `a` its rows `[rows, batch]`).
     fn accumulate_dots(
@@ -275,7 +276,7 @@ crate::dispatched! {
         a: &[f32],
         b: &[f32],
         batch: usize,
-        partial: &mut [[f32; DOT_LANES]]
+        partial: &mut [[f32; SUM_LANES]]
     ) {
         let base = offsets[0] as usize;
         for r in 0..offsets.len() - 1 {
@@ -283,12 +284,12 @@ crate::dispatched! {
             let range = offsets[r] as usize - base..offsets[r + 1] as usize - base;
             for (lanes, &c) in partial[range.clone()].iter_mut().zip(&cols[range]) {
                 let b = &b[c as usize * batch..(c as usize + 1) * batch];
-                let (a_chunks, b_chunks) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
+                let (a_chunks, b_chunks) = (a.chunks_exact(SUM_LANES), b.chunks_exact(SUM_LANES));
                 for (lane, (x, y)) in a_chunks.remainder().iter().zip(b_chunks.remainder()).enumerate() {
                     lanes[lane] += x * y;
                 }
                 for (x, y) in a_chunks.zip(b_chunks) {
-                    for lane in 0..DOT_LANES {
+                    for lane in 0..SUM_LANES {
                         lanes[lane] += x[lane] * y[lane];
                     }
                 }

@@ -20,6 +20,8 @@
 
 use rayon::prelude::*;
 
+use crate::kernel::lane_sum;
+
 /// Values per parallel task (whole rows, at least one): a task of a few microseconds, since
 /// waking a thread costs about as much. The tasks' partial sums of `∂γ` and `∂β` are added in
 /// task order, so the result does not depend on how many threads run.
@@ -28,29 +30,6 @@ const VALUES_PER_TASK: usize = 1 << 14;
 /// Rows per parallel task for rows of `width` values.
 fn rows_per_task(width: usize) -> usize {
     (VALUES_PER_TASK / width).max(1)
-}
-
-/// Partial sums per reduction: f32 addition is not associative, so one running sum would be
-/// one dependent chain of adds that the compiler may not vectorise.
-const SUM_LANES: usize = 16;
-
-/// `Σ_i f(a_i, b_i, c_i)` in [`SUM_LANES`] partial sums.
-#[inline(always)]
-fn lane_sum(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
-    let mut partial = [0.0f32; SUM_LANES];
-    let chunks = |v| <[f32]>::chunks_exact(v, SUM_LANES);
-    let (a_chunks, b_chunks, c_chunks) = (chunks(a), chunks(b), chunks(c));
-    let tail: f32 = (a_chunks.remainder().iter())
-        .zip(b_chunks.remainder())
-        .zip(c_chunks.remainder())
-        .map(|((&a, &b), &c)| f(a, b, c))
-        .sum();
-    for ((a, b), c) in a_chunks.zip(b_chunks).zip(c_chunks) {
-        for lane in 0..SUM_LANES {
-            partial[lane] += f(a[lane], b[lane], c[lane]);
-        }
-    }
-    partial.iter().sum::<f32>() + tail
 }
 
 crate::dispatched! {
@@ -181,6 +160,20 @@ pub fn layer_norm_backward(
     let mut grad_x = vec![0.0f32; x.len()];
     let rows_per_task = rows_per_task(width);
     let chunk = rows_per_task * width;
+    if x.len() <= chunk {
+        // one task: on this thread, as the forward
+        let (mut grad_gamma, mut grad_beta) = (vec![0.0f32; width], vec![0.0f32; width]);
+        normalize_rows_backward(
+            x,
+            gamma,
+            stats,
+            grad,
+            &mut grad_x,
+            &mut grad_gamma,
+            &mut grad_beta,
+        );
+        return (grad_x, grad_gamma, grad_beta);
+    }
     let partial: Vec<(Vec<f32>, Vec<f32>)> = x
         .par_chunks(chunk)
         .zip(grad.par_chunks(chunk))

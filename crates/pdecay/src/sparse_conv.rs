@@ -27,8 +27,9 @@
 
 use rayon::prelude::*;
 
-use crate::csr::{Csr, DOT_LANES};
+use crate::csr::Csr;
 use crate::im2col::ConvShape;
+use crate::kernel::SUM_LANES;
 
 /// The output columns `j` (a range) whose input column `j·s + offset − q` lies in `0..size`,
 /// for `out` output columns.
@@ -483,7 +484,7 @@ crate::dispatched! {
         let (k, channels, batch) = (wide.shape.kernel, wide.shape.channels, wide.shape.batch);
         let run = wide.run();
         let taps: Vec<Tap> = taps_of_row(w, o, k).collect();
-        let mut partials = vec![[0.0f32; DOT_LANES]; taps.len()];
+        let mut partials = vec![[0.0f32; SUM_LANES]; taps.len()];
         for b in 0..batch {
             let grad = &wide_dy[(b * w.rows + o) * ho * wp..][..run];
             for (tap, partial) in taps.iter().zip(partials.iter_mut()) {

@@ -16,7 +16,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use pdecay::layer_norm as rows;
 
 use crate::flex::{all_f32, on_flex};
@@ -79,7 +79,8 @@ fn flex_layer_norm(
     beta: Option<FlexTensor>,
     epsilon: f64,
 ) -> FlexTensor {
-    if !all_f32(&[&x, &gamma]) || beta.as_ref().is_some_and(|b| b.dtype() != DType::F32) {
+    let f32s = all_f32(&[&x, &gamma]) && beta.as_ref().is_none_or(|b| all_f32(&[b]));
+    if !f32s {
         return Flex::layer_norm(x, gamma, beta, epsilon);
     }
     forward(&x, &gamma, beta.as_ref(), epsilon).0
@@ -142,10 +143,9 @@ fn autodiff_layer_norm<C: CheckpointStrategy>(
     beta: Option<FloatTensor<Autodiff<Flex, C>>>,
     epsilon: f64,
 ) -> FloatTensor<Autodiff<Flex, C>> {
-    let beta_f32 = beta
-        .as_ref()
-        .is_none_or(|b| b.primitive().dtype() == DType::F32);
-    if !all_f32(&[x.primitive(), gamma.primitive()]) || !beta_f32 {
+    let f32s = all_f32(&[x.primitive(), gamma.primitive()])
+        && beta.as_ref().is_none_or(|b| all_f32(&[b.primitive()]));
+    if !f32s {
         return Autodiff::<Flex, C>::layer_norm(x, gamma, beta, epsilon);
     }
     let (y, saved) = forward(

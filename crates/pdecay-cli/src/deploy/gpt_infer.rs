@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use anyhow::{Result, ensure};
 use pdecay::csr::{Csr, transpose};
-use pdecay::kernel::{exp, gelu};
+use pdecay::kernel::{exp, gelu, lane_sum};
 use pdecay::layer_norm::layer_norm;
 use pdecay::sell::Sell;
 use rand::SeedableRng;
@@ -162,21 +162,6 @@ impl Linear {
     }
 }
 
-/// A sum with 16 partial sums (one AVX-512 register), so that it vectorises: one running sum
-/// is a chain the compiler must keep in order.
-#[inline(always)]
-fn lane_sum(values: &[f32]) -> f32 {
-    let mut partial = [0.0f32; 16];
-    let chunks = values.chunks_exact(16);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for chunk in chunks {
-        for lane in 0..16 {
-            partial[lane] += chunk[lane];
-        }
-    }
-    partial.iter().sum::<f32>() + tail
-}
-
 /// LayerNorm over the width, with the trained model's ε.
 struct Norm {
     gain: Vec<f32>,
@@ -247,7 +232,7 @@ pdecay::dispatched! {
         }
         let top = tops.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         scores.iter_mut().for_each(|score| *score = exp(scale * (*score - top)));
-        let total = lane_sum(scores);
+        let total = lane_sum(scores, scores, scores, |s, _, _| s);
         scores.iter_mut().for_each(|weight| *weight /= total);
         // KEY_BLOCK output components at a time, kept in registers over the positions
         for (chunk, out) in out.chunks_mut(KEY_BLOCK).enumerate() {
