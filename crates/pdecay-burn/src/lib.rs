@@ -45,8 +45,8 @@ pub use metric::{SparsityInput, SparsityMetric};
 pub use flex::on_pool;
 pub use ops::{
     bias_relu_max_pool_2x2, causal_attention, causal_attention_composite, causal_softmax,
-    conv2d_relu_max_pool_2x2, dense_conv2d, gelu, layer_norm, max_pool_2x2, sparse_conv2d,
-    sparse_linear,
+    conv2d_relu_max_pool_2x2, dense_conv2d, dense_linear, gelu, layer_norm, max_pool_2x2,
+    sparse_conv2d, sparse_linear,
 };
 pub use optim::{
     DEFAULT_MIN_RANK, DecayRule, DecaySummary, DecaysTensors, Decoupled, DecoupledL2,

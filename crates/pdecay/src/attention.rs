@@ -25,6 +25,7 @@
 use rayon::prelude::*;
 
 use crate::kernel::exp;
+use crate::matmul::{View, product};
 
 /// The sizes of one attention call: `batch` sequences of `time` positions, `heads` heads of
 /// `head` features each (the model width is `heads·head`).
@@ -56,81 +57,6 @@ impl AttentionShape {
             qkv.len(),
             self.batch * self.time * 3 * self.width(),
             "attention: qkv is batch x time x 3·heads·head ({self:?})"
-        );
-    }
-}
-
-/// A matrix inside a slice: element `(i, j)` at `offset + i·strides[0] + j·strides[1]`.
-#[derive(Debug, Clone, Copy)]
-struct View {
-    offset: usize,
-    strides: [usize; 2],
-}
-
-impl View {
-    const fn new(offset: usize, strides: [usize; 2]) -> Self {
-        Self { offset, strides }
-    }
-
-    /// The transpose, over the same elements.
-    const fn t(self) -> Self {
-        Self::new(self.offset, [self.strides[1], self.strides[0]])
-    }
-
-    /// The same matrix from its row `r` on.
-    const fn row(self, r: usize) -> Self {
-        Self::new(self.offset + r * self.strides[0], self.strides)
-    }
-
-    /// One past the largest index a `rows x cols` matrix reaches (0 when it is empty).
-    fn end(&self, [rows, cols]: [usize; 2]) -> usize {
-        if rows == 0 || cols == 0 {
-            return 0;
-        }
-        self.offset + (rows - 1) * self.strides[0] + (cols - 1) * self.strides[1] + 1
-    }
-}
-
-/// `dst = lhs · rhs` (`m x k` times `k x n`) on this thread, each matrix a [`View`] into its slice.
-///
-/// # Panics
-/// If a view reaches past its slice.
-fn product(
-    [m, n, k]: [usize; 3],
-    (dst, at): (&mut [f32], View),
-    (lhs, l): (&[f32], View),
-    (rhs, r): (&[f32], View),
-) {
-    assert!(
-        at.end([m, n]) <= dst.len() && l.end([m, k]) <= lhs.len() && r.end([k, n]) <= rhs.len(),
-        "attention: a product's view reaches past its buffer"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    // SAFETY: every element the sizes and strides reach lies in its slice (asserted above), and
-    // `dst` is borrowed mutably, so it overlaps neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr().add(at.offset),
-            at.strides[1] as isize,
-            at.strides[0] as isize,
-            false,
-            lhs.as_ptr().add(l.offset),
-            l.strides[1] as isize,
-            l.strides[0] as isize,
-            rhs.as_ptr().add(r.offset),
-            r.strides[1] as isize,
-            r.strides[0] as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
         );
     }
 }
@@ -232,6 +158,7 @@ pub fn causal_attention(qkv: &[f32], shape: &AttentionShape) -> (Vec<f32>, Vec<f
                         (&mut scores, rows),
                         (qkv, q.row(r0)),
                         (qkv, k.t()),
+                        false,
                     );
                 }
                 softmax_rows(&scores, probs, time, 0, shape.scale());
@@ -242,6 +169,7 @@ pub fn causal_attention(qkv: &[f32], shape: &AttentionShape) -> (Vec<f32>, Vec<f
                         (out, o.row(r0)),
                         (probs, rows),
                         (qkv, v),
+                        false,
                     );
                 }
             }
@@ -295,6 +223,7 @@ pub fn causal_attention_backward(
                         (&mut scores, rows),
                         (grad, o.row(r0)),
                         (qkv, v.t()),
+                        false,
                     );
                 }
                 softmax_backward_rows(probs, &mut scores, time, 0, shape.scale());
@@ -307,6 +236,7 @@ pub fn causal_attention_backward(
                         (grad_qkv, q.row(r0)),
                         (&scores, rows),
                         (qkv, k),
+                        false,
                     );
                     let keys = View::new(r0 * time + r0, [1, time]);
                     let seen_by = time - r0;
@@ -315,12 +245,14 @@ pub fn causal_attention_backward(
                         (grad_qkv, k.row(r0)),
                         (&scores, keys),
                         (qkv, q.row(r0)),
+                        false,
                     );
                     product(
                         [r1 - r0, head, seen_by],
                         (grad_qkv, v.row(r0)),
                         (probs, keys),
                         (grad, o.row(r0)),
+                        false,
                     );
                 }
             }

@@ -153,10 +153,15 @@ impl Csr {
             self.nnz(),
             "dense_with: one value per stored entry"
         );
-        let mut dense = vec![0.0; self.rows * self.cols];
+        // row by row, each zeroed just before its entries land in it: one pass over the
+        // matrix (a zeroed allocation is a pass of its own once the allocator reuses memory)
+        let mut dense = Vec::with_capacity(self.rows * self.cols);
         for row in 0..self.rows {
+            let start = dense.len();
+            dense.resize(start + self.cols, 0.0);
+            let out = &mut dense[start..];
             for k in self.row_range(row) {
-                dense[row * self.cols + self.col_indices[k] as usize] = values[k];
+                out[self.col_indices[k] as usize] = values[k];
             }
         }
         dense

@@ -26,6 +26,7 @@ use rayon::prelude::*;
 
 use crate::im2col::ConvShape;
 use crate::lane_conv::{Padded, Positions, from_positions, grad_padding, supports};
+use crate::matmul::{View, product};
 
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_WORK: usize = 1 << 20;
@@ -57,49 +58,6 @@ fn kernel_rows(w: &[f32], outputs: usize, channels: usize, kernel: usize, flip: 
         }
     }
     out
-}
-
-/// `dst (m × n) (+)= lhs (m × k) · rhs (k × n)`, each given by its pointer and its (row,
-/// column) strides, on this thread.
-///
-/// # Safety
-/// Every element the sizes and strides reach must lie in its allocation, and `dst` must not
-/// overlap `lhs` or `rhs`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn product(
-    [m, n, k]: [usize; 3],
-    dst: *mut f32,
-    dst_strides: [usize; 2],
-    accumulate: bool,
-    lhs: *const f32,
-    lhs_strides: [usize; 2],
-    rhs: *const f32,
-    rhs_strides: [usize; 2],
-) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_strides[1] as isize,
-            dst_strides[0] as isize,
-            accumulate,
-            lhs,
-            lhs_strides[1] as isize,
-            lhs_strides[0] as isize,
-            rhs,
-            rhs_strides[1] as isize,
-            rhs_strides[0] as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 /// `y[i, j] = Σ_ky rows_ky · x[i + ky, j]` at every output position of an `[out_height,
@@ -137,20 +95,14 @@ fn correlate(
         for ky in 0..kernel {
             let window = &x.data[x.at(i + ky, j)..][..depth * batch];
             let w = &rows[ky * outputs * depth..][..outputs * depth];
-            // SAFETY: out is [outputs, batch], w [outputs, depth] and window [depth, batch],
-            // each row-major and sliced to exactly that size above.
-            unsafe {
-                product(
-                    [outputs, batch, depth],
-                    out.as_mut_ptr(),
-                    [batch, 1],
-                    ky > 0,
-                    w.as_ptr(),
-                    [depth, 1],
-                    window.as_ptr(),
-                    [batch, 1],
-                );
-            }
+            // out is [outputs, batch], w [outputs, depth] and window [depth, batch]
+            product(
+                [outputs, batch, depth],
+                (out, View::rows(batch)),
+                (w, View::rows(depth)),
+                (window, View::rows(batch)),
+                ky > 0,
+            );
         }
     };
     let chunk = outputs * batch;
@@ -178,20 +130,15 @@ fn kernel_gradient(kernel: usize, x: Positions, dy: Positions, dy_offset: usize)
             for ky in 0..kernel {
                 let window = &x.data[x.at(i + ky, j)..][..depth * batch];
                 let dst = &mut partial[ky * outputs * depth..][..outputs * depth];
-                // SAFETY: dst is [outputs, depth], g [outputs, batch] and window [depth,
-                // batch] (read transposed as [batch, depth]), each sliced to that size.
-                unsafe {
-                    product(
-                        [outputs, depth, batch],
-                        dst.as_mut_ptr(),
-                        [depth, 1],
-                        true,
-                        g.as_ptr(),
-                        [batch, 1],
-                        window.as_ptr(),
-                        [1, batch],
-                    );
-                }
+                // dst is [outputs, depth], g [outputs, batch] and window [depth, batch]
+                // (read transposed as [batch, depth])
+                product(
+                    [outputs, depth, batch],
+                    (dst, View::rows(depth)),
+                    (g, View::rows(batch)),
+                    (window, View::rows(batch).t()),
+                    true,
+                );
             }
         }
         partial

@@ -36,6 +36,7 @@ pub mod lane_conv;
 pub mod lane_gemm;
 pub mod lane_pool;
 pub mod layer_norm;
+pub mod matmul;
 pub mod pool;
 pub mod schedule;
 pub mod sell;

@@ -1,12 +1,13 @@
 //! Model operations with fast loops on the flex CPU backend (burn backend extensions with
 //! their own autodiff step): 2x2 max pooling (alone, or with the bias and ReLU before it), the
 //! exact GELU, layer normalisation, causal attention (the softmax alone, or the whole head
-//! computation), and the linear and convolutional layers'
-//! products over their weights' non-zeros (sparse training). Elsewhere each falls back to
-//! burn's composite.
+//! computation), the linear layer's dense product without burn's output copies, and the linear
+//! and convolutional layers' products over their weights' non-zeros (sparse training).
+//! Elsewhere each falls back to burn's composite.
 
 mod attention;
 mod conv_pool;
+mod dense_linear;
 mod gelu;
 mod layer_norm;
 mod pool;
@@ -15,6 +16,7 @@ mod sparse_linear;
 
 pub use attention::{causal_attention, causal_attention_composite, causal_softmax};
 pub use conv_pool::conv2d_relu_max_pool_2x2;
+pub use dense_linear::dense_linear;
 pub use gelu::gelu;
 pub use layer_norm::layer_norm;
 pub use pool::{bias_relu_max_pool_2x2, max_pool_2x2};

@@ -21,6 +21,7 @@ use anyhow::{Result, ensure};
 use pdecay::csr::{Csr, transpose};
 use pdecay::kernel::{exp, gelu, lane_sum};
 use pdecay::layer_norm::layer_norm;
+use pdecay::matmul::{View, product};
 use pdecay::sell::Sell;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -59,32 +60,14 @@ fn dense_rows(w: &[f32], x: &[f32], n: usize, bias: Option<&[f32]>, y: &mut [f32
         Some(b) => y.chunks_mut(rows).for_each(|row| row.copy_from_slice(b)),
         None => y.fill(0.0),
     }
-    // SAFETY: the assert above bounds every index gemm forms from these sizes and strides:
-    // X (n × cols, row stride cols), Wᵀ (cols × rows, element (k, j) at j·cols + k) and
-    // Y (n × rows, row stride rows), all in their slices.
-    unsafe {
-        gemm::gemm(
-            n,
-            rows,
-            cols,
-            y.as_mut_ptr(),
-            1,
-            rows as isize,
-            true,
-            x.as_ptr(),
-            1,
-            cols as isize,
-            w.as_ptr(),
-            cols as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    // X (n × cols), W read as Wᵀ (cols × rows: element (k, j) at j·cols + k), Y (n × rows)
+    product(
+        [n, rows, cols],
+        (y, View::rows(rows)),
+        (x, View::rows(cols)),
+        (w, View::rows(cols).t()),
+        true,
+    );
 }
 
 /// A linear layer's weights: `[out, in]` row-major, or sparse: CSR for several positions at

@@ -1,18 +1,21 @@
 //! What sparse training needs of a model: its layers that can run over their weights'
-//! non-zeros, and the linear layer's two products (dense, or `pdecay_burn::sparse_linear`).
+//! non-zeros, and the linear layer's two products (`pdecay_burn::dense_linear`, or
+//! `pdecay_burn::sparse_linear`).
 
 use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
-use pdecay_burn::sparse_linear;
+use pdecay_burn::{dense_linear, sparse_linear};
 
-/// `layer`'s output, over its weight's non-zeros when `sparse` (sparse training: the same values
-/// up to summation order, no gradient for the zero weights).
+/// `layer`'s output: burn's `Linear` values and gradients bit for bit, or over its weight's
+/// non-zeros when `sparse` (sparse training: the same values up to summation order, no
+/// gradient for the zero weights).
 pub(super) fn linear(layer: &Linear, x: Tensor<2>, sparse: bool) -> Tensor<2> {
+    let (weight, bias) = (layer.weight.val(), layer.bias.as_ref().map(|b| b.val()));
     if sparse {
-        sparse_linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+        sparse_linear(x, weight, bias)
     } else {
-        layer.forward(x)
+        dense_linear(x, weight, bias)
     }
 }
 

@@ -22,7 +22,7 @@ use anyhow::{Result, ensure};
 use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, Tensor, TensorData};
-use pdecay_burn::{dense_conv2d, sparse_conv2d, sparse_linear};
+use pdecay_burn::{dense_conv2d, dense_linear, sparse_conv2d, sparse_linear};
 
 use crate::config::{SparseTraining, TrainConfig};
 use crate::models::SparseCandidate;
@@ -187,7 +187,7 @@ fn sparse_is_faster(layer: SparseCandidate, batch: usize, device: &Device) -> bo
                 [batch, outputs],
                 linear.weight.val(),
                 device,
-                |x, w| x.matmul(w),
+                |x, w| dense_linear(x, w, None),
                 |x, w| sparse_linear(x, w, None),
             )
         }
