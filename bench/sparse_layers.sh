@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One layer, forward + backward, at 0-99% zeros: pdecay's sparse-training ops against the dense
-# ones a layer trains with otherwise (burn's matmul; pdecay_burn::dense_conv2d for convolutions)
+# ones a layer trains with otherwise (pdecay_burn::dense_linear, burn's product without its
+# output copies; pdecay_burn::dense_conv2d for convolutions)
 # (cargo bench -p pdecay-burn --bench sparse_linear / sparse_conv), beside
 # SparseProp's SparseLinear / SparseConv2d against torch.nn.Linear / Conv2d on the same shapes,
 # weights and threads (bench/sparseprop_layers.py). The two run in turn for ROUNDS rounds; each

@@ -1,6 +1,7 @@
 //! One linear layer, forward + backward, on the flex CPU backend: the sparse-training product
-//! (`pdecay_burn::sparse_linear`, over the weight's non-zeros) against burn's dense `X·W`, at
-//! the sparsities pWD passes through.
+//! (`pdecay_burn::sparse_linear`, over the weight's non-zeros) against the dense one a layer
+//! trains with otherwise (`pdecay_burn::dense_linear`: burn's `X·W` bit for bit, without
+//! burn's output copies), at the sparsities pWD passes through.
 //!
 //! `cargo bench -p pdecay-burn --bench sparse_linear` prints, per shape and sparsity, the
 //! median time of each (alternated call by call, same process, on a thread of rayon's pool as
@@ -16,7 +17,7 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use pdecay_burn::sparse_linear;
+use pdecay_burn::{dense_linear, sparse_linear};
 
 /// (name, batch, inputs, outputs)
 const SHAPES: [(&str, usize, usize, usize); 10] = [
@@ -94,7 +95,7 @@ fn run() {
                 let y = if sparse {
                     sparse_linear(x.clone(), w.clone(), None)
                 } else {
-                    x.clone().matmul(w.clone())
+                    dense_linear(x.clone(), w.clone(), None)
                 };
                 let grads = y.backward();
                 std::hint::black_box(w.grad(&grads));
