@@ -13,18 +13,15 @@
 //! backward step, and [`dense_linear`] is burn's own `X·W + b` on any other device.
 
 use burn::backend::autodiff::Autodiff;
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{Tensor, TensorData};
 use pdecay::matmul::{View, product_new};
 
-use crate::flex::{all_f32, on_flex};
+use super::{LinearProduct, matrix_dims, plus_bias};
+use crate::flex::on_flex;
 
 /// The dense product as a backend operation.
 #[backend_extension(Flex, Autodiff)]
@@ -33,12 +30,6 @@ pub(crate) trait DenseMatmul: Backend {
     fn dense_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_matmul(x, w)
     }
-}
-
-/// `[rows, cols]` of a rank-2 tensor.
-fn matrix_dims(t: &FlexTensor) -> [usize; 2] {
-    let dims = t.layout().shape().to_vec();
-    [dims[0], dims[1]]
 }
 
 /// `lhs·rhs` for contiguous `[m, k]` and `[k, n]` tensors, either read transposed (`[k, m]` or
@@ -87,29 +78,12 @@ fn backward(
     (x_grad, product(&saved.x, true, &grad, false))
 }
 
+/// The product and its backward step.
+const DENSE: LinearProduct<Saved> = LinearProduct { forward, backward };
+
 impl DenseMatmul for Flex {
     fn dense_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        if !all_f32(&[&x, &w]) {
-            return Self::float_matmul(x, w);
-        }
-        forward(&x, &w).0
-    }
-}
-
-/// The backward step, from the input and weight saved by the forward product.
-#[derive(Debug)]
-struct DenseMatmulBackward;
-
-impl Backward<Flex, 2> for DenseMatmulBackward {
-    type State = Saved;
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 2>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        super::product_backward(ops, grads, backward);
+        DENSE.run_plain(x, w)
     }
 }
 
@@ -117,20 +91,7 @@ impl Backward<Flex, 2> for DenseMatmulBackward {
 /// other device takes burn's product in [`dense_linear`]).
 impl<C: CheckpointStrategy> DenseMatmul for Autodiff<Flex, C> {
     fn dense_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        if !all_f32(&[x.primitive(), w.primitive()]) {
-            return Self::float_matmul(x, w);
-        }
-        match DenseMatmulBackward
-            .prepare::<C>([x.node(), w.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (output, saved) = forward(x.primitive(), w.primitive());
-                prep.finish(saved, output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive(), w.primitive()).0),
-        }
+        DENSE.run::<C>(x, w)
     }
 }
 
@@ -146,10 +107,7 @@ pub fn dense_linear(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) ->
     } else {
         x.matmul(weight)
     };
-    match bias {
-        Some(bias) => product + bias.unsqueeze(),
-        None => product,
-    }
+    plus_bias(product, bias)
 }
 
 #[cfg(test)]

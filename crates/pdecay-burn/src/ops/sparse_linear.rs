@@ -26,18 +26,15 @@
 use std::sync::Arc;
 
 use burn::backend::autodiff::Autodiff;
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{Tensor, TensorData};
 use pdecay::csr::{Csr, transpose};
 
-use crate::flex::{all_f32, on_flex};
+use super::{LinearProduct, matrix_dims, plus_bias};
+use crate::flex::on_flex;
 
 /// The product over the weight's non-zeros as a backend operation.
 #[backend_extension(Flex, Autodiff)]
@@ -53,12 +50,6 @@ pub(crate) trait SparseMatmul: Backend {
 fn transposed(t: &FlexTensor) -> Vec<f32> {
     let [rows, cols] = matrix_dims(t);
     transpose(t.storage::<f32>(), rows, cols)
-}
-
-/// `[rows, cols]` of a rank-2 tensor.
-fn matrix_dims(t: &FlexTensor) -> [usize; 2] {
-    let dims = t.layout().shape().to_vec();
-    [dims[0], dims[1]]
 }
 
 /// What the backward step needs of a forward product: `W`'s support with its values (a CSR
@@ -112,29 +103,12 @@ fn backward(
     (x_grad, w_grad)
 }
 
+/// The product and its backward step.
+const SPARSE: LinearProduct<Saved> = LinearProduct { forward, backward };
+
 impl SparseMatmul for Flex {
     fn sparse_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        if !all_f32(&[&x, &w]) {
-            return Self::float_matmul(x, w);
-        }
-        forward(&x, &w).0
-    }
-}
-
-/// The backward step, from the support and input saved by the forward product.
-#[derive(Debug)]
-struct SparseMatmulBackward;
-
-impl Backward<Flex, 2> for SparseMatmulBackward {
-    type State = Saved;
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 2>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        super::product_backward(ops, grads, backward);
+        SPARSE.run_plain(x, w)
     }
 }
 
@@ -142,20 +116,7 @@ impl Backward<Flex, 2> for SparseMatmulBackward {
 /// every other device takes burn's dense product in [`sparse_linear`]).
 impl<C: CheckpointStrategy> SparseMatmul for Autodiff<Flex, C> {
     fn sparse_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        if !all_f32(&[x.primitive(), w.primitive()]) {
-            return Self::float_matmul(x, w);
-        }
-        match SparseMatmulBackward
-            .prepare::<C>([x.node(), w.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (output, saved) = forward(x.primitive(), w.primitive());
-                prep.finish(saved, output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive(), w.primitive()).0),
-        }
+        SPARSE.run::<C>(x, w)
     }
 }
 
@@ -172,10 +133,7 @@ pub fn sparse_linear(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -
     } else {
         x.matmul(weight)
     };
-    match bias {
-        Some(bias) => product + bias.unsqueeze(),
-        None => product,
-    }
+    plus_bias(product, bias)
 }
 
 #[cfg(test)]
