@@ -365,7 +365,7 @@ impl Csr {
     /// `Y = X·Wᵀ + bias` for a batch, in the layout burn's tensors hold: `x_t` is the input
     /// transposed (`[cols, batch]`, row-major), `y` receives `[batch, rows]` row-major. The
     /// same sums as [`Csr::matmul_t`] (bit for bit), but the batch is cut into pieces, one task
-    /// each writing only its own rows of `y`: a piece sums [`ROW_CHUNK`] rows at a time into a
+    /// each writing only its own rows of `y`: a piece sums 16 rows at a time into a
     /// local tile and transposes the tile into place while it is in cache, so no
     /// `[rows, batch]` array is written to memory and read back to be transposed.
     ///
