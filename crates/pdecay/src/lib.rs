@@ -6,8 +6,9 @@
 //! ([`sparsity`]), input validation ([`validate`]), causal self-attention ([`attention`]), layer normalisation ([`layer_norm`]), the CSR matrices sparse inference and sparse
 //! training run on ([`csr`]) and the row-sliced layout of its batch-1 product ([`sell`]), convolutions as their products ([`im2col`]), directly over a
 //! sparse kernel ([`sparse_conv`]), with the batch innermost over a sparse kernel ([`lane_conv`])
-//! or a dense one ([`lane_gemm`]), and 2x2 max pooling ([`pool`], and in the lanes' layout
-//! [`lane_pool`]).
+//! or a dense one ([`lane_gemm`]), 2x2 max pooling ([`pool`], and in the lanes' layout
+//! [`lane_pool`]), and dense products on strided views of slices through the `gemm` crate
+//! ([`matmul`]).
 //!
 //! The objective is `L(w) = L0(w) + lambda * sum_i |w_i|^p`. After any base optimizer step,
 //! pWD sets
