@@ -36,8 +36,8 @@ use burn::tensor::Tensor;
 
 use crate::flex::all_f32;
 
-/// The backward step of an op of an input `x` and a parameter (sparse training's linear and
-/// convolution products over a weight's non-zeros, the fused bias, ReLU and pooling):
+/// The backward step of an op of an input `x` and a parameter (the linear layer's dense and
+/// sparse products, the sparse convolution, the fused bias, ReLU and pooling):
 /// `backward(saved, ∂output, whether x tracks a gradient)` gives `(∂x, ∂parameter)`, each
 /// registered with the node that tracks it.
 fn product_backward<S>(
