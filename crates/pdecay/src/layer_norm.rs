@@ -160,18 +160,23 @@ pub fn layer_norm_backward(
     let mut grad_x = vec![0.0f32; x.len()];
     let rows_per_task = rows_per_task(width);
     let chunk = rows_per_task * width;
-    if x.len() <= chunk {
-        // one task: on this thread, as the forward
+    // one task's rows: their ∂x, and their own partial sums of ∂γ and ∂β
+    let task = |x: &[f32], grad: &[f32], grad_x: &mut [f32], stats: &[f32]| {
         let (mut grad_gamma, mut grad_beta) = (vec![0.0f32; width], vec![0.0f32; width]);
         normalize_rows_backward(
             x,
             gamma,
             stats,
             grad,
-            &mut grad_x,
+            grad_x,
             &mut grad_gamma,
             &mut grad_beta,
         );
+        (grad_gamma, grad_beta)
+    };
+    if x.len() <= chunk {
+        // one task: on this thread, as the forward
+        let (grad_gamma, grad_beta) = task(x, grad, &mut grad_x, stats);
         return (grad_x, grad_gamma, grad_beta);
     }
     let partial: Vec<(Vec<f32>, Vec<f32>)> = x
@@ -179,19 +184,7 @@ pub fn layer_norm_backward(
         .zip(grad.par_chunks(chunk))
         .zip(grad_x.par_chunks_mut(chunk))
         .zip(stats.par_chunks(2 * rows_per_task))
-        .map(|(((x, grad), grad_x), stats)| {
-            let (mut grad_gamma, mut grad_beta) = (vec![0.0f32; width], vec![0.0f32; width]);
-            normalize_rows_backward(
-                x,
-                gamma,
-                stats,
-                grad,
-                grad_x,
-                &mut grad_gamma,
-                &mut grad_beta,
-            );
-            (grad_gamma, grad_beta)
-        })
+        .map(|(((x, grad), grad_x), stats)| task(x, grad, grad_x, stats))
         .collect();
     let (mut grad_gamma, mut grad_beta) = (vec![0.0f32; width], vec![0.0f32; width]);
     for (g, b) in &partial {
