@@ -22,7 +22,7 @@
 use rayon::prelude::*;
 use thiserror::Error;
 
-use crate::kernel::lane_sum;
+use crate::kernel::{lane_dots, lane_sum};
 
 /// Why arrays do not form a valid CSR matrix (a corrupt or foreign file).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -657,7 +657,8 @@ crate::dispatched! {
     /// `out[r, b - lanes.start] = bias[r] + Σ values[k]·x_t[cols[k], b]` for `b` in `lanes`
     /// and `k` in `offsets[r]..offsets[r + 1]` (offsets index `values` and `cols`
     /// absolutely), for the rows of this chunk: `x_t`'s rows are `x_stride` apart, `out`'s
-    /// `lanes.len()`. `BATCH_BLOCK` lanes at a time, then `NARROW_BLOCK`, then the rest.
+    /// `lanes.len()`. `BATCH_BLOCK` lanes at a time, then half that (four registers: enough
+    /// independent chains of adds to hide their latency), then `NARROW_BLOCK`, then the rest.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn scaled_row_sums(
         values: &[f32],
@@ -677,6 +678,11 @@ crate::dispatched! {
             let start = lanes.start + at;
             block_sums::<BATCH_BLOCK>(values, cols, offsets, x_t, x_stride, start, bias, out, width, at);
             at += BATCH_BLOCK;
+        }
+        while at + BATCH_BLOCK / 2 <= width {
+            let start = lanes.start + at;
+            block_sums::<{ BATCH_BLOCK / 2 }>(values, cols, offsets, x_t, x_stride, start, bias, out, width, at);
+            at += BATCH_BLOCK / 2;
         }
         while at + NARROW_BLOCK <= width {
             let start = lanes.start + at;
@@ -700,10 +706,14 @@ crate::dispatched! {
     }
 }
 
+/// Entries of a row whose dot products [`sampled_dots`] sums side by side ([`lane_dots`]' width):
+/// four chains of adds in flight, one load of the row's `a_t` slice for four entries.
+const DOTS: usize = 4;
+
 crate::dispatched! {
     /// `out[k - offsets[0]] = a_t[r, :]·b_t[cols[k], :]` for the rows of this chunk (`a_t`
     /// holds the chunk's rows only, `cols` and `out` its entries only), each dot product in
-    /// `SUM_LANES` partial sums.
+    /// `SUM_LANES` partial sums, [`DOTS`] entries at a time (same bits as one at a time).
     fn sampled_dots(
         offsets: &[u32],
         cols: &[u32],
@@ -716,8 +726,16 @@ crate::dispatched! {
         for r in 0..offsets.len() - 1 {
             let a = &a_t[r * batch..(r + 1) * batch];
             let range = offsets[r] as usize - base..offsets[r + 1] as usize - base;
-            for (o, &c) in out[range.clone()].iter_mut().zip(&cols[range]) {
-                let b = &b_t[c as usize * batch..(c as usize + 1) * batch];
+            let row_of = |c: u32| &b_t[c as usize * batch..(c as usize + 1) * batch];
+            let mut outs = out[range.clone()].chunks_exact_mut(DOTS);
+            let groups = cols[range].chunks_exact(DOTS);
+            let rest = groups.remainder();
+            for (o, c) in (&mut outs).zip(groups) {
+                let c: &[u32; DOTS] = c.try_into().unwrap();
+                o.copy_from_slice(&lane_dots(a, c.map(row_of)));
+            }
+            for (o, &c) in outs.into_remainder().iter_mut().zip(rest) {
+                let b = row_of(c);
                 *o = lane_sum(a, b, b, |x, y, _| x * y);
             }
         }

@@ -549,6 +549,50 @@ pub fn lane_sum(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f3
     partial.iter().sum::<f32>() + tail
 }
 
+/// `[a·b_0, a·b_1, a·b_2, a·b_3]`, each dot product summed exactly as
+/// `lane_sum(a, b_j, b_j, |x, y, _| x * y)` sums it (same partial sums, same order, same
+/// bits), but the four sums advance together: four independent chains of adds keep the adder
+/// busy where one chain waits on each add's latency, and each chunk of `a` is loaded once for
+/// all four. (Written out for four: a loop over the `b`s is not unrolled into registers.)
+///
+/// # Panics
+/// If some `b_j` is shorter than `a`.
+#[inline(always)]
+pub fn lane_dots(a: &[f32], [b0, b1, b2, b3]: [&[f32]; 4]) -> [f32; 4] {
+    let len = a.len();
+    let (b0, b1, b2, b3) = (&b0[..len], &b1[..len], &b2[..len], &b3[..len]);
+    let chunks = |v| <[f32]>::chunks_exact(v, SUM_LANES);
+    // four named arrays, not one `[[f32; 16]; 4]`, which the compiler keeps in memory
+    let (mut p0, mut p1, mut p2, mut p3) = (
+        [0.0f32; SUM_LANES],
+        [0.0; SUM_LANES],
+        [0.0; SUM_LANES],
+        [0.0; SUM_LANES],
+    );
+    let blocks = chunks(a)
+        .zip(chunks(b0))
+        .zip(chunks(b1))
+        .zip(chunks(b2))
+        .zip(chunks(b3));
+    for ((((a, b0), b1), b2), b3) in blocks {
+        for lane in 0..SUM_LANES {
+            p0[lane] += a[lane] * b0[lane];
+            p1[lane] += a[lane] * b1[lane];
+            p2[lane] += a[lane] * b2[lane];
+            p3[lane] += a[lane] * b3[lane];
+        }
+    }
+    let whole = len - len % SUM_LANES;
+    let mut sums = [0.0f32; 4];
+    for ((sum, partial), b) in sums.iter_mut().zip([p0, p1, p2, p3]).zip([b0, b1, b2, b3]) {
+        let tail: f32 = (a[whole..].iter().zip(&b[whole..]))
+            .map(|(&x, &y)| x * y)
+            .sum();
+        *sum = partial.iter().sum::<f32>() + tail;
+    }
+    sums
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -890,7 +934,45 @@ mod tests {
         apply_decay_in_place(&mut [1.0, 2.0], &[1.0], &coef(1.0, 0.1, 0.1));
     }
 
+    #[test]
+    fn lane_dots_of_a_known_case_are_as_worked_by_hand() {
+        // 35 entries: two chunks of 16 and a tail of 3; a = 1, 2, …, 35
+        let a: Vec<f32> = (1..=35).map(|i| i as f32).collect();
+        let ones = vec![1.0f32; 35];
+        let alternating: Vec<f32> = (0..35)
+            .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        let mut unit = vec![0.0f32; 40];
+        unit[33] = 2.0;
+        let zeros = vec![0.0f32; 35];
+        let dots = lane_dots(&a, [&ones, &alternating, &unit, &zeros]);
+        // 1 + … + 35 = 630; 1 - 2 + 3 - … + 35 = 18; 2 · a[33] = 68
+        assert_eq!(dots, [630.0, 18.0, 68.0, 0.0]);
+    }
+
     proptest! {
+        #[test]
+        fn lane_dots_sum_each_product_as_lane_sum_does(
+            values in prop::collection::vec((-1e3f32..1e3, -1e3f32..1e3, -1e3f32..1e3), 0..80),
+            scales in prop::array::uniform4(prop::sample::select(vec![1e-6f32, 1.0, 1e6])),
+        ) {
+            // magnitudes far apart, so that another order of the adds gives other bits
+            let a: Vec<f32> = values.iter().enumerate()
+                .map(|(i, v)| v.0 * scales[i % 4]).collect();
+            let b0: Vec<f32> = values.iter().map(|v| v.1).collect();
+            let b1: Vec<f32> = values.iter().map(|v| v.2).collect();
+            let b2: Vec<f32> = values.iter().map(|v| v.1 * v.2).collect();
+            let b3: Vec<f32> = b0.iter().rev().copied().collect();
+            let dots = lane_dots(&a, [&b0, &b1, &b2, &b3]);
+            for (dot, b) in dots.iter().zip([&b0, &b1, &b2, &b3]) {
+                let alone = lane_sum(&a, b, b, |x, y, _| x * y);
+                prop_assert_eq!(dot.to_bits(), alone.to_bits());
+                let exact: f64 = a.iter().zip(b.iter()).map(|(&x, &y)| x as f64 * y as f64).sum();
+                let size: f64 = a.iter().zip(b.iter()).map(|(&x, &y)| (x as f64 * y as f64).abs()).sum();
+                prop_assert!((*dot as f64 - exact).abs() <= 1e-5 * size + 1e-30);
+            }
+        }
+
         #[test]
         fn kernel_output_is_finite_sign_preserving_and_never_normal_below_min(
             p in 1e-3f64..=4.0,
