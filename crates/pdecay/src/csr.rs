@@ -19,6 +19,8 @@
 //! (0.65-0.93x at 20% density, batch 64), which sprs does not do for sparse x dense
 //! (sparsemat/sprs#298). One CSR type then serves both products without `ndarray`.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 use thiserror::Error;
 
@@ -797,12 +799,32 @@ pub(crate) fn transpose_into(
     rows: usize,
     cols: usize,
 ) {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and `transpose_uninit` only stores
+    // initialised values, so `dst` holds valid `f32`s throughout.
+    let dst = unsafe { &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    transpose_uninit(src, src_stride, dst, dst_stride, rows, cols);
+}
+
+/// [`transpose_into`] into memory that may not be initialised yet (a `Vec`'s spare
+/// capacity): it writes every `dst[j·dst_stride + i]`, `i < rows`, `j < cols`, and nothing
+/// else, so a new transposed matrix needs no zeroing pass before it is written.
+///
+/// # Panics
+/// If `src` or `dst` is too short for the block at its stride.
+fn transpose_uninit(
+    src: &[f32],
+    src_stride: usize,
+    dst: &mut [MaybeUninit<f32>],
+    dst_stride: usize,
+    rows: usize,
+    cols: usize,
+) {
     if rows == 0 || cols == 0 {
         return;
     }
     assert!(
         (rows - 1) * src_stride + cols <= src.len() && (cols - 1) * dst_stride + rows <= dst.len(),
-        "transpose_into: a {rows}x{cols} block does not fit its slices"
+        "transpose: a {rows}x{cols} block does not fit its slices"
     );
     #[cfg(target_arch = "x86_64")]
     if rows >= 8 && cols >= 8 && crate::kernel::simd_allowed(crate::kernel::SimdLevel::Avx2) {
@@ -818,7 +840,7 @@ pub(crate) fn transpose_into(
 fn transpose_tiles(
     src: &[f32],
     src_stride: usize,
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
     dst_stride: usize,
     rows: usize,
     cols: usize,
@@ -835,7 +857,7 @@ fn transpose_tiles(
                 }
             }
             for (j, run) in tile.iter().enumerate().take(nj) {
-                dst[(j0 + j) * dst_stride + i0..][..ni].copy_from_slice(&run[..ni]);
+                dst[(j0 + j) * dst_stride + i0..][..ni].write_copy_of_slice(&run[..ni]);
             }
         }
     }
@@ -856,7 +878,7 @@ fn transpose_tiles(
 unsafe fn transpose_blocks_avx2(
     src: &[f32],
     src_stride: usize,
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
     dst_stride: usize,
     rows: usize,
     cols: usize,
@@ -892,7 +914,7 @@ unsafe fn transpose_blocks_avx2(
                     _mm256_shuffle_ps::<0x44>(t[5], t[7]),
                     _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
                 ];
-                let to = dst.as_mut_ptr().add(j0 * dst_stride + i0);
+                let to = dst.as_mut_ptr().cast::<f32>().add(j0 * dst_stride + i0);
                 for j in 0..4 {
                     let (low, high) = (s[j], s[j + 4]);
                     _mm256_storeu_ps(
@@ -914,20 +936,24 @@ unsafe fn transpose_blocks_avx2(
 /// the matrix passes `2^16` elements.
 pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     assert_eq!(m.len(), rows * cols, "transpose: length is rows * cols");
-    let mut t = vec![0.0; m.len()];
+    let mut t = Vec::with_capacity(m.len());
     if m.is_empty() {
         return t;
     }
+    let out = &mut t.spare_capacity_mut()[..m.len()];
     // band `b` of the output is input columns `b·TILE..`, each output row `rows` long
-    let band = |(b, out): (usize, &mut [f32])| {
+    let band = |(b, out): (usize, &mut [MaybeUninit<f32>])| {
         let width = out.len() / rows;
-        transpose_into(&m[b * TILE..], cols, out, rows, rows, width);
+        transpose_uninit(&m[b * TILE..], cols, out, rows, rows, width);
     };
     if m.len() < 1 << 16 {
-        t.chunks_mut(TILE * rows).enumerate().for_each(band);
+        out.chunks_mut(TILE * rows).enumerate().for_each(band);
     } else {
-        t.par_chunks_mut(TILE * rows).enumerate().for_each(band);
+        out.par_chunks_mut(TILE * rows).enumerate().for_each(band);
     }
+    // SAFETY: the bands tile the first `m.len()` elements, and each band's transpose writes
+    // all of its `width` rows of `rows` values.
+    unsafe { t.set_len(m.len()) };
     t
 }
 
