@@ -626,7 +626,8 @@ const NARROW_BLOCK: usize = 32;
 
 /// `out[r, at..at + N] = bias[r] + Σ values[k]·x_t[cols[k], start..start + N]` for every row
 /// of the chunk (`out` rows `out_stride` apart, `x_t` rows `x_stride` apart), the `N` sums
-/// kept in registers over a row's entries.
+/// kept in registers over a row's entries, each entry one fused multiply-add (one rounding,
+/// as in gemm's products; 1.13-1.18x the throughput of a multiply and an add on one thread).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn block_sums<const N: usize>(
@@ -648,7 +649,7 @@ fn block_sums<const N: usize>(
             let from = c as usize * x_stride + start;
             let x: &[f32; N] = x_t[from..from + N].try_into().unwrap();
             for lane in 0..N {
-                acc[lane] += w * x[lane];
+                acc[lane] = w.mul_add(x[lane], acc[lane]);
             }
         }
         out[r * out_stride + at..r * out_stride + at + N].copy_from_slice(&acc);
@@ -700,7 +701,7 @@ crate::dispatched! {
                 for (&w, &c) in values[range.clone()].iter().zip(&cols[range]) {
                     let from = c as usize * x_stride + start;
                     for (o, &x) in out.iter_mut().zip(&x_t[from..from + len]) {
-                        *o += w * x;
+                        *o = w.mul_add(x, *o);
                     }
                 }
             }
@@ -1232,12 +1233,14 @@ mod tests {
             let x_t: Vec<f32> = (0..cols * batch)
                 .map(|i| ((i as u32 * 7 + seed) % 13) as f32 - 6.0)
                 .collect();
-            // the small integers make every sum exact, whatever the order
+            // the dense product in the kernel's order (columns ascending, one fused
+            // multiply-add each): a zero weight adds exactly nothing, so the bits agree
             let mut y_t = vec![0.0; rows * batch];
             csr.matmul_t(&x_t, batch, None, &mut y_t);
             for r in 0..rows {
                 for b in 0..batch {
-                    let want: f32 = (0..cols).map(|c| dense[r * cols + c] * x_t[c * batch + b]).sum();
+                    let want = (0..cols)
+                        .fold(0.0f32, |acc, c| dense[r * cols + c].mul_add(x_t[c * batch + b], acc));
                     prop_assert_eq!(y_t[r * batch + b], want);
                 }
             }
@@ -1255,7 +1258,8 @@ mod tests {
             transposed.matmul_t(&a_t, batch, None, &mut z_t);
             for c in 0..cols {
                 for b in 0..batch {
-                    let want: f32 = (0..rows).map(|r| dense[r * cols + c] * a_t[r * batch + b]).sum();
+                    let want = (0..rows)
+                        .fold(0.0f32, |acc, r| dense[r * cols + c].mul_add(a_t[r * batch + b], acc));
                     prop_assert_eq!(z_t[c * batch + b], want);
                 }
             }

@@ -218,7 +218,7 @@ fn mxcsr() -> u32 {
 pub enum SimdLevel {
     /// Baseline x86-64 (SSE2), or any other architecture.
     Baseline = 0,
-    /// AVX2.
+    /// AVX2 with FMA (every AVX2 CPU since 2013 has both).
     Avx2 = 1,
     /// AVX-512F.
     Avx512 = 2,
@@ -249,7 +249,10 @@ fn simd_available(level: SimdLevel) -> bool {
     match level {
         SimdLevel::Baseline => true,
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+        SimdLevel::Avx2 => {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        }
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
         #[cfg(not(target_arch = "x86_64"))]
@@ -273,7 +276,7 @@ macro_rules! dispatched {
                 unsafe fn avx512($($arg: $ty),*) {
                     body($($arg),*)
                 }
-                #[target_feature(enable = "avx2")]
+                #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) {
                     body($($arg),*)
                 }
