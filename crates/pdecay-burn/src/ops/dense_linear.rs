@@ -9,28 +9,15 @@
 //! strides as burn does (`pdecay::matmul`). With the same gemm calls the values are burn's bit
 //! for bit, which a test checks.
 //!
-//! As a burn backend extension, like the other ops: flex gets this product, autodiff a
-//! backward step, and [`dense_linear`] is burn's own `X·W + b` on any other device.
+//! The backend extension it runs through (flex gets this product, autodiff a backward step,
+//! every other device burn's own `X·W + b`) is the linear layer's, shared with the sparse
+//! product (`super::linear`).
 
-use burn::backend::autodiff::Autodiff;
-use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::flex::FlexTensor;
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{Tensor, TensorData};
 use pdecay::matmul::{View, product_new};
 
-use super::{LinearProduct, matrix_dims, plus_bias};
-use crate::flex::on_flex;
-
-/// The dense product as a backend operation.
-#[backend_extension(Flex, Autodiff)]
-pub(crate) trait DenseMatmul: Backend {
-    /// `x·w` for `x` `[M, K]` and `w` `[K, N]`.
-    fn dense_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::float_matmul(x, w)
-    }
-}
+use super::linear::{LinearProduct, Weights, linear, matrix_dims};
 
 /// `lhs·rhs` for contiguous `[m, k]` and `[k, n]` tensors, either read transposed (`[k, m]` or
 /// `[n, k]` stored) where asked, as a new `[m, n]` tensor.
@@ -55,7 +42,7 @@ fn product(lhs: &FlexTensor, lhs_t: bool, rhs: &FlexTensor, rhs_t: bool) -> Flex
 
 /// What the backward step needs: the input and the weight, contiguous.
 #[derive(Debug, Clone)]
-struct Saved {
+pub(super) struct Saved {
     x: FlexTensor,
     w: FlexTensor,
 }
@@ -79,35 +66,13 @@ fn backward(
 }
 
 /// The product and its backward step.
-const DENSE: LinearProduct<Saved> = LinearProduct { forward, backward };
-
-impl DenseMatmul for Flex {
-    fn dense_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        DENSE.run_plain(x, w)
-    }
-}
-
-/// Only flex runs this product (the dispatch reaches this impl for flex under autodiff; every
-/// other device takes burn's product in [`dense_linear`]).
-impl<C: CheckpointStrategy> DenseMatmul for Autodiff<Flex, C> {
-    fn dense_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        DENSE.run::<C>(x, w)
-    }
-}
+pub(super) const DENSE: LinearProduct<Saved> = LinearProduct { forward, backward };
 
 /// `x·weight + bias` for `x` `[M, K]` and `weight` `[K, N]` (burn `Linear`'s layout): burn's
 /// own values and gradients, bit for bit, on the flex CPU backend (with or without autodiff)
 /// without burn's zeroing and copying of each output, and burn's product elsewhere.
 pub fn dense_linear(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
-    let product = if on_flex(&x.device(), true) {
-        Tensor::from_dispatch(<Dispatch as DenseMatmul>::dense_matmul(
-            x.into_dispatch(),
-            weight.into_dispatch(),
-        ))
-    } else {
-        x.matmul(weight)
-    };
-    plus_bias(product, bias)
+    linear(x, weight, bias, Weights::All)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod conv_pool;
 mod dense_linear;
 mod gelu;
 mod layer_norm;
+mod linear;
 mod pool;
 mod sparse_conv;
 mod sparse_linear;
@@ -24,17 +25,9 @@ pub use sparse_conv::{dense_conv2d, sparse_conv2d};
 pub use sparse_linear::sparse_linear;
 
 use burn::backend::Flex;
-use burn::backend::autodiff::Autodiff;
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::Ops;
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::FloatTensorOps;
-use burn::backend::tensor::FloatTensor;
-use burn::tensor::Tensor;
-
-use crate::flex::all_f32;
 
 /// The backward step of an op of an input `x` and a parameter (the linear layer's dense and
 /// sparse products, the sparse convolution, the fused bias, ReLU and pooling):
@@ -54,80 +47,6 @@ fn product_backward<S>(
     if let Some(node) = w_parent {
         grads.register::<Flex>(node.id, w_grad);
     }
-}
-
-/// A linear layer's product `x·w` on flex: `forward` gives the output and what `backward`
-/// needs, `backward(saved, ∂y, whether x tracks a gradient)` gives `(∂x, ∂w)`.
-struct LinearProduct<S> {
-    forward: fn(&FlexTensor, &FlexTensor) -> (FlexTensor, S),
-    backward: fn(&S, &FlexTensor, bool) -> (Option<FlexTensor>, FlexTensor),
-}
-
-impl<S> std::fmt::Debug for LinearProduct<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LinearProduct")
-    }
-}
-
-impl<S: Clone + Send + std::fmt::Debug + 'static> Backward<Flex, 2> for LinearProduct<S> {
-    type State = S;
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 2>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        product_backward(ops, grads, self.backward);
-    }
-}
-
-impl<S: Clone + Send + std::fmt::Debug + 'static> LinearProduct<S> {
-    /// `x·w` under autodiff on flex for f32 values, with this product's backward step
-    /// recorded where either tracks a gradient; `burn`'s own `x·w` for other dtypes.
-    fn run<C: CheckpointStrategy>(
-        self,
-        x: FloatTensor<Autodiff<Flex, C>>,
-        w: FloatTensor<Autodiff<Flex, C>>,
-    ) -> FloatTensor<Autodiff<Flex, C>> {
-        if !all_f32(&[x.primitive(), w.primitive()]) {
-            return Autodiff::<Flex, C>::float_matmul(x, w);
-        }
-        let forward = self.forward;
-        match self
-            .prepare::<C>([x.node(), w.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (output, saved) = forward(x.primitive(), w.primitive());
-                prep.finish(saved, output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive(), w.primitive()).0),
-        }
-    }
-
-    /// `x·w` on plain flex for f32 values (no backward step), `burn`'s own for other dtypes.
-    fn run_plain(&self, x: FlexTensor, w: FlexTensor) -> FlexTensor {
-        if !all_f32(&[&x, &w]) {
-            return Flex::float_matmul(x, w);
-        }
-        (self.forward)(&x, &w).0
-    }
-}
-
-/// `product + bias`, the bias broadcast over the rows.
-fn plus_bias(product: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
-    match bias {
-        Some(bias) => product + bias.unsqueeze(),
-        None => product,
-    }
-}
-
-/// `[rows, cols]` of a rank-2 tensor.
-fn matrix_dims(t: &FlexTensor) -> [usize; 2] {
-    let dims = t.layout().shape().to_vec();
-    [dims[0], dims[1]]
 }
 
 /// `ours` equals `theirs` element by element within `tolerance` relative (absolute below 1):

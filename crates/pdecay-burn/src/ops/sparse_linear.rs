@@ -20,30 +20,17 @@
 //! unchanged); the support is read from it at every call, so it is right however it shrinks.
 //! Only summation order differs from the dense product (`∂W` at the zeros aside).
 //!
-//! As a burn backend extension, like the other ops: flex gets these loops, autodiff a backward
-//! step, and [`sparse_linear`] is burn's own `X·W + b` on any other device.
+//! The backend extension it runs through (flex gets these loops, autodiff a backward step,
+//! every other device burn's own `X·W + b`) is the linear layer's, shared with the dense
+//! product (`super::linear`).
 
 use std::sync::Arc;
 
-use burn::backend::autodiff::Autodiff;
-use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::flex::FlexTensor;
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{Tensor, TensorData};
 use pdecay::csr::{Csr, transpose};
 
-use super::{LinearProduct, matrix_dims, plus_bias};
-use crate::flex::on_flex;
-
-/// The product over the weight's non-zeros as a backend operation.
-#[backend_extension(Flex, Autodiff)]
-pub(crate) trait SparseMatmul: Backend {
-    /// `x·w` for `x` `[M, K]` and `w` `[K, N]`.
-    fn sparse_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::float_matmul(x, w)
-    }
-}
+use super::linear::{LinearProduct, Weights, linear, matrix_dims};
 
 /// The transpose of a contiguous rank-2 tensor's values, `[rows, cols]` -> `[cols, rows]`
 /// (`pdecay::csr::transpose`: tiles through a local buffer, bands over rayon's pool).
@@ -55,7 +42,7 @@ fn transposed(t: &FlexTensor) -> Vec<f32> {
 /// What the backward step needs of a forward product: `W`'s support with its values (a CSR
 /// of `W`, read once per call in one sequential pass), and the transposed input `Xᵀ` `[K, M]`.
 #[derive(Debug, Clone)]
-struct Saved {
+pub(super) struct Saved {
     w: Arc<Csr>,
     x_t: Arc<Vec<f32>>,
     batch: usize,
@@ -104,36 +91,14 @@ fn backward(
 }
 
 /// The product and its backward step.
-const SPARSE: LinearProduct<Saved> = LinearProduct { forward, backward };
-
-impl SparseMatmul for Flex {
-    fn sparse_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        SPARSE.run_plain(x, w)
-    }
-}
-
-/// Only flex runs the sparse product (the dispatch reaches this impl for flex under autodiff;
-/// every other device takes burn's dense product in [`sparse_linear`]).
-impl<C: CheckpointStrategy> SparseMatmul for Autodiff<Flex, C> {
-    fn sparse_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        SPARSE.run::<C>(x, w)
-    }
-}
+pub(super) const SPARSE: LinearProduct<Saved> = LinearProduct { forward, backward };
 
 /// `x·weight + bias` for `x` `[M, K]` and `weight` `[K, N]` (burn `Linear`'s layout), run over
 /// the weight's non-zeros on the flex CPU backend (with or without autodiff) and by burn's
 /// dense product elsewhere. Values and `∂x` are the dense product's up to summation order;
 /// `∂weight` is the dense one at the non-zeros and exactly zero at the zeros.
 pub fn sparse_linear(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
-    let product = if on_flex(&x.device(), true) {
-        Tensor::from_dispatch(<Dispatch as SparseMatmul>::sparse_matmul(
-            x.into_dispatch(),
-            weight.into_dispatch(),
-        ))
-    } else {
-        x.matmul(weight)
-    };
-    plus_bias(product, bias)
+    linear(x, weight, bias, Weights::NonZeros)
 }
 
 #[cfg(test)]
