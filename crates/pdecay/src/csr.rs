@@ -624,10 +624,12 @@ fn piece_lanes(batch: usize) -> usize {
 /// [`BATCH_BLOCK`] (a GPT decoder recomputing half a window: 32 positions).
 const NARROW_BLOCK: usize = 32;
 
-/// `out[r, at..at + N] = bias[r] + Σ values[k]·x_t[cols[k], start..start + N]` for every row
-/// of the chunk (`out` rows `out_stride` apart, `x_t` rows `x_stride` apart), the `N` sums
-/// kept in registers over a row's entries, each entry one fused multiply-add (one rounding,
-/// as in gemm's products; 1.13-1.18x the throughput of a multiply and an add on one thread).
+/// [`scaled_row_sums`] in blocks of `N` lanes, from lane offset `at` for as many whole blocks
+/// as `lanes` holds past it: `out[r, b..b + N] = bias[r] + Σ values[k]·x_t[cols[k], s..s + N]`
+/// with `s = lanes.start + b`, for every row of the chunk, each block's `N` sums kept in
+/// registers over a row's entries, each entry one fused multiply-add (one rounding, as in
+/// gemm's products; 1.13-1.18x the throughput of a multiply and an add on one thread).
+/// Returns the offset of the first lane left to sum.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn block_sums<const N: usize>(
@@ -636,24 +638,29 @@ fn block_sums<const N: usize>(
     offsets: &[u32],
     x_t: &[f32],
     x_stride: usize,
-    start: usize,
+    lanes: &std::ops::Range<usize>,
     bias: Option<&[f32]>,
     out: &mut [f32],
-    out_stride: usize,
-    at: usize,
-) {
-    for r in 0..offsets.len() - 1 {
-        let range = offsets[r] as usize..offsets[r + 1] as usize;
-        let mut acc = [bias.map_or(0.0, |b| b[r]); N];
-        for (&w, &c) in values[range.clone()].iter().zip(&cols[range]) {
-            let from = c as usize * x_stride + start;
-            let x: &[f32; N] = x_t[from..from + N].try_into().unwrap();
-            for lane in 0..N {
-                acc[lane] = w.mul_add(x[lane], acc[lane]);
+    mut at: usize,
+) -> usize {
+    let width = lanes.len();
+    while at + N <= width {
+        let start = lanes.start + at;
+        for r in 0..offsets.len() - 1 {
+            let range = offsets[r] as usize..offsets[r + 1] as usize;
+            let mut acc = [bias.map_or(0.0, |b| b[r]); N];
+            for (&w, &c) in values[range.clone()].iter().zip(&cols[range]) {
+                let from = c as usize * x_stride + start;
+                let x: &[f32; N] = x_t[from..from + N].try_into().unwrap();
+                for lane in 0..N {
+                    acc[lane] = w.mul_add(x[lane], acc[lane]);
+                }
             }
+            out[r * width + at..r * width + at + N].copy_from_slice(&acc);
         }
-        out[r * out_stride + at..r * out_stride + at + N].copy_from_slice(&acc);
+        at += N;
     }
+    at
 }
 
 crate::dispatched! {
@@ -676,22 +683,9 @@ crate::dispatched! {
         let width = lanes.len();
         // blocks outermost: one block of every input row (`cols × BATCH_BLOCK` floats) is the
         // working set, where a whole row of blocks per output row would be `cols × batch`
-        let mut at = 0;
-        while at + BATCH_BLOCK <= width {
-            let start = lanes.start + at;
-            block_sums::<BATCH_BLOCK>(values, cols, offsets, x_t, x_stride, start, bias, out, width, at);
-            at += BATCH_BLOCK;
-        }
-        while at + BATCH_BLOCK / 2 <= width {
-            let start = lanes.start + at;
-            block_sums::<{ BATCH_BLOCK / 2 }>(values, cols, offsets, x_t, x_stride, start, bias, out, width, at);
-            at += BATCH_BLOCK / 2;
-        }
-        while at + NARROW_BLOCK <= width {
-            let start = lanes.start + at;
-            block_sums::<NARROW_BLOCK>(values, cols, offsets, x_t, x_stride, start, bias, out, width, at);
-            at += NARROW_BLOCK;
-        }
+        let at = block_sums::<BATCH_BLOCK>(values, cols, offsets, x_t, x_stride, &lanes, bias, out, 0);
+        let at = block_sums::<{ BATCH_BLOCK / 2 }>(values, cols, offsets, x_t, x_stride, &lanes, bias, out, at);
+        let at = block_sums::<NARROW_BLOCK>(values, cols, offsets, x_t, x_stride, &lanes, bias, out, at);
         if at < width {
             let (start, len) = (lanes.start + at, width - at);
             for r in 0..offsets.len() - 1 {
