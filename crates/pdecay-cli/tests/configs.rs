@@ -61,6 +61,54 @@ fn the_shakespeare_pair_differs_only_in_the_optimizer() {
 }
 
 #[test]
+fn the_fashion_cnn_pair_differs_only_in_the_optimizer() {
+    use pdecay_cli::models::ModelKind;
+    let adamw = read("fashion-cnn-adamw.toml");
+    let padam = read("fashion-cnn-padam.toml");
+    assert_eq!((adamw.model, padam.model), (ModelKind::Cnn, ModelKind::Cnn));
+    assert_eq!(adamw.optim, OptimKind::Adamw);
+    // the showcase's pAdam: the p, lambda released over the last quarter
+    assert_eq!(
+        (padam.optim, padam.p, padam.lambda, padam.lambda_release),
+        (OptimKind::Padam, 0.8, 1.3e-2, Some(0.25))
+    );
+    // at equal epochs, lr, schedule, batch and seed: AdamW's decay is its own, the rest shared
+    assert_eq!(adamw.epochs, 30);
+    let padam_as_adamw = TrainConfig {
+        optim: adamw.optim,
+        p: adamw.p,
+        lambda: adamw.lambda,
+        lambda_release: adamw.lambda_release,
+        ..padam.clone()
+    };
+    assert_eq!(padam_as_adamw, adamw);
+}
+
+#[test]
+fn each_committed_cnn_config_trains_an_epoch() {
+    let root = tempdir("cnn-configs");
+    for name in ["fashion-cnn-adamw.toml", "fashion-cnn-padam.toml"] {
+        let out = root.join(name);
+        // the file's model and optimizer settings on the embedded subset, for one epoch
+        ok(&[
+            "train",
+            "--config",
+            path(&config_path(name)),
+            "--embedded",
+            "--epochs",
+            "1",
+            "--out",
+            path(&out),
+        ]);
+        let summary = json(&out.join("summary.json"));
+        let accuracy = summary["final_test_accuracy"].as_f64().unwrap();
+        // ten classes: chance is 10%; one epoch of the subset gets well past it
+        assert!(accuracy > 0.3, "{name}: {accuracy}");
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
 fn each_committed_config_trains_a_few_iterations() {
     let root = tempdir("configs");
     let text = root.join("text.txt");
