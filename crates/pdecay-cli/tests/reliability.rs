@@ -294,6 +294,32 @@ fn kill_repeatedly(
 }
 
 #[test]
+fn a_resume_removes_the_older_checkpoint_a_killed_run_left() {
+    // `checkpoint.json` already names the last checkpoint, the one before is still there and
+    // summary.json is not written yet: a kill between the rename and the removal (found by the
+    // random kills of a sweep, where the resumed run then kept both checkpoints)
+    let root = tempdir("kill-before-removal");
+    let reference = root.join("reference");
+    assert!(train(&["--out", path(&reference)]).status.success());
+    let earlier = root.join("earlier");
+    assert!(
+        train(&["--stop-after", "3", "--out", path(&earlier)])
+            .status
+            .success()
+    );
+    let killed = root.join("killed");
+    copy_dir(&reference, &killed);
+    std::fs::remove_file(killed.join("summary.json")).unwrap();
+    for name in ["checkpoint-00003.model.bpk", "checkpoint-00003.optim.bpk"] {
+        std::fs::copy(earlier.join(name), killed.join(name)).unwrap();
+    }
+    let out = train(&["--resume", path(&killed)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_run(&reference, &killed, "resumed");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
 fn a_run_killed_at_random_moments_resumes_to_the_files_of_one_never_killed() {
     let root = tempdir("kill-run");
     let reference = root.join("reference");

@@ -168,9 +168,18 @@ pub fn save<M: Module>(
     write_atomic(&dir.join(&optim_name), &optim_bytes)?;
     sha256.insert(optim_name, sha256_hex(&optim_bytes));
     write_position(dir, position, sha256)?;
+    remove_all_but(dir, position.done())
+}
+
+/// Removes every checkpoint file but those of the checkpoint after `done` epochs or
+/// iterations, the one `checkpoint.json` names: after a save, the one before; on a resume,
+/// what a killed process left, whether it died between naming its new checkpoint and removing
+/// the older one (its last checkpoint saves nothing after it that would remove it) or while it
+/// wrote the next one's files. Only while holding the folder's lock.
+fn remove_all_but(dir: &Path, done: usize) -> Result<()> {
     for entry in std::fs::read_dir(dir)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let current = name == model_file(position.done()) || name == optim_file(position.done());
+        let current = name == model_file(done) || name == optim_file(done);
         if is_checkpoint_file(&name) && !current {
             std::fs::remove_file(entry.path())
                 .with_context(|| format!("removing old checkpoint {name}"))?;
@@ -197,7 +206,9 @@ pub fn orphans(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The last checkpoint in `dir`, loaded into `model` and `optim`; `None` if there is none yet.
+/// The last checkpoint in `dir`, loaded into `model` and `optim` to resume the run, with the
+/// other checkpoint files a killed process left removed; `None` if there is none yet. Only
+/// while holding the folder's lock.
 pub fn load<M: Module>(
     dir: &Path,
     model: M,
@@ -210,6 +221,7 @@ pub fn load<M: Module>(
     let name = optim_file(file.position.done());
     let record = OptimizerRecord::from_bytes(read_checked(dir, &name, &file)?)
         .with_context(|| format!("reading the optimizer checkpoint {name}"))?;
+    remove_all_but(dir, file.position.done())?;
     Ok(Some((model, optim.load_record(record), file.position)))
 }
 
