@@ -93,12 +93,12 @@ def main():
         if not args.step_ms:
             raise SystemExit("--ms needs --step-ms, the dense step's milliseconds")
         evaluations = read_evaluations(args.metrics, re.compile(""))
-        plans = [(None, shares_by_times(evaluations, args.ms, args.step_ms))]
+        plans = [shares_by_times(evaluations, args.ms, args.step_ms)]
     else:
         evaluations = read_evaluations(args.metrics, re.compile(args.layers))
-        plans = [(f, shares_by_weights(evaluations, f)) for f in args.share]
-    print(f"{len(plans[0][1])} layers, evaluations at {[e for e, _ in evaluations]}")
-    for share, shares in plans:
+        plans = [shares_by_weights(evaluations, f) for f in args.share]
+    print(f"{len(plans[0])} layers, evaluations at {[e for e, _ in evaluations]}")
+    for shares in plans:
         for cost in args.cost:
             at_evaluation = 1 / relative_time(evaluations, shares, cost, known_at_start=True)
             at_once = 1 / relative_time(evaluations, shares, cost, known_at_start=False)

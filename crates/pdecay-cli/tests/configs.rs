@@ -5,7 +5,7 @@
 mod common;
 use common::{json, ok, path, tempdir};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use pdecay_cli::config::{GPT_THRESHOLD, OptimKind, TrainConfig};
 
@@ -13,6 +13,16 @@ fn config_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../configs")
         .join(name)
+}
+
+/// `pdecay train --config configs/NAME --out OUT FLAGS...` (which must succeed), and the run's
+/// summary.json.
+fn train_committed(out: &Path, name: &str, flags: &[&str]) -> serde_json::Value {
+    let file = config_path(name);
+    let mut args = vec!["train", "--config", path(&file), "--out", path(out)];
+    args.extend_from_slice(flags);
+    ok(&args);
+    json(&out.join("summary.json"))
 }
 
 fn read(name: &str) -> TrainConfig {
@@ -88,19 +98,8 @@ fn the_fashion_cnn_pair_differs_only_in_the_optimizer() {
 fn each_committed_cnn_config_trains_an_epoch() {
     let root = tempdir("cnn-configs");
     for name in ["fashion-cnn-adamw.toml", "fashion-cnn-padam.toml"] {
-        let out = root.join(name);
         // the file's model and optimizer settings on the embedded subset, for one epoch
-        ok(&[
-            "train",
-            "--config",
-            path(&config_path(name)),
-            "--embedded",
-            "--epochs",
-            "1",
-            "--out",
-            path(&out),
-        ]);
-        let summary = json(&out.join("summary.json"));
+        let summary = train_committed(&root.join(name), name, &["--embedded", "--epochs", "1"]);
         let accuracy = summary["final_test_accuracy"].as_f64().unwrap();
         // ten classes: chance is 10%; one epoch of the subset gets well past it
         assert!(accuracy > 0.3, "{name}: {accuracy}");
@@ -118,16 +117,10 @@ fn each_committed_config_trains_a_few_iterations() {
     )
     .unwrap();
     for name in ["shakespeare-cpu-adamw.toml", "shakespeare-cpu-padam.toml"] {
-        let out = root.join(name);
         // a tiny model and three iterations: the file's optimizer settings as they are
-        ok(&[
-            "train",
-            "--config",
-            path(&config_path(name)),
+        let tiny = [
             "--data",
             path(&text),
-            "--out",
-            path(&out),
             "--layers",
             "1",
             "--width",
@@ -144,8 +137,8 @@ fn each_committed_config_trains_a_few_iterations() {
             "3",
             "--eval-batches",
             "1",
-        ]);
-        let summary = json(&out.join("summary.json"));
+        ];
+        let summary = train_committed(&root.join(name), name, &tiny);
         assert_eq!(summary["iters"], 3, "{name}");
         assert!(summary["final_val_loss"].as_f64().unwrap().is_finite());
     }
